@@ -1,0 +1,47 @@
+/**
+ * The one error type of ctmapd. Every layer throws a CtmapError (or a subclass) with a
+ * code; the gRPC boundary (src/server/status.ts) is the only place that turns the code into
+ * a gRPC status. The `cause` is logged there, never sent to the client.
+ */
+
+export type ErrorCode =
+  | 'invalid-argument' // malformed input; `field` names the offending request field
+  | 'not-found' // absent key, map or cluster
+  | 'already-exists'
+  | 'resource-exhausted' // map full
+  | 'failed-precondition' // the kernel or backend cannot do this operation
+  | 'permission-denied'
+  | 'unavailable' // shutting down
+  | 'internal';
+
+export class CtmapError extends Error {
+  override name = 'CtmapError';
+
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    options?: { cause?: unknown; field?: string },
+  ) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.field = options?.field;
+  }
+
+  /** Request field the error is about (INVALID_ARGUMENT), e.g. "records[3].key.dport". */
+  readonly field?: string;
+
+  /** Normalises anything caught into a CtmapError; unknown errors become `internal`. */
+  static from(err: unknown): CtmapError {
+    if (err instanceof CtmapError) return err;
+    const message = err instanceof Error ? err.message : String(err);
+    return new CtmapError('internal', message, { cause: err });
+  }
+}
+
+/** INVALID_ARGUMENT naming the field: "<field>: <problem>". */
+export function invalidArgument(field: string, problem: string): CtmapError {
+  return new CtmapError('invalid-argument', `${field}: ${problem}`, { field });
+}
+
+export function notFound(message: string): CtmapError {
+  return new CtmapError('not-found', message);
+}

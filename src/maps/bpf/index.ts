@@ -1,0 +1,206 @@
+/**
+ * Typed, errno-checked wrappers over libbpf. Every function throws BpfSyscallError on
+ * failure (see errors.ts for the errno -> code mapping) except where "absent" is a normal
+ * answer (lookup, delete, getNextKey, batch end), which is returned instead.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { BatchError, BpfSyscallError, Errno } from './errors';
+import { batchOpts, mapCreateOpts, native } from './libbpf';
+
+export { BatchError, BpfSyscallError, Errno, isErrno } from './errors';
+
+let openFds = 0;
+
+/** Number of fds opened through this module and not yet closed (leak checks in tests). */
+export function openFdCount(): number {
+  return openFds;
+}
+
+/** An owned file descriptor. close() is idempotent; using a closed Fd throws. */
+export class Fd {
+  #fd: number;
+
+  constructor(fd: number, readonly what: string) {
+    this.#fd = fd;
+    openFds++;
+  }
+
+  get value(): number {
+    if (this.#fd < 0) throw new BpfSyscallError(`${this.what}: use after close`, Errno.EBADF);
+    return this.#fd;
+  }
+
+  get closed(): boolean {
+    return this.#fd < 0;
+  }
+
+  close(): void {
+    if (this.#fd < 0) return;
+    native.close(this.#fd);
+    this.#fd = -1;
+    openFds--;
+  }
+}
+
+function check(op: string, ret: number, hint?: string): number {
+  if (ret < 0) throw new BpfSyscallError(op, -ret, hint);
+  return ret;
+}
+
+export interface CreateMapParams {
+  type: number;
+  name: string;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+  flags: number;
+  /** ARRAY_OF_MAPS / HASH_OF_MAPS: an fd of a map that looks like the inner maps. */
+  innerMapFd?: Fd;
+}
+
+/** BPF_MAP_CREATE. The kernel keeps at most 15 characters of the name. */
+export function createMap(p: CreateMapParams): Fd {
+  const opts = mapCreateOpts(p.flags, p.innerMapFd?.value ?? 0);
+  const fd = check(`map create ${p.name}`, native.mapCreate(p.type, p.name, p.keySize, p.valueSize, p.maxEntries, opts));
+  return new Fd(fd, `map ${p.name}`);
+}
+
+/** BPF_OBJ_GET: opens a pinned object. Returns undefined when nothing is pinned at path. */
+export function objGet(pinPath: string): Fd | undefined {
+  const ret = native.objGet(pinPath);
+  if (ret === -Errno.ENOENT) return undefined;
+  return new Fd(check(`obj get ${pinPath}`, ret), pinPath);
+}
+
+/** BPF_OBJ_PIN, creating parent directories (which must be on bpffs). */
+export function objPin(fd: Fd, pinPath: string): void {
+  fs.mkdirSync(path.dirname(pinPath), { recursive: true, mode: 0o755 });
+  check(`obj pin ${pinPath}`, native.objPin(fd.value, pinPath));
+}
+
+/** Removes a pin; false when nothing was pinned there. */
+export function unpin(pinPath: string): boolean {
+  try {
+    fs.unlinkSync(pinPath);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw err;
+  }
+}
+
+export interface MapInfo {
+  type: number;
+  id: number;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+  flags: number;
+  name: string;
+}
+
+/** BPF_OBJ_GET_INFO_BY_FD for a map (struct bpf_map_info, first 40 bytes used). */
+export function mapInfo(fd: Fd): MapInfo {
+  const info = Buffer.alloc(96);
+  const len = new Uint32Array([info.length]);
+  check('map info', native.objGetInfoByFd(fd.value, info, len));
+  const nameBytes = info.subarray(24, 40);
+  const nul = nameBytes.indexOf(0);
+  return {
+    type: info.readUInt32LE(0),
+    id: info.readUInt32LE(4),
+    keySize: info.readUInt32LE(8),
+    valueSize: info.readUInt32LE(12),
+    maxEntries: info.readUInt32LE(16),
+    flags: info.readUInt32LE(20),
+    name: nameBytes.subarray(0, nul < 0 ? 16 : nul).toString('latin1'),
+  };
+}
+
+/** BPF_MAP_LOOKUP_ELEM into `value`; false when the key is absent. */
+export function lookup(fd: Fd, key: Buffer, value: Buffer): boolean {
+  const ret = native.lookup(fd.value, key, value);
+  if (ret === -Errno.ENOENT) return false;
+  check('map lookup', ret);
+  return true;
+}
+
+/** BPF_MAP_UPDATE_ELEM with BPF_ANY / BPF_NOEXIST / BPF_EXIST. */
+export function update(fd: Fd, key: Buffer, value: Buffer, flags: number): void {
+  check('map update', native.update(fd.value, key, value, flags), undefined);
+}
+
+/** BPF_MAP_DELETE_ELEM; false when the key was absent. */
+export function deleteElem(fd: Fd, key: Buffer): boolean {
+  const ret = native.delete(fd.value, key);
+  if (ret === -Errno.ENOENT) return false;
+  check('map delete', ret);
+  return true;
+}
+
+/** BPF_MAP_GET_NEXT_KEY; key null asks for the first key. False at the end. */
+export function getNextKey(fd: Fd, key: Buffer | null, next: Buffer): boolean {
+  const ret = native.getNextKey(fd.value, key, next);
+  if (ret === -Errno.ENOENT) return false;
+  check('map get next key', ret);
+  return true;
+}
+
+export interface BatchLookupResult {
+  /** Entries written to keys/values. */
+  count: number;
+  /** True when the map has no more entries after these. */
+  done: boolean;
+}
+
+const countCell = new Uint32Array(1);
+
+/**
+ * BPF_MAP_LOOKUP_BATCH (or LOOKUP_AND_DELETE_BATCH). `inBatch` null starts at the
+ * beginning; `outBatch` receives the token for the next call (copy it to inBatch).
+ * ENOENT is the normal end of iteration and is reported as done, possibly with entries.
+ * ENOSPC (a hash bucket holds more entries than `capacity`) is thrown with the kernel's
+ * "batch too small" meaning, so the caller can grow its buffers and retry.
+ */
+export function lookupBatch(
+  fd: Fd,
+  inBatch: Buffer | null,
+  outBatch: Buffer,
+  keys: Buffer,
+  values: Buffer,
+  capacity: number,
+  andDelete = false,
+): BatchLookupResult {
+  countCell[0] = capacity;
+  const fn = andDelete ? native.lookupAndDeleteBatch : native.lookupBatch;
+  const ret = fn(fd.value, inBatch, outBatch, keys, values, countCell, null);
+  if (ret === -Errno.ENOENT) return { count: countCell[0], done: true };
+  if (ret === -Errno.ENOSPC) throw new BpfSyscallError('map lookup batch', Errno.ENOSPC, 'batch too small?');
+  check(andDelete ? 'map lookup and delete batch' : 'map lookup batch', ret);
+  return { count: countCell[0], done: false };
+}
+
+const batchOptsByFlags = new Map<number, Buffer>();
+
+/**
+ * BPF_MAP_UPDATE_BATCH. On failure the kernel has written the first `processed` entries;
+ * the error carries that count.
+ */
+export function updateBatch(fd: Fd, keys: Buffer, values: Buffer, count: number, elemFlags: number): void {
+  let opts = batchOptsByFlags.get(elemFlags);
+  if (!opts) batchOptsByFlags.set(elemFlags, (opts = batchOpts(elemFlags)));
+  countCell[0] = count;
+  const ret = native.updateBatch(fd.value, keys, values, countCell, opts);
+  if (ret < 0) throw new BatchError('map update batch', -ret, countCell[0]);
+}
+
+/**
+ * BPF_MAP_DELETE_BATCH. Stops at the first key that fails (ENOENT for a key that is
+ * already gone); the error carries how many keys before it were deleted.
+ */
+export function deleteBatch(fd: Fd, keys: Buffer, count: number): void {
+  countCell[0] = count;
+  const ret = native.deleteBatch(fd.value, keys, countCell, null);
+  if (ret < 0) throw new BatchError('map delete batch', -ret, countCell[0]);
+}

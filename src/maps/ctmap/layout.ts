@@ -1,0 +1,118 @@
+/**
+ * Byte layouts of Cilium's CT key and entry (ctmap-facts §2-3). The codecs read and write
+ * through these offsets only, and test/kernel/btf-layout.test.ts checks every size and
+ * offset here against the BTF of the object compiled from bpf/ctmap.h, the way Cilium's
+ * pkg/alignchecker does.
+ */
+
+export interface FieldLayout {
+  readonly offset: number;
+  readonly size: number;
+}
+
+export interface StructLayout {
+  /** The C struct name in bpf/ctmap.h. */
+  readonly cName: string;
+  readonly size: number;
+  /** C member name -> offset/size. */
+  readonly fields: Readonly<Record<string, FieldLayout>>;
+}
+
+/** struct ipv4_ct_tuple (14 bytes, packed). */
+export const CT_KEY4: StructLayout = {
+  cName: 'ipv4_ct_tuple',
+  size: 14,
+  fields: {
+    daddr: { offset: 0, size: 4 },
+    saddr: { offset: 4, size: 4 },
+    dport: { offset: 8, size: 2 },
+    sport: { offset: 10, size: 2 },
+    nexthdr: { offset: 12, size: 1 },
+    flags: { offset: 13, size: 1 },
+  },
+};
+
+/** struct ipv6_ct_tuple (38 bytes, packed). */
+export const CT_KEY6: StructLayout = {
+  cName: 'ipv6_ct_tuple',
+  size: 38,
+  fields: {
+    daddr: { offset: 0, size: 16 },
+    saddr: { offset: 16, size: 16 },
+    dport: { offset: 32, size: 2 },
+    sport: { offset: 34, size: 2 },
+    nexthdr: { offset: 36, size: 1 },
+    flags: { offset: 37, size: 1 },
+  },
+};
+
+/**
+ * struct ct_entry (56 bytes). `flags` is the 16-bit word of bitfields starting with
+ * rx_closing; the C header names it as an anonymous union member `flags` so that BTF has
+ * an offset for it.
+ */
+export const CT_ENTRY: StructLayout = {
+  cName: 'ct_entry',
+  size: 56,
+  fields: {
+    union0: { offset: 0, size: 16 },
+    packets: { offset: 16, size: 8 },
+    bytes: { offset: 24, size: 8 },
+    lifetime: { offset: 32, size: 4 },
+    flags: { offset: 36, size: 2 },
+    rev_nat_index: { offset: 38, size: 2 },
+    nat_port: { offset: 40, size: 2 },
+    tx_flags_seen: { offset: 42, size: 1 },
+    rx_flags_seen: { offset: 43, size: 1 },
+    src_sec_id: { offset: 44, size: 4 },
+    last_tx_report: { offset: 48, size: 4 },
+    last_rx_report: { offset: 52, size: 4 },
+  },
+};
+
+/** Offsets inside union0 for service entries: { reserved u64, backend_id u64 }. */
+export const CT_ENTRY_BACKEND_ID_OFFSET = 8;
+
+/** Tuple flags (key byte `flags`). */
+export const TupleFlag = {
+  OUT: 0,
+  IN: 1,
+  RELATED: 2,
+  SERVICE: 4,
+} as const;
+
+/** ct_entry.flags bits, in bit order (facts §3). Index = bit number. */
+export const CT_ENTRY_FLAG_NAMES = [
+  'RxClosing',
+  'TxClosing',
+  'Nat64',
+  'LBLoopback',
+  'SeenNonSyn',
+  'NodePort',
+  'ProxyRedirect',
+  'DSRInternal',
+  'FromL7LB',
+  'Reserved1',
+  'FromTunnel',
+] as const;
+
+export const CtEntryFlag = {
+  RxClosing: 1 << 0,
+  TxClosing: 1 << 1,
+  Nat64: 1 << 2,
+  LBLoopback: 1 << 3,
+  SeenNonSyn: 1 << 4,
+  NodePort: 1 << 5,
+  ProxyRedirect: 1 << 6,
+  DSRInternal: 1 << 7,
+  FromL7LB: 1 << 8,
+  Reserved1: 1 << 9,
+  FromTunnel: 1 << 10,
+} as const;
+
+export const IPPROTO = {
+  ICMP: 1,
+  TCP: 6,
+  UDP: 17,
+  ICMPV6: 58,
+} as const;

@@ -1,0 +1,76 @@
+/**
+ * The CT map type table (ctmap-facts §1): which maps exist, their names and specs.
+ * Pure functions of the configuration; nothing here touches a backend.
+ */
+import * as path from 'node:path';
+import { MapFlag, MapSpec, MapType } from '../types';
+import { Family } from './addr';
+import { CT_ENTRY_SIZE, keySize } from './codec';
+
+export type CtKind = 'tcp' | 'any';
+
+/** Identifies one CT map: cluster 0 is the global map of that family and kind. */
+export interface MapRef {
+  family: Family;
+  kind: CtKind;
+  clusterId: number;
+}
+
+/** Valid sizes of every CT/NAT map (facts §1). */
+export const MIN_MAP_ENTRIES = 1024;
+export const MAX_MAP_ENTRIES = 16 * 1024 * 1024;
+
+export const DEFAULT_CT_TCP_MAX = 524288;
+export const DEFAULT_CT_ANY_MAX = 262144;
+
+export interface CtMapsConfig {
+  bpfRoot: string;
+  enableIPv4: boolean;
+  enableIPv6: boolean;
+  ctTcpMax: number;
+  ctAnyMax: number;
+  distributedLru: boolean;
+}
+
+export function globalMapName(family: Family, kind: CtKind): string {
+  const v = family === 'ipv4' ? '4' : '6';
+  return kind === 'tcp' ? `cilium_ct${v}_global` : `cilium_ct_any${v}_global`;
+}
+
+/** Where Cilium pins its global maps: <bpffs>/tc/globals. */
+export function globalsDir(bpfRoot: string): string {
+  return path.join(bpfRoot, 'tc', 'globals');
+}
+
+export function refKey(ref: MapRef): string {
+  return `${ref.family}/${ref.kind}/${ref.clusterId}`;
+}
+
+export function refLabel(ref: MapRef): string {
+  return `${ref.kind}${ref.family === 'ipv4' ? '4' : '6'}${ref.clusterId ? ` cluster ${ref.clusterId}` : ''}`;
+}
+
+/** The spec of a global CT map under this configuration. */
+export function globalCtMapSpec(cfg: CtMapsConfig, family: Family, kind: CtKind): MapSpec {
+  const name = globalMapName(family, kind);
+  return {
+    name,
+    type: MapType.LRU_HASH,
+    keySize: keySize(family),
+    valueSize: CT_ENTRY_SIZE,
+    maxEntries: kind === 'tcp' ? cfg.ctTcpMax : cfg.ctAnyMax,
+    // Cilium never sets NO_PREALLOC on CT maps: LRU maps are always preallocated.
+    flags: cfg.distributedLru ? MapFlag.NO_COMMON_LRU : 0,
+    pinPath: path.join(globalsDir(cfg.bpfRoot), name),
+  };
+}
+
+/** The global maps of the enabled families, TCP first, IPv4 first (Cilium's order). */
+export function globalCtMapRefs(cfg: Pick<CtMapsConfig, 'enableIPv4' | 'enableIPv6'>): MapRef[] {
+  const refs: MapRef[] = [];
+  for (const family of ['ipv4', 'ipv6'] as const) {
+    if (family === 'ipv4' ? !cfg.enableIPv4 : !cfg.enableIPv6) continue;
+    for (const kind of ['tcp', 'any'] as const) refs.push({ family, kind, clusterId: 0 });
+  }
+  return refs;
+}

@@ -1,0 +1,284 @@
+/**
+ * The open CT maps and the operations the CTMaps service exposes on them: lookup,
+ * all-or-nothing batch update, delete, flush, count and filtered batch dumps.
+ */
+import type { Logger } from 'pino';
+import { invalidArgument, notFound } from '../../errors';
+import { openOrCreate } from '../open';
+import { BatchCursor, BpfMap, MapBackend, UpdateFlag } from '../types';
+import { Family, addressBytes } from './addr';
+import { CT_ENTRY_SIZE, CtEntry, CtKey, decodeEntry, encodeEntry, encodeKey, keyLayout } from './codec';
+import { IPPROTO } from './layout';
+import { CtKind, CtMapsConfig, MapRef, globalCtMapRefs, globalCtMapSpec, refKey, refLabel } from './spec';
+
+export interface CtTable {
+  readonly ref: MapRef;
+  readonly map: BpfMap;
+}
+
+export interface CtRecordInput {
+  ref: MapRef;
+  key: CtKey;
+  entry: Partial<CtEntry>;
+}
+
+/** Dump filter on raw key fields; every set criterion must match. */
+export interface DumpFilter {
+  nexthdr?: number;
+  flags?: number;
+  /** Matches daddr or saddr. */
+  address?: string;
+  /** Matches dport or sport. */
+  port?: number;
+}
+
+/** Entries per batch write: bounded so one request never holds the event loop for long. */
+const WRITE_CHUNK = 8192;
+
+export class CtTables {
+  readonly #tables = new Map<string, CtTable>();
+
+  private constructor(tables: CtTable[]) {
+    for (const t of tables) this.#tables.set(refKey(t.ref), t);
+  }
+
+  /** Opens (or creates) the global CT maps of the enabled families. */
+  static open(backend: MapBackend, cfg: CtMapsConfig, log: Logger): CtTables {
+    const tables: CtTable[] = [];
+    try {
+      for (const ref of globalCtMapRefs(cfg)) {
+        const { map } = openOrCreate(backend, globalCtMapSpec(cfg, ref.family, ref.kind), log);
+        tables.push({ ref, map });
+      }
+    } catch (err) {
+      for (const t of tables) t.map.close();
+      throw err;
+    }
+    return new CtTables(tables);
+  }
+
+  /** Every open map, globals first. */
+  active(): CtTable[] {
+    return [...this.#tables.values()];
+  }
+
+  /** The map for `ref`: INVALID_ARGUMENT for a cluster id (none exist yet), NOT_FOUND for a disabled family. */
+  get(ref: MapRef, field: string): CtTable {
+    if (ref.clusterId !== 0) throw invalidArgument(`${field}.cluster_id`, `cluster ${ref.clusterId}: per-cluster CT maps are not available (only 0, the global maps)`);
+    const t = this.#tables.get(refKey(ref));
+    if (!t) throw notFound(`${field}: no ${refLabel(ref)} CT map is open (family disabled?)`);
+    return t;
+  }
+
+  /** The selected maps; an empty selection means every global map. Duplicates collapse. */
+  resolve(refs: MapRef[], field: string): CtTable[] {
+    if (refs.length === 0) return this.active().filter((t) => t.ref.clusterId === 0);
+    const seen = new Set<CtTable>();
+    refs.forEach((r, i) => seen.add(this.get(r, `${field}[${i}]`)));
+    return [...seen];
+  }
+
+  lookup(ref: MapRef, key: CtKey, field: string): { table: CtTable; entry: CtEntry } {
+    const table = this.get(ref, `${field}.map`);
+    const k = Buffer.alloc(table.map.spec.keySize);
+    encodeKey(ref.family, key, k);
+    const v = table.map.lookup(k);
+    if (!v) throw notFound(`${field}.key: no such entry in ${refLabel(ref)}`);
+    return { table, entry: decodeEntry(v) };
+  }
+
+  /**
+   * Validates every record (family matches the map, TCP entries in the TCP map and others in
+   * the any map), then writes them in batches. All-or-nothing: when a write fails part way,
+   * every key written so far is restored to its previous value (or removed) before the error
+   * is thrown. Returns the number of records written.
+   */
+  update(records: CtRecordInput[], field: string, keyFamilies: Family[]): number {
+    const groups = new Map<CtTable, number[]>();
+    records.forEach((r, i) => {
+      const table = this.get(r.ref, `${field}[${i}].map`);
+      if (keyFamilies[i] !== r.ref.family) {
+        throw invalidArgument(`${field}[${i}].key`, `${keyFamilies[i]} key in the ${r.ref.family} map ${refLabel(r.ref)}`);
+      }
+      checkKindMatches(r.ref.kind, r.key.nexthdr, `${field}[${i}].key.nexthdr`);
+      const list = groups.get(table) ?? [];
+      list.push(i);
+      groups.set(table, list);
+    });
+
+    const undo: Array<() => void> = [];
+    try {
+      for (const [table, indices] of groups) {
+        const ks = table.map.spec.keySize;
+        const keys = Buffer.alloc(indices.length * ks);
+        const values = Buffer.alloc(indices.length * CT_ENTRY_SIZE);
+        indices.forEach((ri, j) => {
+          encodeKey(table.ref.family, records[ri].key, keys, j * ks);
+          encodeEntry(records[ri].entry, values, j * CT_ENTRY_SIZE);
+        });
+        undo.push(snapshot(table.map, keys, indices.length));
+        for (let off = 0; off < indices.length; off += WRITE_CHUNK) {
+          const n = Math.min(WRITE_CHUNK, indices.length - off);
+          table.map.updateBatch(keys.subarray(off * ks), values.subarray(off * CT_ENTRY_SIZE), n, UpdateFlag.ANY);
+        }
+      }
+    } catch (err) {
+      for (const restore of undo.reverse()) restore();
+      throw err;
+    }
+    return records.length;
+  }
+
+  /** Deletes the keys from one map; returns how many existed. */
+  delete(ref: MapRef, keys: CtKey[], field: string): number {
+    const table = this.get(ref, `${field}.map`);
+    if (keys.length === 0) return 0;
+    const ks = table.map.spec.keySize;
+    const buf = Buffer.alloc(keys.length * ks);
+    keys.forEach((k, i) => encodeKey(ref.family, k, buf, i * ks));
+    return table.map.deleteBatch(buf, keys.length).deleted;
+  }
+
+  /** Removes every entry of the selected maps; returns how many were removed. */
+  flush(tables: CtTable[]): number {
+    let flushed = 0;
+    for (const t of tables) {
+      const cursor = t.map.cursor();
+      try {
+        // Deleting the batch just read is safe for the bucket-ordered cursor: the cursor
+        // has moved past those buckets.
+        for (let b = cursor.next(); b; b = cursor.next()) flushed += t.map.deleteBatch(Buffer.from(b.keys), b.count).deleted;
+      } finally {
+        cursor.close();
+      }
+    }
+    return flushed;
+  }
+
+  close(): void {
+    for (const t of this.#tables.values()) t.map.close();
+    this.#tables.clear();
+  }
+}
+
+function checkKindMatches(kind: CtKind, nexthdr: number, field: string): void {
+  if (kind === 'tcp' && nexthdr !== IPPROTO.TCP) throw invalidArgument(field, `the TCP map holds only nexthdr 6 (TCP), got ${nexthdr}`);
+  if (kind === 'any' && nexthdr === IPPROTO.TCP) throw invalidArgument(field, 'TCP entries (nexthdr 6) belong in the TCP map, not the any map');
+}
+
+/** Reads the current values of `count` keys and returns a function that puts them back. */
+function snapshot(map: BpfMap, keys: Buffer, count: number): () => void {
+  const ks = map.spec.keySize;
+  const vs = map.spec.valueSize;
+  const old = Buffer.alloc(count * vs);
+  const existed: boolean[] = [];
+  for (let i = 0; i < count; i++) {
+    existed.push(map.lookup(keys.subarray(i * ks, (i + 1) * ks), old.subarray(i * vs, (i + 1) * vs)) !== undefined);
+  }
+  return () => {
+    for (let i = 0; i < count; i++) {
+      const k = keys.subarray(i * ks, (i + 1) * ks);
+      if (existed[i]) map.update(k, old.subarray(i * vs, (i + 1) * vs));
+      else map.delete(k);
+    }
+  };
+}
+
+/**
+ * Compiles a dump filter for one family into a predicate over a raw key at keys[off..].
+ * Returns null when the filter can never match this family (an address of the other
+ * family). Throws INVALID_ARGUMENT (field filter.address) for a malformed address.
+ */
+export function compileFilter(filter: DumpFilter | undefined, family: Family): ((keys: Buffer, off: number) => boolean) | null {
+  if (!filter) return () => true;
+  const L = keyLayout(family).fields;
+  let addr: Buffer | undefined;
+  if (filter.address !== undefined) {
+    const parsed = addressBytes(filter.address);
+    if (!parsed) throw invalidArgument('filter.address', `not an IP address: ${JSON.stringify(filter.address)}`);
+    if (parsed.family !== family) return null;
+    addr = parsed.bytes;
+  }
+  const { nexthdr, flags, port } = filter;
+  const alen = family === 'ipv4' ? 4 : 16;
+  return (keys, off) => {
+    if (nexthdr !== undefined && keys[off + L.nexthdr.offset] !== nexthdr) return false;
+    if (flags !== undefined && keys[off + L.flags.offset] !== flags) return false;
+    if (port !== undefined && keys.readUInt16BE(off + L.dport.offset) !== port && keys.readUInt16BE(off + L.sport.offset) !== port) return false;
+    if (addr) {
+      const d = off + L.daddr.offset;
+      const s = off + L.saddr.offset;
+      if (addr.compare(keys, d, d + alen) !== 0 && addr.compare(keys, s, s + alen) !== 0) return false;
+    }
+    return true;
+  };
+}
+
+/** One batch of a dump: the entries of `table` at the listed indices of keys/values. */
+export interface DumpBatch {
+  table: CtTable;
+  keys: Buffer;
+  values: Buffer;
+  /** Indices (entry numbers within keys/values) that passed the filter. */
+  matches: Uint32Array;
+  count: number;
+}
+
+/**
+ * Pull-based dump over several maps: each next() issues at most one batch syscall per
+ * map, so a stream asks for the next batch only when its client has drained the last one.
+ */
+export class DumpCursor {
+  #tableIndex = 0;
+  #cursor: BatchCursor | undefined;
+  #pred: ((keys: Buffer, off: number) => boolean) | null = null;
+  #matches = new Uint32Array(0);
+
+  constructor(
+    private readonly tables: CtTable[],
+    private readonly filter: DumpFilter | undefined,
+    private readonly batchSize = 4096,
+  ) {
+    // Validate the filter up front so a bad address fails before any output.
+    for (const t of tables) compileFilter(filter, t.ref.family);
+  }
+
+  next(): DumpBatch | null {
+    while (this.#tableIndex < this.tables.length) {
+      const table = this.tables[this.#tableIndex];
+      if (!this.#cursor) {
+        this.#pred = compileFilter(this.filter, table.ref.family);
+        if (!this.#pred) {
+          this.#tableIndex++;
+          continue;
+        }
+        this.#cursor = table.map.cursor(this.batchSize);
+      }
+      const b = this.#cursor.next();
+      if (!b) {
+        this.#cursor.close();
+        this.#cursor = undefined;
+        this.#tableIndex++;
+        continue;
+      }
+      if (this.#matches.length < b.count) this.#matches = new Uint32Array(b.count);
+      const ks = table.map.spec.keySize;
+      let n = 0;
+      for (let i = 0; i < b.count; i++) if (this.#pred!(b.keys, i * ks)) this.#matches[n++] = i;
+      if (n === 0) continue;
+      return { table, keys: b.keys, values: b.values, matches: this.#matches, count: n };
+    }
+    return null;
+  }
+
+  close(): void {
+    this.#cursor?.close();
+    this.#cursor = undefined;
+    this.#tableIndex = this.tables.length;
+  }
+}
+
+export function countEntries(tables: CtTable[]): Array<{ ref: MapRef; entries: number }> {
+  return tables.map((t) => ({ ref: t.ref, entries: t.map.count() }));
+}
+

@@ -1,0 +1,134 @@
+/**
+ * The map layer's vocabulary: a plain MapSpec describes a map; a live BpfMap owns one
+ * (an fd for the kernel backend, a packed table for the memory backend). Kernel-dependent
+ * decisions happen only when a spec is turned into a live map (see backend.ts).
+ */
+
+/** BPF map types ctmapd uses (values are the kernel's enum bpf_map_type). */
+export const MapType = {
+  HASH: 1,
+  ARRAY: 2,
+  LRU_HASH: 9,
+  ARRAY_OF_MAPS: 12,
+  HASH_OF_MAPS: 13,
+} as const;
+export type MapTypeValue = (typeof MapType)[keyof typeof MapType];
+
+export function mapTypeName(type: number): string {
+  for (const [name, value] of Object.entries(MapType)) if (value === type) return name.toLowerCase();
+  return `type-${type}`;
+}
+
+/** Map creation flags (enum in uapi linux/bpf.h). */
+export const MapFlag = {
+  NO_PREALLOC: 1 << 0,
+  NO_COMMON_LRU: 1 << 1,
+} as const;
+
+/** bpf_map_update_elem flags. */
+export const UpdateFlag = {
+  ANY: 0,
+  NOEXIST: 1,
+  EXIST: 2,
+} as const;
+export type UpdateFlagValue = (typeof UpdateFlag)[keyof typeof UpdateFlag];
+
+/** Plain, deterministic description of a map. Creating a live map from it is the backend's job. */
+export interface MapSpec {
+  /** Map name as the kernel keeps it (at most 15 characters are stored). */
+  readonly name: string;
+  readonly type: MapTypeValue;
+  readonly keySize: number;
+  readonly valueSize: number;
+  readonly maxEntries: number;
+  readonly flags: number;
+  /** For ARRAY_OF_MAPS / HASH_OF_MAPS: the spec every inner map must match. */
+  readonly innerSpec?: MapSpec;
+  /** Absolute bpffs path the map is pinned at; undefined for an unpinned map. */
+  readonly pinPath?: string;
+}
+
+/** What the kernel (or the memory backend) reports about a live map. */
+export interface LiveMapInfo {
+  readonly type: number;
+  /** Kernel map id (memory backend: a process-unique id). */
+  readonly id: number;
+  readonly keySize: number;
+  readonly valueSize: number;
+  readonly maxEntries: number;
+  readonly flags: number;
+  readonly name: string;
+}
+
+/**
+ * One batch of a cursor. `keys` and `values` are views into buffers the cursor reuses:
+ * they are valid until the next call to next() or close(). Entry i's key is
+ * keys[i*keySize, (i+1)*keySize).
+ */
+export interface Batch {
+  readonly count: number;
+  readonly keys: Buffer;
+  readonly values: Buffer;
+}
+
+/**
+ * Batch iteration with a cursor (kernel: BPF_MAP_LOOKUP_BATCH). Pull-based so that a
+ * consumer (e.g. a gRPC stream) reads the next batch only when it is ready for it.
+ * Entries inserted or deleted concurrently may or may not be seen, as in the kernel.
+ */
+export interface BatchCursor {
+  /** The next non-empty batch, or null at the end of the map. */
+  next(): Batch | null;
+  /** Releases the buffers; idempotent. */
+  close(): void;
+}
+
+/** Result of a batch delete: keys that existed and were removed, and keys already gone. */
+export interface DeleteBatchResult {
+  readonly deleted: number;
+  /** Keys that were not present (already deleted or evicted): not an error. */
+  readonly missing: number;
+}
+
+/**
+ * A live map. Every method throws a CtmapError (see src/maps/bpf/errors.ts for the errno
+ * mapping): not-found, already-exists, resource-exhausted (full / batch too small),
+ * permission-denied, failed-precondition (not supported).
+ */
+export interface BpfMap {
+  readonly spec: MapSpec;
+  readonly backend: BackendName;
+  /** Copies the value of `key` into `out` (or a new buffer); undefined when absent. */
+  lookup(key: Buffer, out?: Buffer): Buffer | undefined;
+  update(key: Buffer, value: Buffer, flags?: UpdateFlagValue): void;
+  /** True when the key existed. */
+  delete(key: Buffer): boolean;
+  /** Writes `count` packed keys/values. Stops at the first failure and throws; the entries
+   *  before it stay written (callers that need all-or-nothing restore them). */
+  updateBatch(keys: Buffer, values: Buffer, count: number, flags?: UpdateFlagValue): void;
+  /** Deletes `count` packed keys; keys already gone are counted as missing, not an error. */
+  deleteBatch(keys: Buffer, count: number): DeleteBatchResult;
+  /** A cursor over all entries; `batchSize` is a hint (entries per batch). */
+  cursor(batchSize?: number): BatchCursor;
+  /** Number of entries (a full batch scan for hash maps: the kernel keeps no counter). */
+  count(): number;
+  info(): LiveMapInfo;
+  /** Idempotent. Closing does not unpin. */
+  close(): void;
+  readonly closed: boolean;
+}
+
+export type BackendName = 'kernel' | 'memory';
+
+/** Creates, opens and removes pinned maps for one backend. */
+export interface MapBackend {
+  readonly name: BackendName;
+  /** Opens the map pinned at spec.pinPath; undefined when nothing is pinned there. */
+  open(spec: MapSpec): BpfMap | undefined;
+  /** Creates the map, and pins it when spec.pinPath is set (throws already-exists if pinned). */
+  create(spec: MapSpec): BpfMap;
+  /** Removes the pin (the map lives on while fds or programs hold it). Idempotent: false if absent. */
+  unpin(pinPath: string): boolean;
+  /** Attributes of the map pinned at pinPath, without keeping it open; undefined if absent. */
+  pinnedInfo(pinPath: string): LiveMapInfo | undefined;
+}

@@ -78,12 +78,13 @@ export class CtTables {
     return [...seen];
   }
 
-  lookup(ref: MapRef, key: CtKey, field: string): { table: CtTable; entry: CtEntry } {
-    const table = this.get(ref, `${field}.map`);
+  /** The entry for `key`; NOT_FOUND (naming `keyField`) when absent. */
+  lookup(ref: MapRef, key: CtKey, mapField = 'map', keyField = 'key'): { table: CtTable; entry: CtEntry } {
+    const table = this.get(ref, mapField);
     const k = Buffer.alloc(table.map.spec.keySize);
     encodeKey(ref.family, key, k);
     const v = table.map.lookup(k);
-    if (!v) throw notFound(`${field}.key: no such entry in ${refLabel(ref)}`);
+    if (!v) throw notFound(`${keyField}: no such entry in ${refLabel(ref)}`);
     return { table, entry: decodeEntry(v) };
   }
 
@@ -130,8 +131,8 @@ export class CtTables {
   }
 
   /** Deletes the keys from one map; returns how many existed. */
-  delete(ref: MapRef, keys: CtKey[], field: string): number {
-    const table = this.get(ref, `${field}.map`);
+  delete(ref: MapRef, keys: CtKey[], mapField = 'map'): number {
+    const table = this.get(ref, mapField);
     if (keys.length === 0) return 0;
     const ks = table.map.spec.keySize;
     const buf = Buffer.alloc(keys.length * ks);

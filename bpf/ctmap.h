@@ -1,0 +1,145 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * Byte layouts of the Cilium CT and NAT maps (ctmap-facts §1-4). This header is the
+ * single C source of truth: the BPF objects in bpf/ and the C bench in bench/c include
+ * it, and test/kernel/btf-layout.test.ts compares the BTF it produces with the TS
+ * layouts in src/maps/ctmap/layout.ts and src/maps/nat/layout.ts.
+ *
+ * Only <linux/types.h> is included so that the header builds for -target bpf and for
+ * the host compiler alike.
+ */
+#ifndef CTMAPD_CTMAP_H
+#define CTMAPD_CTMAP_H
+
+#include <linux/types.h>
+
+/* Key byte `flags` (facts §2). OUT is 0, so it is a value, not a bit. */
+#define TUPLE_F_OUT	0
+#define TUPLE_F_IN	1
+#define TUPLE_F_RELATED	2
+#define TUPLE_F_SERVICE	4
+
+/* ct_entry.flags bits, same order as the bitfields below (facts §3). */
+#define CT_F_RX_CLOSING		(1 << 0)
+#define CT_F_TX_CLOSING		(1 << 1)
+#define CT_F_NAT64		(1 << 2)
+#define CT_F_LB_LOOPBACK	(1 << 3)
+#define CT_F_SEEN_NON_SYN	(1 << 4)
+#define CT_F_NODE_PORT		(1 << 5)
+#define CT_F_PROXY_REDIRECT	(1 << 6)
+#define CT_F_DSR_INTERNAL	(1 << 7)
+#define CT_F_FROM_L7LB		(1 << 8)
+#define CT_F_RESERVED1		(1 << 9)
+#define CT_F_FROM_TUNNEL	(1 << 10)
+
+union v6addr {
+	__u8 addr[16];
+	__be32 p32[4];
+};
+
+/*
+ * Keys are packed: the kernel hashes key_size bytes, so implicit padding would both
+ * change the size userspace must pass and leave uninitialised bytes in the hash.
+ * Addresses are stored swapped relative to the packet, ports are not (Cilium #5848).
+ */
+struct ipv4_ct_tuple {
+	__be32 daddr;
+	__be32 saddr;
+	__be16 dport;
+	__be16 sport;
+	__u8 nexthdr;
+	__u8 flags;
+} __attribute__((packed));
+
+struct ipv6_ct_tuple {
+	union v6addr daddr;
+	union v6addr saddr;
+	__be16 dport;
+	__be16 sport;
+	__u8 nexthdr;
+	__u8 flags;
+} __attribute__((packed));
+
+/*
+ * The first 16 bytes mean different things for egress and service entries. Naming the
+ * union (instead of Cilium's anonymous one) gives BTF a member `union0` to check.
+ */
+union ct_entry_union0 {
+	union {
+		__be32 v4;
+		union v6addr v6;
+	} nat_addr;
+	struct {
+		__u64 reserved;
+		__u64 backend_id;
+	};
+};
+
+struct ct_entry {
+	union ct_entry_union0 union0;
+	__u64 packets;
+	__u64 bytes;
+	__u32 lifetime;		/* absolute expiry, CLOCK_MONOTONIC seconds */
+	/*
+	 * The datapath flips single bits, userspace reads the whole word: the anonymous
+	 * union gives both views, and BTF a member `flags` at the word's offset.
+	 * Bitfields are allocated from bit 0 on little-endian targets, matching CT_F_*.
+	 */
+	union {
+		__u16 flags;
+		struct {
+			__u16 rx_closing:1,
+			      tx_closing:1,
+			      nat64:1,
+			      lb_loopback:1,
+			      seen_non_syn:1,
+			      node_port:1,
+			      proxy_redirect:1,
+			      dsr_internal:1,
+			      from_l7lb:1,
+			      reserved1:1,
+			      from_tunnel:1,
+			      reserved:5;
+		};
+	};
+	__be16 rev_nat_index;
+	__be16 nat_port;
+	__u8 tx_flags_seen;
+	__u8 rx_flags_seen;
+	__u32 src_sec_id;
+	__u32 last_tx_report;
+	__u32 last_rx_report;
+};
+
+/* NAT values (facts §4). Padding is spelled out so no byte is left uninitialised. */
+struct ipv4_nat_entry {
+	__u64 created;
+	__u64 needs_ct;
+	__u64 pad1;
+	__u64 pad2;
+	__be32 to_saddr;
+	__be16 to_sport;
+	__u16 pad3;
+};
+
+struct ipv6_nat_entry {
+	__u64 created;
+	__u64 needs_ct;
+	__u64 pad1;
+	__u64 pad2;
+	union v6addr to_saddr;
+	__be16 to_sport;
+	__u16 pad3;
+	__u32 pad4;
+};
+
+_Static_assert(sizeof(union v6addr) == 16, "v6addr size");
+_Static_assert(sizeof(struct ipv4_ct_tuple) == 14, "ipv4_ct_tuple size");
+_Static_assert(sizeof(struct ipv6_ct_tuple) == 38, "ipv6_ct_tuple size");
+_Static_assert(sizeof(union ct_entry_union0) == 16, "ct_entry union0 size");
+_Static_assert(sizeof(struct ct_entry) == 56, "ct_entry size");
+_Static_assert(__builtin_offsetof(struct ct_entry, flags) == 36, "ct_entry flags offset");
+_Static_assert(sizeof(struct ipv4_nat_entry) == 40, "ipv4_nat_entry size");
+_Static_assert(sizeof(struct ipv6_nat_entry) == 56, "ipv6_nat_entry size");
+
+#endif /* CTMAPD_CTMAP_H */

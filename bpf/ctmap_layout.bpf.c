@@ -1,0 +1,39 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * Layout carrier: its only job is to put the CT and NAT structs of ctmap.h into BTF,
+ * through the map definitions below, so the layout test can read them back. The no-op
+ * program makes it a loadable object, the empty-program baseline for later benches.
+ * The real datapath lives elsewhere.
+ */
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+
+#include "ctmap.h"
+
+/* Placeholder size: the daemon creates the real maps with their configured sizes. */
+#define LAYOUT_MAX_ENTRIES 1024
+
+#define CT_LRU_MAP(_name, _key, _value)			\
+	struct {						\
+		__uint(type, BPF_MAP_TYPE_LRU_HASH);		\
+		__uint(max_entries, LAYOUT_MAX_ENTRIES);	\
+		__type(key, _key);				\
+		__type(value, _value);				\
+	} _name SEC(".maps")
+
+CT_LRU_MAP(cilium_ct4_global, struct ipv4_ct_tuple, struct ct_entry);
+CT_LRU_MAP(cilium_ct_any4_global, struct ipv4_ct_tuple, struct ct_entry);
+CT_LRU_MAP(cilium_ct6_global, struct ipv6_ct_tuple, struct ct_entry);
+CT_LRU_MAP(cilium_ct_any6_global, struct ipv6_ct_tuple, struct ct_entry);
+CT_LRU_MAP(cilium_snat_v4_external, struct ipv4_ct_tuple, struct ipv4_nat_entry);
+CT_LRU_MAP(cilium_snat_v6_external, struct ipv6_ct_tuple, struct ipv6_nat_entry);
+
+SEC("tc")
+int ctmap_layout_noop(struct __sk_buff *skb)
+{
+	return TC_ACT_OK;
+}
+
+char LICENSE[] SEC("license") = "GPL";

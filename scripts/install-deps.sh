@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian packages ctmapd needs to build and test, when any is missing.
+# Idempotent and quiet when everything is there. Needs root (apt-get) for a fresh machine.
+set -euo pipefail
+
+pkgs=(clang llvm libbpf-dev libbpf1 bpftool iproute2 gcc make libelf-dev zlib1g-dev)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
+  exit 1
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

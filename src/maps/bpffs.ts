@@ -1,0 +1,41 @@
+/**
+ * bpffs checks. Pins only survive the process on a bpf filesystem, so a kernel-backend
+ * daemon refuses a bpf-root elsewhere; an empty or missing directory is mounted, as
+ * Cilium's agent does for /sys/fs/bpf.
+ */
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import type { Logger } from 'pino';
+import { CtmapError } from '../errors';
+
+/** statfs(2) f_type of bpffs (BPF_FS_MAGIC). */
+export const BPF_FS_MAGIC = 0xcafe4a11;
+
+export function isBpffs(dir: string): boolean {
+  try {
+    return fs.statfsSync(dir).type === BPF_FS_MAGIC;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Makes sure `root` is on bpffs: mounts bpffs on it when it is missing or an empty
+ * directory. Throws failed-precondition when that is not possible or `root` holds
+ * something else.
+ */
+export function ensureBpffs(root: string, log: Logger): void {
+  if (isBpffs(root)) return;
+  fs.mkdirSync(root, { recursive: true, mode: 0o755 });
+  if (fs.readdirSync(root).length > 0) {
+    throw new CtmapError('failed-precondition', `--bpf-root ${root} is not on a bpf filesystem and is not empty; mount bpffs there (mount -t bpf bpf ${root}) or choose another --bpf-root`);
+  }
+  try {
+    execFileSync('mount', ['-t', 'bpf', 'bpf', root], { stdio: 'pipe' });
+  } catch (err) {
+    const stderr = (err as { stderr?: Buffer }).stderr?.toString().trim();
+    throw new CtmapError('failed-precondition', `--bpf-root ${root} is not on a bpf filesystem and mounting one failed: ${stderr || String(err)}`);
+  }
+  if (!isBpffs(root)) throw new CtmapError('failed-precondition', `--bpf-root ${root}: mounted bpffs but statfs does not report it`);
+  log.info({ bpfRoot: root }, 'mounted bpffs');
+}

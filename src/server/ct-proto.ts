@@ -1,0 +1,173 @@
+/**
+ * Conversions between ctmap.v1 messages (as proto-loader presents them: snake_case,
+ * enums as names, 64-bit numbers as decimal strings) and the domain types of
+ * src/maps/ctmap. Request parsing validates and names the offending field.
+ */
+import { invalidArgument } from '../errors';
+import { Family } from '../maps/ctmap/addr';
+import { CtEntry, CtKey, checkUint, entryFlagNames, validateEntry, validateKey } from '../maps/ctmap/codec';
+import { DumpFilter } from '../maps/ctmap/tables';
+import { CtKind, MapRef } from '../maps/ctmap/spec';
+
+export interface MapRefMsg {
+  family?: string | number;
+  kind?: string | number;
+  cluster_id?: number;
+}
+
+export interface CtKeyMsg {
+  daddr: string;
+  saddr: string;
+  dport: number;
+  sport: number;
+  nexthdr: number;
+  flags: number;
+}
+
+export interface CtEntryMsg {
+  packets?: string | number;
+  bytes?: string | number;
+  lifetime?: number;
+  flags?: number;
+  rev_nat?: number;
+  nat_port?: number;
+  tx_flags_seen?: number;
+  rx_flags_seen?: number;
+  source_security_id?: number;
+  last_tx_report?: number;
+  last_rx_report?: number;
+  backend_id?: string | number;
+  union0?: Buffer | Uint8Array;
+  flag_names?: string[];
+  expires_in_seconds?: string | number;
+}
+
+export interface CtRecordMsg {
+  map?: MapRefMsg | null;
+  key?: CtKeyMsg | null;
+  entry?: CtEntryMsg | null;
+}
+
+export interface DumpFilterMsg {
+  nexthdr?: number | null;
+  flags?: number | null;
+  port?: number | null;
+  address?: string;
+  // proto3 `optional` presence, as proto-loader's oneofs option reports it
+  _nexthdr?: string;
+  _flags?: string;
+  _port?: string;
+}
+
+const FAMILIES: Record<string, Family> = { FAMILY_IPV4: 'ipv4', FAMILY_IPV6: 'ipv6' };
+const KINDS: Record<string, CtKind> = { MAP_KIND_TCP: 'tcp', MAP_KIND_ANY: 'any' };
+
+export function familyEnum(f: Family): string {
+  return f === 'ipv4' ? 'FAMILY_IPV4' : 'FAMILY_IPV6';
+}
+
+export function kindEnum(k: CtKind): string {
+  return k === 'tcp' ? 'MAP_KIND_TCP' : 'MAP_KIND_ANY';
+}
+
+/** A Family enum that must name one family. */
+export function parseFamily(value: unknown, field: string): Family {
+  const f = FAMILIES[String(value)];
+  if (!f) throw invalidArgument(field, `must be FAMILY_IPV4 or FAMILY_IPV6, got ${String(value)}`);
+  return f;
+}
+
+export function parseMapRef(msg: MapRefMsg | null | undefined, field: string): MapRef {
+  if (!msg) throw invalidArgument(field, 'is required');
+  const family = parseFamily(msg.family, `${field}.family`);
+  const kind = KINDS[String(msg.kind)];
+  if (!kind) throw invalidArgument(`${field}.kind`, `must be MAP_KIND_TCP or MAP_KIND_ANY, got ${String(msg.kind)}`);
+  checkUint(msg.cluster_id ?? 0, 0xffffffff, `${field}.cluster_id`);
+  return { family, kind, clusterId: msg.cluster_id ?? 0 };
+}
+
+export function mapRefMsg(ref: MapRef): MapRefMsg {
+  return { family: familyEnum(ref.family), kind: kindEnum(ref.kind), cluster_id: ref.clusterId };
+}
+
+/** Validates a key message; returns the key and its family. */
+export function parseKey(msg: CtKeyMsg | null | undefined, field: string): { key: CtKey; family: Family } {
+  const family = validateKey(msg, field);
+  const m = msg!;
+  return { key: { daddr: m.daddr, saddr: m.saddr, dport: m.dport, sport: m.sport, nexthdr: m.nexthdr, flags: m.flags }, family };
+}
+
+function u64(value: string | number | undefined, field: string): bigint {
+  if (value === undefined || value === '') return 0n;
+  try {
+    return BigInt(value);
+  } catch {
+    throw invalidArgument(field, `not an integer: ${String(value)}`);
+  }
+}
+
+/** Validates an entry message; flag_names and expires_in_seconds are output-only and ignored. */
+export function parseEntry(msg: CtEntryMsg | null | undefined, field: string): CtEntry {
+  if (!msg) throw invalidArgument(field, 'is required');
+  const entry: CtEntry = {
+    packets: u64(msg.packets, `${field}.packets`),
+    bytes: u64(msg.bytes, `${field}.bytes`),
+    lifetime: msg.lifetime ?? 0,
+    flags: msg.flags ?? 0,
+    revNat: msg.rev_nat ?? 0,
+    natPort: msg.nat_port ?? 0,
+    txFlagsSeen: msg.tx_flags_seen ?? 0,
+    rxFlagsSeen: msg.rx_flags_seen ?? 0,
+    sourceSecurityId: msg.source_security_id ?? 0,
+    lastTxReport: msg.last_tx_report ?? 0,
+    lastRxReport: msg.last_rx_report ?? 0,
+    backendId: u64(msg.backend_id, `${field}.backend_id`),
+    union0: Buffer.from(msg.union0 ?? Buffer.alloc(0)),
+  };
+  validateEntry(entry, field);
+  return entry;
+}
+
+export function entryMsg(e: CtEntry, now: number): CtEntryMsg {
+  return {
+    packets: e.packets.toString(),
+    bytes: e.bytes.toString(),
+    lifetime: e.lifetime,
+    flags: e.flags,
+    rev_nat: e.revNat,
+    nat_port: e.natPort,
+    tx_flags_seen: e.txFlagsSeen,
+    rx_flags_seen: e.rxFlagsSeen,
+    source_security_id: e.sourceSecurityId,
+    last_tx_report: e.lastTxReport,
+    last_rx_report: e.lastRxReport,
+    backend_id: e.backendId.toString(),
+    union0: e.union0,
+    flag_names: entryFlagNames(e.flags),
+    expires_in_seconds: String(e.lifetime - now),
+  };
+}
+
+export function parseMapRefs(list: MapRefMsg[] | undefined, field: string): MapRef[] {
+  return (list ?? []).map((m, i) => parseMapRef(m, `${field}[${i}]`));
+}
+
+export function parseDumpFilter(msg: DumpFilterMsg | null | undefined): DumpFilter | undefined {
+  if (!msg) return undefined;
+  const filter: DumpFilter = {};
+  // With proto3 `optional`, presence shows as the synthetic oneof `_<name>` naming the field.
+  if (msg._nexthdr === 'nexthdr' && msg.nexthdr != null) {
+    checkUint(msg.nexthdr, 0xff, 'filter.nexthdr');
+    filter.nexthdr = msg.nexthdr;
+  }
+  if (msg._flags === 'flags' && msg.flags != null) {
+    checkUint(msg.flags, 0xff, 'filter.flags');
+    filter.flags = msg.flags;
+  }
+  if (msg._port === 'port' && msg.port != null) {
+    checkUint(msg.port, 0xffff, 'filter.port');
+    filter.port = msg.port;
+  }
+  if (msg.address) filter.address = msg.address;
+  return filter;
+}

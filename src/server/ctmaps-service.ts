@@ -1,0 +1,189 @@
+/**
+ * The ctmap.v1.CTMaps service: request parsing and response shaping around CtTables.
+ * Errors thrown here are CtmapErrors; unary()/serverStream() map them to gRPC statuses.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { invalidArgument } from '../errors';
+import { ctNow, formatEntryLine } from '../maps/ctmap/format';
+import { CtTable, CtTables, DumpCursor, countEntries } from '../maps/ctmap/tables';
+import { CT_ENTRY_SIZE } from '../maps/ctmap/codec';
+import { MapRef } from '../maps/ctmap/spec';
+import {
+  CtEntryMsg,
+  CtKeyMsg,
+  CtRecordMsg,
+  DumpFilterMsg,
+  MapRefMsg,
+  entryMsg,
+  mapRefMsg,
+  parseDumpFilter,
+  parseEntry,
+  parseKey,
+  parseMapRef,
+  parseMapRefs,
+} from './ct-proto';
+import { WireWriter, mapRefBody, writeCtRecord } from './ct-wire';
+import type { Logger } from './logger';
+import { StreamWriter, serverStream, unary } from './status';
+
+interface DumpRequest {
+  maps?: MapRefMsg[];
+  filter?: DumpFilterMsg | null;
+}
+
+/** Flush a DumpEntriesBatched message once it grows past this (client default limit is 4 MiB). */
+const BATCH_MESSAGE_BYTES = 1 << 20;
+
+export function mapInfoMsg(t: CtTable, entries?: number): object {
+  const spec = t.map.spec;
+  return {
+    ref: mapRefMsg(t.ref),
+    name: spec.name,
+    pin_path: spec.pinPath ?? '',
+    max_entries: spec.maxEntries,
+    key_size: spec.keySize,
+    value_size: spec.valueSize,
+    flags: spec.flags,
+    backend: t.map.backend,
+    entries: String(entries ?? 0),
+  };
+}
+
+/** The CTMaps handlers over `tables`. `shutdown` ends calls when the server stops. */
+export function ctMapsService(tables: CtTables, log: Logger, shutdown: AbortSignal): grpc.UntypedServiceImplementation {
+  /** Streams the selected maps batch by batch; `emit` turns one batch into messages. */
+  async function dump(
+    req: DumpRequest,
+    signal: AbortSignal,
+    emit: (batch: NonNullable<ReturnType<DumpCursor['next']>>, refBody: Buffer) => Promise<void>,
+  ): Promise<void> {
+    const selected = tables.resolve(parseMapRefs(req.maps, 'maps'), 'maps');
+    const cursor = new DumpCursor(selected, parseDumpFilter(req.filter));
+    const refBodies = new Map<CtTable, Buffer>(selected.map((t) => [t, mapRefBody(t.ref)]));
+    try {
+      for (let b = cursor.next(); b; b = cursor.next()) {
+        if (signal.aborted) throw signal.reason;
+        await emit(b, refBodies.get(b.table)!);
+      }
+    } finally {
+      cursor.close();
+    }
+  }
+
+  return {
+    ActiveMaps: unary(log, 'CTMaps/ActiveMaps', async (req: { with_counts?: boolean }) => ({
+      maps: tables.active().map((t) => mapInfoMsg(t, req.with_counts ? t.map.count() : undefined)),
+    }), shutdown),
+
+    DumpEntries: serverStream(log, 'CTMaps/DumpEntries', async (req: DumpRequest, writer: StreamWriter<Buffer>, ctx) => {
+      await dump(req, ctx.signal, async (b, refBody) => {
+        // One buffer per batch, sliced per record: grpc-js may hold a message until the
+        // client drains, so slices of a buffer that is never reused stay valid.
+        const w = new WireWriter(b.count * 200);
+        const ends = new Uint32Array(b.count);
+        const now = ctNow();
+        const ks = b.table.map.spec.keySize;
+        for (let j = 0; j < b.count; j++) {
+          const i = b.matches[j];
+          writeCtRecord(w, b.table.ref.family, refBody, b.keys, i * ks, b.values, i * CT_ENTRY_SIZE, now);
+          ends[j] = w.pos;
+        }
+        let start = 0;
+        for (let j = 0; j < b.count; j++) {
+          await writer.write(w.buf.subarray(start, ends[j]));
+          start = ends[j];
+        }
+      });
+    }, shutdown),
+
+    DumpEntriesBatched: serverStream(log, 'CTMaps/DumpEntriesBatched', async (req: DumpRequest, writer: StreamWriter<Buffer>, ctx) => {
+      await dump(req, ctx.signal, async (b, refBody) => {
+        let w = new WireWriter(b.count * 200);
+        const now = ctNow();
+        const ks = b.table.map.spec.keySize;
+        for (let j = 0; j < b.count; j++) {
+          const i = b.matches[j];
+          const mark = w.beginLen(1);
+          writeCtRecord(w, b.table.ref.family, refBody, b.keys, i * ks, b.values, i * CT_ENTRY_SIZE, now);
+          w.endLen(mark);
+          if (w.pos >= BATCH_MESSAGE_BYTES && j + 1 < b.count) {
+            await writer.write(w.buf.subarray(0, w.pos));
+            w = new WireWriter(w.buf.length);
+          }
+        }
+        await writer.write(w.buf.subarray(0, w.pos));
+      });
+    }, shutdown),
+
+    DumpEntriesWithTimeDiff: serverStream(log, 'CTMaps/DumpEntriesWithTimeDiff', async (req: DumpRequest, writer: StreamWriter<{ text: string }>, ctx) => {
+      await dump(req, ctx.signal, async (b) => {
+        const now = ctNow();
+        const ks = b.table.map.spec.keySize;
+        let text = '';
+        for (let j = 0; j < b.count; j++) {
+          const i = b.matches[j];
+          text += formatEntryLine(b.table.ref.family, b.keys, i * ks, b.values, i * CT_ENTRY_SIZE, now);
+        }
+        if (text) await writer.write({ text });
+      });
+    }, shutdown),
+
+    Count: unary(log, 'CTMaps/Count', async (req: { maps?: MapRefMsg[] }) => ({
+      counts: countEntries(tables.resolve(parseMapRefs(req.maps, 'maps'), 'maps')).map((c) => ({
+        map: mapRefMsg(c.ref),
+        entries: String(c.entries),
+      })),
+    }), shutdown),
+
+    Lookup: unary(log, 'CTMaps/Lookup', async (req: { map?: MapRefMsg; key?: CtKeyMsg }): Promise<CtRecordMsg> => {
+      const ref = parseMapRef(req.map, 'map');
+      const { key, family } = parseKey(req.key, 'key');
+      checkFamily(ref, family, 'key');
+      const { entry } = tables.lookup(ref, key);
+      return { map: mapRefMsg(ref), key: req.key, entry: entryMsg(entry, ctNow()) };
+    }, shutdown),
+
+    Update: unary(log, 'CTMaps/Update', async (req: { records?: CtRecordMsg[] }) => {
+      const records = req.records ?? [];
+      const families = records.map((r, i) => parseKey(r.key, `records[${i}].key`).family);
+      const parsed = records.map((r, i) => ({
+        ref: parseMapRef(r.map, `records[${i}].map`),
+        key: parseKey(r.key, `records[${i}].key`).key,
+        entry: parseEntry(r.entry as CtEntryMsg, `records[${i}].entry`),
+      }));
+      return { written: tables.update(parsed, 'records', families) };
+    }, shutdown),
+
+    Delete: unary(log, 'CTMaps/Delete', async (req: { map?: MapRefMsg; keys?: CtKeyMsg[] }) => {
+      const ref = parseMapRef(req.map, 'map');
+      const keys = (req.keys ?? []).map((k, i) => {
+        const { key, family } = parseKey(k, `keys[${i}]`);
+        checkFamily(ref, family, `keys[${i}]`);
+        return key;
+      });
+      return { deleted: tables.delete(ref, keys) };
+    }, shutdown),
+
+    Flush: unary(log, 'CTMaps/Flush', async (req: { maps?: MapRefMsg[] }) => ({
+      flushed: String(tables.flush(tables.resolve(parseMapRefs(req.maps, 'maps'), 'maps'))),
+    }), shutdown),
+  };
+}
+
+function checkFamily(ref: MapRef, family: string, field: string): void {
+  if (family !== ref.family) throw invalidArgument(field, `${family} key for the ${ref.family} map`);
+}
+
+/**
+ * The CTMaps service definition with the dump streams' serializers accepting
+ * pre-encoded Buffers (see ct-wire.ts); every other message goes through protobufjs.
+ */
+export function ctMapsDefinition(base: grpc.ServiceDefinition): grpc.ServiceDefinition {
+  const def: Record<string, grpc.MethodDefinition<unknown, unknown>> = { ...base };
+  for (const name of ['DumpEntries', 'DumpEntriesBatched']) {
+    const m = def[name];
+    const original = m.responseSerialize;
+    def[name] = { ...m, responseSerialize: (v: unknown) => (Buffer.isBuffer(v) ? v : original(v)) };
+  }
+  return def as grpc.ServiceDefinition;
+}

@@ -1,0 +1,246 @@
+/**
+ * ctmapd's command-line flags. Names mirror Cilium's agent flags where Cilium has one, so
+ * operators can carry values over. Every flag also reads `CTMAPD_<FLAG_IN_UPPER_SNAKE>`;
+ * precedence is flag > environment > default. Values from both sources go through the
+ * same validation, and every error names the flag.
+ */
+import { Command, CommanderError, Option } from 'commander';
+import { CtmapError } from '../errors';
+
+export type BackendChoice = 'auto' | 'kernel' | 'memory';
+export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal';
+export type LogFormat = 'json' | 'pretty';
+
+/** The validated configuration; one field per flag, named after it in camelCase. */
+export interface Config {
+  readonly backend: BackendChoice;
+  readonly bpfRoot: string;
+  /** Unix socket path the gRPC server listens on. */
+  readonly socket: string;
+  /** TCP "HOST:PORT" to listen on as well; undefined = unix socket only. */
+  readonly listen?: string;
+  readonly enableIpv4: boolean;
+  readonly enableIpv6: boolean;
+  readonly bpfCtGlobalTcpMax: number;
+  readonly bpfCtGlobalAnyMax: number;
+  readonly bpfDistributedLru: boolean;
+  /** CT lifetimes in seconds (facts §5; become the datapath's CT_* constants). */
+  readonly bpfCtTimeoutRegularTcp: number;
+  readonly bpfCtTimeoutRegularAny: number;
+  readonly bpfCtTimeoutServiceTcp: number;
+  readonly bpfCtTimeoutServiceAny: number;
+  readonly bpfCtTimeoutServiceTcpGrace: number;
+  readonly bpfCtTimeoutRegularTcpSyn: number;
+  readonly bpfCtTimeoutRegularTcpFin: number;
+  /** CT_REPORT_INTERVAL in seconds. */
+  readonly monitorAggregationInterval: number;
+  readonly logLevel: LogLevel;
+  readonly logFormat: LogFormat;
+}
+
+/**
+ * A configuration problem (exitCode 2, `field` = the flag) or a request for help
+ * (exitCode 0, `message` = the help text to print on stdout).
+ */
+export class ConfigError extends CtmapError {
+  override name = 'ConfigError';
+  constructor(
+    message: string,
+    readonly exitCode: 0 | 2,
+    flag?: string,
+  ) {
+    super('invalid-argument', message, { field: flag });
+  }
+}
+
+/** Every map size must lie in [1024, 16Mi] (facts §1). */
+export const MAP_SIZE_MIN = 1024;
+export const MAP_SIZE_MAX = 16 * 1024 * 1024;
+const U32_MAX = 0xffff_ffff;
+// sun_path is 108 bytes including the terminating NUL.
+const SOCKET_PATH_MAX = 107;
+
+type Raw = string | boolean;
+type Parse = (raw: Raw) => unknown;
+
+interface Flag {
+  readonly name: string; // long flag without "--"
+  readonly key: keyof Config;
+  readonly help: string;
+  /** undefined = optional, left unset when not given. */
+  readonly default?: string | number | boolean;
+  readonly value: 'required' | 'bool';
+  readonly parse: Parse;
+}
+
+const FLAGS: readonly Flag[] = [
+  flag('backend', 'backend', 'map backend: auto picks kernel where bpf() is permitted, else memory', 'auto', oneOf(['auto', 'kernel', 'memory'])),
+  flag('bpf-root', 'bpfRoot', 'bpffs mount point; maps are pinned under <bpf-root>/tc/globals', '/sys/fs/bpf', absolutePath),
+  flag('socket', 'socket', 'unix socket path of the gRPC server', '/run/ctmapd/ctmapd.sock', socketPath),
+  flag('listen', 'listen', 'also listen on TCP HOST:PORT (insecure; off by default)', undefined, hostPort),
+  boolFlag('enable-ipv4', 'enableIpv4', 'manage the IPv4 CT maps', true),
+  boolFlag('enable-ipv6', 'enableIpv6', 'manage the IPv6 CT maps', true),
+  flag('bpf-ct-global-tcp-max', 'bpfCtGlobalTcpMax', 'max entries of the TCP CT maps', 524288, integer(MAP_SIZE_MIN, MAP_SIZE_MAX)),
+  flag('bpf-ct-global-any-max', 'bpfCtGlobalAnyMax', 'max entries of the non-TCP CT maps', 262144, integer(MAP_SIZE_MIN, MAP_SIZE_MAX)),
+  boolFlag('bpf-distributed-lru', 'bpfDistributedLru', 'create LRU maps with BPF_F_NO_COMMON_LRU (per-CPU LRU lists)', false),
+  seconds('bpf-ct-timeout-regular-tcp', 'bpfCtTimeoutRegularTcp', 'lifetime of established TCP entries', 8000),
+  seconds('bpf-ct-timeout-regular-any', 'bpfCtTimeoutRegularAny', 'lifetime of non-TCP entries', 60),
+  seconds('bpf-ct-timeout-service-tcp', 'bpfCtTimeoutServiceTcp', 'lifetime of TCP service entries', 8000),
+  seconds('bpf-ct-timeout-service-any', 'bpfCtTimeoutServiceAny', 'lifetime of non-TCP service entries', 60),
+  seconds('bpf-ct-timeout-service-tcp-grace', 'bpfCtTimeoutServiceTcpGrace', 'grace period before a closing TCP service connection is rebalanced', 60),
+  seconds('bpf-ct-timeout-regular-tcp-syn', 'bpfCtTimeoutRegularTcpSyn', 'lifetime of TCP entries that have only seen a SYN', 60),
+  seconds('bpf-ct-timeout-regular-tcp-fin', 'bpfCtTimeoutRegularTcpFin', 'lifetime of closing TCP entries', 10),
+  seconds('monitor-aggregation-interval', 'monitorAggregationInterval', 'minimum interval between monitor reports of one connection', 5),
+  flag('log-level', 'logLevel', 'trace, debug, info, warn, error or fatal', 'info', oneOf(['trace', 'debug', 'info', 'warn', 'error', 'fatal'])),
+  flag('log-format', 'logFormat', 'json, or pretty for one human-readable line per record', 'json', oneOf(['json', 'pretty'])),
+];
+
+/** `--bpf-ct-global-tcp-max` -> `CTMAPD_BPF_CT_GLOBAL_TCP_MAX`. */
+export function envName(flagName: string): string {
+  return `CTMAPD_${flagName.replace(/^--/, '').replace(/-/g, '_').toUpperCase()}`;
+}
+
+/**
+ * Parses the arguments after the program name (process.argv.slice(2)) with `env` as the
+ * fallback for flags not given. Returns the validated Config; throws ConfigError: exitCode
+ * 2 for unknown flags, missing or invalid values (the message names the flag), exitCode 0
+ * with the help text for --help. Never prints and never exits.
+ */
+export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Config {
+  let helpText = '';
+  const cmd = new Command('ctmapd')
+    .description('Node-local gRPC daemon owning the eBPF connection-tracking maps (Cilium layout).')
+    .helpOption('-h, --help', 'show this help')
+    .exitOverride()
+    .configureOutput({ writeOut: (s) => (helpText += s), writeErr: () => undefined });
+  for (const f of FLAGS) {
+    const given = f.default === undefined ? '' : ` (default: ${f.default})`;
+    const help = `${f.help}${given} [env ${envName(f.name)}]`;
+    if (f.value === 'bool') {
+      cmd.addOption(new Option(`--${f.name} [bool]`, help));
+      cmd.addOption(new Option(`--no-${f.name}`, `same as --${f.name}=false`));
+    } else {
+      cmd.addOption(new Option(`--${f.name} <value>`, help));
+    }
+  }
+  try {
+    cmd.parse([...argv], { from: 'user' });
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (err.exitCode === 0) throw new ConfigError(helpText, 0);
+      throw new ConfigError(err.message.replace(/^error: /, ''), 2, optionIn(err.message));
+    }
+    throw err;
+  }
+
+  const opts = cmd.opts<Record<string, Raw | undefined>>();
+  const out: Record<string, unknown> = {};
+  for (const f of FLAGS) {
+    const fromCli = opts[f.key];
+    const fromEnv = env[envName(f.name)];
+    let value: unknown;
+    if (fromCli !== undefined) value = parseValue(f, fromCli, `--${f.name}`);
+    else if (fromEnv !== undefined && fromEnv !== '') value = parseValue(f, fromEnv, `${envName(f.name)} (--${f.name})`);
+    else value = f.default;
+    if (value !== undefined) out[f.key] = value;
+  }
+  const config = out as unknown as Config;
+  if (!config.enableIpv4 && !config.enableIpv6) {
+    throw new ConfigError('--enable-ipv4, --enable-ipv6: at least one family must be enabled', 2, '--enable-ipv4');
+  }
+  return config;
+}
+
+/**
+ * parseConfig for a binary's main: prints help (exit 0) or the error (exit 2, prefixed with
+ * the program name) and exits the process; otherwise returns the Config.
+ */
+export function configOrExit(argv: readonly string[] = process.argv.slice(2), env: NodeJS.ProcessEnv = process.env): Config {
+  try {
+    return parseConfig(argv, env);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    if (err.exitCode === 0) process.stdout.write(err.message);
+    else process.stderr.write(`ctmapd: ${err.message}\n`);
+    process.exit(err.exitCode);
+  }
+}
+
+function parseValue(f: Flag, raw: Raw, source: string): unknown {
+  try {
+    return f.parse(raw);
+  } catch (err) {
+    throw new ConfigError(`${source}: ${(err as Error).message}`, 2, `--${f.name}`);
+  }
+}
+
+function optionIn(message: string): string | undefined {
+  return /'(--[a-z0-9-]+)/.exec(message)?.[1];
+}
+
+function flag(name: string, key: keyof Config, help: string, def: string | number | undefined, parse: Parse): Flag {
+  return { name, key, help, default: def, value: 'required', parse };
+}
+
+function boolFlag(name: string, key: keyof Config, help: string, def: boolean): Flag {
+  return { name, key, help, default: def, value: 'bool', parse: bool };
+}
+
+/** Durations are whole seconds; 0 would make every new entry expire at once. */
+function seconds(name: string, key: keyof Config, help: string, def: number): Flag {
+  return flag(name, key, `${help}, seconds`, def, integer(1, U32_MAX));
+}
+
+// --- value parsers: throw an Error whose message completes "<flag>: ..." ---
+
+function bool(raw: Raw): boolean {
+  if (typeof raw === 'boolean') return raw; // bare --flag / --no-flag
+  const v = raw.trim().toLowerCase();
+  if (['true', '1', 'yes', 'on'].includes(v)) return true;
+  if (['false', '0', 'no', 'off'].includes(v)) return false;
+  throw new Error(`want true or false, got ${JSON.stringify(raw)}`);
+}
+
+function text(raw: Raw): string {
+  if (typeof raw !== 'string') throw new Error('needs a value');
+  return raw;
+}
+
+function oneOf(choices: readonly string[]): Parse {
+  return (raw) => {
+    const v = text(raw);
+    if (!choices.includes(v)) throw new Error(`want one of ${choices.join('|')}, got ${JSON.stringify(v)}`);
+    return v;
+  };
+}
+
+function integer(min: number, max: number): Parse {
+  return (raw) => {
+    const v = text(raw).trim();
+    if (!/^\d+$/.test(v)) throw new Error(`want an integer in ${min}..${max}, got ${JSON.stringify(raw)}`);
+    const n = Number(v);
+    if (n < min || n > max) throw new Error(`${n} is out of range ${min}..${max}`);
+    return n;
+  };
+}
+
+function absolutePath(raw: Raw): string {
+  const v = text(raw);
+  if (!v.startsWith('/')) throw new Error(`want an absolute path, got ${JSON.stringify(v)}`);
+  return v.length > 1 ? v.replace(/\/+$/, '') : v;
+}
+
+function socketPath(raw: Raw): string {
+  const v = text(raw);
+  if (v === '') throw new Error('want a path');
+  if (Buffer.byteLength(v) > SOCKET_PATH_MAX) throw new Error(`path longer than ${SOCKET_PATH_MAX} bytes (unix socket limit)`);
+  return v;
+}
+
+function hostPort(raw: Raw): string {
+  const v = text(raw);
+  // IPv6 hosts must be bracketed so the port separator is unambiguous: "[::1]:50051".
+  const m = /^(\[[0-9a-fA-F:.]+\]|[^:[\]\s]+):(\d{1,5})$/.exec(v);
+  if (!m || Number(m[2]) > 65535) throw new Error(`want HOST:PORT (IPv6 as [addr]:port), got ${JSON.stringify(v)}`);
+  return v;
+}

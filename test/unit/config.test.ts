@@ -1,0 +1,134 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { ConfigError, MAP_SIZE_MAX, MAP_SIZE_MIN, envName, parseConfig } from '../../src/server/config';
+
+/** Asserts parseConfig rejects with exit code 2 and a message naming `flag`. */
+function rejects(argv: string[], flag: string, env: NodeJS.ProcessEnv = {}): ConfigError {
+  try {
+    parseConfig(argv, env);
+  } catch (err) {
+    assert.ok(err instanceof ConfigError, `expected ConfigError, got ${String(err)}`);
+    assert.equal(err.exitCode, 2);
+    assert.equal(err.code, 'invalid-argument');
+    assert.match(err.message, new RegExp(flag.replace(/[-]/g, '\\-')));
+    return err;
+  }
+  assert.fail(`parseConfig(${JSON.stringify(argv)}) did not throw`);
+}
+
+describe('parseConfig', () => {
+  it('has the documented defaults', () => {
+    assert.deepEqual(parseConfig([], {}), {
+      backend: 'auto',
+      bpfRoot: '/sys/fs/bpf',
+      socket: '/run/ctmapd/ctmapd.sock',
+      enableIpv4: true,
+      enableIpv6: true,
+      bpfCtGlobalTcpMax: 524288,
+      bpfCtGlobalAnyMax: 262144,
+      bpfDistributedLru: false,
+      bpfCtTimeoutRegularTcp: 8000,
+      bpfCtTimeoutRegularAny: 60,
+      bpfCtTimeoutServiceTcp: 8000,
+      bpfCtTimeoutServiceAny: 60,
+      bpfCtTimeoutServiceTcpGrace: 60,
+      bpfCtTimeoutRegularTcpSyn: 60,
+      bpfCtTimeoutRegularTcpFin: 10,
+      monitorAggregationInterval: 5,
+      logLevel: 'info',
+      logFormat: 'json',
+    });
+  });
+
+  it('takes flags in both --flag=value and --flag value form', () => {
+    const c = parseConfig(
+      ['--backend=memory', '--bpf-root', '/tmp/bpffs/', '--socket=/tmp/x.sock', '--listen', '127.0.0.1:0', '--bpf-ct-timeout-regular-tcp-fin=3'],
+      {},
+    );
+    assert.equal(c.backend, 'memory');
+    assert.equal(c.bpfRoot, '/tmp/bpffs');
+    assert.equal(c.socket, '/tmp/x.sock');
+    assert.equal(c.listen, '127.0.0.1:0');
+    assert.equal(c.bpfCtTimeoutRegularTcpFin, 3);
+  });
+
+  it('falls back to CTMAPD_* environment variables, flags win', () => {
+    const env = { CTMAPD_BPF_CT_GLOBAL_TCP_MAX: '2048', CTMAPD_LOG_LEVEL: 'debug', CTMAPD_ENABLE_IPV6: 'false', CTMAPD_LISTEN: '[::1]:50051' };
+    const c = parseConfig([], env);
+    assert.equal(c.bpfCtGlobalTcpMax, 2048);
+    assert.equal(c.logLevel, 'debug');
+    assert.equal(c.enableIpv6, false);
+    assert.equal(c.listen, '[::1]:50051');
+    assert.equal(parseConfig(['--bpf-ct-global-tcp-max=4096'], env).bpfCtGlobalTcpMax, 4096);
+    assert.equal(parseConfig(['--enable-ipv6'], env).enableIpv6, true);
+    // An empty variable counts as unset.
+    assert.equal(parseConfig([], { CTMAPD_BACKEND: '' }).backend, 'auto');
+  });
+
+  it('derives every environment name from the flag', () => {
+    assert.equal(envName('bpf-ct-timeout-regular-tcp-syn'), 'CTMAPD_BPF_CT_TIMEOUT_REGULAR_TCP_SYN');
+    assert.equal(envName('--enable-ipv4'), 'CTMAPD_ENABLE_IPV4');
+  });
+
+  it('accepts the boolean forms', () => {
+    assert.equal(parseConfig(['--enable-ipv4=false'], {}).enableIpv4, false);
+    assert.equal(parseConfig(['--enable-ipv4', 'false'], {}).enableIpv4, false);
+    assert.equal(parseConfig(['--no-enable-ipv4'], {}).enableIpv4, false);
+    assert.equal(parseConfig(['--enable-ipv4'], { CTMAPD_ENABLE_IPV4: 'false' }).enableIpv4, true);
+    assert.equal(parseConfig(['--bpf-distributed-lru'], {}).bpfDistributedLru, true);
+    assert.equal(parseConfig(['--bpf-distributed-lru=1'], {}).bpfDistributedLru, true);
+    rejects(['--enable-ipv4=maybe'], '--enable-ipv4');
+  });
+
+  it('rejects disabling both families', () => {
+    rejects(['--no-enable-ipv4', '--enable-ipv6=false'], '--enable-ipv4');
+  });
+
+  it('bounds the map sizes to [1024, 16Mi]', () => {
+    for (const f of ['--bpf-ct-global-tcp-max', '--bpf-ct-global-any-max']) {
+      assert.doesNotThrow(() => parseConfig([`${f}=${MAP_SIZE_MIN}`], {}));
+      assert.doesNotThrow(() => parseConfig([`${f}=${MAP_SIZE_MAX}`], {}));
+      rejects([`${f}=${MAP_SIZE_MIN - 1}`], f);
+      rejects([`${f}=${MAP_SIZE_MAX + 1}`], f);
+      for (const bad of ['abc', '-5', '1e5', '2048.5', '']) rejects([`${f}=${bad}`], f);
+    }
+    assert.equal(MAP_SIZE_MAX, 16777216);
+  });
+
+  it('names both the variable and the flag for a bad environment value', () => {
+    const err = rejects([], '--bpf-ct-global-any-max', { CTMAPD_BPF_CT_GLOBAL_ANY_MAX: '12' });
+    assert.match(err.message, /CTMAPD_BPF_CT_GLOBAL_ANY_MAX/);
+    assert.equal(err.field, '--bpf-ct-global-any-max');
+  });
+
+  it('rejects invalid enum, duration, path and address values naming the flag', () => {
+    rejects(['--backend=ebpf'], '--backend');
+    rejects(['--log-level=verbose'], '--log-level');
+    rejects(['--log-format=xml'], '--log-format');
+    rejects(['--bpf-ct-timeout-regular-tcp=0'], '--bpf-ct-timeout-regular-tcp');
+    rejects(['--bpf-ct-timeout-service-any=10s'], '--bpf-ct-timeout-service-any');
+    rejects(['--bpf-root=relative/dir'], '--bpf-root');
+    rejects([`--socket=/tmp/${'x'.repeat(120)}`], '--socket');
+    for (const bad of ['50051', 'host:65536', '::1:50051', 'host:']) rejects([`--listen=${bad}`], '--listen');
+  });
+
+  it('rejects unknown flags, missing values and arguments', () => {
+    rejects(['--bpf-ct-global-max=1'], '--bpf-ct-global-max');
+    rejects(['--backend'], '--backend');
+    assert.throws(() => parseConfig(['extra'], {}), (e: unknown) => e instanceof ConfigError && e.exitCode === 2);
+  });
+
+  it('reports --help as exit code 0 with every flag and its variable', () => {
+    let err: unknown;
+    try {
+      parseConfig(['--help'], {});
+    } catch (e) {
+      err = e;
+    }
+    assert.ok(err instanceof ConfigError);
+    assert.equal(err.exitCode, 0);
+    for (const name of ['--backend', '--bpf-ct-global-tcp-max', '--no-enable-ipv6', '--bpf-ct-timeout-regular-tcp-syn', 'CTMAPD_SOCKET']) {
+      assert.ok(err.message.includes(name), `help lacks ${name}`);
+    }
+  });
+});

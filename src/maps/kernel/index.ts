@@ -31,27 +31,49 @@ export class KernelMap implements BpfMap {
     return this.fd.closed;
   }
 
+  /**
+   * The kernel copies exactly key_size / value_size bytes (times count) from or to the
+   * pointers it is given: a short buffer would be read or written past its end, so every
+   * length is checked here, before the syscall.
+   */
+  #checkLengths(op: string, keys: Buffer, values: Buffer | undefined, batchCount?: number): void {
+    // Single-element operations want exact sizes; batches at least `batchCount` elements.
+    const single = batchCount === undefined;
+    const count = batchCount ?? 1;
+    if (keys.length < count * this.spec.keySize || (single && keys.length !== this.spec.keySize)) {
+      throw new bpf.BpfSyscallError(`${op}: key buffer of ${keys.length} bytes for ${count} key(s) of ${this.spec.keySize}`, bpf.Errno.EINVAL);
+    }
+    if (values && (values.length < count * this.spec.valueSize || (single && values.length !== this.spec.valueSize))) {
+      throw new bpf.BpfSyscallError(`${op}: value buffer of ${values.length} bytes for ${count} value(s) of ${this.spec.valueSize}`, bpf.Errno.EINVAL);
+    }
+  }
+
   lookup(key: Buffer, out?: Buffer): Buffer | undefined {
     const value = out ?? Buffer.alloc(this.spec.valueSize);
+    this.#checkLengths('map lookup', key, value);
     return bpf.lookup(this.fd, key, value) ? value : undefined;
   }
 
   update(key: Buffer, value: Buffer, flags: UpdateFlagValue = UpdateFlag.ANY): void {
+    this.#checkLengths('map update', key, value);
     bpf.update(this.fd, key, value, flags);
   }
 
   delete(key: Buffer): boolean {
+    this.#checkLengths('map delete', key, undefined);
     return bpf.deleteElem(this.fd, key);
   }
 
   updateBatch(keys: Buffer, values: Buffer, count: number, flags: UpdateFlagValue = UpdateFlag.ANY): void {
     if (count === 0) return;
+    this.#checkLengths('map update batch', keys, values, count);
     bpf.updateBatch(this.fd, keys, values, count, flags);
   }
 
   deleteBatch(keys: Buffer, count: number): DeleteBatchResult {
     // The kernel stops a delete batch at the first missing key; a missing key is normal
     // here (LRU eviction or the datapath got there first), so step over it and go on.
+    this.#checkLengths('map delete batch', keys, undefined, count);
     const ks = this.spec.keySize;
     let done = 0;
     let deleted = 0;

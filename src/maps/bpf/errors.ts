@@ -53,6 +53,9 @@ function codeForErrno(errno: number): ErrorCode {
       return 'permission-denied';
     case Errno.EOPNOTSUPP:
     case Errno.ENOTSUPP:
+    // Request input is validated before it reaches bpf(); an EINVAL from the kernel means
+    // the map or kernel cannot do what was asked (wrong map type, unsupported flag).
+    case Errno.EINVAL:
       return 'failed-precondition';
     default:
       return 'internal';

@@ -188,6 +188,9 @@ const batchOptsByFlags = new Map<number, Buffer>();
  * the error carries that count.
  */
 export function updateBatch(fd: Fd, keys: Buffer, values: Buffer, count: number, elemFlags: number): void {
+  // The kernel refuses NOEXIST/EXIST in batches with EINVAL without writing back a count,
+  // which would make `processed` a lie: refuse them here instead.
+  if (elemFlags !== 0) throw new BatchError('map update batch (only BPF_ANY is supported)', Errno.EINVAL, 0);
   let opts = batchOptsByFlags.get(elemFlags);
   if (!opts) batchOptsByFlags.set(elemFlags, (opts = batchOpts(elemFlags)));
   countCell[0] = count;

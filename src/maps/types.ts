@@ -79,6 +79,12 @@ export interface Batch {
 export interface BatchCursor {
   /** The next non-empty batch, or null at the end of the map. */
   next(): Batch | null;
+  /**
+   * Like next(), but the kernel backend reads off the event loop and prefetches the
+   * following batch while the caller works on this one (double buffering). The batch stays
+   * valid until the next call to nextAsync(). Do not mix with next() on one cursor.
+   */
+  nextAsync(): Promise<Batch | null>;
   /** Releases the buffers; idempotent. */
   close(): void;
 }

@@ -19,8 +19,6 @@ const E = CT_ENTRY.fields;
 // Wire types: 0 varint, 2 length-delimited.
 const tag = (field: number, wire: number): number => (field << 3) | wire;
 
-/** "0".."255" as ASCII bytes, for IPv4 text without string building. */
-const DECIMAL = Array.from({ length: 256 }, (_, i) => Buffer.from(String(i), 'latin1'));
 
 /** A growable output buffer with varint and nested-message helpers. */
 export class WireWriter {
@@ -99,52 +97,102 @@ export class WireWriter {
     this.varint32(s.length);
     this.pos += this.buf.write(s, this.pos, 'latin1');
   }
-
-  take(): Buffer {
-    const out = this.buf.subarray(0, this.pos);
-    this.buf = Buffer.allocUnsafe(this.buf.length);
-    this.pos = 0;
-    return out;
-  }
 }
 
-/** Writes an address as a length-delimited string field. */
-function addressField(w: WireWriter, field: number, family: Family, src: Buffer, off: number): void {
+/** "0".."255" as ASCII digits: DIGITS[i*3 ..] holds DIGIT_COUNT[i] bytes. */
+const DIGITS = new Uint8Array(256 * 3);
+const DIGIT_COUNT = new Uint8Array(256);
+for (let i = 0; i < 256; i++) {
+  const s = String(i);
+  DIGIT_COUNT[i] = s.length;
+  for (let j = 0; j < s.length; j++) DIGITS[i * 3 + j] = s.charCodeAt(j);
+}
+
+// The hot path below writes into the buffer with index arithmetic and inlined varints:
+// Buffer.readUInt32LE and small Buffer.copy calls cost more than the encoding itself
+// (bench/RESULTS.md, profile notes).
+
+function putVarint32(buf: Buffer, p: number, v: number): number {
+  while (v > 0x7f) {
+    buf[p++] = (v & 0x7f) | 0x80;
+    v >>>= 7;
+  }
+  buf[p++] = v;
+  return p;
+}
+
+function putVarint64(buf: Buffer, p: number, lo: number, hi: number): number {
+  while (hi !== 0 || lo > 0x7f) {
+    buf[p++] = (lo & 0x7f) | 0x80;
+    lo = ((lo >>> 7) | (hi << 25)) >>> 0;
+    hi >>>= 7;
+  }
+  buf[p++] = lo;
+  return p;
+}
+
+/** A varint field, omitted when zero (proto3). */
+function putUint(buf: Buffer, p: number, tagByte: number, v: number): number {
+  if (v === 0) return p;
+  buf[p++] = tagByte;
+  return putVarint32(buf, p, v);
+}
+
+const u32le = (b: Buffer, o: number): number => (b[o] | (b[o + 1] << 8) | (b[o + 2] << 16)) + b[o + 3] * 0x1000000;
+
+/** A little-endian u64 of the map value as a varint field, omitted when zero. */
+function putU64(buf: Buffer, p: number, tagByte: number, src: Buffer, o: number): number {
+  const lo = u32le(src, o);
+  const hi = u32le(src, o + 4);
+  if (lo === 0 && hi === 0) return p;
+  buf[p++] = tagByte;
+  return putVarint64(buf, p, lo, hi);
+}
+
+/** An address as a string field (always < 128 bytes: one length byte). */
+function putAddress(buf: Buffer, p: number, tagByte: number, family: Family, src: Buffer, off: number): number {
+  buf[p++] = tagByte;
+  const lenAt = p++;
   if (family === 'ipv6') {
-    w.latin1Field(field, formatIPv6(src, off));
-    return;
+    p += buf.write(formatIPv6(src, off), p, 'latin1');
+  } else {
+    for (let i = 0; i < 4; i++) {
+      if (i !== 0) buf[p++] = 0x2e; // '.'
+      const octet = src[off + i];
+      const n = DIGIT_COUNT[octet];
+      for (let j = 0; j < n; j++) buf[p + j] = DIGITS[octet * 3 + j];
+      p += n;
+    }
   }
-  const mark = w.beginLen(field);
-  for (let i = 0; i < 4; i++) {
-    if (i) w.byte(0x2e); // '.'
-    const d = DECIMAL[src[off + i]];
-    for (let j = 0; j < d.length; j++) w.byte(d[j]);
-  }
-  w.endLen(mark);
+  buf[lenAt] = p - lenAt - 1;
+  return p;
 }
 
-const flagNamesCache = new Map<number, Buffer>();
+const flagNamesCache = new Map<number, Uint8Array>();
 
 /** The encoded repeated `flag_names` (field 14) for a flags value, cached per value. */
-function flagNamesBytes(flags: number): Buffer {
+function flagNamesBytes(flags: number): Uint8Array {
   let b = flagNamesCache.get(flags);
   if (!b) {
     const w = new WireWriter(256);
     for (const name of entryFlagNames(flags)) w.latin1Field(14, name);
-    b = Buffer.from(w.take());
+    b = Uint8Array.from(w.buf.subarray(0, w.pos));
     flagNamesCache.set(flags, b);
   }
   return b;
 }
 
-/** The encoded MapRef message body for a map (field values only). */
+/** The encoded MapRef message body for a map (field values only; < 128 bytes). */
 export function mapRefBody(ref: MapRef): Buffer {
   const w = new WireWriter(16);
   w.uintField(1, ref.family === 'ipv4' ? 1 : 2);
   w.uintField(2, ref.kind === 'tcp' ? 1 : 2);
   w.uintField(3, ref.clusterId);
-  return Buffer.from(w.take());
+  return Buffer.from(w.buf.subarray(0, w.pos));
 }
+
+/** Upper bound of one encoded CtRecord (IPv6, every field at its widest, all flags). */
+const MAX_RECORD_BYTES = 512;
 
 /**
  * Appends one CtRecord message body (map, key, entry fields) for the entry at
@@ -160,55 +208,55 @@ export function writeCtRecord(
   voff: number,
   now: number,
 ): void {
-  w.ensure(512);
-  const L = keyLayout(family).fields;
+  w.ensure(MAX_RECORD_BYTES);
+  const buf = w.buf;
+  const K = keyLayout(family).fields;
+  let p = w.pos;
 
-  let mark = w.beginLen(1);
-  w.pos += refBody.copy(w.buf, w.pos);
-  w.endLen(mark);
+  buf[p++] = 0x0a; // map = 1
+  buf[p++] = refBody.length;
+  for (let i = 0; i < refBody.length; i++) buf[p++] = refBody[i];
 
-  mark = w.beginLen(2);
-  addressField(w, 1, family, keys, koff + L.daddr.offset);
-  addressField(w, 2, family, keys, koff + L.saddr.offset);
-  w.uintField(3, keys.readUInt16BE(koff + L.dport.offset));
-  w.uintField(4, keys.readUInt16BE(koff + L.sport.offset));
-  w.uintField(5, keys[koff + L.nexthdr.offset]);
-  w.uintField(6, keys[koff + L.flags.offset]);
-  w.endLen(mark);
+  buf[p++] = 0x12; // key = 2 (< 128 bytes even for IPv6)
+  const keyLen = p++;
+  p = putAddress(buf, p, 0x0a, family, keys, koff + K.daddr.offset);
+  p = putAddress(buf, p, 0x12, family, keys, koff + K.saddr.offset);
+  p = putUint(buf, p, 0x18, (keys[koff + K.dport.offset] << 8) | keys[koff + K.dport.offset + 1]);
+  p = putUint(buf, p, 0x20, (keys[koff + K.sport.offset] << 8) | keys[koff + K.sport.offset + 1]);
+  p = putUint(buf, p, 0x28, keys[koff + K.nexthdr.offset]);
+  p = putUint(buf, p, 0x30, keys[koff + K.flags.offset]);
+  buf[keyLen] = p - keyLen - 1;
 
-  mark = w.beginLen(3);
-  u64Field(w, 1, values, voff + E.packets.offset);
-  u64Field(w, 2, values, voff + E.bytes.offset);
-  const lifetime = values.readUInt32LE(voff + E.lifetime.offset);
-  w.uintField(3, lifetime);
-  const flags = values.readUInt16LE(voff + E.flags.offset);
-  w.uintField(4, flags);
-  w.uintField(5, values.readUInt16BE(voff + E.rev_nat_index.offset));
-  w.uintField(6, values.readUInt16BE(voff + E.nat_port.offset));
-  w.uintField(7, values[voff + E.tx_flags_seen.offset]);
-  w.uintField(8, values[voff + E.rx_flags_seen.offset]);
-  w.uintField(9, values.readUInt32LE(voff + E.src_sec_id.offset));
-  w.uintField(10, values.readUInt32LE(voff + E.last_tx_report.offset));
-  w.uintField(11, values.readUInt32LE(voff + E.last_rx_report.offset));
-  u64Field(w, 12, values, voff + E.union0.offset + CT_ENTRY_BACKEND_ID_OFFSET);
+  buf[p++] = 0x1a; // entry = 3
+  const entryStart = ++p; // one length byte reserved; endLen widens it when needed
+  p = putU64(buf, p, 0x08, values, voff + E.packets.offset);
+  p = putU64(buf, p, 0x10, values, voff + E.bytes.offset);
+  const lifetime = u32le(values, voff + E.lifetime.offset);
+  p = putUint(buf, p, 0x18, lifetime);
+  const flags = values[voff + E.flags.offset] | (values[voff + E.flags.offset + 1] << 8);
+  p = putUint(buf, p, 0x20, flags);
+  p = putUint(buf, p, 0x28, (values[voff + E.rev_nat_index.offset] << 8) | values[voff + E.rev_nat_index.offset + 1]);
+  p = putUint(buf, p, 0x30, (values[voff + E.nat_port.offset] << 8) | values[voff + E.nat_port.offset + 1]);
+  p = putUint(buf, p, 0x38, values[voff + E.tx_flags_seen.offset]);
+  p = putUint(buf, p, 0x40, values[voff + E.rx_flags_seen.offset]);
+  p = putUint(buf, p, 0x48, u32le(values, voff + E.src_sec_id.offset));
+  p = putUint(buf, p, 0x50, u32le(values, voff + E.last_tx_report.offset));
+  p = putUint(buf, p, 0x58, u32le(values, voff + E.last_rx_report.offset));
+  p = putU64(buf, p, 0x60, values, voff + E.union0.offset + CT_ENTRY_BACKEND_ID_OFFSET);
   // union0 is always sent as its 16 raw bytes, zero or not, as the slow path does.
-  w.byte(tag(13, 2));
-  w.byte(16);
-  w.pos += values.copy(w.buf, w.pos, voff + E.union0.offset, voff + E.union0.offset + 16);
-  if (flags !== 0) w.pos += flagNamesBytes(flags).copy(w.buf, w.pos);
+  buf[p++] = 0x6a;
+  buf[p++] = 16;
+  for (let i = 0; i < 16; i++) buf[p++] = values[voff + E.union0.offset + i];
+  if (flags !== 0) {
+    const names = flagNamesBytes(flags);
+    for (let i = 0; i < names.length; i++) buf[p++] = names[i];
+  }
   const expires = lifetime - now;
   if (expires !== 0) {
-    w.byte(tag(15, 0));
+    buf[p++] = 0x78;
     // int64 two's complement: a negative value is a 10-byte varint.
-    w.varint64(expires >>> 0, expires < 0 ? 0xffffffff : Math.floor(expires / 0x100000000));
+    p = putVarint64(buf, p, expires >>> 0, expires < 0 ? 0xffffffff : Math.floor(expires / 0x100000000));
   }
-  w.endLen(mark);
-}
-
-function u64Field(w: WireWriter, field: number, src: Buffer, off: number): void {
-  const lo = src.readUInt32LE(off);
-  const hi = src.readUInt32LE(off + 4);
-  if (lo === 0 && hi === 0) return;
-  w.byte(tag(field, 0));
-  w.varint64(lo, hi);
+  w.pos = p;
+  w.endLen(entryStart);
 }

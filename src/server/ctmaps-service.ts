@@ -5,7 +5,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { invalidArgument } from '../errors';
 import { ctNow, formatEntryLine } from '../maps/ctmap/format';
-import { CtTable, CtTables, DumpCursor, countEntries } from '../maps/ctmap/tables';
+import { CtTable, CtTables, DumpBatch, DumpCursor, countEntries } from '../maps/ctmap/tables';
 import { CT_ENTRY_SIZE } from '../maps/ctmap/codec';
 import { MapRef } from '../maps/ctmap/spec';
 import {
@@ -49,19 +49,36 @@ export function mapInfoMsg(t: CtTable, entries?: number): object {
   };
 }
 
+/**
+ * Sizes each batch's output buffer from the bytes per record seen so far, so a dump does
+ * not allocate (and zero-fill, and collect) far more than it sends. WireWriter grows
+ * when a guess is short.
+ */
+class BatchSizer {
+  #perRecord = 180;
+
+  writer(records: number): WireWriter {
+    return new WireWriter(Math.min(Math.ceil(records * this.#perRecord * 1.05) + 1024, BATCH_MESSAGE_BYTES + 1024));
+  }
+
+  observe(bytes: number, records: number): void {
+    if (records > 0) this.#perRecord = bytes / records;
+  }
+}
+
 /** The CTMaps handlers over `tables`. `shutdown` ends calls when the server stops. */
 export function ctMapsService(tables: CtTables, log: Logger, shutdown: AbortSignal): grpc.UntypedServiceImplementation {
   /** Streams the selected maps batch by batch; `emit` turns one batch into messages. */
   async function dump(
     req: DumpRequest,
     signal: AbortSignal,
-    emit: (batch: NonNullable<ReturnType<DumpCursor['next']>>, refBody: Buffer) => Promise<void>,
+    emit: (batch: DumpBatch, refBody: Buffer) => Promise<void>,
   ): Promise<void> {
     const selected = tables.resolve(parseMapRefs(req.maps, 'maps'), 'maps');
     const cursor = new DumpCursor(selected, parseDumpFilter(req.filter));
     const refBodies = new Map<CtTable, Buffer>(selected.map((t) => [t, mapRefBody(t.ref)]));
     try {
-      for (let b = cursor.next(); b; b = cursor.next()) {
+      for (let b = await cursor.next(); b; b = await cursor.next()) {
         if (signal.aborted) throw signal.reason;
         await emit(b, refBodies.get(b.table)!);
       }
@@ -76,10 +93,11 @@ export function ctMapsService(tables: CtTables, log: Logger, shutdown: AbortSign
     }), shutdown),
 
     DumpEntries: serverStream(log, 'CTMaps/DumpEntries', async (req: DumpRequest, writer: StreamWriter<Buffer>, ctx) => {
+      const size = new BatchSizer();
       await dump(req, ctx.signal, async (b, refBody) => {
         // One buffer per batch, sliced per record: grpc-js may hold a message until the
         // client drains, so slices of a buffer that is never reused stay valid.
-        const w = new WireWriter(b.count * 200);
+        const w = size.writer(b.count);
         const ends = new Uint32Array(b.count);
         const now = ctNow();
         const ks = b.table.map.spec.keySize;
@@ -88,6 +106,7 @@ export function ctMapsService(tables: CtTables, log: Logger, shutdown: AbortSign
           writeCtRecord(w, b.table.ref.family, refBody, b.keys, i * ks, b.values, i * CT_ENTRY_SIZE, now);
           ends[j] = w.pos;
         }
+        size.observe(w.pos, b.count);
         let start = 0;
         for (let j = 0; j < b.count; j++) {
           await writer.write(w.buf.subarray(start, ends[j]));
@@ -97,8 +116,10 @@ export function ctMapsService(tables: CtTables, log: Logger, shutdown: AbortSign
     }, shutdown),
 
     DumpEntriesBatched: serverStream(log, 'CTMaps/DumpEntriesBatched', async (req: DumpRequest, writer: StreamWriter<Buffer>, ctx) => {
+      const size = new BatchSizer();
       await dump(req, ctx.signal, async (b, refBody) => {
-        let w = new WireWriter(b.count * 200);
+        let w = size.writer(b.count);
+        let inMessage = 0;
         const now = ctNow();
         const ks = b.table.map.spec.keySize;
         for (let j = 0; j < b.count; j++) {
@@ -106,11 +127,15 @@ export function ctMapsService(tables: CtTables, log: Logger, shutdown: AbortSign
           const mark = w.beginLen(1);
           writeCtRecord(w, b.table.ref.family, refBody, b.keys, i * ks, b.values, i * CT_ENTRY_SIZE, now);
           w.endLen(mark);
+          inMessage++;
           if (w.pos >= BATCH_MESSAGE_BYTES && j + 1 < b.count) {
+            size.observe(w.pos, inMessage);
             await writer.write(w.buf.subarray(0, w.pos));
-            w = new WireWriter(w.buf.length);
+            w = size.writer(b.count - j - 1);
+            inMessage = 0;
           }
         }
+        size.observe(w.pos, inMessage);
         await writer.write(w.buf.subarray(0, w.pos));
       });
     }, shutdown),

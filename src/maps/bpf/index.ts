@@ -181,6 +181,32 @@ export function lookupBatch(
   return { count: countCell[0], done: false };
 }
 
+/**
+ * lookupBatch on a libuv pool thread, so the event loop can encode and send the previous
+ * batch meanwhile. `countCell` is the caller's own (calls may overlap). The caller keeps
+ * the fd open and the buffers alive until the promise settles.
+ */
+export function lookupBatchAsync(
+  fd: Fd,
+  inBatch: Buffer | null,
+  outBatch: Buffer,
+  keys: Buffer,
+  values: Buffer,
+  capacity: number,
+  countCell: Uint32Array,
+): Promise<BatchLookupResult> {
+  countCell[0] = capacity;
+  return new Promise((resolve, reject) => {
+    native.lookupBatch.async(fd.value, inBatch, outBatch, keys, values, countCell, null, (err, ret) => {
+      if (err) reject(err);
+      else if (ret === -Errno.ENOENT) resolve({ count: countCell[0], done: true });
+      else if (ret === -Errno.ENOSPC) reject(new BpfSyscallError('map lookup batch', Errno.ENOSPC, 'batch too small?'));
+      else if (ret < 0) reject(new BpfSyscallError('map lookup batch', -ret));
+      else resolve({ count: countCell[0], done: false });
+    });
+  });
+}
+
 const batchOptsByFlags = new Map<number, Buffer>();
 
 /**

@@ -73,15 +73,20 @@ export const native = {
   close: libc.func('int close(int fd)') as (fd: number) => number,
 };
 
-type BatchLookupFn = (
-  fd: number,
-  inBatch: Buffer | null,
-  outBatch: Buffer,
-  keys: Buffer,
-  values: Buffer,
-  count: Uint32Array,
-  opts: Buffer | null,
-) => number;
+type BatchLookupFn = {
+  (fd: number, inBatch: Buffer | null, outBatch: Buffer, keys: Buffer, values: Buffer, count: Uint32Array, opts: Buffer | null): number;
+  /** koffi: the same call on a libuv pool thread; the buffers must stay alive until cb. */
+  async(
+    fd: number,
+    inBatch: Buffer | null,
+    outBatch: Buffer,
+    keys: Buffer,
+    values: Buffer,
+    count: Uint32Array,
+    opts: Buffer | null,
+    cb: (err: unknown, ret: number) => void,
+  ): void;
+};
 
 export function mapCreateOpts(flags: number, innerMapFd: number): object {
   return {

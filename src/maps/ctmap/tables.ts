@@ -226,8 +226,9 @@ export interface DumpBatch {
 }
 
 /**
- * Pull-based dump over several maps: each next() issues at most one batch syscall per
- * map, so a stream asks for the next batch only when its client has drained the last one.
+ * Pull-based dump over several maps: a stream asks for the next batch only when its
+ * client has drained the last one. Reads run off the event loop, one batch ahead (see
+ * BatchCursor.nextAsync), so the kernel walk overlaps encoding and sending.
  */
 export class DumpCursor {
   #tableIndex = 0;
@@ -244,7 +245,7 @@ export class DumpCursor {
     for (const t of tables) compileFilter(filter, t.ref.family);
   }
 
-  next(): DumpBatch | null {
+  async next(): Promise<DumpBatch | null> {
     while (this.#tableIndex < this.tables.length) {
       const table = this.tables[this.#tableIndex];
       if (!this.#cursor) {
@@ -255,7 +256,7 @@ export class DumpCursor {
         }
         this.#cursor = table.map.cursor(this.batchSize);
       }
-      const b = this.#cursor.next();
+      const b = await this.#cursor.nextAsync();
       if (!b) {
         this.#cursor.close();
         this.#cursor = undefined;

@@ -27,8 +27,25 @@ export class KernelMap implements BpfMap {
     readonly fd: bpf.Fd,
   ) {}
 
+  #inflight = 0;
+  #closeRequested = false;
+
   get closed(): boolean {
-    return this.fd.closed;
+    return this.fd.closed || this.#closeRequested;
+  }
+
+  /**
+   * Keeps the fd open until the returned release is called: an async batch read on a pool
+   * thread must never run on an fd number that close() has already recycled.
+   */
+  holdFd(): () => void {
+    this.#inflight++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      if (--this.#inflight === 0 && this.#closeRequested) this.fd.close();
+    };
   }
 
   /**
@@ -113,73 +130,124 @@ export class KernelMap implements BpfMap {
   }
 
   close(): void {
-    this.fd.close();
+    this.#closeRequested = true;
+    if (this.#inflight === 0) this.fd.close();
   }
 }
 
-class KernelCursor implements BatchCursor {
-  #keys: Buffer;
-  #values: Buffer;
-  #capacity: number;
+/** One set of batch buffers: keys, values and the kernel's resume token. */
+interface BatchSlot {
+  keys: Buffer;
+  values: Buffer;
+  capacity: number;
   // Batch tokens: hash maps use a u32 bucket index, arrays a key-sized index.
-  #inBatch: Buffer;
-  #outBatch: Buffer;
-  #started = false;
+  outBatch: Buffer;
+  countCell: Uint32Array;
+}
+
+class KernelCursor implements BatchCursor {
+  readonly #slots: BatchSlot[];
+  #current = 0;
+  /** The token of the last finished call: where the next call resumes. */
+  #resume: Buffer | null = null;
   #done = false;
+  /** nextAsync(): the read already under way for the slot after #current. */
+  #pending: Promise<bpf.BatchLookupResult> | undefined;
 
   constructor(
     private readonly map: KernelMap,
     batchSize: number,
   ) {
-    this.#capacity = Math.max(1, batchSize);
-    this.#keys = Buffer.allocUnsafe(this.#capacity * map.spec.keySize);
-    this.#values = Buffer.allocUnsafe(this.#capacity * map.spec.valueSize);
+    const capacity = Math.max(1, batchSize);
     const tokenSize = Math.max(8, map.spec.keySize);
-    this.#inBatch = Buffer.alloc(tokenSize);
-    this.#outBatch = Buffer.alloc(tokenSize);
+    const slot = (): BatchSlot => ({
+      keys: Buffer.allocUnsafe(capacity * map.spec.keySize),
+      values: Buffer.allocUnsafe(capacity * map.spec.valueSize),
+      capacity,
+      outBatch: Buffer.alloc(tokenSize),
+      countCell: new Uint32Array(1),
+    });
+    this.#slots = [slot(), slot()];
+  }
+
+  #batch(slot: BatchSlot, count: number): Batch {
+    return {
+      count,
+      keys: slot.keys.subarray(0, count * this.map.spec.keySize),
+      values: slot.values.subarray(0, count * this.map.spec.valueSize),
+    };
+  }
+
+  /** Records a finished call: the next one resumes from its token. */
+  #advance(slot: BatchSlot, res: bpf.BatchLookupResult): void {
+    this.#resume = slot.outBatch;
+    if (res.done) this.#done = true;
+  }
+
+  #grow(slot: BatchSlot): void {
+    slot.capacity *= 2;
+    slot.keys = Buffer.allocUnsafe(slot.capacity * this.map.spec.keySize);
+    slot.values = Buffer.allocUnsafe(slot.capacity * this.map.spec.valueSize);
   }
 
   next(): Batch | null {
+    const slot = this.#slots[0];
     while (!this.#done) {
       let res: bpf.BatchLookupResult;
       try {
-        res = bpf.lookupBatch(
-          this.map.fd,
-          this.#started ? this.#inBatch : null,
-          this.#outBatch,
-          this.#keys,
-          this.#values,
-          this.#capacity,
-        );
+        res = bpf.lookupBatch(this.map.fd, this.#resume, slot.outBatch, slot.keys, slot.values, slot.capacity);
       } catch (err) {
         if (bpf.isErrno(err, bpf.Errno.ENOSPC)) {
-          this.#grow();
+          this.#grow(slot);
           continue;
         }
         throw err;
       }
-      this.#started = true;
-      this.#outBatch.copy(this.#inBatch);
-      if (res.done) this.#done = true;
-      if (res.count > 0) {
-        return {
-          count: res.count,
-          keys: this.#keys.subarray(0, res.count * this.map.spec.keySize),
-          values: this.#values.subarray(0, res.count * this.map.spec.valueSize),
-        };
-      }
+      // The next call writes its token into outBatch while reading #resume: keep a copy.
+      this.#advance(slot, res);
+      this.#resume = Buffer.from(slot.outBatch);
+      if (res.count > 0) return this.#batch(slot, res.count);
     }
     return null;
   }
 
-  #grow(): void {
-    this.#capacity *= 2;
-    this.#keys = Buffer.allocUnsafe(this.#capacity * this.map.spec.keySize);
-    this.#values = Buffer.allocUnsafe(this.#capacity * this.map.spec.valueSize);
+  /** Starts reading into `slot` from the current resume token, off the event loop. */
+  #read(slot: BatchSlot): Promise<bpf.BatchLookupResult> {
+    const release = this.map.holdFd();
+    return bpf
+      .lookupBatchAsync(this.map.fd, this.#resume, slot.outBatch, slot.keys, slot.values, slot.capacity, slot.countCell)
+      .finally(release);
+  }
+
+  async nextAsync(): Promise<Batch | null> {
+    for (;;) {
+      if (this.#done && !this.#pending) return null;
+      const slot = this.#slots[this.#current];
+      let res: bpf.BatchLookupResult;
+      try {
+        res = await (this.#pending ?? this.#read(slot));
+      } catch (err) {
+        this.#pending = undefined;
+        if (bpf.isErrno(err, bpf.Errno.ENOSPC)) {
+          this.#grow(slot);
+          continue;
+        }
+        throw err;
+      }
+      this.#pending = undefined;
+      this.#advance(slot, res);
+      // Prefetch into the other slot while the caller handles this one.
+      this.#current ^= 1;
+      if (!this.#done) this.#pending = this.#read(this.#slots[this.#current]);
+      if (res.count > 0) return this.#batch(slot, res.count);
+    }
   }
 
   close(): void {
     this.#done = true;
+    // A prefetch still under way finishes on its own; its result is dropped.
+    this.#pending?.catch(() => undefined);
+    this.#pending = undefined;
   }
 }
 

@@ -172,6 +172,10 @@ class MemoryCursor implements BatchCursor {
     this.#values = Buffer.allocUnsafe(this.#capacity * info.valueSize);
   }
 
+  nextAsync(): Promise<Batch | null> {
+    return Promise.resolve(this.next());
+  }
+
   next(): Batch | null {
     while (!this.#done) {
       // Throws EBADF once the map is closed, like a kernel cursor whose fd is gone.

@@ -24,6 +24,14 @@ export interface Config {
   readonly bpfCtGlobalTcpMax: number;
   readonly bpfCtGlobalAnyMax: number;
   readonly bpfDistributedLru: boolean;
+  /** Max entries of the SNAT maps; undefined = Cilium's default, 2/3 of the CT maps (natGlobalMax). */
+  readonly bpfNatGlobalMax?: number;
+  /** Fixed GC interval in seconds; undefined = adaptive (facts §6). */
+  readonly conntrackGcInterval?: number;
+  /** Upper bound of the adaptive GC interval in seconds; undefined = 12 h. */
+  readonly conntrackGcMaxInterval?: number;
+  /** HOST:PORT of the Prometheus /metrics endpoint; undefined = off. */
+  readonly metricsListen?: string;
   /** CT lifetimes in seconds (facts §5; become the datapath's CT_* constants). */
   readonly bpfCtTimeoutRegularTcp: number;
   readonly bpfCtTimeoutRegularAny: number;
@@ -83,6 +91,10 @@ const FLAGS: readonly Flag[] = [
   flag('bpf-ct-global-tcp-max', 'bpfCtGlobalTcpMax', 'max entries of the TCP CT maps', 524288, integer(MAP_SIZE_MIN, MAP_SIZE_MAX)),
   flag('bpf-ct-global-any-max', 'bpfCtGlobalAnyMax', 'max entries of the non-TCP CT maps', 262144, integer(MAP_SIZE_MIN, MAP_SIZE_MAX)),
   boolFlag('bpf-distributed-lru', 'bpfDistributedLru', 'create LRU maps with BPF_F_NO_COMMON_LRU (per-CPU LRU lists)', false),
+  flag('bpf-nat-global-max', 'bpfNatGlobalMax', 'max entries of the SNAT maps (default: 2/3 of tcp-max + any-max)', undefined, integer(MAP_SIZE_MIN, MAP_SIZE_MAX)),
+  flag('conntrack-gc-interval', 'conntrackGcInterval', 'fixed interval between CT GC passes, seconds (default: adaptive, 10 s .. 12 h)', undefined, integer(1, U32_MAX)),
+  flag('conntrack-gc-max-interval', 'conntrackGcMaxInterval', 'upper bound of the adaptive CT GC interval, seconds (default: 12 h)', undefined, integer(10, U32_MAX)),
+  flag('metrics-listen', 'metricsListen', 'serve Prometheus metrics on HOST:PORT /metrics (off by default)', undefined, hostPort),
   seconds('bpf-ct-timeout-regular-tcp', 'bpfCtTimeoutRegularTcp', 'lifetime of established TCP entries', 8000),
   seconds('bpf-ct-timeout-regular-any', 'bpfCtTimeoutRegularAny', 'lifetime of non-TCP entries', 60),
   seconds('bpf-ct-timeout-service-tcp', 'bpfCtTimeoutServiceTcp', 'lifetime of TCP service entries', 8000),
@@ -94,6 +106,13 @@ const FLAGS: readonly Flag[] = [
   flag('log-level', 'logLevel', 'trace, debug, info, warn, error or fatal', 'info', oneOf(['trace', 'debug', 'info', 'warn', 'error', 'fatal'])),
   flag('log-format', 'logFormat', 'json, or pretty for one human-readable line per record', 'json', oneOf(['json', 'pretty'])),
 ];
+
+/** SNAT map size: the flag, or Cilium's default of 2/3 of the CT maps (524288 for the defaults), within bounds. */
+export function natGlobalMax(config: Pick<Config, 'bpfNatGlobalMax' | 'bpfCtGlobalTcpMax' | 'bpfCtGlobalAnyMax'>): number {
+  if (config.bpfNatGlobalMax !== undefined) return config.bpfNatGlobalMax;
+  const derived = Math.floor(((config.bpfCtGlobalTcpMax + config.bpfCtGlobalAnyMax) * 2) / 3);
+  return Math.min(MAP_SIZE_MAX, Math.max(MAP_SIZE_MIN, derived));
+}
 
 /** `--bpf-ct-global-tcp-max` -> `CTMAPD_BPF_CT_GLOBAL_TCP_MAX`. */
 export function envName(flagName: string): string {

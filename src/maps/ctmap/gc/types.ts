@@ -1,0 +1,76 @@
+/**
+ * Garbage-collection vocabulary (Cilium's GCFilter / GCEvent / GCRunner, facts §6), shared
+ * by the engine, the NAT coupling, the scheduler and the gRPC service.
+ */
+import type { BpfMap } from '../../types';
+import type { Family } from '../addr';
+import type { MapRef } from '../spec';
+
+/** Which entries a pass removes. Neither criterion set: the pass only counts (and emits). */
+export interface GCFilter {
+  /** Remove entries whose lifetime < time. */
+  removeExpired: boolean;
+  /** CT clock seconds; undefined = now. 2^32-1 removes everything (a flush). */
+  time?: number;
+  /** Remove entries with one of these addresses (validated text) as saddr or daddr. */
+  matchIPs?: readonly string[];
+  /** Called for every kept entry, with the raw bytes (valid only during the call). */
+  emitKept?: (ref: MapRef, keys: Buffer, koff: number, values: Buffer, voff: number) => void;
+}
+
+/** One deleted CT entry, published on its family's stream (Observe4 / Observe6). */
+export interface GCEvent {
+  readonly family: Family;
+  readonly ref: MapRef;
+  /** Per-family sequence number: 1, 2, 3, … with no gaps. */
+  readonly sequence: number;
+  /** The raw key bytes (a copy the receiver may keep). */
+  readonly key: Buffer;
+  /** The raw entry as it was when deleted (a copy). */
+  readonly entry: Buffer;
+}
+
+export interface GCMapStats {
+  readonly ref: MapRef;
+  alive: number;
+  deleted: number;
+  /** Candidates already gone at delete time (LRU eviction, datapath): not an error. */
+  skipped: number;
+  /** Candidates the datapath refreshed between scan and delete: kept (and counted alive). */
+  refreshed: number;
+  maxEntries: number;
+}
+
+export interface GCRunResult {
+  readonly maps: GCMapStats[];
+  /** SNAT entries removed with the deleted CT entries. */
+  natDeleted: number;
+  durationNs: bigint;
+  /** max over the maps of deleted / max_entries (the adaptive interval's input). */
+  readonly ratio: number;
+}
+
+/**
+ * How a candidate is re-checked right before deletion (the read-then-delete race, Cilium
+ * #46298): EXPIRED_BEFORE deletes only if the entry's current lifetime is still < time;
+ * ALWAYS deletes whatever the entry now holds (match_ips: the key decides, not the value).
+ */
+export const DeleteMode = { EXPIRED_BEFORE: 0, ALWAYS: 1 } as const;
+
+/** Per-candidate outcome written by a ConditionalDeleter. */
+export const DeleteStatus = { DELETED: 0, MISSING: 1, REFRESHED: 2 } as const;
+
+/**
+ * Deletes a batch of candidates, re-checking each one at delete time. The kernel backend
+ * does lookup + check + delete inside the kernel (a BPF program run with
+ * BPF_PROG_TEST_RUN), one syscall per batch; the memory backend in process.
+ */
+export interface ConditionalDeleter {
+  /**
+   * For i < count: key i at keys[i*keySize]; modes[i] a DeleteMode; `time` the threshold
+   * for EXPIRED_BEFORE. Writes status[i] (a DeleteStatus) and, for deleted entries, the
+   * value as it was at deletion into values[i*valueSize]. Throws only on a backend failure.
+   */
+  deleteIf(map: BpfMap, keys: Buffer, count: number, modes: Uint8Array, time: number, status: Uint8Array, values: Buffer): void;
+  close(): void;
+}

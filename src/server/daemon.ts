@@ -4,11 +4,16 @@
  */
 import { ensureBpffs } from '../maps/bpffs';
 import { selectBackend } from '../maps/backend';
+import { GCEngine } from '../maps/ctmap/gc/engine';
+import { GCRunner } from '../maps/ctmap/gc/runner';
+import { ConditionalDeleter } from '../maps/ctmap/gc/types';
+import { UserspaceConditionalDeleter } from '../maps/ctmap/gc/userspace-deleter';
 import { CtTables } from '../maps/ctmap/tables';
 import { refLabel } from '../maps/ctmap/spec';
 import type { MapBackend } from '../maps/types';
 import type { Config } from './config';
 import { ctMapsDefinition, ctMapsService } from './ctmaps-service';
+import { gcRunnerDefinition, gcRunnerService } from './gcrunner-service';
 import type { Logger } from './logger';
 import { services } from './proto';
 import { ServerHandle, startServer } from './server';
@@ -16,6 +21,7 @@ import { ServerHandle, startServer } from './server';
 export interface Daemon {
   readonly backend: MapBackend;
   readonly tables: CtTables;
+  readonly gc: GCRunner;
   readonly server: ServerHandle;
   /** Health NOT_SERVING, streams ended, server closed, maps closed; pins are kept. Idempotent. */
   stop(graceMs?: number): Promise<void>;
@@ -36,6 +42,15 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
     },
     log,
   );
+  const deleter = conditionalDeleter(backend, log);
+  const engine = new GCEngine(deleter, log);
+  const gc = new GCRunner(tables, engine);
+  const families = [...new Set(tables.active().map((t) => t.ref.family))];
+  const closeMaps = (): void => {
+    engine.close();
+    deleter.close();
+    tables.close();
+  };
   let server: ServerHandle;
   try {
     const shutdown = new AbortController();
@@ -43,10 +58,13 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
       config,
       log,
       shutdown,
-      services: [{ definition: ctMapsDefinition(services().CTMaps.service), implementation: ctMapsService(tables, log, shutdown.signal) }],
+      services: [
+        { definition: ctMapsDefinition(services().CTMaps.service), implementation: ctMapsService(tables, log, shutdown.signal) },
+        { definition: gcRunnerDefinition(services().GCRunner.service), implementation: gcRunnerService({ runner: gc, families, log, shutdown: shutdown.signal }) },
+      ],
     });
   } catch (err) {
-    tables.close();
+    closeMaps();
     throw err;
   }
   server.markServing();
@@ -59,14 +77,34 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
   return {
     backend,
     tables,
+    gc,
     server,
     stop(graceMs = 5000) {
       stopping ??= (async () => {
         await server.shutdown(graceMs);
-        tables.close();
+        closeMaps();
         log.info('ctmapd stopped; maps stay pinned');
       })();
       return stopping;
     },
   };
+}
+
+/**
+ * The GC re-check: in the kernel (bpf/ct_gc.bpf.o through BPF_PROG_TEST_RUN) for kernel
+ * maps, in process for the memory backend, and in process for kernel maps too (logged)
+ * when the BPF object cannot be loaded.
+ */
+function conditionalDeleter(backend: MapBackend, log: Logger): ConditionalDeleter {
+  if (backend.name !== 'kernel') return new UserspaceConditionalDeleter();
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const mod = require('../maps/kernel/conditional-delete') as { kernelConditionalDeleter(): ConditionalDeleter };
+    const deleter = mod.kernelConditionalDeleter();
+    log.info('gc: candidates are re-checked and deleted in the kernel (ct_gc BPF program)');
+    return deleter;
+  } catch (err) {
+    log.warn({ err }, 'gc: in-kernel re-check unavailable; re-checking in process (a small race window remains)');
+    return new UserspaceConditionalDeleter();
+  }
 }

@@ -147,6 +147,8 @@ function annotate(file: descriptor.IFileDescriptorProto & { sourceCodeInfo?: unk
 /** Client constructors (each with `.service`, its ServiceDefinition) of the served APIs. */
 export interface CtmapGrpc {
   readonly CTMaps: grpc.ServiceClientConstructor;
+  readonly GCRunner: grpc.ServiceClientConstructor;
+  readonly NATMaps: grpc.ServiceClientConstructor;
   readonly Health: grpc.ServiceClientConstructor;
 }
 
@@ -157,7 +159,12 @@ export interface CtmapGrpc {
 export function services(): CtmapGrpc {
   if (cachedServices) return cachedServices;
   const root = grpc.loadPackageDefinition(packageDefinition());
-  cachedServices = { CTMaps: lookup(root, CTMAPS_SERVICE), Health: lookup(root, HEALTH_SERVICE) };
+  cachedServices = {
+    CTMaps: lookup(root, CTMAPS_SERVICE),
+    GCRunner: lookup(root, 'ctmap.v1.GCRunner'),
+    NATMaps: lookup(root, 'ctmap.v1.NATMaps'),
+    Health: lookup(root, HEALTH_SERVICE),
+  };
   return cachedServices;
 }
 

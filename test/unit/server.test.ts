@@ -191,12 +191,14 @@ describe('startServer', () => {
     await assert.rejects(unaryCall(health, 'Check', { service: 'no.such.Service' }), (e: grpc.ServiceError) => e.code === grpc.status.NOT_FOUND);
   });
 
-  it('lists CTMaps, health and reflection through reflection v1 and v1alpha', async () => {
+  it('lists the ctmap.v1 services, health and reflection through reflection v1 and v1alpha', async () => {
     for (const version of ['v1', 'v1alpha'] as const) {
       const [res] = await reflect(handle.addresses[0]!, version, { list_services: '' });
       const names = res.list_services_response.service.map((s: { name: string }) => s.name).sort();
       assert.deepEqual(names, [
         'ctmap.v1.CTMaps',
+        'ctmap.v1.GCRunner',
+        'ctmap.v1.NATMaps',
         'grpc.health.v1.Health',
         'grpc.reflection.v1.ServerReflection',
         'grpc.reflection.v1alpha.ServerReflection',

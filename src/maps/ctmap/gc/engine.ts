@@ -1,0 +1,188 @@
+/**
+ * The GC engine: one pass scans each selected CT map in batches, decides per entry from the
+ * GCFilter, re-checks every candidate at delete time through a ConditionalDeleter (in the
+ * kernel for the kernel backend, so an entry the datapath refreshed since the scan survives:
+ * Cilium #46298), deletes in batches (Cilium #5048 deletes one syscall per entry), and
+ * publishes one GCEvent per deleted entry on its family's multicast Subject (Observe4/6).
+ */
+import { Observable, Subject } from 'rxjs';
+import type { Logger } from 'pino';
+import { Family, addressBytes } from '../addr';
+import { CT_ENTRY_SIZE, entryLifetime, keyLayout } from '../codec';
+import { ctNow } from '../format';
+import { CtTable } from '../tables';
+import { MapRef } from '../spec';
+import { ConditionalDeleter, DeleteMode, DeleteStatus, GCEvent, GCFilter, GCMapStats, GCRunResult } from './types';
+
+/** CT clock value that makes every entry expired: a flush (facts §6). */
+export const FLUSH_TIME = 0xffffffff;
+
+/** Entries per scan batch: also the most events one batch publishes at once. */
+export const SCAN_BATCH = 4096;
+
+/**
+ * Awaited between batches. Live event consumers (Observe streams) use it to hold the pass
+ * while they drain, so a consumer that keeps up never loses events; see BoundedQueue.
+ */
+export type EventPacer = () => Promise<unknown>;
+
+export interface GCRunOptions {
+  tables: readonly CtTable[];
+  filter: GCFilter;
+  /** Stops the pass between batches (client cancel, shutdown). */
+  signal?: AbortSignal;
+  /** Awaited after each batch: lets a stream flush kept records with flow control. */
+  afterBatch?: () => Promise<void>;
+  /**
+   * Test hook, called between the scan of a batch and the delete of its candidates, with
+   * the candidate keys: a test refreshes entries here to drive the race deterministically.
+   */
+  beforeDelete?: (ref: MapRef, keys: Buffer, count: number) => void;
+}
+
+export class GCEngine {
+  readonly #subjects: Record<Family, Subject<GCEvent>> = { ipv4: new Subject(), ipv6: new Subject() };
+  readonly #sequence: Record<Family, number> = { ipv4: 0, ipv6: 0 };
+  readonly #pacers = new Set<EventPacer>();
+
+  constructor(
+    private readonly deleter: ConditionalDeleter,
+    private readonly log: Logger,
+  ) {}
+
+  /** Deleted entries of `family`, live (a hot, multicast stream; Cilium's Observe4/6). */
+  events(family: Family): Observable<GCEvent> {
+    return this.#subjects[family].asObservable();
+  }
+
+  lastSequence(family: Family): number {
+    return this.#sequence[family];
+  }
+
+  /** Registers a pacer (see EventPacer); returns its removal. */
+  addPacer(pacer: EventPacer): () => void {
+    this.#pacers.add(pacer);
+    return () => this.#pacers.delete(pacer);
+  }
+
+  /**
+   * One pass over `tables`. Returns exact per-map counts: alive (kept, including refreshed
+   * candidates), deleted, skipped (already gone), refreshed. Throws the signal's reason
+   * when aborted (entries deleted so far stay deleted and were published).
+   */
+  async run(opts: GCRunOptions): Promise<GCRunResult> {
+    const started = process.hrtime.bigint();
+    const time = opts.filter.time ?? ctNow();
+    const maps: GCMapStats[] = [];
+    for (const table of opts.tables) {
+      const stats: GCMapStats = { ref: table.ref, alive: 0, deleted: 0, skipped: 0, refreshed: 0, maxEntries: table.map.spec.maxEntries };
+      maps.push(stats);
+      await this.#collect(table, opts, time, stats);
+    }
+    const ratio = maps.reduce((r, m) => Math.max(r, m.maxEntries ? m.deleted / m.maxEntries : 0), 0);
+    return { maps, natDeleted: 0, durationNs: process.hrtime.bigint() - started, ratio };
+  }
+
+  async #collect(table: CtTable, opts: GCRunOptions, time: number, stats: GCMapStats): Promise<void> {
+    const { filter } = opts;
+    const family = table.ref.family;
+    const ks = table.map.spec.keySize;
+    const L = keyLayout(family).fields;
+    const alen = family === 'ipv4' ? 4 : 16;
+    const matchIPs = (filter.matchIPs ?? []).map(addressBytes).filter((a) => a?.family === family).map((a) => a!.bytes);
+    const matches = (keys: Buffer, off: number): boolean => {
+      for (const ip of matchIPs) {
+        if (ip.compare(keys, off + L.daddr.offset, off + L.daddr.offset + alen) === 0) return true;
+        if (ip.compare(keys, off + L.saddr.offset, off + L.saddr.offset + alen) === 0) return true;
+      }
+      return false;
+    };
+
+    // Candidate buffers, reused across batches (grown when a batch is larger).
+    let cap = SCAN_BATCH;
+    let candKeys = Buffer.allocUnsafe(cap * ks);
+    let candValues = Buffer.allocUnsafe(cap * CT_ENTRY_SIZE);
+    let modes = new Uint8Array(cap);
+    let status = new Uint8Array(cap);
+
+    const cursor = table.map.cursor(SCAN_BATCH);
+    try {
+      for (let b = await cursor.nextAsync(); b; b = await cursor.nextAsync()) {
+        if (opts.signal?.aborted) throw opts.signal.reason;
+        if (this.#pacers.size > 0) await Promise.all([...this.#pacers].map((pace) => pace()));
+        if (b.count > cap) {
+          cap = b.count;
+          candKeys = Buffer.allocUnsafe(cap * ks);
+          candValues = Buffer.allocUnsafe(cap * CT_ENTRY_SIZE);
+          modes = new Uint8Array(cap);
+          status = new Uint8Array(cap);
+        }
+        let n = 0;
+        for (let i = 0; i < b.count; i++) {
+          const koff = i * ks;
+          const voff = i * CT_ENTRY_SIZE;
+          let mode = -1;
+          if (matchIPs.length > 0 && matches(b.keys, koff)) mode = DeleteMode.ALWAYS;
+          else if (filter.removeExpired && entryLifetime(b.values, voff) < time) mode = DeleteMode.EXPIRED_BEFORE;
+          if (mode < 0) {
+            stats.alive++;
+            filter.emitKept?.(table.ref, b.keys, koff, b.values, voff);
+            continue;
+          }
+          b.keys.copy(candKeys, n * ks, koff, koff + ks);
+          modes[n++] = mode;
+        }
+        if (n > 0) {
+          opts.beforeDelete?.(table.ref, candKeys, n);
+          this.deleter.deleteIf(table.map, candKeys, n, modes, time, status, candValues);
+          this.#settle(table, n, candKeys, candValues, status, stats, filter);
+        }
+        await opts.afterBatch?.();
+      }
+    } finally {
+      cursor.close();
+    }
+  }
+
+  /** Counts the outcome of each candidate and publishes the deleted ones. */
+  #settle(table: CtTable, n: number, keys: Buffer, values: Buffer, status: Uint8Array, stats: GCMapStats, filter: GCFilter): void {
+    const family = table.ref.family;
+    const ks = table.map.spec.keySize;
+    const subject = this.#subjects[family];
+    for (let i = 0; i < n; i++) {
+      const key = keys.subarray(i * ks, (i + 1) * ks);
+      switch (status[i]) {
+        case DeleteStatus.DELETED:
+          stats.deleted++;
+          subject.next({
+            family,
+            ref: table.ref,
+            sequence: ++this.#sequence[family],
+            key: Buffer.from(key),
+            entry: Buffer.from(values.subarray(i * CT_ENTRY_SIZE, (i + 1) * CT_ENTRY_SIZE)),
+          });
+          break;
+        case DeleteStatus.MISSING:
+          stats.skipped++;
+          break;
+        case DeleteStatus.REFRESHED: {
+          stats.refreshed++;
+          stats.alive++;
+          if (filter.emitKept) {
+            const now = table.map.lookup(Buffer.from(key));
+            if (now) filter.emitKept(table.ref, key, 0, now, 0);
+          }
+          break;
+        }
+        default:
+          this.log.error({ status: status[i], map: table.map.spec.name }, 'gc: unknown delete status');
+      }
+    }
+  }
+
+  /** Completes the event streams (subscribers see `complete`). */
+  close(): void {
+    this.#subjects.ipv4.complete();
+    this.#subjects.ipv6.complete();
+  }
+}

@@ -1,0 +1,226 @@
+/**
+ * The ctmap.v1.GCRunner service: Run (one filtered pass, kept records then stats),
+ * Observe (live GC events per family with per-subscriber bounded buffers), Status and
+ * Signal (the scheduler's state and early passes).
+ */
+import * as grpc from '@grpc/grpc-js';
+import { merge } from 'rxjs';
+import { invalidArgument } from '../errors';
+import { Family, addressFamily } from '../maps/ctmap/addr';
+import { SCAN_BATCH } from '../maps/ctmap/gc/engine';
+import { GCRunner } from '../maps/ctmap/gc/runner';
+import { GCEvent, GCFilter, GCRunResult } from '../maps/ctmap/gc/types';
+import { MapRef } from '../maps/ctmap/spec';
+import { CtmapError } from '../errors';
+import { familyEnum, mapRefMsg, MapRefMsg, parseFamily, parseMapRefs } from './ct-proto';
+import { WireWriter, mapRefBody, writeCtRecord } from './ct-wire';
+import { BoundedQueue } from './bounded-queue';
+import type { Logger } from './logger';
+import { StreamWriter, serverStream, unary } from './status';
+
+/** What the service needs of the scheduler (src/maps/ctmap/gc/scheduler.ts). */
+export interface GCSchedulerPort {
+  signal(family: Family): void;
+  status(): {
+    fixedInterval: boolean;
+    maxIntervalSeconds: number;
+    families: Array<{
+      family: Family;
+      intervalSeconds: number;
+      lastRunUnixMs: number;
+      nextRunUnixMs: number;
+      runs: number;
+      deleted: number;
+      alive: number;
+      lastRatio: number;
+    }>;
+  };
+}
+
+export interface GCRunnerServiceOptions {
+  runner: GCRunner;
+  scheduler?: GCSchedulerPort;
+  /** Families with open maps. */
+  families: Family[];
+  log: Logger;
+  shutdown: AbortSignal;
+  /** Events buffered per Observe subscriber before it is told it lost some. */
+  observeBuffer?: number;
+  /** Called after every Run pass (metrics). */
+  onRunResult?: (result: GCRunResult, families: Family[]) => void;
+}
+
+const DEFAULT_OBSERVE_BUFFER = 16384;
+/** A subscriber that takes nothing for this long no longer holds GC passes back. */
+const OBSERVE_STALL_MS = 100;
+const U32_MAX = 0xffffffff;
+
+interface GCFilterMsg {
+  remove_expired?: boolean;
+  time?: string | number;
+  match_ips?: string[];
+  emit_kept?: boolean;
+}
+
+/** Validates a GCFilter message; emitKept is attached by the caller. */
+export function parseGCFilter(msg: GCFilterMsg | null | undefined): GCFilter {
+  const filter: GCFilter = { removeExpired: Boolean(msg?.remove_expired) };
+  const raw = msg?.time ?? '0';
+  let time: bigint;
+  try {
+    time = BigInt(raw);
+  } catch {
+    throw invalidArgument('filter.time', `not an integer: ${String(raw)}`);
+  }
+  if (time < 0n || time > BigInt(U32_MAX)) throw invalidArgument('filter.time', `must be a CT clock second in 0..${U32_MAX} (0 = now), got ${time}`);
+  if (time !== 0n) filter.time = Number(time);
+  const ips = msg?.match_ips ?? [];
+  ips.forEach((ip, i) => {
+    if (!addressFamily(ip)) throw invalidArgument(`filter.match_ips[${i}]`, `not an IP address: ${JSON.stringify(ip)}`);
+  });
+  if (ips.length > 0) filter.matchIPs = ips;
+  return filter;
+}
+
+function optionalFamily(value: unknown, field: string): Family | undefined {
+  if (value === undefined || value === 'FAMILY_UNSPECIFIED' || value === 0) return undefined;
+  return parseFamily(value, field);
+}
+
+/** GCEvent message bytes: record (field 1), sequence (2), family (4). */
+function encodeEvent(e: GCEvent, refBodies: Map<string, Buffer>): Buffer {
+  const w = new WireWriter(320);
+  const refKey = `${e.ref.family}/${e.ref.kind}/${e.ref.clusterId}`;
+  let body = refBodies.get(refKey);
+  if (!body) refBodies.set(refKey, (body = mapRefBody(e.ref)));
+  const mark = w.beginLen(1);
+  writeCtRecord(w, e.family, body, e.key, 0, e.entry, 0, Number(process.hrtime.bigint() / 1_000_000_000n));
+  w.endLen(mark);
+  w.byte(0x10);
+  w.varint32(e.sequence);
+  w.uintField(4, e.family === 'ipv4' ? 1 : 2);
+  return Buffer.from(w.buf.subarray(0, w.pos));
+}
+
+function statsMsg(result: GCRunResult): object {
+  return {
+    maps: result.maps.map((m) => ({
+      map: mapRefMsg(m.ref as MapRef),
+      alive: String(m.alive),
+      deleted: String(m.deleted),
+      skipped: String(m.skipped),
+      refreshed: String(m.refreshed),
+    })),
+    nat_deleted: String(result.natDeleted),
+    duration_ns: String(result.durationNs),
+  };
+}
+
+export function gcRunnerService(opts: GCRunnerServiceOptions): grpc.UntypedServiceImplementation {
+  const { runner, log, shutdown } = opts;
+  return {
+    Run: serverStream(log, 'GCRunner/Run', async (req: { family?: string; maps?: MapRefMsg[]; filter?: GCFilterMsg }, writer: StreamWriter<Buffer | object>, ctx) => {
+      const family = optionalFamily(req.family, 'family');
+      const refs = parseMapRefs(req.maps, 'maps');
+      const filter = parseGCFilter(req.filter);
+      const tables = runner.select({ family, refs }); // validates refs before the pass starts
+      if (tables.length === 0) throw new CtmapError('not-found', `family: no open CT maps for ${family ?? 'any family'}`);
+
+      // Kept records are encoded as they are found and flushed after each batch, so the
+      // pass waits for the client (flow control) instead of buffering a whole map.
+      let pending: Buffer[] = [];
+      const refBodies = new Map<string, Buffer>();
+      if (req.filter?.emit_kept) {
+        filter.emitKept = (ref, keys, koff, values, voff) => {
+          const refKey = `${ref.family}/${ref.kind}/${ref.clusterId}`;
+          let body = refBodies.get(refKey);
+          if (!body) refBodies.set(refKey, (body = mapRefBody(ref)));
+          const w = new WireWriter(320);
+          const mark = w.beginLen(1); // GCRunUpdate.kept = 1
+          writeCtRecord(w, ref.family, body, keys, koff, values, voff, Number(process.hrtime.bigint() / 1_000_000_000n));
+          w.endLen(mark);
+          pending.push(Buffer.from(w.buf.subarray(0, w.pos)));
+        };
+      }
+      const flush = async (): Promise<void> => {
+        const out = pending;
+        pending = [];
+        for (const m of out) await writer.write(m);
+      };
+      const result = await runner.run({ family, refs, filter, signal: ctx.signal, afterBatch: flush });
+      await flush();
+      opts.onRunResult?.(result, [...new Set(result.maps.map((m) => m.ref.family))]);
+      await writer.write({ stats: statsMsg(result) });
+    }, shutdown),
+
+    Observe: serverStream(log, 'GCRunner/Observe', async (req: { family?: string }, writer: StreamWriter<Buffer | object>, ctx) => {
+      const family = optionalFamily(req.family, 'family');
+      const families = family ? [family] : opts.families;
+      const queue = new BoundedQueue<GCEvent>(opts.observeBuffer ?? DEFAULT_OBSERVE_BUFFER);
+      const sub = merge(...families.map((f) => runner.engine.events(f))).subscribe({ next: (e) => queue.push(e), complete: () => queue.close() });
+      // The pass waits for this subscriber between batches while it keeps draining.
+      const room = Math.min(SCAN_BATCH, queue.capacity);
+      const removePacer = runner.engine.addPacer(() => queue.waitForRoom(room, OBSERVE_STALL_MS));
+      const onAbort = () => queue.close();
+      ctx.signal.addEventListener('abort', onAbort);
+      const refBodies = new Map<string, Buffer>();
+      try {
+        for (let item = await queue.take(); item && !ctx.signal.aborted; item = await queue.take()) {
+          if (item.kind === 'lost') {
+            ctx.log.warn({ lost: item.count }, 'Observe subscriber fell behind; events dropped and reported');
+            await writer.write({ lost: String(item.count), family: family ? familyEnum(family) : 'FAMILY_UNSPECIFIED' });
+          } else {
+            await writer.write(encodeEvent(item.value, refBodies));
+          }
+        }
+      } finally {
+        removePacer();
+        sub.unsubscribe();
+        queue.close();
+        ctx.signal.removeEventListener('abort', onAbort);
+      }
+      if (ctx.signal.aborted) throw ctx.signal.reason;
+    }, shutdown),
+
+    Status: unary(log, 'GCRunner/Status', async () => {
+      const s = opts.scheduler?.status();
+      return {
+        fixed_interval: s?.fixedInterval ?? false,
+        max_interval_seconds: s?.maxIntervalSeconds ?? 0,
+        families: opts.families.map((f) => {
+          const fs = s?.families.find((x) => x.family === f);
+          return {
+            family: familyEnum(f),
+            interval_seconds: fs?.intervalSeconds ?? 0,
+            last_run_unix_ms: String(fs?.lastRunUnixMs ?? 0),
+            next_run_unix_ms: String(fs?.nextRunUnixMs ?? 0),
+            runs: String(fs?.runs ?? 0),
+            deleted: String(fs?.deleted ?? 0),
+            alive: String(fs?.alive ?? 0),
+            last_ratio: fs?.lastRatio ?? 0,
+            last_sequence: String(runner.engine.lastSequence(f)),
+          };
+        }),
+      };
+    }, shutdown),
+
+    Signal: unary(log, 'GCRunner/Signal', async (req: { family?: string }) => {
+      const family = parseFamily(req.family, 'family');
+      if (!opts.families.includes(family)) throw new CtmapError('not-found', `family: ${family} maps are not enabled`);
+      if (!opts.scheduler) throw new CtmapError('failed-precondition', 'the GC scheduler is not running');
+      opts.scheduler.signal(family);
+      return {};
+    }, shutdown),
+  };
+}
+
+/** The GCRunner definition with Run/Observe serializers accepting pre-encoded Buffers. */
+export function gcRunnerDefinition(base: grpc.ServiceDefinition): grpc.ServiceDefinition {
+  const def: Record<string, grpc.MethodDefinition<unknown, unknown>> = { ...base };
+  for (const name of ['Run', 'Observe']) {
+    const m = def[name];
+    const original = m.responseSerialize;
+    def[name] = { ...m, responseSerialize: (v: unknown) => (Buffer.isBuffer(v) ? v : original(v)) };
+  }
+  return def as grpc.ServiceDefinition;
+}

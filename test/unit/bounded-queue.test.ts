@@ -1,0 +1,51 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { BoundedQueue, QueueItem } from '../../src/server/bounded-queue';
+
+async function drain<T>(q: BoundedQueue<T>): Promise<Array<QueueItem<T>>> {
+  q.close();
+  const out: Array<QueueItem<T>> = [];
+  for (let i = await q.take(); i; i = await q.take()) out.push(i);
+  return out;
+}
+
+test('drops beyond capacity and reports the loss exactly where the gap is', async () => {
+  const q = new BoundedQueue<number>(3);
+  for (let i = 1; i <= 5; i++) q.push(i); // 4, 5 dropped
+  assert.deepEqual(await q.take(), { kind: 'item', value: 1 });
+  q.push(6); // room again: 6 follows a gap of 2
+  q.push(7); // full again: dropped
+  assert.equal(q.totalLost, 3);
+  assert.deepEqual(await drain(q), [
+    { kind: 'item', value: 2 },
+    { kind: 'item', value: 3 },
+    { kind: 'lost', count: 2 },
+    { kind: 'item', value: 6 },
+    { kind: 'lost', count: 1 },
+  ]);
+});
+
+test('never holds more than its capacity', () => {
+  const q = new BoundedQueue<number>(100);
+  for (let i = 0; i < 100000; i++) q.push(i);
+  assert.equal(q.size, 100);
+  assert.equal(q.totalLost, 99900);
+});
+
+test('waitForRoom waits for a consumer that makes progress, gives up on a stalled one', async () => {
+  const q = new BoundedQueue<number>(4);
+  for (let i = 0; i < 4; i++) q.push(i);
+  const consumer = (async () => {
+    for (let i = 0; i < 3; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      await q.take();
+    }
+  })();
+  assert.equal(await q.waitForRoom(3, 200), true, 'room made by a slow but steady consumer');
+  assert.ok(q.size <= 1);
+  await consumer;
+  for (let i = 0; i < 3; i++) q.push(i);
+  const t0 = Date.now();
+  assert.equal(await q.waitForRoom(2, 50), false, 'stalled consumer: gave up');
+  assert.ok(Date.now() - t0 < 500);
+});

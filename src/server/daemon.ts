@@ -6,6 +6,7 @@ import { ensureBpffs } from '../maps/bpffs';
 import { selectBackend } from '../maps/backend';
 import { GCEngine } from '../maps/ctmap/gc/engine';
 import { GCRunner } from '../maps/ctmap/gc/runner';
+import { GCScheduler } from '../maps/ctmap/gc/scheduler';
 import { ConditionalDeleter } from '../maps/ctmap/gc/types';
 import { UserspaceConditionalDeleter } from '../maps/ctmap/gc/userspace-deleter';
 import { CtTables } from '../maps/ctmap/tables';
@@ -14,6 +15,7 @@ import type { MapBackend } from '../maps/types';
 import type { Config } from './config';
 import { ctMapsDefinition, ctMapsService } from './ctmaps-service';
 import { gcRunnerDefinition, gcRunnerService } from './gcrunner-service';
+import { CtmapdMetrics, MetricsServer, startMetricsServer } from './metrics';
 import type { Logger } from './logger';
 import { services } from './proto';
 import { ServerHandle, startServer } from './server';
@@ -22,6 +24,9 @@ export interface Daemon {
   readonly backend: MapBackend;
   readonly tables: CtTables;
   readonly gc: GCRunner;
+  readonly scheduler: GCScheduler;
+  readonly metrics: CtmapdMetrics;
+  readonly metricsServer?: MetricsServer;
   readonly server: ServerHandle;
   /** Health NOT_SERVING, streams ended, server closed, maps closed; pins are kept. Idempotent. */
   stop(graceMs?: number): Promise<void>;
@@ -46,6 +51,26 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
   const engine = new GCEngine(deleter, log);
   const gc = new GCRunner(tables, engine);
   const families = [...new Set(tables.active().map((t) => t.ref.family))];
+  const metrics = new CtmapdMetrics();
+  // Periodic passes remove expired entries (facts §6); every pass, scheduled or asked
+  // for over gRPC, feeds the Cilium metrics.
+  const scheduler = new GCScheduler({
+    families,
+    log: log.child({ component: 'gc-scheduler' }),
+    fixedIntervalSeconds: config.conntrackGcInterval,
+    maxIntervalSeconds: config.conntrackGcMaxInterval,
+    runPass: async (family, reason, signal) => {
+      try {
+        const result = await gc.run({ family, filter: { removeExpired: true }, signal });
+        metrics.recordGCRun(result, family, true);
+        log.debug({ family, reason, deleted: result.maps.reduce((n, m) => n + m.deleted, 0), ratio: result.ratio }, 'gc pass');
+        return result;
+      } catch (err) {
+        metrics.recordGCRun({ maps: [], natDeleted: 0, durationNs: 0n, ratio: 0 }, family, false);
+        throw err;
+      }
+    },
+  });
   const closeMaps = (): void => {
     engine.close();
     deleter.close();
@@ -60,13 +85,38 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
       shutdown,
       services: [
         { definition: ctMapsDefinition(services().CTMaps.service), implementation: ctMapsService(tables, log, shutdown.signal) },
-        { definition: gcRunnerDefinition(services().GCRunner.service), implementation: gcRunnerService({ runner: gc, families, log, shutdown: shutdown.signal }) },
+        {
+          definition: gcRunnerDefinition(services().GCRunner.service),
+          implementation: gcRunnerService({
+            runner: gc,
+            scheduler,
+            families,
+            log,
+            shutdown: shutdown.signal,
+            onRunResult: (result, fams) => {
+              for (const f of fams) {
+                const own = { ...result, maps: result.maps.filter((m) => m.ref.family === f) };
+                scheduler.recordExternalPass(f, own);
+                metrics.recordGCRun(own, f, true);
+              }
+            },
+          }),
+        },
       ],
     });
   } catch (err) {
     closeMaps();
     throw err;
   }
+  let metricsServer: MetricsServer | undefined;
+  try {
+    if (config.metricsListen) metricsServer = await startMetricsServer(config.metricsListen, log, metrics.registry);
+  } catch (err) {
+    await server.shutdown(0);
+    closeMaps();
+    throw err;
+  }
+  scheduler.start();
   server.markServing();
   log.info(
     { addresses: server.addresses, backend: backend.name, maps: tables.active().map((t) => ({ map: refLabel(t.ref), pin: t.map.spec.pinPath, maxEntries: t.map.spec.maxEntries })) },
@@ -78,10 +128,15 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
     backend,
     tables,
     gc,
+    scheduler,
+    metrics,
+    metricsServer,
     server,
     stop(graceMs = 5000) {
       stopping ??= (async () => {
         await server.shutdown(graceMs);
+        await scheduler.stop({ abort: true });
+        await metricsServer?.close();
         closeMaps();
         log.info('ctmapd stopped; maps stay pinned');
       })();

@@ -35,7 +35,7 @@ async function countTcp4(client: any): Promise<number> {
 test('GCRunner over gRPC: Run, emit_kept, bad input, Observe with a slow subscriber', async (t) => {
   const sock = tempDir();
   t.after(sock.cleanup);
-  const d = await startTestDaemon(sock.dir, ['--backend', 'memory', '--bpf-root', `/memory-gcrpc-${process.pid}`, '--bpf-ct-global-tcp-max', '65536', '--bpf-ct-global-any-max', '4096']);
+  const d = await startTestDaemon(sock.dir, ['--backend', 'memory', '--bpf-root', `/memory-gcrpc-${process.pid}`, '--bpf-ct-global-tcp-max', '65536', '--bpf-ct-global-any-max', '4096', '--metrics-listen', '127.0.0.1:0']);
   t.after(() => d.stop());
   const ct = ctClient(d.address);
   const gc = gcClient(d.address);
@@ -114,4 +114,37 @@ test('GCRunner over gRPC: Run, emit_kept, bad input, Observe with a slow subscri
   assert.ok(received() <= 16384 + 2000, `the server buffered at most its bound (+ what HTTP/2 held): ${received()}`);
   const notice = slow.find((m) => Number(m.lost) > 0);
   assert.equal(notice.record, null, 'a lost notice carries no record');
+
+  // Status: the scheduler's state per family; Signal runs an early pass for one family.
+  const before = await call(gc, 'Status', {});
+  assert.deepEqual(before.families.map((f: any) => f.family), ['FAMILY_IPV4', 'FAMILY_IPV6']);
+  const v4 = before.families[0];
+  assert.equal(before.fixed_interval, false);
+  assert.equal(before.max_interval_seconds, 43200);
+  assert.ok(v4.interval_seconds >= 10 && v4.interval_seconds <= 43200);
+  assert.equal(v4.last_sequence, String(d.daemon.gc.engine.lastSequence('ipv4')));
+  assert.ok(Number(v4.deleted) >= N, 'Run passes are counted');
+  await call(ct, 'Update', { records: records(100, 1) });
+  await call(gc, 'Signal', { family: 'FAMILY_IPV4' });
+  await until(() => d.daemon.scheduler.status().families[0].runs > Number(v4.runs), 'the signal ran a pass');
+  await until(() => d.daemon.scheduler.status().families[0].running === false, 'pass finished');
+  assert.equal(await countTcp4(ct), 0, 'the signalled pass removed the expired entries');
+
+  // A real scrape shows Cilium's GC metrics moving.
+  const scrape = async () => {
+    const res = await fetch(`http://${d.daemon.metricsServer!.address}/metrics`);
+    assert.equal(res.status, 200);
+    return res.text();
+  };
+  const value = (text: string, re: RegExp) => Number(text.match(re)?.[1] ?? NaN);
+  const m1 = await scrape();
+  const runs1 = value(m1, /^cilium_datapath_conntrack_gc_runs_total\{family="ipv4",protocol="TCP",status="completed"\} (\d+)/m);
+  assert.ok(runs1 >= 3, `runs_total moved: ${runs1}`);
+  assert.match(m1, /^cilium_datapath_conntrack_gc_entries\{family="ipv4",protocol="TCP",status="deleted"\} \d+/m);
+  await call(ct, 'Update', { records: records(7, 1) });
+  await collect(gc, 'Run', { family: 'FAMILY_IPV4', filter: { remove_expired: true } });
+  const m2 = await scrape();
+  assert.equal(value(m2, /^cilium_datapath_conntrack_gc_runs_total\{family="ipv4",protocol="TCP",status="completed"\} (\d+)/m), runs1 + 1);
+  assert.equal(value(m2, /^cilium_datapath_conntrack_gc_entries\{family="ipv4",protocol="TCP",status="deleted"\} (\d+)/m), 7);
+  assert.match(m2, /^process_cpu_user_seconds_total /m);
 });

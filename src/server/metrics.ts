@@ -1,0 +1,241 @@
+/**
+ * Prometheus metrics under the names Cilium users already alert on (facts §6), plus
+ * prom-client's default process metrics, served as GET /metrics on --metrics-listen.
+ *
+ * Label values are Cilium's: family "ipv4" / "ipv6", protocol "TCP" / "non-TCP", run
+ * status "completed" / "uncompleted", entry status "alive" / "deleted", NAT direction
+ * "ingress" / "egress". Dashboards written for the Cilium agent work unchanged.
+ */
+import * as http from 'node:http';
+import * as net from 'node:net';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { CtmapError, invalidArgument } from '../errors';
+import type { Family } from '../maps/ctmap/addr';
+import type { GCRunResult } from '../maps/ctmap/gc/types';
+import type { CtKind } from '../maps/ctmap/spec';
+import type { Logger } from './logger';
+
+export type ProtocolLabel = 'TCP' | 'non-TCP';
+
+/** Outcome of PurgeOrphanNATEntries (facts §6). */
+export interface NatPurgeStats {
+  readonly ingressAlive: number;
+  readonly ingressDeleted: number;
+  readonly egressAlive: number;
+  readonly egressDeleted: number;
+}
+
+/** Cilium's protocol label of a CT map kind. */
+export function protocolLabel(kind: CtKind): ProtocolLabel {
+  return kind === 'tcp' ? 'TCP' : 'non-TCP';
+}
+
+// Prometheus's default buckets stop at 10 s; a pass over a large map (up to 16 Mi entries)
+// can take longer, and a histogram that puts every slow pass in +Inf cannot show a trend.
+const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
+
+/** One registry with ctmapd's metrics. Separate instances do not share state (tests). */
+export class CtmapdMetrics {
+  readonly registry = new Registry();
+
+  readonly #gcRuns = new Counter({
+    name: 'cilium_datapath_conntrack_gc_runs_total',
+    help: 'Number of conntrack garbage collection runs, by family, protocol and status',
+    labelNames: ['family', 'protocol', 'status'] as const,
+    registers: [this.registry],
+  });
+  readonly #gcEntries = new Gauge({
+    name: 'cilium_datapath_conntrack_gc_entries',
+    help: 'Alive and deleted conntrack entries at the end of the last garbage collection run',
+    labelNames: ['family', 'protocol', 'status'] as const,
+    registers: [this.registry],
+  });
+  readonly #gcDuration = new Histogram({
+    name: 'cilium_datapath_conntrack_gc_duration_seconds',
+    help: 'Duration of conntrack garbage collection runs in seconds',
+    labelNames: ['family', 'protocol', 'status'] as const,
+    buckets: DURATION_BUCKETS,
+    registers: [this.registry],
+  });
+  readonly #gcKeyFallbacks = new Counter({
+    name: 'cilium_datapath_conntrack_gc_key_fallbacks_total',
+    help: 'Number of times a key fallback was needed while iterating over a conntrack map',
+    labelNames: ['family', 'protocol'] as const,
+    registers: [this.registry],
+  });
+  readonly #natEntries = new Gauge({
+    name: 'cilium_datapath_nat_gc_entries',
+    help: 'Alive and deleted NAT entries at the end of the last orphan NAT purge',
+    labelNames: ['family', 'direction', 'status'] as const,
+    registers: [this.registry],
+  });
+
+  /** With defaultMetrics (the default), also collects prom-client's process_* and nodejs_* metrics. */
+  constructor(opts: { defaultMetrics?: boolean } = {}) {
+    if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry });
+  }
+
+  /**
+   * Records one GC pass of `family`. Per protocol present in result.maps (per-cluster maps
+   * added to their kind): runs_total += 1 with status completed (ok) or uncompleted, the
+   * entries gauges set to the summed alive / deleted counts (also for a failed pass: what
+   * it got through, as Cilium does), and the pass duration observed. A failed pass with no
+   * maps in its result counts as an uncompleted run of both protocols.
+   */
+  recordGCRun(result: GCRunResult, family: Family, ok: boolean): void {
+    const status = ok ? 'completed' : 'uncompleted';
+    const seconds = Number(result.durationNs) / 1e9;
+    const totals = new Map<ProtocolLabel, { alive: number; deleted: number }>();
+    for (const m of result.maps) {
+      const protocol = protocolLabel(m.ref.kind);
+      const t = totals.get(protocol) ?? { alive: 0, deleted: 0 };
+      t.alive += m.alive;
+      t.deleted += m.deleted;
+      totals.set(protocol, t);
+    }
+    if (totals.size === 0 && !ok) {
+      for (const protocol of ['TCP', 'non-TCP'] as const) {
+        this.#gcRuns.inc({ family, protocol, status });
+        this.#gcDuration.observe({ family, protocol, status }, seconds);
+      }
+      return;
+    }
+    for (const [protocol, t] of totals) {
+      this.#gcRuns.inc({ family, protocol, status });
+      this.#gcEntries.set({ family, protocol, status: 'alive' }, t.alive);
+      this.#gcEntries.set({ family, protocol, status: 'deleted' }, t.deleted);
+      this.#gcDuration.observe({ family, protocol, status }, seconds);
+    }
+  }
+
+  /** Adds `count` (>= 0) key fallbacks of a pass over the maps of `family`/`kind`. */
+  recordKeyFallbacks(family: Family, kind: CtKind, count: number): void {
+    if (count > 0) this.#gcKeyFallbacks.inc({ family, protocol: protocolLabel(kind) }, count);
+  }
+
+  /** Sets the NAT gauges from one PurgeOrphanNATEntries of `family`. */
+  recordNatPurge(family: Family, stats: NatPurgeStats): void {
+    this.#natEntries.set({ family, direction: 'ingress', status: 'alive' }, stats.ingressAlive);
+    this.#natEntries.set({ family, direction: 'ingress', status: 'deleted' }, stats.ingressDeleted);
+    this.#natEntries.set({ family, direction: 'egress', status: 'alive' }, stats.egressAlive);
+    this.#natEntries.set({ family, direction: 'egress', status: 'deleted' }, stats.egressDeleted);
+  }
+}
+
+let processMetrics: CtmapdMetrics | undefined;
+
+/** The process-wide instance (created on first use, so importing this module has no side effects). */
+export function defaultMetrics(): CtmapdMetrics {
+  processMetrics ??= new CtmapdMetrics();
+  return processMetrics;
+}
+
+/** defaultMetrics().recordGCRun: see CtmapdMetrics.recordGCRun. */
+export function recordGCRun(result: GCRunResult, family: Family, ok: boolean): void {
+  defaultMetrics().recordGCRun(result, family, ok);
+}
+
+/** defaultMetrics().recordNatPurge: see CtmapdMetrics.recordNatPurge. */
+export function recordNatPurge(family: Family, stats: NatPurgeStats): void {
+  defaultMetrics().recordNatPurge(family, stats);
+}
+
+/** defaultMetrics().recordKeyFallbacks: see CtmapdMetrics.recordKeyFallbacks. */
+export function recordKeyFallbacks(family: Family, kind: CtKind, count: number): void {
+  defaultMetrics().recordKeyFallbacks(family, kind, count);
+}
+
+export interface MetricsServer {
+  /** The bound "HOST:PORT" (IPv6 in brackets), with the actual port when 0 was asked for. */
+  readonly address: string;
+  /** Stops listening and drops open connections. Idempotent; never rejects. */
+  close(): Promise<void>;
+}
+
+/**
+ * Serves `registry` (default: defaultMetrics()) on `hostPort` ("HOST:PORT", IPv6 as
+ * "[addr]:port"): GET or HEAD /metrics -> 200 in the Prometheus text format with its
+ * content type; another method on /metrics -> 405; any other path -> 404. The address is
+ * always the operator's explicit --metrics-listen, so a non-loopback host is served, with a
+ * warning (the endpoint has no authentication). Throws CtmapError: invalid-argument for a
+ * malformed hostPort, failed-precondition when listening fails (address in use, …).
+ */
+export async function startMetricsServer(hostPort: string, log: Logger, registry: Registry = defaultMetrics().registry): Promise<MetricsServer> {
+  const { host, port } = parseHostPort(hostPort);
+  const server = http.createServer((req, res) => void serve(req, res, registry, log));
+
+  await new Promise<void>((resolve, reject) => {
+    const onError = (err: Error) => reject(new CtmapError('failed-precondition', `metrics listen ${hostPort}: ${err.message}`, { cause: err }));
+    server.once('error', onError);
+    server.listen({ host, port }, () => {
+      server.off('error', onError);
+      resolve();
+    });
+  });
+  // After a successful listen, an error is a per-connection problem: log it, keep serving.
+  server.on('error', (err) => log.error({ err }, 'metrics server error'));
+
+  const bound = server.address() as net.AddressInfo;
+  const address = `${bound.family === 'IPv6' ? `[${bound.address}]` : bound.address}:${bound.port}`;
+  if (!isLoopbackHost(host)) {
+    log.warn({ address }, 'metrics endpoint listens on a non-loopback address; anyone who can reach it can read it');
+  }
+  log.info({ address }, 'metrics endpoint listening');
+
+  let closing: Promise<void> | undefined;
+  return {
+    address,
+    close: () => {
+      closing ??= new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        // Keep-alive connections (Prometheus keeps its scrape connection open) would hold
+        // close() until they time out.
+        server.closeAllConnections();
+      });
+      return closing;
+    },
+  };
+}
+
+async function serve(req: http.IncomingMessage, res: http.ServerResponse, registry: Registry, log: Logger): Promise<void> {
+  const path = new URL(req.url ?? '/', 'http://metrics').pathname;
+  if (path !== '/metrics') return reply(res, 404, 'not found\n');
+  if (req.method !== 'GET' && req.method !== 'HEAD') {
+    res.setHeader('Allow', 'GET, HEAD');
+    return reply(res, 405, 'method not allowed\n');
+  }
+  try {
+    const body = await registry.metrics();
+    res.writeHead(200, { 'Content-Type': registry.contentType, 'Content-Length': Buffer.byteLength(body) });
+    res.end(req.method === 'HEAD' ? undefined : body);
+  } catch (err) {
+    log.error({ err }, 'metrics: collecting failed');
+    if (!res.headersSent) reply(res, 500, 'collecting metrics failed\n');
+    else res.destroy();
+  }
+}
+
+function reply(res: http.ServerResponse, status: number, text: string): void {
+  res.writeHead(status, { 'Content-Type': 'text/plain; charset=utf-8', 'Content-Length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+function parseHostPort(hostPort: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]\s]+)):(\d{1,5})$/.exec(hostPort);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw invalidArgument('metrics-listen', `want HOST:PORT (IPv6 as [addr]:port), got ${JSON.stringify(hostPort)}`);
+  return { host: m[1] ?? m[2], port };
+}
+
+const LOOPBACK = new net.BlockList();
+LOOPBACK.addSubnet('127.0.0.0', 8, 'ipv4');
+LOOPBACK.addAddress('::1', 'ipv6');
+
+/** True for 127.0.0.0/8, ::1 (any spelling), IPv4-mapped 127/8 and "localhost"; false for anything else, names included. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.toLowerCase();
+  if (h === 'localhost') return true;
+  const mapped = h.startsWith('::ffff:') ? h.slice('::ffff:'.length) : h;
+  if (net.isIPv4(mapped)) return LOOPBACK.check(mapped, 'ipv4');
+  return net.isIPv6(h) && LOOPBACK.check(h, 'ipv6');
+}

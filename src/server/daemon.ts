@@ -10,11 +10,15 @@ import { GCScheduler } from '../maps/ctmap/gc/scheduler';
 import { ConditionalDeleter } from '../maps/ctmap/gc/types';
 import { UserspaceConditionalDeleter } from '../maps/ctmap/gc/userspace-deleter';
 import { CtTables } from '../maps/ctmap/tables';
+import { NatCoupling } from '../maps/nat/coupling';
+import { purgeOrphanNatEntries } from '../maps/nat/purge';
+import { NatTables } from '../maps/nat/tables';
 import { refLabel } from '../maps/ctmap/spec';
 import type { MapBackend } from '../maps/types';
-import type { Config } from './config';
+import { Config, natGlobalMax } from './config';
 import { ctMapsDefinition, ctMapsService } from './ctmaps-service';
 import { gcRunnerDefinition, gcRunnerService } from './gcrunner-service';
+import { natMapsDefinition, natMapsService } from './natmaps-service';
 import { CtmapdMetrics, MetricsServer, startMetricsServer } from './metrics';
 import type { Logger } from './logger';
 import { services } from './proto';
@@ -23,6 +27,7 @@ import { ServerHandle, startServer } from './server';
 export interface Daemon {
   readonly backend: MapBackend;
   readonly tables: CtTables;
+  readonly nat: NatTables;
   readonly gc: GCRunner;
   readonly scheduler: GCScheduler;
   readonly metrics: CtmapdMetrics;
@@ -35,22 +40,28 @@ export interface Daemon {
 export async function startDaemon(config: Config, log: Logger): Promise<Daemon> {
   const backend = selectBackend(config.backend, log);
   if (backend.name === 'kernel') ensureBpffs(config.bpfRoot, log);
-  const tables = CtTables.open(
-    backend,
-    {
-      bpfRoot: config.bpfRoot,
-      enableIPv4: config.enableIpv4,
-      enableIPv6: config.enableIpv6,
-      ctTcpMax: config.bpfCtGlobalTcpMax,
-      ctAnyMax: config.bpfCtGlobalAnyMax,
-      distributedLru: config.bpfDistributedLru,
-    },
-    log,
-  );
+  const mapsConfig = {
+    bpfRoot: config.bpfRoot,
+    enableIPv4: config.enableIpv4,
+    enableIPv6: config.enableIpv6,
+    ctTcpMax: config.bpfCtGlobalTcpMax,
+    ctAnyMax: config.bpfCtGlobalAnyMax,
+    distributedLru: config.bpfDistributedLru,
+  };
+  const tables = CtTables.open(backend, mapsConfig, log);
+  let nat: NatTables;
+  try {
+    nat = NatTables.open(backend, { ...mapsConfig, natMax: natGlobalMax(config) }, log);
+  } catch (err) {
+    tables.close();
+    throw err;
+  }
   const deleter = conditionalDeleter(backend, log);
   const engine = new GCEngine(deleter, log);
-  const gc = new GCRunner(tables, engine);
   const families = [...new Set(tables.active().map((t) => t.ref.family))];
+  // Every deleted CT entry takes its SNAT mapping with it (facts §6, NatMapNext4/6).
+  const coupling = new NatCoupling(nat, families.map((f) => engine.events(f)), log);
+  const gc = new GCRunner(tables, engine, coupling);
   const metrics = new CtmapdMetrics();
   // Periodic passes remove expired entries (facts §6); every pass, scheduled or asked
   // for over gRPC, feeds the Cilium metrics.
@@ -70,10 +81,21 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
         throw err;
       }
     },
+    // After a signal ("NAT map filling up"), drop SNAT entries whose CT entry is gone.
+    afterSignal: async (family, signal) => {
+      for (const natTable of nat.active().filter((t) => t.ref.family === family)) {
+        const ct = (kind: 'tcp' | 'any') => tables.get({ family, kind, clusterId: natTable.ref.clusterId }, 'map');
+        const stats = await purgeOrphanNatEntries(natTable, ct('tcp'), ct('any'), signal);
+        metrics.recordNatPurge(family, stats);
+        log.info({ family, ...stats }, 'purged orphan NAT entries');
+      }
+    },
   });
   const closeMaps = (): void => {
     engine.close();
+    coupling.close(); // before the NAT maps: it flushes queued deletes
     deleter.close();
+    nat.close();
     tables.close();
   };
   let server: ServerHandle;
@@ -85,6 +107,7 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
       shutdown,
       services: [
         { definition: ctMapsDefinition(services().CTMaps.service), implementation: ctMapsService(tables, log, shutdown.signal) },
+        { definition: natMapsDefinition(), implementation: natMapsService(nat, tables, log, shutdown.signal) },
         {
           definition: gcRunnerDefinition(services().GCRunner.service),
           implementation: gcRunnerService({
@@ -127,6 +150,7 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
   return {
     backend,
     tables,
+    nat,
     gc,
     scheduler,
     metrics,

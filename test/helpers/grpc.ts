@@ -19,6 +19,12 @@ export function ctClient(address: string): Client {
   return new Ctor(address, grpc.credentials.createInsecure()) as unknown as Client;
 }
 
+/** A client of any service definition (e.g. natMapsDefinition()) on `address`. */
+export function serviceClient(definition: grpc.ServiceDefinition, serviceName: string, address: string): Client {
+  const Ctor = grpc.makeGenericClientConstructor(definition, serviceName);
+  return new Ctor(address, grpc.credentials.createInsecure()) as unknown as Client;
+}
+
 /** Calls a unary method; rejects with the grpc ServiceError. */
 export function call<T = any>(client: Client, method: string, req: object): Promise<T> {
   return new Promise((resolve, reject) => {

@@ -4,8 +4,9 @@
  */
 import type { Logger } from 'pino';
 import { invalidArgument, notFound } from '../../errors';
+import { PackedWrite, writeAllOrNothing } from '../batch-write';
 import { openOrCreate } from '../open';
-import { BatchCursor, BpfMap, MapBackend, UpdateFlag } from '../types';
+import { BatchCursor, BpfMap, MapBackend } from '../types';
 import { Family, addressBytes } from './addr';
 import { CT_ENTRY_SIZE, CtEntry, CtKey, decodeEntry, encodeEntry, encodeKey, keyLayout } from './codec';
 import { IPPROTO } from './layout';
@@ -31,9 +32,6 @@ export interface DumpFilter {
   /** Matches dport or sport. */
   port?: number;
 }
-
-/** Entries per batch write: bounded so one request never holds the event loop for long. */
-const WRITE_CHUNK = 8192;
 
 export class CtTables {
   readonly #tables = new Map<string, CtTable>();
@@ -107,26 +105,18 @@ export class CtTables {
       groups.set(table, list);
     });
 
-    const undo: Array<() => void> = [];
-    try {
-      for (const [table, indices] of groups) {
-        const ks = table.map.spec.keySize;
-        const keys = Buffer.alloc(indices.length * ks);
-        const values = Buffer.alloc(indices.length * CT_ENTRY_SIZE);
-        indices.forEach((ri, j) => {
-          encodeKey(table.ref.family, records[ri].key, keys, j * ks);
-          encodeEntry(records[ri].entry, values, j * CT_ENTRY_SIZE);
-        });
-        undo.push(snapshot(table.map, keys, indices.length));
-        for (let off = 0; off < indices.length; off += WRITE_CHUNK) {
-          const n = Math.min(WRITE_CHUNK, indices.length - off);
-          table.map.updateBatch(keys.subarray(off * ks), values.subarray(off * CT_ENTRY_SIZE), n, UpdateFlag.ANY);
-        }
-      }
-    } catch (err) {
-      for (const restore of undo.reverse()) restore();
-      throw err;
+    const writes: PackedWrite[] = [];
+    for (const [table, indices] of groups) {
+      const ks = table.map.spec.keySize;
+      const keys = Buffer.alloc(indices.length * ks);
+      const values = Buffer.alloc(indices.length * CT_ENTRY_SIZE);
+      indices.forEach((ri, j) => {
+        encodeKey(table.ref.family, records[ri].key, keys, j * ks);
+        encodeEntry(records[ri].entry, values, j * CT_ENTRY_SIZE);
+      });
+      writes.push({ map: table.map, keys, values, count: indices.length });
     }
+    writeAllOrNothing(writes);
     return records.length;
   }
 
@@ -165,24 +155,6 @@ export class CtTables {
 function checkKindMatches(kind: CtKind, nexthdr: number, field: string): void {
   if (kind === 'tcp' && nexthdr !== IPPROTO.TCP) throw invalidArgument(field, `the TCP map holds only nexthdr 6 (TCP), got ${nexthdr}`);
   if (kind === 'any' && nexthdr === IPPROTO.TCP) throw invalidArgument(field, 'TCP entries (nexthdr 6) belong in the TCP map, not the any map');
-}
-
-/** Reads the current values of `count` keys and returns a function that puts them back. */
-function snapshot(map: BpfMap, keys: Buffer, count: number): () => void {
-  const ks = map.spec.keySize;
-  const vs = map.spec.valueSize;
-  const old = Buffer.alloc(count * vs);
-  const existed: boolean[] = [];
-  for (let i = 0; i < count; i++) {
-    existed.push(map.lookup(keys.subarray(i * ks, (i + 1) * ks), old.subarray(i * vs, (i + 1) * vs)) !== undefined);
-  }
-  return () => {
-    for (let i = 0; i < count; i++) {
-      const k = keys.subarray(i * ks, (i + 1) * ks);
-      if (existed[i]) map.update(k, old.subarray(i * vs, (i + 1) * vs));
-      else map.delete(k);
-    }
-  };
 }
 
 /**

@@ -9,9 +9,12 @@ import { CtTable, CtTables } from '../tables';
 import { GCEngine, GCRunOptions } from './engine';
 import { GCFilter, GCRunResult } from './types';
 
+/** The NAT coupling as the runner sees it (src/maps/nat/coupling.ts). */
 export interface NatDeletionCounter {
-  /** NAT entries removed so far by the coupling (monotonic). */
+  /** NAT entries removed so far by the coupling (monotonic; complete after flush()). */
   readonly deletedTotal: number;
+  /** Sends the NAT deletes still queued from the last burst of events. */
+  flush(): number;
 }
 
 export interface GCPassRequest {
@@ -47,9 +50,14 @@ export class GCRunner {
     const waitFor = families.map((f) => this.#queues[f]);
     const pass = Promise.all(waitFor.map((p) => p.catch(() => undefined))).then(async () => {
       const natBefore = this.nat?.deletedTotal ?? 0;
-      const result = await this.engine.run({ tables, filter: req.filter, signal: req.signal, afterBatch: req.afterBatch, beforeDelete: req.beforeDelete });
-      result.natDeleted = (this.nat?.deletedTotal ?? 0) - natBefore;
-      return result;
+      try {
+        const result = await this.engine.run({ tables, filter: req.filter, signal: req.signal, afterBatch: req.afterBatch, beforeDelete: req.beforeDelete });
+        this.nat?.flush();
+        result.natDeleted = (this.nat?.deletedTotal ?? 0) - natBefore;
+        return result;
+      } finally {
+        this.nat?.flush(); // an aborted pass still removes the NAT pairs of what it deleted
+      }
     });
     for (const f of families) this.#queues[f] = pass;
     return pass;

@@ -8,6 +8,17 @@
  *   ctscan fill <pin> <n> [seed]
  *   ctscan scan <pin> [batch]
  *   ctscan delete-all <pin> [batch]
+ *   ctscan gc <pin> <time> [batch]
+ *   ctscan gc-each <pin> <time> [batch]
+ *   ctscan gc-after <pin> <time> [batch]
+ *
+ * gc is a GC pass the plain-libbpf way: walk with LOOKUP_BATCH, collect the entries whose
+ * lifetime < time, remove them with one DELETE_BATCH per scanned batch (no re-check: an
+ * entry refreshed after the read is deleted anyway). gc-each removes them with one
+ * DELETE_ELEM syscall per entry, as Cilium's GC does (Cilium #5048). gc-after scans the
+ * whole map first and then deletes all candidates in DELETE_BATCH calls of `batch` keys:
+ * the deletes find cold caches, as a delete of a candidate list collected earlier does.
+ * All three report the whole pass and the time spent in the delete syscalls alone.
  *
  * The parent directory of <pin> must exist on a bpffs. Errors go to stderr, exit status 1.
  */
@@ -42,7 +53,10 @@ static void usage(void)
 		"usage: ctscan create <pin> <max_entries> [flags]\n"
 		"       ctscan fill <pin> <n> [seed]\n"
 		"       ctscan scan <pin> [batch]\n"
-		"       ctscan delete-all <pin> [batch]\n");
+		"       ctscan delete-all <pin> [batch]\n"
+		"       ctscan gc <pin> <time> [batch]\n"
+		"       ctscan gc-each <pin> <time> [batch]\n"
+		"       ctscan gc-after <pin> <time> [batch]\n");
 	exit(2);
 }
 
@@ -289,6 +303,118 @@ static int cmd_walk(const char *pin, __u32 batch, bool del)
 	return 0;
 }
 
+/*
+ * Deletes `count` keys with DELETE_BATCH, stepping over keys already gone (the kernel
+ * stops a delete batch at the first ENOENT; LRU eviction can get there first). Returns
+ * the number deleted.
+ */
+static __u32 delete_keys_batch(int fd, struct ipv4_ct_tuple *keys, __u32 count)
+{
+	LIBBPF_OPTS(bpf_map_batch_opts, opts);
+	__u32 done = 0, deleted = 0;
+
+	while (done < count) {
+		__u32 n = count - done;
+
+		if (!bpf_map_delete_batch(fd, keys + done, &n, &opts)) {
+			deleted += n;
+			break;
+		}
+		if (errno != ENOENT)
+			die("delete batch", errno);
+		deleted += n;
+		done += n + 1;
+	}
+	return deleted;
+}
+
+static __u32 delete_keys_each(int fd, struct ipv4_ct_tuple *keys, __u32 count)
+{
+	__u32 deleted = 0;
+
+	for (__u32 j = 0; j < count; j++) {
+		if (!bpf_map_delete_elem(fd, &keys[j]))
+			deleted++;
+		else if (errno != ENOENT)
+			die("delete", errno);
+	}
+	return deleted;
+}
+
+enum gc_mode { GC_BATCH, GC_EACH, GC_AFTER };
+
+static const char *const gc_mode_names[] = { "batch", "each", "after" };
+
+static int cmd_gc(const char *pin, __u32 time, __u32 batch, enum gc_mode mode)
+{
+	LIBBPF_OPTS(bpf_map_batch_opts, opts);
+	unsigned char in[TOKEN_MAX], out[TOKEN_MAX];
+	struct ipv4_ct_tuple *keys = malloc(batch * sizeof(*keys));
+	struct ct_entry *vals = malloc(batch * sizeof(*vals));
+	struct bpf_map_info info;
+	__u64 entries = 0, deleted = 0, start, del_ns = 0, t;
+	__u32 ncand = 0, del_batch = batch;
+	bool first = true;
+	int fd = open_ct4(pin, &info);
+	/* gc-after keeps every candidate of the pass; the others one scanned batch's worth. */
+	__u32 cand_cap = mode == GC_AFTER ? info.max_entries : batch;
+	struct ipv4_ct_tuple *cand = malloc(cand_cap * sizeof(*cand));
+
+	start = now_ns();
+	for (;;) {
+		__u32 count = batch;
+		int err;
+
+		if (!keys || !vals || !cand)
+			die("alloc", ENOMEM);
+		err = bpf_map_lookup_batch(fd, first ? NULL : in, out, keys, vals, &count, &opts);
+		err = err ? errno : 0;
+		if (err && err != ENOENT && err != ENOSPC)
+			die("lookup batch", err);
+		if (mode != GC_AFTER)
+			ncand = 0;
+		for (__u32 j = 0; j < count && ncand < cand_cap; j++)
+			if (vals[j].lifetime < time)
+				cand[ncand++] = keys[j];
+		entries += count;
+		if (ncand && mode != GC_AFTER) {
+			t = now_ns();
+			deleted += mode == GC_EACH ? delete_keys_each(fd, cand, ncand)
+						   : delete_keys_batch(fd, cand, ncand);
+			del_ns += now_ns() - t;
+		}
+		if (err == ENOENT)
+			break;
+		memcpy(in, out, sizeof(in));
+		first = false;
+		if (err == ENOSPC) {
+			batch *= 2;
+			keys = realloc(keys, batch * sizeof(*keys));
+			vals = realloc(vals, batch * sizeof(*vals));
+			if (mode != GC_AFTER) {
+				cand_cap = batch;
+				cand = realloc(cand, cand_cap * sizeof(*cand));
+			}
+		}
+	}
+	if (mode == GC_AFTER) {
+		t = now_ns();
+		for (__u32 b = 0; b < ncand; b += del_batch)
+			deleted += delete_keys_batch(fd, cand + b,
+						     ncand - b < del_batch ? ncand - b : del_batch);
+		del_ns = now_ns() - t;
+	}
+	t = now_ns() - start;
+	printf("{\"entries\":%" PRIu64 ",\"deleted\":%" PRIu64 ",\"ns\":%" PRIu64
+	       ",\"delete_ns\":%" PRIu64 ",\"batch\":%u,\"mode\":\"%s\"}\n",
+	       (uint64_t)entries, (uint64_t)deleted, (uint64_t)t, (uint64_t)del_ns, batch,
+	       gc_mode_names[mode]);
+	free(keys);
+	free(cand);
+	free(vals);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 3)
@@ -312,6 +438,17 @@ int main(int argc, char **argv)
 		if (batch == 0 || batch > (1u << 24))
 			usage();
 		return cmd_walk(argv[2], batch, argv[1][0] == 'd');
+	}
+	if ((!strcmp(argv[1], "gc") || !strcmp(argv[1], "gc-each") ||
+	     !strcmp(argv[1], "gc-after")) && (argc == 4 || argc == 5)) {
+		__u64 time = parse_num(argv[3], "time");
+		__u64 batch = argc == 5 ? parse_num(argv[4], "batch") : DEFAULT_BATCH;
+
+		if (time > UINT32_MAX || batch == 0 || batch > (1u << 24))
+			usage();
+		return cmd_gc(argv[2], time, batch,
+			      !strcmp(argv[1], "gc") ? GC_BATCH :
+			      !strcmp(argv[1], "gc-each") ? GC_EACH : GC_AFTER);
 	}
 	usage();
 	return 2;

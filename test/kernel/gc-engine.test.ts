@@ -1,6 +1,6 @@
 /**
- * The GC engine on real kernel maps: with the in-process re-check (fallback) here; the
- * in-kernel deleter has its own suite run in test/kernel/gc-engine-bpf.test.ts.
+ * The GC engine on real kernel maps, with both re-checks: in process (the fallback) and in
+ * the kernel (bpf/ct_gc.bpf.c through BPF_PROG_TEST_RUN, what the daemon uses).
  */
 import { UserspaceConditionalDeleter } from '../../src/maps/ctmap/gc/userspace-deleter';
 import { gcEngineSuite } from '../helpers/gc-suite';
@@ -13,6 +13,14 @@ if (kernelTierDecision().run) {
     const { kernelBackend } = require('../../src/maps/kernel') as typeof import('../../src/maps/kernel');
     const { root, cleanup } = privateBpfRoot();
     return { backend: kernelBackend, bpfRoot: root, deleter: () => new UserspaceConditionalDeleter(), cleanup };
+  });
+  gcEngineSuite('kernel backend, in-kernel re-check (ct_gc BPF program)', () => {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { kernelBackend } = require('../../src/maps/kernel') as typeof import('../../src/maps/kernel');
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { kernelConditionalDeleter } = require('../../src/maps/kernel/conditional-delete') as typeof import('../../src/maps/kernel/conditional-delete');
+    const { root, cleanup } = privateBpfRoot();
+    return { backend: kernelBackend, bpfRoot: root, deleter: () => kernelConditionalDeleter(), cleanup };
   });
 } else {
   test('kernel backend: GC engine', (t) => {

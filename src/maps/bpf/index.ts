@@ -233,3 +233,6 @@ export function deleteBatch(fd: Fd, keys: Buffer, count: number): void {
   const ret = native.deleteBatch(fd.value, keys, countCell, null);
   if (ret < 0) throw new BatchError('map delete batch', -ret, countCell[0]);
 }
+
+// BPF objects and programs (libbpf object API, BPF_PROG_TEST_RUN, mmap of map values).
+export { BpfObject, BpfObjectMap, BpfProgram, MappedMap, TestRunContext, openObjectCount } from './program';

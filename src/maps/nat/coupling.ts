@@ -102,6 +102,12 @@ export class NatCoupling {
   readonly #subscriptions: Subscription[];
   readonly #pending = new Map<NatTable, Pending>();
   readonly #scratch = new Map<Family, { keys: Buffer; value: Buffer }>();
+  /**
+   * NAT maps found empty during the current burst of events. Many nodes hold few or no
+   * SNAT entries: one read per map per burst then replaces one lookup syscall per deleted
+   * CT entry. A mapping the datapath creates within the burst is left to the orphan purge.
+   */
+  readonly #emptyThisBurst = new Map<NatTable, boolean>();
 
   /**
    * `sources`: the GC event stream(s), e.g. the engine's IPv4 and IPv6 subjects. Events of
@@ -152,6 +158,7 @@ export class NatCoupling {
    * are logged and counted in `errors`).
    */
   flush(): number {
+    this.#emptyThisBurst.clear();
     let deleted = 0;
     for (const [table, p] of this.#pending) deleted += this.#flushTable(table, p);
     this.#pending.clear();
@@ -169,6 +176,8 @@ export class NatCoupling {
   #onEvent(event: GCEvent): void {
     if (this.#closed) return;
     try {
+      const table = this.nat.find(event.ref.family, event.ref.clusterId);
+      if (!table || this.#isEmpty(table)) return;
       const scratch = this.#scratchFor(event.ref.family);
       const keys = mappingKeys(this.nat, event, scratch.keys, scratch.value);
       if (!keys || keys.count === 0) return;
@@ -195,6 +204,21 @@ export class NatCoupling {
       this.#errors++;
       this.log.warn({ err, map: event.ref, sequence: event.sequence }, 'nat coupling: could not look up the SNAT mapping of a deleted CT entry');
     }
+  }
+
+  #isEmpty(table: NatTable): boolean {
+    let empty = this.#emptyThisBurst.get(table);
+    if (empty === undefined) {
+      const c = table.map.cursor(1);
+      try {
+        empty = c.next() === null;
+      } finally {
+        c.close();
+      }
+      this.#emptyThisBurst.set(table, empty);
+      this.#scheduleFlush(); // ends the burst, and with it this answer
+    }
+    return empty;
   }
 
   #scheduleFlush(): void {

@@ -1,0 +1,203 @@
+/**
+ * Bench "gc": one GC pass over a 1 Mi-entry kernel TCP4 map with 50 % expired entries.
+ * ctmapd's pass (GCRunner.Run over gRPC: batch scan, re-check at delete time, batch delete,
+ * one GC event per deletion) against, in the same run and on the same data, the C/libbpf
+ * baseline doing lookup_batch + delete_batch (no re-check) and the same with one delete
+ * syscall per entry (Cilium's way).
+ *
+ * Every run starts from the same map: the bench rewrites all entries (untimed) before each
+ * timed pass, half with lifetime 1 and half with a lifetime far in the future, and the pass
+ * uses an explicit time between the two so the expired half is exactly known.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { kernelBackend } from '../src/maps/kernel';
+import { MapType, MapSpec } from '../src/maps/types';
+import { services } from '../src/server/proto';
+import {
+  BenchContext,
+  BenchSection,
+  HarnessError,
+  Measured,
+  Measurement,
+  ctscan,
+  fmtInt,
+  fmtMs,
+  fmtRatio,
+  machineInfo,
+  markdownTable,
+  measureRounds,
+  privateBpffsDir,
+  processCpuMs,
+  spawnDaemon,
+  tempDir,
+  timeIt,
+  waitReady,
+  waitServing,
+} from './lib';
+
+const MAX_ENTRIES = 1 << 20;
+/** Fewer than max: an LRU map evicts a little early when filled to the brim. */
+const ENTRIES = 1_000_000;
+const EXPIRED_LIFETIME = 1;
+const ALIVE_LIFETIME = 0xfffffff0;
+/** The pass's time: between the two lifetimes. */
+const GC_TIME = 1_000_000;
+const TCP4 = { family: 'FAMILY_IPV4', kind: 'MAP_KIND_TCP' };
+
+/** Writes ENTRIES distinct TCP4 keys, every even one expired. */
+function makeFill(): { keys: Buffer; values: Buffer } {
+  const keys = Buffer.alloc(ENTRIES * 14);
+  const values = Buffer.alloc(ENTRIES * 56);
+  for (let i = 0; i < ENTRIES; i++) {
+    const k = i * 14;
+    keys[k] = 192;
+    keys[k + 2] = 2;
+    keys[k + 3] = (i & 0xff) || 1;
+    keys[k + 4] = 198;
+    keys[k + 5] = 51;
+    keys[k + 6] = 100;
+    keys[k + 7] = (i >> 8) & 0xff;
+    keys.writeUInt16BE((i >> 16) + 1, k + 8);
+    keys.writeUInt16BE(443, k + 10);
+    keys[k + 12] = 6;
+    values.writeBigUInt64LE(BigInt(i), i * 56 + 16);
+    values.writeUInt32LE(i % 2 === 0 ? EXPIRED_LIFETIME : ALIVE_LIFETIME, i * 56 + 32);
+  }
+  return { keys, values };
+}
+
+export const gcBench: BenchSection = {
+  name: 'gc',
+  title: 'GC pass over a 1 Mi-entry TCP4 map, 50 % expired, vs C libbpf',
+
+  async run(ctx: BenchContext) {
+    const dir = privateBpffsDir(ctx);
+    const globals = path.join(dir, 'tc', 'globals');
+    fs.mkdirSync(globals, { recursive: true });
+    const pin = path.join(globals, 'cilium_ct4_global');
+    await ctscan(['create', pin, String(MAX_ENTRIES)]);
+
+    const spec: MapSpec = { name: 'cilium_ct4_global', type: MapType.LRU_HASH, keySize: 14, valueSize: 56, maxEntries: MAX_ENTRIES, flags: 0, pinPath: pin };
+    const map = kernelBackend.open(spec);
+    if (!map) throw new HarnessError(`cannot open ${pin}`);
+    ctx.cleanup.add('close bench map fd', () => map.close());
+    const fill = makeFill();
+    /** Rewrites the whole data set; returns how many of its expired entries the map holds. */
+    const refill = (): number => {
+      for (let off = 0; off < ENTRIES; off += 8192) {
+        const n = Math.min(8192, ENTRIES - off);
+        map.updateBatch(fill.keys.subarray(off * 14), fill.values.subarray(off * 56), n);
+      }
+      let expired = 0;
+      const c = map.cursor(8192);
+      for (let b = c.next(); b; b = c.next()) for (let i = 0; i < b.count; i++) if (b.values.readUInt32LE(i * 56 + 32) < GC_TIME) expired++;
+      c.close();
+      return expired;
+    };
+
+    const sock = path.join(tempDir(ctx), 'ctmapd.sock');
+    const daemon = spawnDaemon(ctx, sock, [
+      '--backend', 'kernel',
+      '--bpf-root', dir,
+      '--bpf-ct-global-tcp-max', String(MAX_ENTRIES),
+      '--bpf-ct-global-any-max', '1024',
+      '--enable-ipv6=false',
+      // No periodic pass may run during the measurements.
+      '--conntrack-gc-interval', '4000000',
+      '--log-level', 'info',
+    ]);
+    await waitServing(daemon);
+    const gc = new (services().GCRunner)(daemon.address, grpc.credentials.createInsecure());
+    ctx.cleanup.add('close gRPC client', () => gc.close());
+    await waitReady(gc);
+    const reCheck = /re-checked and deleted in the kernel/.test(daemon.output()) ? 'in the kernel (BPF program)' : 'in process (fallback)';
+    ctx.progress(`gc: daemon says: ${daemon.output().split('\n').filter((l) => l.includes('gc:')).join(' / ')}`);
+
+    const check = (what: string, deleted: number, expired: number) => {
+      if (deleted !== expired) throw new HarnessError(`${what}: deleted ${deleted}, the map held ${expired} expired entries`);
+    };
+
+    const measurements: Measurement[] = [
+      {
+        label: 'C lookup_batch + delete_batch',
+        async run() {
+          const expired = refill();
+          const r = await ctscan(['gc', pin, String(GC_TIME)]);
+          check('ctscan gc', Number(r.deleted), expired);
+          return { ms: Number(r.ns) / 1e6, extra: { deleted: Number(r.deleted) } };
+        },
+      },
+      {
+        label: 'ctmapd GCRunner.Run (remove_expired)',
+        async run() {
+          const expired = refill();
+          const cpu0 = processCpuMs(daemon.pid);
+          const { ms, value } = await timeIt(
+            () =>
+              new Promise<any>((resolve, reject) => {
+                let stats: any;
+                const s = (gc as any).Run({ maps: [TCP4], filter: { remove_expired: true, time: String(GC_TIME) } });
+                s.on('data', (m: any) => (stats = m.stats ?? stats));
+                s.on('error', reject);
+                s.on('end', () => resolve(stats));
+              }),
+          );
+          const deleted = Number(value.maps[0].deleted);
+          check('GCRunner.Run', deleted, expired);
+          return { ms, extra: { deleted, serverCpuMs: processCpuMs(daemon.pid) - cpu0, passMs: Number(value.duration_ns) / 1e6 } };
+        },
+      },
+      {
+        label: 'C lookup_batch + one delete per entry (Cilium)',
+        runs: Math.min(ctx.runs, 3),
+        async run() {
+          const expired = refill();
+          const r = await ctscan(['gc-each', pin, String(GC_TIME)]);
+          check('ctscan gc-each', Number(r.deleted), expired);
+          return { ms: Number(r.ns) / 1e6, extra: { deleted: Number(r.deleted) } };
+        },
+      },
+    ];
+    ctx.progress(`gc: ${fmtInt(ENTRIES)} entries, half expired; re-check ${reCheck}`);
+    const [cBatch, ours, cEach] = await measureRounds(ctx, measurements);
+    await daemon.stop();
+
+    const rows: Array<{ m: Measured; target?: string; pass?: boolean; note: string }> = [
+      { m: cBatch, note: 'ctscan gc: walk with lookup_batch, delete the expired with delete_batch; no re-check' },
+      {
+        m: ours,
+        target: '≤ 1.1× C batch, < C per-entry',
+        pass: ours.medianMs <= 1.1 * cBatch.medianMs && ours.medianMs < cEach.medianMs,
+        note: `gRPC call wall time; pass ${fmtMs(ours.extra.passMs)} ms inside the daemon; re-check ${reCheck}; one GC event per deletion`,
+      },
+      { m: cEach, note: 'ctscan gc-each: as above, one BPF_MAP_DELETE_ELEM per entry' },
+    ];
+    const header = ['measurement', 'median ms', 'min ms', 'runs', '×C batch', 'deleted', 'target', 'result', 'notes'];
+    const table = markdownTable(
+      header,
+      rows.map(({ m, target, pass, note }) => [
+        m.label,
+        fmtMs(m.medianMs),
+        fmtMs(m.minMs),
+        String(m.samples.length),
+        fmtRatio(m.medianMs / cBatch.medianMs),
+        fmtInt(m.extra.deleted),
+        target ?? '—',
+        target ? (pass ? 'PASS' : 'MISS') : '—',
+        note,
+      ]),
+    );
+    const info = machineInfo();
+    const markdown = [
+      `Latest run: ${new Date().toISOString()} — \`make bench\` (this section alone: \`node dist/bench/run.js gc\`).`,
+      '',
+      `- Machine: ${info.cpu}, ${info.nproc} CPUs; ${info.kernel}; Node ${info.node}.`,
+      `- Map: LRU_HASH cilium_ct4_global, max_entries ${fmtInt(MAX_ENTRIES)}, ${fmtInt(ENTRIES)} entries rewritten before every run, every second one expired.`,
+      '',
+      table,
+    ].join('\n');
+    return { text: `${this.title}\n\n${table}\n`, markdown };
+  },
+};

@@ -1,0 +1,378 @@
+/**
+ * BPF objects and programs: koffi bindings for the part of libbpf's object API ctmapd
+ * needs (open an ELF object, hand it maps the daemon created, load it, run a program with
+ * BPF_PROG_TEST_RUN) and for mmap() of BPF_F_MMAPABLE maps. Part of the native boundary
+ * (src/maps/bpf/): nothing outside this directory imports koffi.
+ *
+ * libbpf >= 1.0 conventions: pointer-returning APIs return NULL and set errno (read here
+ * with koffi.errno(), which koffi captures right after the call); int-returning ones return
+ * -errno. Pointers are BigInts in koffi 3. Memory libbpf or the kernel reads after the call
+ * that handed it over (log buffers, the test-run ctx whose address sits inside the opts
+ * struct) comes from koffi.alloc: a Node Buffer passed as a pointer is only valid during
+ * the call it is passed to.
+ */
+import koffi from 'koffi';
+import { BpfSyscallError, Errno } from './errors';
+import type { Fd } from './index';
+
+const lib = koffi.load('libbpf.so.1');
+const libc = koffi.load('libc.so.6');
+
+/** Opaque libbpf pointers (struct bpf_object *, struct bpf_map *, struct bpf_program *). */
+type Ptr = bigint;
+
+const native = {
+  openFile: lib.func('void *bpf_object__open_file(const char *path, const void *opts)') as (path: string, opts: null) => Ptr | null,
+  load: lib.func('int bpf_object__load(void *obj)') as (obj: Ptr) => number,
+  close: lib.func('void bpf_object__close(void *obj)') as (obj: Ptr) => void,
+  findMap: lib.func('void *bpf_object__find_map_by_name(const void *obj, const char *name)') as (obj: Ptr, name: string) => Ptr | null,
+  findProgram: lib.func('void *bpf_object__find_program_by_name(const void *obj, const char *name)') as (
+    obj: Ptr,
+    name: string,
+  ) => Ptr | null,
+  mapReuseFd: lib.func('int bpf_map__reuse_fd(void *map, int fd)') as (map: Ptr, fd: number) => number,
+  mapFd: lib.func('int bpf_map__fd(const void *map)') as (map: Ptr) => number,
+  mapValueSize: lib.func('uint32_t bpf_map__value_size(const void *map)') as (map: Ptr) => number,
+  mapKeySize: lib.func('uint32_t bpf_map__key_size(const void *map)') as (map: Ptr) => number,
+  mapMaxEntries: lib.func('uint32_t bpf_map__max_entries(const void *map)') as (map: Ptr) => number,
+  mapFlags: lib.func('uint32_t bpf_map__map_flags(const void *map)') as (map: Ptr) => number,
+  mapType: lib.func('int bpf_map__type(const void *map)') as (map: Ptr) => number,
+  programFd: lib.func('int bpf_program__fd(const void *prog)') as (prog: Ptr) => number,
+  programSetAutoload: lib.func('int bpf_program__set_autoload(void *prog, bool autoload)') as (prog: Ptr, on: boolean) => number,
+  programSetLogBuf: lib.func('int bpf_program__set_log_buf(void *prog, void *buf, size_t size)') as (
+    prog: Ptr,
+    buf: Ptr,
+    size: number,
+  ) => number,
+  testRun: lib.func('int bpf_prog_test_run_opts(int prog_fd, void *opts)') as (fd: number, opts: Ptr) => number,
+  mmap: libc.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)') as (
+    addr: null,
+    length: number,
+    prot: number,
+    flags: number,
+    fd: number,
+    offset: number,
+  ) => Ptr | null,
+  munmap: libc.func('int munmap(void *addr, size_t length)') as (addr: Ptr, length: number) => number,
+};
+
+/** struct bpf_test_run_opts, libbpf 1.1 layout (/usr/include/bpf/bpf.h); `sz` = its size. */
+const TestRunOpts = koffi.struct('ctmapd_bpf_test_run_opts', {
+  sz: 'size_t',
+  data_in: 'void *',
+  data_out: 'void *',
+  data_size_in: 'uint32_t',
+  data_size_out: 'uint32_t',
+  ctx_in: 'void *',
+  ctx_out: 'void *',
+  ctx_size_in: 'uint32_t',
+  ctx_size_out: 'uint32_t',
+  retval: 'uint32_t',
+  repeat: 'int',
+  duration: 'uint32_t',
+  flags: 'uint32_t',
+  cpu: 'uint32_t',
+  batch_size: 'uint32_t',
+});
+const OPTS_SIZE = koffi.sizeof(TestRunOpts);
+const OPTS_CTX_IN = koffi.offsetof(TestRunOpts, 'ctx_in');
+const OPTS_CTX_SIZE_IN = koffi.offsetof(TestRunOpts, 'ctx_size_in');
+const OPTS_RETVAL = koffi.offsetof(TestRunOpts, 'retval');
+
+const PROT_READ = 0x1;
+const PROT_WRITE = 0x2;
+const MAP_SHARED = 0x1;
+const MAP_FAILED = (1n << 64n) - 1n;
+
+/** Verifier log kept per program for a failed load (the tail is what explains it). */
+const LOG_SIZE = 1 << 20;
+const LOG_TAIL = 4000;
+
+let openObjects = 0;
+
+/** BpfObjects and BPF-side memory (mmaps, test-run contexts) not yet closed: leak checks. */
+export function openObjectCount(): number {
+  return openObjects;
+}
+
+/** Unmanaged memory with a Buffer view; `buffer` must not be used after free(). */
+class NativeMemory {
+  #ptr: Ptr | null;
+  readonly buffer: Buffer;
+
+  constructor(readonly size: number) {
+    this.#ptr = koffi.alloc('uint8_t', size) as Ptr;
+    this.buffer = Buffer.from(koffi.view(this.#ptr, size));
+    this.buffer.fill(0);
+  }
+
+  get ptr(): Ptr {
+    if (this.#ptr === null) throw new BpfSyscallError('native memory: use after free', Errno.EFAULT);
+    return this.#ptr;
+  }
+
+  free(): void {
+    if (this.#ptr === null) return;
+    koffi.free(this.#ptr);
+    this.#ptr = null;
+  }
+}
+
+/** A map of an opened, possibly not yet loaded, BpfObject (owned by the object). */
+export class BpfObjectMap {
+  constructor(
+    private readonly obj: BpfObject,
+    readonly name: string,
+    private readonly ptr: Ptr,
+  ) {}
+
+  get type(): number {
+    this.obj.checkOpen();
+    return native.mapType(this.ptr);
+  }
+  get keySize(): number {
+    this.obj.checkOpen();
+    return native.mapKeySize(this.ptr);
+  }
+  get valueSize(): number {
+    this.obj.checkOpen();
+    return native.mapValueSize(this.ptr);
+  }
+  get maxEntries(): number {
+    this.obj.checkOpen();
+    return native.mapMaxEntries(this.ptr);
+  }
+  get flags(): number {
+    this.obj.checkOpen();
+    return native.mapFlags(this.ptr);
+  }
+
+  /**
+   * bpf_map__reuse_fd: before load, makes the object use this existing map instead of
+   * creating one (libbpf dups the fd, so `fd` stays the caller's to close). The program is
+   * then verified against the given map's attributes. Throws BpfSyscallError.
+   */
+  reuseFd(fd: Fd): void {
+    this.obj.checkOpen();
+    check(`bpf map reuse fd ${this.name}`, native.mapReuseFd(this.ptr, fd.value));
+  }
+
+  /** The map's fd after load (owned by the object: do not close it). Throws before load. */
+  get fd(): number {
+    this.obj.checkOpen();
+    return check(`bpf map fd ${this.name}`, native.mapFd(this.ptr));
+  }
+}
+
+/** A program of a BpfObject. Its fd belongs to the object and dies with it. */
+export class BpfProgram {
+  constructor(
+    private readonly obj: BpfObject,
+    readonly name: string,
+    readonly ptr: Ptr,
+  ) {}
+
+  /** Before load: whether this program is loaded with the object (default: yes). */
+  setAutoload(on: boolean): void {
+    this.obj.checkOpen();
+    check(`bpf program set autoload ${this.name}`, native.programSetAutoload(this.ptr, on));
+  }
+
+  /** The program fd after load. Throws BpfSyscallError before load or after close. */
+  get fd(): number {
+    this.obj.checkOpen();
+    return check(`bpf program fd ${this.name}`, native.programFd(this.ptr));
+  }
+
+  /**
+   * BPF_PROG_TEST_RUN with `run.ctx` as ctx_in (the kernel copies the ctx back there;
+   * ctx_out is refused by BPF_PROG_TYPE_SYSCALL). Returns the program's return value as a
+   * signed 32-bit number. Throws BpfSyscallError when the syscall fails (EINVAL: ctx too
+   * small for what the program reads, or larger than the kernel's U16_MAX limit).
+   */
+  testRun(run: TestRunContext): number {
+    const fd = this.fd;
+    check(`bpf prog test run ${this.name}`, native.testRun(fd, run.optsPtr));
+    return run.opts.readInt32LE(OPTS_RETVAL);
+  }
+}
+
+/**
+ * Reusable BPF_PROG_TEST_RUN arguments: the libbpf opts struct and a ctx of `ctxSize`
+ * bytes, both in one unmanaged allocation so that the ctx pointer stored in the opts stays
+ * valid; `ctx` is the caller's view to fill before and read after a run. close() is
+ * idempotent; `ctx` must not be touched afterwards.
+ */
+export class TestRunContext {
+  readonly #mem: NativeMemory;
+  #closed = false;
+  readonly ctx: Buffer;
+  readonly opts: Buffer;
+
+  constructor(readonly ctxSize: number) {
+    // The syscall program ctx limit; larger sizes fail in the kernel with EINVAL anyway.
+    if (!Number.isInteger(ctxSize) || ctxSize < 0 || ctxSize > 0xffff) {
+      throw new BpfSyscallError(`test run ctx of ${ctxSize} bytes (at most 65535)`, Errno.EINVAL);
+    }
+    this.#mem = new NativeMemory(OPTS_SIZE + ctxSize);
+    this.opts = this.#mem.buffer.subarray(0, OPTS_SIZE);
+    this.ctx = this.#mem.buffer.subarray(OPTS_SIZE);
+    this.opts.writeBigUInt64LE(BigInt(OPTS_SIZE), 0);
+    if (ctxSize > 0) this.opts.writeBigUInt64LE(this.#mem.ptr + BigInt(OPTS_SIZE), OPTS_CTX_IN);
+    this.opts.writeUInt32LE(ctxSize, OPTS_CTX_SIZE_IN);
+    openObjects++;
+  }
+
+  get optsPtr(): Ptr {
+    return this.#mem.ptr;
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#mem.free();
+    openObjects--;
+  }
+}
+
+/**
+ * A libbpf bpf_object: open -> configure (reuseFd, setAutoload) -> load -> run, closed in
+ * one place. close() is idempotent and closes every fd the object holds (its programs and
+ * the maps it created or dup'ed); maps passed to reuseFd stay open for their owner.
+ */
+export class BpfObject {
+  #ptr: Ptr | null;
+  readonly #logs: NativeMemory[] = [];
+
+  private constructor(
+    readonly path: string,
+    ptr: Ptr,
+  ) {
+    this.#ptr = ptr;
+    openObjects++;
+  }
+
+  /**
+   * bpf_object__open_file: parses the ELF object; creates nothing in the kernel yet.
+   * Throws BpfSyscallError with the errno (ENOENT: no such file; EINVAL/ENOEXEC: not a
+   * BPF object libbpf understands).
+   */
+  static open(path: string): BpfObject {
+    const ptr = native.openFile(path, null);
+    if (ptr === null || ptr === 0n) throw new BpfSyscallError(`bpf object open ${path}`, koffi.errno() || Errno.EINVAL);
+    return new BpfObject(path, ptr);
+  }
+
+  /** Throws unless the object is open (for the map and program handles). */
+  checkOpen(): Ptr {
+    if (this.#ptr === null) throw new BpfSyscallError(`bpf object ${this.path}: use after close`, Errno.EBADF);
+    return this.#ptr;
+  }
+
+  get closed(): boolean {
+    return this.#ptr === null;
+  }
+
+  /** The map named `name` (the C variable name). Throws not-found when there is none. */
+  map(name: string): BpfObjectMap {
+    const ptr = native.findMap(this.checkOpen(), name);
+    if (ptr === null || ptr === 0n) throw new BpfSyscallError(`bpf object ${this.path}: map ${name}`, Errno.ENOENT);
+    return new BpfObjectMap(this, name, ptr);
+  }
+
+  /** The program named `name` (the C function name). Throws not-found when there is none. */
+  program(name: string): BpfProgram {
+    const ptr = native.findProgram(this.checkOpen(), name);
+    if (ptr === null || ptr === 0n) throw new BpfSyscallError(`bpf object ${this.path}: program ${name}`, Errno.ENOENT);
+    return new BpfProgram(this, name, ptr);
+  }
+
+  /**
+   * bpf_object__load: creates the maps not reused, loads and verifies the programs set to
+   * autoload. On a verifier rejection the error message ends with the tail of the
+   * verifier log of `logPrograms` (libbpf requests the log only when a load fails).
+   * Throws BpfSyscallError: EACCES or EINVAL from the verifier (note: EACCES maps to the
+   * permission-denied code; callers that know better re-code it), EPERM without CAP_BPF.
+   */
+  load(logPrograms: readonly BpfProgram[] = []): void {
+    const obj = this.checkOpen();
+    const logs = logPrograms.map((p) => {
+      const mem = new NativeMemory(LOG_SIZE);
+      this.#logs.push(mem);
+      check(`bpf program set log buf ${p.name}`, native.programSetLogBuf(p.ptr, mem.ptr, LOG_SIZE));
+      return { name: p.name, mem };
+    });
+    const ret = native.load(obj);
+    try {
+      if (ret < 0) {
+        const log = logs
+          .map(({ name, mem }) => {
+            const nul = mem.buffer.indexOf(0);
+            const text = mem.buffer.subarray(0, nul < 0 ? LOG_SIZE : nul).toString('utf8').trimEnd();
+            return text ? `\n--- verifier log of ${name} (tail) ---\n${text.slice(-LOG_TAIL)}` : '';
+          })
+          .join('');
+        throw new BpfSyscallError(`bpf object load ${this.path}${log}`, -ret);
+      }
+    } finally {
+      // libbpf forgets the buffers once load returns; free them now rather than at close.
+      for (const { mem } of logs) mem.free();
+    }
+  }
+
+  close(): void {
+    if (this.#ptr === null) return;
+    native.close(this.#ptr);
+    this.#ptr = null;
+    for (const mem of this.#logs) mem.free();
+    openObjects--;
+  }
+}
+
+/**
+ * A BPF_F_MMAPABLE array map mapped into this process (MAP_SHARED): `buffer` reads and
+ * writes the map's values directly, with no syscall. close() unmaps (idempotent); the
+ * buffer must not be touched afterwards (it would fault). The mapping keeps the map alive
+ * on its own, so the map's fd may be closed before or after.
+ */
+export class MappedMap {
+  #addr: Ptr | null;
+  readonly buffer: Buffer;
+
+  private constructor(
+    addr: Ptr,
+    readonly length: number,
+  ) {
+    this.#addr = addr;
+    this.buffer = Buffer.from(koffi.view(addr, length));
+    openObjects++;
+  }
+
+  /**
+   * mmap()s the first `length` bytes of the map's value area (an ARRAY map created with
+   * BPF_F_MMAPABLE; Linux >= 5.5). Throws BpfSyscallError: EINVAL for a map that is not
+   * mmapable or a length beyond its values, EPERM for a frozen/read-only map.
+   */
+  static map(fd: Fd, length: number, writable = true): MappedMap {
+    const prot = PROT_READ | (writable ? PROT_WRITE : 0);
+    const addr = native.mmap(null, length, prot, MAP_SHARED, fd.value, 0);
+    if (addr === null || addr === MAP_FAILED) throw new BpfSyscallError(`mmap ${fd.what}`, koffi.errno() || Errno.EINVAL);
+    return new MappedMap(addr, length);
+  }
+
+  get closed(): boolean {
+    return this.#addr === null;
+  }
+
+  close(): void {
+    if (this.#addr === null) return;
+    native.munmap(this.#addr, this.length);
+    this.#addr = null;
+    openObjects--;
+  }
+}
+
+function check(op: string, ret: number): number {
+  if (ret < 0) throw new BpfSyscallError(op, -ret);
+  return ret;
+}

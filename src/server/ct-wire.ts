@@ -9,6 +9,7 @@
  * Field numbers are those of proto/ctmap/v1/ctmap.proto; proto3 zero values are omitted,
  * as protobufjs does.
  */
+import type * as grpc from '@grpc/grpc-js';
 import { Family, formatIPv6 } from '../maps/ctmap/addr';
 import { entryFlagNames, keyLayout } from '../maps/ctmap/codec';
 import { CT_ENTRY, CT_ENTRY_BACKEND_ID_OFFSET } from '../maps/ctmap/layout';
@@ -259,4 +260,18 @@ export function writeCtRecord(
   }
   w.pos = p;
   w.endLen(entryStart);
+}
+
+/**
+ * A copy of a service definition whose listed methods also accept messages already encoded
+ * by this module (a Buffer is sent as is); every other message goes through protobufjs.
+ */
+export function acceptEncodedResponses(base: grpc.ServiceDefinition, methods: readonly string[]): grpc.ServiceDefinition {
+  const def: Record<string, grpc.MethodDefinition<unknown, unknown>> = { ...base };
+  for (const name of methods) {
+    const m = def[name];
+    const original = m.responseSerialize;
+    def[name] = { ...m, responseSerialize: (v: unknown) => (Buffer.isBuffer(v) ? v : original(v)) };
+  }
+  return def as grpc.ServiceDefinition;
 }

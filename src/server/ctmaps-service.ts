@@ -22,7 +22,7 @@ import {
   parseMapRef,
   parseMapRefs,
 } from './ct-proto';
-import { WireWriter, mapRefBody, writeCtRecord } from './ct-wire';
+import { WireWriter, acceptEncodedResponses, mapRefBody, writeCtRecord } from './ct-wire';
 import type { Logger } from './logger';
 import { StreamWriter, serverStream, unary } from './status';
 
@@ -204,11 +204,5 @@ function checkFamily(ref: MapRef, family: string, field: string): void {
  * pre-encoded Buffers (see ct-wire.ts); every other message goes through protobufjs.
  */
 export function ctMapsDefinition(base: grpc.ServiceDefinition): grpc.ServiceDefinition {
-  const def: Record<string, grpc.MethodDefinition<unknown, unknown>> = { ...base };
-  for (const name of ['DumpEntries', 'DumpEntriesBatched']) {
-    const m = def[name];
-    const original = m.responseSerialize;
-    def[name] = { ...m, responseSerialize: (v: unknown) => (Buffer.isBuffer(v) ? v : original(v)) };
-  }
-  return def as grpc.ServiceDefinition;
+  return acceptEncodedResponses(base, ['DumpEntries', 'DumpEntriesBatched']);
 }

@@ -13,7 +13,7 @@ import { GCEvent, GCFilter, GCRunResult } from '../maps/ctmap/gc/types';
 import { MapRef } from '../maps/ctmap/spec';
 import { CtmapError } from '../errors';
 import { familyEnum, mapRefMsg, MapRefMsg, parseFamily, parseMapRefs } from './ct-proto';
-import { WireWriter, mapRefBody, writeCtRecord } from './ct-wire';
+import { WireWriter, acceptEncodedResponses, mapRefBody, writeCtRecord } from './ct-wire';
 import { BoundedQueue } from './bounded-queue';
 import type { Logger } from './logger';
 import { StreamWriter, serverStream, unary } from './status';
@@ -216,11 +216,5 @@ export function gcRunnerService(opts: GCRunnerServiceOptions): grpc.UntypedServi
 
 /** The GCRunner definition with Run/Observe serializers accepting pre-encoded Buffers. */
 export function gcRunnerDefinition(base: grpc.ServiceDefinition): grpc.ServiceDefinition {
-  const def: Record<string, grpc.MethodDefinition<unknown, unknown>> = { ...base };
-  for (const name of ['Run', 'Observe']) {
-    const m = def[name];
-    const original = m.responseSerialize;
-    def[name] = { ...m, responseSerialize: (v: unknown) => (Buffer.isBuffer(v) ? v : original(v)) };
-  }
-  return def as grpc.ServiceDefinition;
+  return acceptEncodedResponses(base, ['Run', 'Observe']);
 }

@@ -13,7 +13,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { Family, formatIPv6 } from '../maps/ctmap/addr';
 import { entryFlagNames, keyLayout } from '../maps/ctmap/codec';
 import { CT_ENTRY, CT_ENTRY_BACKEND_ID_OFFSET } from '../maps/ctmap/layout';
-import { MapRef } from '../maps/ctmap/spec';
+import { MapRef, refKey } from '../maps/ctmap/spec';
 
 const E = CT_ENTRY.fields;
 
@@ -183,13 +183,21 @@ function flagNamesBytes(flags: number): Uint8Array {
   return b;
 }
 
-/** The encoded MapRef message body for a map (field values only; < 128 bytes). */
+const mapRefBodies = new Map<string, Buffer>();
+
+/** The encoded MapRef message body for a map (field values only; < 128 bytes), cached per map. */
 export function mapRefBody(ref: MapRef): Buffer {
-  const w = new WireWriter(16);
-  w.uintField(1, ref.family === 'ipv4' ? 1 : 2);
-  w.uintField(2, ref.kind === 'tcp' ? 1 : 2);
-  w.uintField(3, ref.clusterId);
-  return Buffer.from(w.buf.subarray(0, w.pos));
+  const key = refKey(ref);
+  let body = mapRefBodies.get(key);
+  if (!body) {
+    const w = new WireWriter(16);
+    w.uintField(1, ref.family === 'ipv4' ? 1 : 2);
+    w.uintField(2, ref.kind === 'tcp' ? 1 : 2);
+    w.uintField(3, ref.clusterId);
+    body = Buffer.from(w.buf.subarray(0, w.pos));
+    mapRefBodies.set(key, body);
+  }
+  return body;
 }
 
 /** Upper bound of one encoded CtRecord (IPv6, every field at its widest, all flags). */

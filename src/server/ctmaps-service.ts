@@ -76,11 +76,10 @@ export function ctMapsService(tables: CtTables, log: Logger, shutdown: AbortSign
   ): Promise<void> {
     const selected = tables.resolve(parseMapRefs(req.maps, 'maps'), 'maps');
     const cursor = new DumpCursor(selected, parseDumpFilter(req.filter));
-    const refBodies = new Map<CtTable, Buffer>(selected.map((t) => [t, mapRefBody(t.ref)]));
     try {
       for (let b = await cursor.next(); b; b = await cursor.next()) {
         if (signal.aborted) throw signal.reason;
-        await emit(b, refBodies.get(b.table)!);
+        await emit(b, mapRefBody(b.table.ref));
       }
     } finally {
       cursor.close();

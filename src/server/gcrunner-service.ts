@@ -9,6 +9,7 @@ import { invalidArgument } from '../errors';
 import { Family, addressFamily } from '../maps/ctmap/addr';
 import { SCAN_BATCH } from '../maps/ctmap/gc/engine';
 import { GCRunner } from '../maps/ctmap/gc/runner';
+import { ctNow } from '../maps/ctmap/format';
 import { GCEvent, GCFilter, GCRunResult } from '../maps/ctmap/gc/types';
 import { MapRef } from '../maps/ctmap/spec';
 import { CtmapError } from '../errors';
@@ -88,13 +89,10 @@ function optionalFamily(value: unknown, field: string): Family | undefined {
 }
 
 /** GCEvent message bytes: record (field 1), sequence (2), family (4). */
-function encodeEvent(e: GCEvent, refBodies: Map<string, Buffer>): Buffer {
+function encodeEvent(e: GCEvent): Buffer {
   const w = new WireWriter(320);
-  const refKey = `${e.ref.family}/${e.ref.kind}/${e.ref.clusterId}`;
-  let body = refBodies.get(refKey);
-  if (!body) refBodies.set(refKey, (body = mapRefBody(e.ref)));
   const mark = w.beginLen(1);
-  writeCtRecord(w, e.family, body, e.key, 0, e.entry, 0, Number(process.hrtime.bigint() / 1_000_000_000n));
+  writeCtRecord(w, e.family, mapRefBody(e.ref), e.key, 0, e.entry, 0, ctNow());
   w.endLen(mark);
   w.byte(0x10);
   w.varint32(e.sequence);
@@ -129,15 +127,11 @@ export function gcRunnerService(opts: GCRunnerServiceOptions): grpc.UntypedServi
       // Kept records are encoded as they are found and flushed after each batch, so the
       // pass waits for the client (flow control) instead of buffering a whole map.
       let pending: Buffer[] = [];
-      const refBodies = new Map<string, Buffer>();
       if (req.filter?.emit_kept) {
         filter.emitKept = (ref, keys, koff, values, voff) => {
-          const refKey = `${ref.family}/${ref.kind}/${ref.clusterId}`;
-          let body = refBodies.get(refKey);
-          if (!body) refBodies.set(refKey, (body = mapRefBody(ref)));
           const w = new WireWriter(320);
           const mark = w.beginLen(1); // GCRunUpdate.kept = 1
-          writeCtRecord(w, ref.family, body, keys, koff, values, voff, Number(process.hrtime.bigint() / 1_000_000_000n));
+          writeCtRecord(w, ref.family, mapRefBody(ref), keys, koff, values, voff, ctNow());
           w.endLen(mark);
           pending.push(Buffer.from(w.buf.subarray(0, w.pos)));
         };
@@ -163,14 +157,13 @@ export function gcRunnerService(opts: GCRunnerServiceOptions): grpc.UntypedServi
       const removePacer = runner.engine.addPacer(() => queue.waitForRoom(room, OBSERVE_STALL_MS));
       const onAbort = () => queue.close();
       ctx.signal.addEventListener('abort', onAbort);
-      const refBodies = new Map<string, Buffer>();
       try {
         for (let item = await queue.take(); item && !ctx.signal.aborted; item = await queue.take()) {
           if (item.kind === 'lost') {
             ctx.log.warn({ lost: item.count }, 'Observe subscriber fell behind; events dropped and reported');
             await writer.write({ lost: String(item.count), family: family ? familyEnum(family) : 'FAMILY_UNSPECIFIED' });
           } else {
-            await writer.write(encodeEvent(item.value, refBodies));
+            await writer.write(encodeEvent(item.value));
           }
         }
       } finally {

@@ -8,6 +8,8 @@ import { ctNow, formatEntryLine } from '../maps/ctmap/format';
 import { CtTable, CtTables, DumpBatch, DumpCursor, countEntries } from '../maps/ctmap/tables';
 import { CT_ENTRY_SIZE } from '../maps/ctmap/codec';
 import { MapRef } from '../maps/ctmap/spec';
+import { FLUSH_TIME } from '../maps/ctmap/gc/engine';
+import type { GCRunner } from '../maps/ctmap/gc/runner';
 import {
   CtEntryMsg,
   CtKeyMsg,
@@ -66,8 +68,13 @@ class BatchSizer {
   }
 }
 
-/** The CTMaps handlers over `tables`. `shutdown` ends calls when the server stops. */
-export function ctMapsService(tables: CtTables, log: Logger, shutdown: AbortSignal): grpc.UntypedServiceImplementation {
+/**
+ * The CTMaps handlers over `tables`. `shutdown` ends calls when the server stops. With
+ * `gc`, Flush is a GC pass with time 2^32-1 as in Cilium (facts §6): every removed entry
+ * is published as a GC event and takes its SNAT mapping with it, and the flush waits for
+ * passes already running over those maps. Without it, Flush deletes in batches, silently.
+ */
+export function ctMapsService(tables: CtTables, log: Logger, shutdown: AbortSignal, gc?: GCRunner): grpc.UntypedServiceImplementation {
   /** Streams the selected maps batch by batch; `emit` turns one batch into messages. */
   async function dump(
     req: DumpRequest,
@@ -188,9 +195,12 @@ export function ctMapsService(tables: CtTables, log: Logger, shutdown: AbortSign
       return { deleted: tables.delete(ref, keys) };
     }, shutdown),
 
-    Flush: unary(log, 'CTMaps/Flush', async (req: { maps?: MapRefMsg[] }) => ({
-      flushed: String(tables.flush(tables.resolve(parseMapRefs(req.maps, 'maps'), 'maps'))),
-    }), shutdown),
+    Flush: unary(log, 'CTMaps/Flush', async (req: { maps?: MapRefMsg[] }) => {
+      const selected = tables.resolve(parseMapRefs(req.maps, 'maps'), 'maps');
+      if (!gc) return { flushed: String(tables.flush(selected)) };
+      const result = await gc.run({ refs: selected.map((t) => t.ref), filter: { removeExpired: true, time: FLUSH_TIME } });
+      return { flushed: String(result.maps.reduce((n, m) => n + m.deleted, 0)) };
+    }, shutdown),
   };
 }
 

@@ -60,7 +60,7 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
   const engine = new GCEngine(deleter, log);
   const families = [...new Set(tables.active().map((t) => t.ref.family))];
   // Every deleted CT entry takes its SNAT mapping with it (facts §6, NatMapNext4/6).
-  const coupling = new NatCoupling(nat, families.map((f) => engine.events(f)), log);
+  const coupling = new NatCoupling(nat, families.map((f) => engine.batches(f)), log);
   const gc = new GCRunner(tables, engine, coupling);
   const metrics = new CtmapdMetrics();
   // Periodic passes remove expired entries (facts §6); every pass, scheduled or asked
@@ -93,7 +93,7 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
   });
   const closeMaps = (): void => {
     engine.close();
-    coupling.close(); // before the NAT maps: it flushes queued deletes
+    coupling.close(); // before the NAT maps
     deleter.close();
     nat.close();
     tables.close();
@@ -106,7 +106,7 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
       log,
       shutdown,
       services: [
-        { definition: ctMapsDefinition(services().CTMaps.service), implementation: ctMapsService(tables, log, shutdown.signal) },
+        { definition: ctMapsDefinition(services().CTMaps.service), implementation: ctMapsService(tables, log, shutdown.signal, gc) },
         { definition: natMapsDefinition(), implementation: natMapsService(nat, tables, log, shutdown.signal) },
         {
           definition: gcRunnerDefinition(services().GCRunner.service),

@@ -63,4 +63,20 @@ test('GC removes the SNAT pairs of deleted CT entries; orphan purge counts exact
   assert.deepEqual(purge, { ingress_alive: '1', ingress_deleted: '1', egress_alive: '1', egress_deleted: '1' });
   const after = new Set((await collect(natc, 'DumpEntries', { family: V4, cluster_id: 0 })).map((r: any) => keyId(r.key)));
   assert.deepEqual(after, new Set([alivePair.out, alivePair.in].map((r) => keyId(r.key))));
+
+  // Flush is a GC pass with time 2^32-1 (Cilium's Flush): the live entry goes, is published
+  // to Observe subscribers, and takes its SNAT pair with it.
+  const observe = (gc as any).Observe({ family: V4 });
+  const observed = new Promise<any>((resolve, reject) => {
+    observe.once('data', resolve);
+    observe.once('error', reject);
+  });
+  observe.on('error', () => undefined);
+  t.after(() => observe.cancel());
+  await new Promise((r) => setTimeout(r, 200)); // subscription in place
+  const flushed = await call(ct, 'Flush', { maps: [{ family: V4, kind: 'MAP_KIND_TCP' }] });
+  assert.equal(flushed.flushed, '1');
+  const event = await Promise.race([observed, new Promise((_, reject) => setTimeout(() => reject(new Error('no GC event within 5 s of the flush')), 5000).unref())]) as any;
+  assert.equal(event.record.key.daddr, alive.daddr, 'an Observe subscriber saw the flushed entry');
+  assert.equal((await collect(natc, 'DumpEntries', { family: V4, cluster_id: 0 })).length, 0, 'the SNAT pair went with it');
 });

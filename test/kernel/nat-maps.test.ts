@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { test } from 'node:test';
 import { Subject } from 'rxjs';
 import type { CtKey } from '../../src/maps/ctmap/codec';
-import type { GCEvent } from '../../src/maps/ctmap/gc/types';
+import { GCEventBatch, batchOf } from '../../src/maps/ctmap/gc/events';
 import { NatCoupling } from '../../src/maps/nat/coupling';
 import { purgeOrphanNatEntries } from '../../src/maps/nat/purge';
 import type { MapBackend } from '../../src/maps/types';
@@ -103,11 +103,10 @@ test('kernel: NAT maps pinned with facts §1 attributes; entries byte-exact; pur
     assert.equal(dumpHex(pin4).size, 5);
 
     // Coupling: the GC deleted the TCP and DSR CT entries; their mappings go in one batch.
-    const events = new Subject<GCEvent>();
-    const coupling = new NatCoupling(tables.nat, events, silentLog);
-    events.next(gcEvent('ipv4', tcp));
-    events.next(gcEvent('ipv4', dsr, DSR));
-    assert.equal(coupling.flush(), 3);
+    const batches = new Subject<GCEventBatch>();
+    const coupling = new NatCoupling(tables.nat, batches, silentLog);
+    batches.next(batchOf([gcEvent('ipv4', tcp), gcEvent('ipv4', dsr, DSR)]));
+    assert.equal(coupling.deletedTotal, 3);
     coupling.close();
     assert.deepEqual(await natKeyIds(tables.nat, 'ipv4'), new Set([keyId(icmpPair.out.key), keyId(icmpPair.in.key)]));
 

@@ -7,7 +7,8 @@ import { afterEach, beforeEach, describe, test } from 'node:test';
 import { Subject } from 'rxjs';
 import { CtmapError } from '../../src/errors';
 import type { CtKey } from '../../src/maps/ctmap/codec';
-import type { GCEvent } from '../../src/maps/ctmap/gc/types';
+import { GCEventBatch, batchOf, eventsOf } from '../../src/maps/ctmap/gc/events';
+import { DeleteStatus } from '../../src/maps/ctmap/gc/types';
 import { memoryBackend } from '../../src/maps/memory';
 import { NatCoupling } from '../../src/maps/nat/coupling';
 import { DSR, Tables, dsrKey, gcEvent, keyId, natKeyIds, openTables, putNat, silentLog, snatPair } from '../helpers/nat-fixtures';
@@ -28,7 +29,7 @@ const v6Pair = snatPair(v6, { addr: '2001:db8:ffff::10', port: 62000 });
 describe('NatCoupling.deleteMappingFor', () => {
   let t: Tables;
   let coupling: NatCoupling;
-  const none = new Subject<GCEvent>();
+  const none = new Subject<GCEventBatch>();
 
   beforeEach(() => {
     t = openTables(memoryBackend);
@@ -116,27 +117,31 @@ describe('NatCoupling subscription', () => {
   });
   afterEach(() => t.close());
 
-  test('one burst of events becomes one batch delete per NAT map', async () => {
-    const s4 = new Subject<GCEvent>();
-    const s6 = new Subject<GCEvent>();
-    const coupling = new NatCoupling(t.nat, [s4, s6], silentLog);
-    const v4map = t.nat.get('ipv4', 0).map;
+  /** Records the key counts of deleteBatch calls on the IPv4 NAT map. */
+  function spyDeletes(tables: Tables): number[] {
+    const map = tables.nat.get('ipv4', 0).map;
     const calls: number[] = [];
-    const original = v4map.deleteBatch.bind(v4map);
-    v4map.deleteBatch = (keys, count) => {
+    const original = map.deleteBatch.bind(map);
+    map.deleteBatch = (keys, count) => {
       calls.push(count);
       return original(keys, count);
     };
+    return calls;
+  }
+
+  test('one GC batch becomes one batch delete per NAT map, done before the emission returns', async () => {
+    const s4 = new Subject<GCEventBatch>();
+    const s6 = new Subject<GCEventBatch>();
+    const coupling = new NatCoupling(t.nat, [s4, s6], silentLog);
+    const calls = spyDeletes(t);
     try {
-      // A pass: events arrive synchronously, including ones with no NAT action.
-      s4.next(gcEvent('ipv4', tcp));
-      s4.next(gcEvent('ipv4', { ...tcp, flags: 1 }));
-      s4.next(gcEvent('ipv4', icmp));
-      s4.next(gcEvent('ipv4', dsr, DSR));
-      s6.next(gcEvent('ipv6', v6));
-      assert.equal(coupling.deletedTotal, 0, 'deletes wait for the end of the burst');
-      await Promise.resolve();
-      assert.deepEqual(calls, [5]);
+      // The TCP map's batch, including an entry with no NAT action (flags IN).
+      s4.next(batchOf([gcEvent('ipv4', tcp), gcEvent('ipv4', { ...tcp, flags: 1 }), gcEvent('ipv4', dsr, DSR)]));
+      assert.deepEqual(calls, [3]);
+      assert.equal(coupling.deletedTotal, 3);
+      s4.next(batchOf([gcEvent('ipv4', icmp)]));
+      s6.next(batchOf([gcEvent('ipv6', v6)]));
+      assert.deepEqual(calls, [3, 2]);
       assert.equal(coupling.deletedTotal, 7);
       assert.deepEqual(await natKeyIds(t.nat, 'ipv4'), new Set([keyId(udpPair.out.key), keyId(udpPair.in.key)]));
       assert.equal((await natKeyIds(t.nat, 'ipv6')).size, 0);
@@ -145,43 +150,67 @@ describe('NatCoupling subscription', () => {
     }
   });
 
-  test('flush() issues the queued deletes at once; close() unsubscribes', () => {
-    const s4 = new Subject<GCEvent>();
+  test('candidates the GC did not delete keep their mappings', async () => {
+    const s4 = new Subject<GCEventBatch>();
     const coupling = new NatCoupling(t.nat, s4, silentLog);
-    s4.next(gcEvent('ipv4', tcp));
-    assert.equal(coupling.flush(), 2);
-    assert.equal(coupling.deletedTotal, 2);
+    const tcpBatch = batchOf([gcEvent('ipv4', tcp), gcEvent('ipv4', dsr, DSR)]);
+    tcpBatch.status[0] = DeleteStatus.REFRESHED;
+    s4.next({ ...tcpBatch, deleted: 1 });
+    const anyBatch = batchOf([gcEvent('ipv4', icmp), gcEvent('ipv4', udp)]);
+    anyBatch.status[0] = DeleteStatus.MISSING;
+    s4.next({ ...anyBatch, deleted: 1 });
+    assert.equal(coupling.deletedTotal, 3);
+    const left = await natKeyIds(t.nat, 'ipv4');
+    assert.deepEqual(left, new Set([tcpPair.out, tcpPair.in, icmpPair.out, icmpPair.in].map((e) => keyId(e.key))));
+    coupling.close();
+  });
+
+  test('close() unsubscribes, idempotently', () => {
+    const s4 = new Subject<GCEventBatch>();
+    const coupling = new NatCoupling(t.nat, s4, silentLog);
     assert.equal(s4.observed, true);
     coupling.close();
     coupling.close();
     assert.equal(s4.observed, false, 'unsubscribed');
-    s4.next(gcEvent('ipv4', udp));
-    assert.equal(coupling.flush(), 0);
-    assert.equal(coupling.deletedTotal, 2);
+    s4.next(batchOf([gcEvent('ipv4', udp)]));
+    assert.equal(coupling.deletedTotal, 0);
   });
 
-  test('close() issues what is still queued', async () => {
-    const s4 = new Subject<GCEvent>();
-    const coupling = new NatCoupling(t.nat, s4, silentLog);
-    s4.next(gcEvent('ipv4', udp));
-    coupling.close();
-    assert.equal(coupling.deletedTotal, 2);
-    await Promise.resolve();
-    assert.equal(coupling.deletedTotal, 2, 'the scheduled flush finds nothing left');
+  test('an empty NAT map is read once per batch: no lookup per deleted entry', () => {
+    const empty = openTables(memoryBackend);
+    const s4 = new Subject<GCEventBatch>();
+    const coupling = new NatCoupling(empty.nat, s4, silentLog);
+    const map = empty.nat.get('ipv4', 0).map;
+    let lookups = 0;
+    const lookup = map.lookup.bind(map);
+    map.lookup = (...args: Parameters<typeof lookup>) => (lookups++, lookup(...args));
+    try {
+      s4.next(batchOf([gcEvent('ipv4', tcp), gcEvent('ipv4', { ...tcp, sport: 2 }), gcEvent('ipv4', { ...tcp, sport: 3 })]));
+      assert.equal(lookups, 0);
+      // Once the map holds a mapping, the next batch looks its entries up and finds it.
+      putNat(empty.nat, 'ipv4', [tcpPair.out, tcpPair.in]);
+      lookups = 0;
+      s4.next(batchOf([gcEvent('ipv4', tcp), gcEvent('ipv4', { ...tcp, sport: 2 })]));
+      assert.equal(lookups, 2);
+      assert.equal(coupling.deletedTotal, 2);
+    } finally {
+      coupling.close();
+      empty.close();
+    }
   });
 
-  test('a long pass flushes every 4096 keys, without waiting for the burst to end', () => {
+  test('a batch of more than 4096 keys is deleted 4096 at a time', () => {
     const big = openTables(memoryBackend, { size: 16384 });
-    const s4 = new Subject<GCEvent>();
+    const s4 = new Subject<GCEventBatch>();
     const coupling = new NatCoupling(big.nat, s4, silentLog);
     const flows: CtKey[] = [];
     for (let i = 0; i < 2500; i++) flows.push({ ...udp, sport: 10000 + i });
     const pairs = flows.map((k, i) => snatPair(k, { addr: '192.0.2.11', port: 20000 + i }));
     putNat(big.nat, 'ipv4', pairs.flatMap((p) => [p.out, p.in]));
+    const calls = spyDeletes(big);
     try {
-      for (const k of flows) s4.next(gcEvent('ipv4', k));
-      assert.equal(coupling.deletedTotal, 4096, 'one forced flush at 4096 keys');
-      coupling.flush();
+      s4.next(batchOf(flows.map((k) => gcEvent('ipv4', k))));
+      assert.deepEqual(calls, [4096, 904]);
       assert.equal(coupling.deletedTotal, 5000);
       assert.equal(big.nat.get('ipv4', 0).map.count(), 0);
     } finally {
@@ -190,24 +219,42 @@ describe('NatCoupling subscription', () => {
     }
   });
 
-  test('a failing lookup is logged and counted; the stream goes on', () => {
-    const s4 = new Subject<GCEvent>();
+  test('a failing lookup is logged and counted; the rest of the batch goes on', () => {
+    const s4 = new Subject<GCEventBatch>();
     const lines: string[] = [];
     const log = silentLog.child({});
     log.warn = ((obj: unknown, msg: string) => void lines.push(msg)) as typeof log.warn;
     const coupling = new NatCoupling(t.nat, s4, log);
     const map = t.nat.get('ipv4', 0).map;
     const lookup = map.lookup.bind(map);
-    map.lookup = () => {
+    let first = true;
+    map.lookup = (...args: Parameters<typeof lookup>) => {
+      if (!first) return lookup(...args);
+      first = false;
       throw new CtmapError('permission-denied', 'map lookup: EPERM');
     };
-    s4.next(gcEvent('ipv4', tcp));
-    map.lookup = lookup;
-    s4.next(gcEvent('ipv4', dsr, DSR));
-    s4.next(gcEvent('ipv4', udp));
-    assert.equal(coupling.flush(), 3);
+    s4.next(batchOf([gcEvent('ipv4', tcp), gcEvent('ipv4', dsr, DSR)]));
+    s4.next(batchOf([gcEvent('ipv4', udp)]));
+    assert.equal(coupling.deletedTotal, 3);
     assert.equal(coupling.errors, 1);
     assert.match(lines[0] ?? '', /could not look up/);
     coupling.close();
+  });
+});
+
+describe('GC event batches', () => {
+  test('eventsOf yields the deleted candidates only, numbered in order, with copies', () => {
+    const b = batchOf([gcEvent('ipv4', tcp), gcEvent('ipv4', { ...tcp, sport: 2 }), gcEvent('ipv4', dsr, DSR)]);
+    b.status[1] = DeleteStatus.MISSING;
+    const events = eventsOf({ ...b, deleted: 2, firstSequence: 41 });
+    assert.deepEqual(events.map((e) => e.sequence), [41, 42]);
+    assert.deepEqual(events[1].key, gcEvent('ipv4', dsr, DSR).key);
+    b.keys.fill(0);
+    assert.deepEqual(events[0].key, gcEvent('ipv4', tcp).key, 'survives reuse of the batch buffers');
+  });
+
+  test('batchOf refuses events of different maps', () => {
+    assert.throws(() => batchOf([gcEvent('ipv4', tcp), gcEvent('ipv4', udp)]), /different maps/);
+    assert.throws(() => batchOf([]), /no events/);
   });
 });

@@ -18,34 +18,31 @@
 import type { Logger } from 'pino';
 import type { Observable, Subscription } from 'rxjs';
 import type { Family } from '../ctmap/addr';
-import { keyLayout } from '../ctmap/codec';
-import type { GCEvent } from '../ctmap/gc/types';
+import { CT_ENTRY_SIZE, keyLayout } from '../ctmap/codec';
+import type { GCEventBatch } from '../ctmap/gc/events';
+import { DeleteStatus, GCEvent } from '../ctmap/gc/types';
 import { CT_ENTRY, CtEntryFlag, TupleFlag } from '../ctmap/layout';
 import { natAddrField, natEntryLayout } from './codec';
 import type { NatTable, NatTables } from './tables';
 
-/** Keys queued per NAT map before a flush is forced (bounds memory during a long pass). */
+/** Keys queued per NAT map before a flush is forced (bounds memory for a large batch). */
 const FLUSH_AT = 4096;
 
 /**
  * Computes the NAT keys facts §6 removes for one deleted CT entry and writes them into
  * `out` (room for two keys of the family). For the non-DSR case this looks N up in the NAT
- * map (one lookup; `value` is scratch space of the map's value size). Returns the NAT map
- * and the number of keys written (0, 1 or 2), or undefined when the event concerns no NAT
- * map. Throws only when the lookup fails for a reason other than "not found".
+ * map `table` (one lookup; `value` is scratch space of the map's value size). `K` is the
+ * CT key, `entry` the CT entry as deleted. Returns the number of keys written (0, 1 or 2).
+ * Throws only when the lookup fails for a reason other than "not found".
  */
-function mappingKeys(nat: NatTables, event: GCEvent, out: Buffer, value: Buffer): { table: NatTable; count: number } | undefined {
-  const { family, clusterId } = event.ref;
-  const table = nat.find(family, clusterId);
-  if (!table) return undefined;
+function mappingKeys(table: NatTable, family: Family, K: Buffer, entry: Buffer, out: Buffer, value: Buffer): number {
   const L = keyLayout(family).fields;
-  const K = event.key;
-  if (K[L.flags.offset] !== TupleFlag.OUT) return { table, count: 0 };
+  if (K[L.flags.offset] !== TupleFlag.OUT) return 0;
   const alen = L.daddr.size;
   const ks = keyLayout(family).size;
   const N = out.subarray(0, ks);
 
-  if (event.entry.readUInt16LE(CT_ENTRY.fields.flags.offset) & CtEntryFlag.DSRInternal) {
+  if (entry.readUInt16LE(CT_ENTRY.fields.flags.offset) & CtEntryFlag.DSRInternal) {
     // The swapped mapping: addresses as stored, ports exchanged.
     K.copy(N, L.saddr.offset, L.saddr.offset, L.saddr.offset + alen);
     K.copy(N, L.daddr.offset, L.daddr.offset, L.daddr.offset + alen);
@@ -53,7 +50,7 @@ function mappingKeys(nat: NatTables, event: GCEvent, out: Buffer, value: Buffer)
     K.copy(N, L.dport.offset, L.sport.offset, L.sport.offset + 2);
     N[L.nexthdr.offset] = K[L.nexthdr.offset];
     N[L.flags.offset] = TupleFlag.OUT;
-    return { table, count: 1 };
+    return 1;
   }
 
   // N: addresses exchanged (undoing the CT key's swap, Cilium #5848), ports as stored.
@@ -63,7 +60,7 @@ function mappingKeys(nat: NatTables, event: GCEvent, out: Buffer, value: Buffer)
   K.copy(N, L.dport.offset, L.dport.offset, L.dport.offset + 2);
   N[L.nexthdr.offset] = K[L.nexthdr.offset];
   N[L.flags.offset] = TupleFlag.OUT;
-  if (!table.map.lookup(N, value)) return { table, count: 0 };
+  if (!table.map.lookup(N, value)) return 0;
 
   const I = out.subarray(ks, 2 * ks);
   const V = natEntryLayout(family).fields;
@@ -74,183 +71,149 @@ function mappingKeys(nat: NatTables, event: GCEvent, out: Buffer, value: Buffer)
   value.copy(I, L.dport.offset, V.to_sport.offset, V.to_sport.offset + 2);
   I[L.nexthdr.offset] = K[L.nexthdr.offset];
   I[L.flags.offset] = TupleFlag.IN;
-  return { table, count: 2 };
-}
-
-/** Keys queued for one NAT map. */
-interface Pending {
-  keys: Buffer;
-  count: number;
+  return 2;
 }
 
 /**
- * Subscribes to the GC event streams and removes the SNAT mapping of every deleted CT
- * entry. Construct it after the NAT tables are open; close() it before closing them.
+ * Observes the GC event streams and removes the SNAT mapping of every deleted CT entry.
+ * Construct it after the NAT tables are open; close() it before closing them.
  *
- * Batching: events of a GC pass arrive synchronously, one by one. The lookup of N has to
- * happen per event (BPF has no batch lookup by key, and N's value names the IN partner),
- * but the deletes are queued per NAT map and issued as one batch delete when the burst
- * ends (the next microtask) or when FLUSH_AT keys are queued, instead of one or two
- * delete syscalls per event. The mapping's lookup and its delete are thus at most one
- * burst apart; call flush() to make them happen now.
+ * Events arrive as one batch per delete step of a pass (GCEventBatch), synchronously,
+ * right after the CT entries were deleted. Per batch the coupling:
+ * - ignores it when the map has no NAT map (another cluster, a disabled family);
+ * - reads the NAT map once and ignores the batch when the map is empty: many nodes hold
+ *   few or no SNAT mappings, and one read per batch then replaces one lookup per deleted
+ *   entry (a mapping the datapath creates meanwhile is left to the orphan purge);
+ * - otherwise looks up N per deleted OUT entry (BPF has no batch lookup by key, and N's
+ *   value names the IN partner) and removes all the batch's mappings with batch deletes,
+ *   before the emission returns: a pass's NAT deletions are complete when the pass is.
  */
 export class NatCoupling {
   #deletedTotal = 0;
   #errors = 0;
   #closed = false;
-  #flushScheduled = false;
   readonly #subscriptions: Subscription[];
-  readonly #pending = new Map<NatTable, Pending>();
-  readonly #scratch = new Map<Family, { keys: Buffer; value: Buffer }>();
-  /**
-   * NAT maps found empty during the current burst of events. Many nodes hold few or no
-   * SNAT entries: one read per map per burst then replaces one lookup syscall per deleted
-   * CT entry. A mapping the datapath creates within the burst is left to the orphan purge.
-   */
-  readonly #emptyThisBurst = new Map<NatTable, boolean>();
+  readonly #scratch = new Map<Family, { keys: Buffer; value: Buffer; pending: Buffer }>();
 
   /**
-   * `sources`: the GC event stream(s), e.g. the engine's IPv4 and IPv6 subjects. Events of
-   * maps without a NAT map (another cluster, a disabled family) are ignored. Never throws
-   * into the stream: a failing lookup or delete is logged and counted in `errors`.
+   * `sources`: the GC batch stream(s), e.g. the engine's IPv4 and IPv6 batches. Never
+   * throws into the stream: a failing lookup or delete is logged and counted in `errors`.
    */
   constructor(
     private readonly nat: NatTables,
-    sources: Observable<GCEvent> | readonly Observable<GCEvent>[],
+    sources: Observable<GCEventBatch> | readonly Observable<GCEventBatch>[],
     private readonly log: Logger,
   ) {
-    const list: readonly Observable<GCEvent>[] = Array.isArray(sources) ? sources : [sources as Observable<GCEvent>];
+    const list: readonly Observable<GCEventBatch>[] = Array.isArray(sources) ? sources : [sources as Observable<GCEventBatch>];
     this.#subscriptions = list.map((source) =>
       source.subscribe({
-        next: (event) => this.#onEvent(event),
+        next: (batch) => this.#onBatch(batch),
         error: (err: unknown) => this.log.error({ err }, 'nat coupling: GC event stream failed; SNAT mappings of deleted CT entries are no longer removed'),
       }),
     );
   }
 
-  /** NAT entries removed so far (batched and direct deletes), counted once the delete ran. */
+  /** NAT entries removed so far, counted once the delete ran. */
   get deletedTotal(): number {
     return this.#deletedTotal;
   }
 
-  /** Events whose mapping could not be looked up or deleted (logged). */
+  /** Deleted CT entries whose mapping could not be looked up, and failed batch deletes (logged). */
   get errors(): number {
     return this.#errors;
   }
 
   /**
-   * Removes the SNAT mapping of one deleted CT entry now (no queueing), per facts §6.
-   * Returns the number of NAT entries that existed and were removed: 0, 1 or 2. Throws a
-   * CtmapError when the NAT map cannot be read or written (not for absent keys).
+   * Removes the SNAT mapping of one deleted CT entry now, per facts §6. Returns the number
+   * of NAT entries that existed and were removed: 0, 1 or 2. Throws a CtmapError when the
+   * NAT map cannot be read or written (not for absent keys).
    */
   deleteMappingFor(event: GCEvent): number {
+    const table = this.nat.find(event.ref.family, event.ref.clusterId);
+    if (!table) return 0;
     const scratch = this.#scratchFor(event.ref.family);
-    const keys = mappingKeys(this.nat, event, scratch.keys, scratch.value);
-    if (!keys || keys.count === 0) return 0;
-    const deleted = keys.table.map.deleteBatch(scratch.keys, keys.count).deleted;
+    const count = mappingKeys(table, event.ref.family, event.key, event.entry, scratch.keys, scratch.value);
+    if (count === 0) return 0;
+    const deleted = table.map.deleteBatch(scratch.keys, count).deleted;
     this.#deletedTotal += deleted;
     return deleted;
   }
 
-  /**
-   * Issues the queued deletes now. Returns the number of NAT entries they removed. Call it
-   * at the end of a pass to have `deletedTotal` include that pass. Never throws (failures
-   * are logged and counted in `errors`).
-   */
-  flush(): number {
-    this.#emptyThisBurst.clear();
-    let deleted = 0;
-    for (const [table, p] of this.#pending) deleted += this.#flushTable(table, p);
-    this.#pending.clear();
-    return deleted;
-  }
-
-  /** Stops observing and issues what is queued. Idempotent. */
+  /** Stops observing. Idempotent. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
     for (const s of this.#subscriptions) s.unsubscribe();
-    this.flush();
   }
 
-  #onEvent(event: GCEvent): void {
-    if (this.#closed) return;
+  #onBatch(batch: GCEventBatch): void {
+    if (this.#closed || batch.deleted === 0) return;
+    const { family } = batch;
+    const table = this.nat.find(family, batch.ref.clusterId);
+    if (!table) return;
     try {
-      const table = this.nat.find(event.ref.family, event.ref.clusterId);
-      if (!table || this.#isEmpty(table)) return;
-      const scratch = this.#scratchFor(event.ref.family);
-      const keys = mappingKeys(this.nat, event, scratch.keys, scratch.value);
-      if (!keys || keys.count === 0) return;
-      const ks = keys.table.map.spec.keySize;
-      let p = this.#pending.get(keys.table);
-      if (!p) {
-        p = { keys: Buffer.alloc(64 * ks), count: 0 };
-        this.#pending.set(keys.table, p);
-      }
-      if ((p.count + keys.count) * ks > p.keys.length) {
-        const grown = Buffer.alloc(Math.max(p.keys.length * 2, (p.count + keys.count) * ks));
-        p.keys.copy(grown, 0, 0, p.count * ks);
-        p.keys = grown;
-      }
-      scratch.keys.copy(p.keys, p.count * ks, 0, keys.count * ks);
-      p.count += keys.count;
-      if (p.count >= FLUSH_AT) {
-        this.#flushTable(keys.table, p);
-        this.#pending.delete(keys.table);
-      } else {
-        this.#scheduleFlush();
-      }
+      if (isEmpty(table)) return;
     } catch (err) {
-      this.#errors++;
-      this.log.warn({ err, map: event.ref, sequence: event.sequence }, 'nat coupling: could not look up the SNAT mapping of a deleted CT entry');
+      this.#errors += batch.deleted;
+      this.log.warn({ err, map: table.map.spec.name, events: batch.deleted }, 'nat coupling: could not read the SNAT map; mappings of these deleted CT entries are left to the orphan purge');
+      return;
     }
-  }
-
-  #isEmpty(table: NatTable): boolean {
-    let empty = this.#emptyThisBurst.get(table);
-    if (empty === undefined) {
-      const c = table.map.cursor(1);
+    const ks = keyLayout(family).size;
+    const scratch = this.#scratchFor(family);
+    let queued = 0;
+    let seq = batch.firstSequence;
+    for (let i = 0; i < batch.count; i++) {
+      if (batch.status[i] !== DeleteStatus.DELETED) continue;
+      const sequence = seq++;
+      let count: number;
       try {
-        empty = c.next() === null;
-      } finally {
-        c.close();
+        const key = batch.keys.subarray(i * ks, (i + 1) * ks);
+        const entry = batch.entries.subarray(i * CT_ENTRY_SIZE, (i + 1) * CT_ENTRY_SIZE);
+        count = mappingKeys(table, family, key, entry, scratch.keys, scratch.value);
+      } catch (err) {
+        this.#errors++;
+        this.log.warn({ err, map: batch.ref, sequence }, 'nat coupling: could not look up the SNAT mapping of a deleted CT entry');
+        continue;
       }
-      this.#emptyThisBurst.set(table, empty);
-      this.#scheduleFlush(); // ends the burst, and with it this answer
+      if (count === 0) continue;
+      scratch.keys.copy(scratch.pending, queued * ks, 0, count * ks);
+      queued += count;
+      if (queued >= FLUSH_AT) {
+        this.#deleteQueued(table, scratch.pending, queued);
+        queued = 0;
+      }
     }
-    return empty;
+    this.#deleteQueued(table, scratch.pending, queued);
   }
 
-  #scheduleFlush(): void {
-    if (this.#flushScheduled) return;
-    this.#flushScheduled = true;
-    queueMicrotask(() => {
-      this.#flushScheduled = false;
-      this.flush();
-    });
-  }
-
-  #flushTable(table: NatTable, p: Pending): number {
-    if (p.count === 0) return 0;
+  #deleteQueued(table: NatTable, keys: Buffer, count: number): void {
+    if (count === 0) return;
     try {
-      const { deleted } = table.map.deleteBatch(p.keys, p.count);
-      this.#deletedTotal += deleted;
-      return deleted;
+      this.#deletedTotal += table.map.deleteBatch(keys, count).deleted;
     } catch (err) {
       this.#errors++;
-      this.log.warn({ err, map: table.map.spec.name, keys: p.count }, 'nat coupling: batch delete of SNAT mappings failed');
-      return 0;
-    } finally {
-      p.count = 0;
+      this.log.warn({ err, map: table.map.spec.name, keys: count }, 'nat coupling: batch delete of SNAT mappings failed');
     }
   }
 
-  #scratchFor(family: Family): { keys: Buffer; value: Buffer } {
+  #scratchFor(family: Family): { keys: Buffer; value: Buffer; pending: Buffer } {
     let s = this.#scratch.get(family);
     if (!s) {
-      s = { keys: Buffer.alloc(2 * keyLayout(family).size), value: Buffer.alloc(natEntryLayout(family).size) };
+      const ks = keyLayout(family).size;
+      // Room for FLUSH_AT keys plus the two one more event may add before the flush.
+      s = { keys: Buffer.alloc(2 * ks), value: Buffer.alloc(natEntryLayout(family).size), pending: Buffer.alloc((FLUSH_AT + 2) * ks) };
       this.#scratch.set(family, s);
     }
     return s;
+  }
+}
+
+/** Whether the NAT map holds no entry (one batch read of a single entry). */
+function isEmpty(table: NatTable): boolean {
+  const c = table.map.cursor(1);
+  try {
+    return c.next() === null;
+  } finally {
+    c.close();
   }
 }

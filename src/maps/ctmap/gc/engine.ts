@@ -3,9 +3,11 @@
  * GCFilter, re-checks every candidate at delete time through a ConditionalDeleter (in the
  * kernel for the kernel backend, so an entry the datapath refreshed since the scan survives:
  * Cilium #46298), deletes in batches (Cilium #5048 deletes one syscall per entry), and
- * publishes one GCEvent per deleted entry on its family's multicast Subject (Observe4/6).
+ * publishes every deletion on its family's multicast stream (Observe4/6): as one
+ * GCEventBatch per delete step (batches(), what the NAT coupling reads) and, for those who
+ * want objects, as one GCEvent per deleted entry (events()).
  */
-import { Observable, Subject } from 'rxjs';
+import { Observable, Subject, mergeMap } from 'rxjs';
 import type { Logger } from 'pino';
 import { Family, addressBytes } from '../addr';
 import { CT_ENTRY_SIZE, keyLayout } from '../codec';
@@ -13,6 +15,7 @@ import { CT_ENTRY } from '../layout';
 import { ctNow } from '../format';
 import { CtTable } from '../tables';
 import { MapRef } from '../spec';
+import { GCEventBatch, eventsOf } from './events';
 import { ConditionalDeleter, DeleteMode, DeleteStatus, GCEvent, GCFilter, GCMapStats, GCRunResult } from './types';
 
 /** CT clock value that makes every entry expired: a flush (facts §6). */
@@ -42,7 +45,7 @@ export interface GCRunOptions {
 }
 
 export class GCEngine {
-  readonly #subjects: Record<Family, Subject<GCEvent>> = { ipv4: new Subject(), ipv6: new Subject() };
+  readonly #subjects: Record<Family, Subject<GCEventBatch>> = { ipv4: new Subject(), ipv6: new Subject() };
   readonly #sequence: Record<Family, number> = { ipv4: 0, ipv6: 0 };
   readonly #pacers = new Set<EventPacer>();
 
@@ -51,9 +54,17 @@ export class GCEngine {
     private readonly log: Logger,
   ) {}
 
-  /** Deleted entries of `family`, live (a hot, multicast stream; Cilium's Observe4/6). */
-  events(family: Family): Observable<GCEvent> {
+  /**
+   * Deletions of `family`, live, one batch per delete step (a hot, multicast stream). The
+   * batch's buffers are valid only during the emission; see GCEventBatch.
+   */
+  batches(family: Family): Observable<GCEventBatch> {
     return this.#subjects[family].asObservable();
+  }
+
+  /** Deleted entries of `family`, live, one object each (Cilium's Observe4/6). */
+  events(family: Family): Observable<GCEvent> {
+    return this.batches(family).pipe(mergeMap(eventsOf));
   }
 
   lastSequence(family: Family): number {
@@ -155,27 +166,11 @@ export class GCEngine {
   #settle(table: CtTable, n: number, keys: Buffer, values: Buffer, status: Uint8Array, stats: GCMapStats, filter: GCFilter): void {
     const family = table.ref.family;
     const ks = table.map.spec.keySize;
-    const subject = this.#subjects[family];
-    // Events keep their key and entry: one copy of the batch's buffers, sliced per event,
-    // instead of two small allocations per deleted entry. Only when someone listens.
-    const publish = subject.observed;
-    const keyCopy = publish ? Buffer.from(keys.subarray(0, n * ks)) : keys;
-    const valueCopy = publish ? Buffer.from(values.subarray(0, n * CT_ENTRY_SIZE)) : values;
+    let deleted = 0;
     for (let i = 0; i < n; i++) {
-      const key = keys.subarray(i * ks, (i + 1) * ks);
       switch (status[i]) {
         case DeleteStatus.DELETED:
-          stats.deleted++;
-          ++this.#sequence[family];
-          if (publish) {
-            subject.next({
-              family,
-              ref: table.ref,
-              sequence: this.#sequence[family],
-              key: keyCopy.subarray(i * ks, (i + 1) * ks),
-              entry: valueCopy.subarray(i * CT_ENTRY_SIZE, (i + 1) * CT_ENTRY_SIZE),
-            });
-          }
+          deleted++;
           break;
         case DeleteStatus.MISSING:
           stats.skipped++;
@@ -184,14 +179,22 @@ export class GCEngine {
           stats.refreshed++;
           stats.alive++;
           if (filter.emitKept) {
-            const now = table.map.lookup(Buffer.from(key));
-            if (now) filter.emitKept(table.ref, key, 0, now, 0);
+            const now = table.map.lookup(Buffer.from(keys.subarray(i * ks, (i + 1) * ks)));
+            if (now) filter.emitKept(table.ref, keys, i * ks, now, 0);
           }
           break;
         }
         default:
           this.log.error({ status: status[i], map: table.map.spec.name }, 'gc: unknown delete status');
       }
+    }
+    if (deleted === 0) return;
+    stats.deleted += deleted;
+    const firstSequence = this.#sequence[family] + 1;
+    this.#sequence[family] += deleted;
+    const subject = this.#subjects[family];
+    if (subject.observed) {
+      subject.next({ family, ref: table.ref, count: n, keys, entries: values, status, deleted, firstSequence });
     }
   }
 

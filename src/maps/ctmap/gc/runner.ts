@@ -11,10 +11,11 @@ import { GCFilter, GCRunResult } from './types';
 
 /** The NAT coupling as the runner sees it (src/maps/nat/coupling.ts). */
 export interface NatDeletionCounter {
-  /** NAT entries removed so far by the coupling (monotonic; complete after flush()). */
+  /**
+   * NAT entries removed so far by the coupling (monotonic). The coupling removes a
+   * batch's mappings while the batch is published, so this is complete when a pass ends.
+   */
   readonly deletedTotal: number;
-  /** Sends the NAT deletes still queued from the last burst of events. */
-  flush(): number;
 }
 
 export interface GCPassRequest {
@@ -50,14 +51,9 @@ export class GCRunner {
     const waitFor = families.map((f) => this.#queues[f]);
     const pass = Promise.all(waitFor.map((p) => p.catch(() => undefined))).then(async () => {
       const natBefore = this.nat?.deletedTotal ?? 0;
-      try {
-        const result = await this.engine.run({ tables, filter: req.filter, signal: req.signal, afterBatch: req.afterBatch, beforeDelete: req.beforeDelete });
-        this.nat?.flush();
-        result.natDeleted = (this.nat?.deletedTotal ?? 0) - natBefore;
-        return result;
-      } finally {
-        this.nat?.flush(); // an aborted pass still removes the NAT pairs of what it deleted
-      }
+      const result = await this.engine.run({ tables, filter: req.filter, signal: req.signal, afterBatch: req.afterBatch, beforeDelete: req.beforeDelete });
+      result.natDeleted = (this.nat?.deletedTotal ?? 0) - natBefore;
+      return result;
     });
     for (const f of families) this.#queues[f] = pass;
     return pass;

@@ -119,6 +119,12 @@ export interface BpfMap {
   /** Number of entries (a full batch scan for hash maps: the kernel keeps no counter). */
   count(): number;
   info(): LiveMapInfo;
+  /**
+   * The u32 an ARRAY_OF_MAPS slot of the same backend is written with to hold this map
+   * (kernel: this map's fd; memory: its table id). Reading the slot back gives the map's
+   * id (info().id), as in the kernel.
+   */
+  outerSlotValue(): number;
   /** Idempotent. Closing does not unpin. */
   close(): void;
   readonly closed: boolean;

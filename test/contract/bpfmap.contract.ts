@@ -621,6 +621,60 @@ export function runContract(name: string, makeBackend: () => ContractEnv): void 
       m.close();
     });
 
+    // ---- ARRAY_OF_MAPS (per-cluster CT maps) ----------------------------------------------------
+
+    /** An outer array of `max` slots whose template is an LRU_HASH like `inner`. */
+    const outerSpec = (h: Harness, inner: MapSpec, over: Partial<MapSpec> = {}): MapSpec =>
+      h.spec(MapType.ARRAY_OF_MAPS, { keySize: 4, valueSize: 4, maxEntries: 8, innerSpec: { ...inner, pinPath: undefined }, ...over });
+    const u32 = (n: number): Buffer => {
+      const b = Buffer.alloc(4);
+      b.writeUInt32LE(n, 0);
+      return b;
+    };
+
+    it('ARRAY_OF_MAPS: a slot takes a matching map and reads back as its id; delete empties it', (h) => {
+      const innerSpec = h.spec(MapType.LRU_HASH, { maxEntries: 1024 });
+      const outer = h.create(outerSpec(h, innerSpec, { pinPath: h.pinPath('outer') }));
+      // max_entries is not part of map-in-map compatibility: a larger inner map fits.
+      const inner = h.create({ ...innerSpec, name: 'inner_1', maxEntries: 2048, pinPath: h.pinPath('outer_1') });
+      assert.equal(outer.lookup(u32(1)), undefined, 'slots start empty');
+      outer.update(u32(1), u32(inner.outerSlotValue()));
+      assert.equal(outer.lookup(u32(1))!.readUInt32LE(0), inner.info().id);
+      assert.equal(outer.info().type, MapType.ARRAY_OF_MAPS);
+      // The slot holds its own reference: the inner map lives on after close and unpin.
+      const id = inner.info().id;
+      inner.close();
+      h.backend.unpin(h.pinPath('outer_1'));
+      assert.equal(outer.lookup(u32(1))!.readUInt32LE(0), id);
+      assert.equal(outer.delete(u32(1)), true);
+      assert.equal(outer.delete(u32(1)), false, 'already empty');
+      assert.equal(outer.lookup(u32(1)), undefined);
+      // Reopened through its pin, the outer map shows the same slots.
+      const again = h.create({ ...innerSpec, name: 'inner_2' });
+      outer.update(u32(7), u32(again.outerSlotValue()));
+      const reopened = h.open(outerSpec(h, innerSpec, { pinPath: h.pinPath('outer') }))!;
+      assert.equal(reopened.lookup(u32(7))!.readUInt32LE(0), again.info().id);
+      for (const m of [outer, again, reopened]) m.close();
+    });
+
+    it('ARRAY_OF_MAPS refuses what the kernel refuses', (h) => {
+      const innerSpec = h.spec(MapType.LRU_HASH);
+      const outer = h.create(outerSpec(h, innerSpec));
+      const otherKey = h.create(h.spec(MapType.LRU_HASH, { keySize: 38 }));
+      const otherFlags = h.create(h.spec(MapType.LRU_HASH, { maxEntries: 512, flags: MapFlag.NO_COMMON_LRU }));
+      const otherType = h.create(h.spec(MapType.HASH));
+      const fits = h.create(innerSpec);
+      throwsErrno(() => outer.update(u32(0), u32(otherKey.outerSlotValue())), Errno.EINVAL, undefined, 'key size differs');
+      throwsErrno(() => outer.update(u32(0), u32(otherFlags.outerSlotValue())), Errno.EINVAL, undefined, 'flags differ');
+      throwsErrno(() => outer.update(u32(0), u32(otherType.outerSlotValue())), Errno.EINVAL, undefined, 'type differs');
+      throwsErrno(() => outer.update(u32(8), u32(fits.outerSlotValue())), Errno.E2BIG, undefined, 'index past the end');
+      throwsErrno(() => outer.update(u32(0), u32(fits.outerSlotValue()), UpdateFlag.NOEXIST), Errno.EINVAL, undefined, 'NOEXIST');
+      throwsErrno(() => outer.delete(u32(8)), Errno.E2BIG, undefined, 'delete past the end');
+      assert.equal(outer.lookup(u32(0)), undefined, 'nothing was written');
+      throwsErrno(() => h.create(h.spec(MapType.ARRAY_OF_MAPS, { keySize: 4, valueSize: 4 })), Errno.EBADF, undefined, 'no template');
+      for (const m of [outer, otherKey, otherFlags, otherType, fits]) m.close();
+    });
+
     // ---- create() validation ----------------------------------------------------------------
 
     it('create() rejects what BPF_MAP_CREATE rejects', (h) => {

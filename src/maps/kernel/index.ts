@@ -129,6 +129,11 @@ export class KernelMap implements BpfMap {
     return bpf.mapInfo(this.fd);
   }
 
+  outerSlotValue(): number {
+    if (this.closed) throw new bpf.BpfSyscallError(`map ${this.spec.name}: use after close`, bpf.Errno.EBADF);
+    return this.fd.value;
+  }
+
   close(): void {
     this.#closeRequested = true;
     if (this.#inflight === 0) this.fd.close();
@@ -288,7 +293,8 @@ export const kernelBackend: MapBackend = {
 
 function createFd(spec: MapSpec): bpf.Fd {
   if (spec.type === MapType.ARRAY_OF_MAPS || spec.type === MapType.HASH_OF_MAPS) {
-    if (!spec.innerSpec) throw new Error(`map ${spec.name}: map-in-map spec without innerSpec`);
+    // What the kernel says to a map-in-map create without a usable inner_map_fd.
+    if (!spec.innerSpec) throw new bpf.BpfSyscallError(`map create ${spec.name}`, bpf.Errno.EBADF, 'map-in-map needs an inner map template (innerSpec)');
     // The kernel only needs an inner map to learn its shape; it is closed right away.
     const inner = createFd({ ...spec.innerSpec, pinPath: undefined });
     try {

@@ -5,8 +5,8 @@
  * in test/contract/ runs against both.
  *
  * Pins: a process-wide registry path -> table stands in for bpffs, so create() then open()
- * share one table, and a pinned table outlives its handles. Map-in-map types are not
- * implemented here (create throws failed-precondition).
+ * share one table, and a pinned table outlives its handles. ARRAY_OF_MAPS is supported
+ * (map-array.ts); HASH_OF_MAPS is not (create throws EOPNOTSUPP).
  *
  * Must not import src/maps/bpf/index.ts or libbpf.ts: this backend has to load where
  * libbpf/koffi cannot.
@@ -28,6 +28,7 @@ import {
 } from '../types';
 import { ArrayTable } from './array';
 import { HashTable } from './lru-hash';
+import { MapArrayTable } from './map-array';
 import { BatchStep, MemoryTable, nextMapId } from './table';
 
 export { ArrayTable } from './array';
@@ -141,6 +142,11 @@ export class MemoryMap implements BpfMap {
 
   info(): LiveMapInfo {
     return this.#live().info;
+  }
+
+  /** The table id: what an ARRAY_OF_MAPS slot of this backend takes to hold this map. */
+  outerSlotValue(): number {
+    return this.#live().info.id;
   }
 
   /** Idempotent; a pinned table stays in the registry. */
@@ -266,8 +272,14 @@ function validateSpec(spec: MapSpec): LiveMapInfo {
       if (flags !== 0) fail(Errno.EINVAL, `flags ${flags}`);
       break;
     case MapType.ARRAY_OF_MAPS:
+      if (spec.keySize !== 4 || spec.valueSize !== 4) fail(Errno.EINVAL, 'map-in-map keys and values are u32');
+      if (flags !== 0) fail(Errno.EINVAL, `flags ${flags}`);
+      if (!spec.innerSpec) fail(Errno.EBADF, 'map-in-map needs an inner map template');
+      validateSpec(spec.innerSpec!);
+      if (spec.innerSpec!.type === MapType.ARRAY_OF_MAPS) fail(Errno.EINVAL, 'map-in-map cannot nest');
+      break;
     case MapType.HASH_OF_MAPS:
-      fail(Errno.EOPNOTSUPP, 'map-in-map is not implemented by the memory backend');
+      fail(Errno.EOPNOTSUPP, 'HASH_OF_MAPS is not implemented by the memory backend');
       break;
     default:
       fail(Errno.EINVAL, `map type ${spec.type as number}`);
@@ -283,10 +295,29 @@ function validateSpec(spec: MapSpec): LiveMapInfo {
   };
 }
 
+/**
+ * Live tables by id, for ARRAY_OF_MAPS slots (the kernel resolves an fd; this backend an
+ * id). Weak: a table nobody holds (no handle, pin or slot) goes away as in the kernel.
+ */
+const tablesById = new Map<number, WeakRef<MemoryTable>>();
+const forgetTable = new FinalizationRegistry<number>((id) => tablesById.delete(id));
+
+function tableById(id: number): MemoryTable | undefined {
+  return tablesById.get(id)?.deref();
+}
+
 function newTable(spec: MapSpec, shape: LiveMapInfo): MemoryTable {
   const info = Object.freeze({ ...shape, id: nextMapId() });
   try {
-    return spec.type === MapType.ARRAY ? new ArrayTable(info) : new HashTable(info);
+    const table: MemoryTable =
+      spec.type === MapType.ARRAY
+        ? new ArrayTable(info)
+        : spec.type === MapType.ARRAY_OF_MAPS
+          ? new MapArrayTable(info, spec.innerSpec!, tableById)
+          : new HashTable(info);
+    tablesById.set(info.id, new WeakRef(table));
+    forgetTable.register(table, info.id);
+    return table;
   } catch (err) {
     // Typed-array allocation failures surface as RangeError: report them as the kernel's
     // "cannot allocate the map" rather than an internal error.

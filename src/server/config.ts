@@ -32,6 +32,14 @@ export interface Config {
   readonly conntrackGcMaxInterval?: number;
   /** HOST:PORT of the Prometheus /metrics endpoint; undefined = off. */
   readonly metricsListen?: string;
+  /** ClusterIDMax: 255 or 511. */
+  readonly maxConnectedClusters: number;
+  /** Cilium's clustermesh config directory (one etcd config per remote cluster); undefined = off. */
+  readonly clustermeshConfig?: string;
+  /** Seconds the reconcile waits, after every source has synced, before removing unclaimed cluster maps. */
+  readonly clustermeshReconcileGrace: number;
+  /** Seconds a remote cluster's etcd may be unreachable before the cluster leaves. */
+  readonly clustermeshEtcdGrace: number;
   /** CT lifetimes in seconds (facts §5; become the datapath's CT_* constants). */
   readonly bpfCtTimeoutRegularTcp: number;
   readonly bpfCtTimeoutRegularAny: number;
@@ -95,6 +103,10 @@ const FLAGS: readonly Flag[] = [
   flag('conntrack-gc-interval', 'conntrackGcInterval', 'fixed interval between CT GC passes, seconds (default: adaptive, 10 s .. 12 h)', undefined, integer(1, U32_MAX)),
   flag('conntrack-gc-max-interval', 'conntrackGcMaxInterval', 'upper bound of the adaptive CT GC interval, seconds (default: 12 h)', undefined, integer(10, U32_MAX)),
   flag('metrics-listen', 'metricsListen', 'serve Prometheus metrics on HOST:PORT /metrics (off by default)', undefined, hostPort),
+  flag('max-connected-clusters', 'maxConnectedClusters', 'ClusterIDMax: 255 or 511 (sizes the per-cluster outer maps)', 255, oneOfIntegers([255, 511])),
+  flag('clustermesh-config', 'clustermeshConfig', 'clustermesh config directory: one etcd config file per remote cluster, named after it (off by default)', undefined, absolutePath),
+  seconds('clustermesh-reconcile-grace', 'clustermeshReconcileGrace', 'after every clustermesh source has synced, wait this long before removing per-cluster maps no source claims', 600),
+  seconds('clustermesh-etcd-grace', 'clustermeshEtcdGrace', "how long a remote cluster's etcd may be unreachable before the cluster leaves", 300),
   seconds('bpf-ct-timeout-regular-tcp', 'bpfCtTimeoutRegularTcp', 'lifetime of established TCP entries', 8000),
   seconds('bpf-ct-timeout-regular-any', 'bpfCtTimeoutRegularAny', 'lifetime of non-TCP entries', 60),
   seconds('bpf-ct-timeout-service-tcp', 'bpfCtTimeoutServiceTcp', 'lifetime of TCP service entries', 8000),
@@ -230,6 +242,14 @@ function oneOf(choices: readonly string[]): Parse {
     const v = text(raw);
     if (!choices.includes(v)) throw new Error(`want one of ${choices.join('|')}, got ${JSON.stringify(v)}`);
     return v;
+  };
+}
+
+function oneOfIntegers(choices: readonly number[]): Parse {
+  return (raw) => {
+    const v = text(raw).trim();
+    if (!/^\d+$/.test(v) || !choices.includes(Number(v))) throw new Error(`want one of ${choices.join('|')}, got ${JSON.stringify(raw)}`);
+    return Number(v);
   };
 }
 

@@ -2,9 +2,11 @@
  * Wires the daemon together: backend -> bpffs -> CT maps -> gRPC services -> SERVING.
  * `startDaemon` is what bin/ctmapd runs and what tests start in-process.
  */
+import { ClusterCtMaps } from '../cluster/cluster-maps';
+import { Membership } from '../cluster/membership';
 import { ensureBpffs } from '../maps/bpffs';
 import { selectBackend } from '../maps/backend';
-import { GCEngine } from '../maps/ctmap/gc/engine';
+import { FLUSH_TIME, GCEngine } from '../maps/ctmap/gc/engine';
 import { GCRunner } from '../maps/ctmap/gc/runner';
 import { GCScheduler } from '../maps/ctmap/gc/scheduler';
 import { ConditionalDeleter } from '../maps/ctmap/gc/types';
@@ -13,9 +15,10 @@ import { CtTables } from '../maps/ctmap/tables';
 import { NatCoupling } from '../maps/nat/coupling';
 import { purgeOrphanNatEntries } from '../maps/nat/purge';
 import { NatTables } from '../maps/nat/tables';
-import { refLabel } from '../maps/ctmap/spec';
+import { MapRef, refLabel } from '../maps/ctmap/spec';
 import type { MapBackend } from '../maps/types';
 import { Config, natGlobalMax } from './config';
+import { clusterCtMapsService } from './clusterctmaps-service';
 import { ctMapsDefinition, ctMapsService } from './ctmaps-service';
 import { gcRunnerDefinition, gcRunnerService } from './gcrunner-service';
 import { natMapsDefinition, natMapsService } from './natmaps-service';
@@ -28,6 +31,8 @@ export interface Daemon {
   readonly backend: MapBackend;
   readonly tables: CtTables;
   readonly nat: NatTables;
+  readonly clusters: ClusterCtMaps;
+  readonly membership: Membership;
   readonly gc: GCRunner;
   readonly scheduler: GCScheduler;
   readonly metrics: CtmapdMetrics;
@@ -47,6 +52,7 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
     ctTcpMax: config.bpfCtGlobalTcpMax,
     ctAnyMax: config.bpfCtGlobalAnyMax,
     distributedLru: config.bpfDistributedLru,
+    clusterIdMax: config.maxConnectedClusters,
   };
   const tables = CtTables.open(backend, mapsConfig, log);
   let nat: NatTables;
@@ -62,6 +68,24 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
   // Every deleted CT entry takes its SNAT mapping with it (facts §6, NatMapNext4/6).
   const coupling = new NatCoupling(nat, families.map((f) => engine.batches(f)), log);
   const gc = new GCRunner(tables, engine, coupling);
+  let clusters: ClusterCtMaps;
+  try {
+    // A leaving cluster's entries go through the GC: events for Observe, SNAT pairs removed.
+    const flushThroughGC = async (refs: MapRef[]): Promise<number> => {
+      if (refs.length === 0) return 0;
+      const result = await gc.run({ refs, filter: { removeExpired: true, time: FLUSH_TIME } });
+      return result.maps.reduce((n, m) => n + m.deleted, 0);
+    };
+    clusters = ClusterCtMaps.open(backend, { ...mapsConfig, natMax: natGlobalMax(config) }, tables, nat, flushThroughGC, log);
+  } catch (err) {
+    engine.close();
+    coupling.close();
+    deleter.close();
+    nat.close();
+    tables.close();
+    throw err;
+  }
+  const membership = new Membership(clusters, log.child({ component: 'membership' }));
   const metrics = new CtmapdMetrics();
   // Periodic passes remove expired entries (facts §6); every pass, scheduled or asked
   // for over gRPC, feeds the Cilium metrics.
@@ -92,6 +116,8 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
     },
   });
   const closeMaps = (): void => {
+    membership.close();
+    clusters.close(); // unregisters the per-cluster maps from the tables
     engine.close();
     coupling.close(); // before the NAT maps
     deleter.close();
@@ -108,6 +134,7 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
       services: [
         { definition: ctMapsDefinition(services().CTMaps.service), implementation: ctMapsService(tables, log, shutdown.signal, gc) },
         { definition: natMapsDefinition(), implementation: natMapsService(nat, tables, log, shutdown.signal) },
+        { definition: services().ClusterCTMaps.service, implementation: clusterCtMapsService(membership, log, shutdown.signal) },
         {
           definition: gcRunnerDefinition(services().GCRunner.service),
           implementation: gcRunnerService({
@@ -151,6 +178,8 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
     backend,
     tables,
     nat,
+    clusters,
+    membership,
     gc,
     scheduler,
     metrics,

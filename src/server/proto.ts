@@ -149,6 +149,7 @@ export interface CtmapGrpc {
   readonly CTMaps: grpc.ServiceClientConstructor;
   readonly GCRunner: grpc.ServiceClientConstructor;
   readonly NATMaps: grpc.ServiceClientConstructor;
+  readonly ClusterCTMaps: grpc.ServiceClientConstructor;
   readonly Health: grpc.ServiceClientConstructor;
 }
 
@@ -163,6 +164,7 @@ export function services(): CtmapGrpc {
     CTMaps: lookup(root, CTMAPS_SERVICE),
     GCRunner: lookup(root, 'ctmap.v1.GCRunner'),
     NATMaps: lookup(root, 'ctmap.v1.NATMaps'),
+    ClusterCTMaps: lookup(root, 'ctmap.v1.ClusterCTMaps'),
     Health: lookup(root, HEALTH_SERVICE),
   };
   return cachedServices;

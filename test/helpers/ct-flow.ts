@@ -153,7 +153,9 @@ export async function runCtFlow(client: Client, backend: string): Promise<FlowRe
   await rejectsWith(call(client, 'Lookup', { map: { family: 'FAMILY_UNSPECIFIED', kind: 'MAP_KIND_TCP' }, key: r0.key }), grpc.status.INVALID_ARGUMENT, 'map.family');
   await rejectsWith(call(client, 'Lookup', { map: { family: 'FAMILY_IPV4', kind: 'MAP_KIND_UNSPECIFIED' }, key: r0.key }), grpc.status.INVALID_ARGUMENT, 'map.kind');
   await rejectsWith(call(client, 'Lookup', { map: { family: 7, kind: 'MAP_KIND_TCP' }, key: r0.key }), grpc.status.INVALID_ARGUMENT, 'map.family');
-  await rejectsWith(call(client, 'Lookup', { map: { ...MAPS[0], cluster_id: 3 }, key: r0.key }), grpc.status.INVALID_ARGUMENT, 'map.cluster_id');
+  // 256 is above ClusterIDMax (255); 3 is a valid id of a cluster that has not joined.
+  await rejectsWith(call(client, 'Lookup', { map: { ...MAPS[0], cluster_id: 256 }, key: r0.key }), grpc.status.INVALID_ARGUMENT, 'map.cluster_id');
+  await rejectsWith(call(client, 'Lookup', { map: { ...MAPS[0], cluster_id: 3 }, key: r0.key }), grpc.status.NOT_FOUND, 'map');
   await rejectsWith(call(client, 'Lookup', { map: MAPS[0], key: { ...r0.key, sport: 1 } }), grpc.status.NOT_FOUND, 'key');
   await rejectsWith(call(client, 'Update', { records: [{ ...records[1], key: { ...records[1].key, nexthdr: 256 } }] }), grpc.status.INVALID_ARGUMENT, 'records[0].key.nexthdr');
   await rejectsWith(call(client, 'Update', { records: [{ ...records[1], key: { ...records[1].key, flags: 256 } }] }), grpc.status.INVALID_ARGUMENT, 'records[0].key.flags');

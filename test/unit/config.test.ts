@@ -27,6 +27,9 @@ describe('parseConfig', () => {
       bpfCtGlobalTcpMax: 524288,
       bpfCtGlobalAnyMax: 262144,
       bpfDistributedLru: false,
+      maxConnectedClusters: 255,
+      clustermeshReconcileGrace: 600,
+      clustermeshEtcdGrace: 300,
       bpfCtTimeoutRegularTcp: 8000,
       bpfCtTimeoutRegularAny: 60,
       bpfCtTimeoutServiceTcp: 8000,
@@ -38,6 +41,13 @@ describe('parseConfig', () => {
       logLevel: 'info',
       logFormat: 'json',
     });
+  });
+
+  it('--max-connected-clusters takes 255 or 511 only', () => {
+    assert.equal(parseConfig(['--max-connected-clusters', '511'], {}).maxConnectedClusters, 511);
+    for (const bad of ['256', '0', 'x', '511.0']) {
+      assert.throws(() => parseConfig([`--max-connected-clusters=${bad}`], {}), (err: unknown) => err instanceof ConfigError && err.field === '--max-connected-clusters');
+    }
   });
 
   it('takes flags in both --flag=value and --flag value form', () => {

@@ -48,7 +48,8 @@ test('GCRunner over gRPC: Run, emit_kept, bad input, Observe with a slow subscri
   await rejectsWith(collect(gc, 'Run', { family: 7, filter: { remove_expired: true } }), grpc.status.INVALID_ARGUMENT, 'family');
   await rejectsWith(collect(gc, 'Run', { filter: { remove_expired: true, match_ips: ['192.0.2.1', '192.0.2.x'] } }), grpc.status.INVALID_ARGUMENT, 'filter.match_ips[1]');
   await rejectsWith(collect(gc, 'Run', { filter: { remove_expired: true, time: '4294967296' } }), grpc.status.INVALID_ARGUMENT, 'filter.time');
-  await rejectsWith(collect(gc, 'Run', { maps: [{ family: 'FAMILY_IPV4', kind: 'MAP_KIND_TCP', cluster_id: 9 }], filter: { remove_expired: true } }), grpc.status.INVALID_ARGUMENT, 'maps[0].cluster_id');
+  await rejectsWith(collect(gc, 'Run', { maps: [{ family: 'FAMILY_IPV4', kind: 'MAP_KIND_TCP', cluster_id: 256 }], filter: { remove_expired: true } }), grpc.status.INVALID_ARGUMENT, 'maps[0].cluster_id');
+  await rejectsWith(collect(gc, 'Run', { maps: [{ family: 'FAMILY_IPV4', kind: 'MAP_KIND_TCP', cluster_id: 9 }], filter: { remove_expired: true } }), grpc.status.NOT_FOUND, 'maps[0]');
   await rejectsWith(call(gc, 'Signal', { family: 'FAMILY_UNSPECIFIED' }), grpc.status.INVALID_ARGUMENT, 'family');
   assert.equal(await countTcp4(ct), 2000);
 

@@ -112,7 +112,7 @@ describe('NATMaps over gRPC', () => {
       [{ ...good, entry: { ...good.entry, addr: '2001:db8::1' } }, 'records[1].entry.addr'],
       [{ ...good, family: 'FAMILY_UNSPECIFIED' }, 'records[1].family'],
       [{ ...good, family: 9 }, 'records[1].family'],
-      [{ ...good, cluster_id: 3 }, 'records[1].cluster_id'],
+      [{ ...good, cluster_id: 256 }, 'records[1].cluster_id'],
       [{ ...good, entry: null }, 'records[1].entry'],
       [{ ...good, key: null }, 'records[1].key'],
     ];
@@ -126,9 +126,10 @@ describe('NATMaps over gRPC', () => {
     assert.throws(() => parseNatEntry({ addr: '192.0.2.1', created: 'soon' }, 'records[1].entry'), /records\[1\]\.entry\.created: not an integer/);
   });
 
-  test('DumpEntries: unknown family and per-cluster maps are INVALID_ARGUMENT', async () => {
+  test('DumpEntries: unknown family and cluster ids above ClusterIDMax are INVALID_ARGUMENT; unjoined clusters NOT_FOUND', async () => {
     await rejectsWith(dump('FAMILY_UNSPECIFIED'), grpc.status.INVALID_ARGUMENT, 'family');
-    await rejectsWith(dump(V4, 1), grpc.status.INVALID_ARGUMENT, 'cluster_id');
+    await rejectsWith(dump(V4, 256), grpc.status.INVALID_ARGUMENT, 'cluster_id');
+    await rejectsWith(dump(V4, 1), grpc.status.NOT_FOUND);
   });
 
   test('Delete: bad keys are INVALID_ARGUMENT; reports how many existed', async () => {
@@ -136,7 +137,8 @@ describe('NATMaps over gRPC', () => {
     await rejectsWith(call(nat, 'Delete', { family: V6, cluster_id: 0, keys: [v6Pair.out.key, tcp] }), grpc.status.INVALID_ARGUMENT, 'keys[1]');
     await rejectsWith(call(nat, 'Delete', { family: V6, cluster_id: 0, keys: [{ ...v6, sport: 65536 }] }), grpc.status.INVALID_ARGUMENT, 'keys[0].sport');
     await rejectsWith(call(nat, 'Delete', { family: V4, cluster_id: 0, keys: [{ ...tcp, saddr: 'x' }] }), grpc.status.INVALID_ARGUMENT, 'keys[0].saddr');
-    await rejectsWith(call(nat, 'Delete', { family: V4, cluster_id: 2, keys: [tcp] }), grpc.status.INVALID_ARGUMENT, 'cluster_id');
+    await rejectsWith(call(nat, 'Delete', { family: V4, cluster_id: 256, keys: [tcp] }), grpc.status.INVALID_ARGUMENT, 'cluster_id');
+    await rejectsWith(call(nat, 'Delete', { family: V4, cluster_id: 2, keys: [tcp] }), grpc.status.NOT_FOUND);
     await rejectsWith(call(nat, 'Delete', { family: 'FAMILY_UNSPECIFIED', keys: [tcp] }), grpc.status.INVALID_ARGUMENT, 'family');
     assert.equal((await dump(V6)).length, 2, 'nothing deleted');
     const res = await call(nat, 'Delete', { family: V6, cluster_id: 0, keys: [v6Pair.out.key, v6Pair.in.key, { ...v6Pair.in.key, dport: 1 }] });
@@ -147,7 +149,8 @@ describe('NATMaps over gRPC', () => {
 
   test('PurgeOrphanNATEntries removes the orphan pair and keeps the DSR mapping', async () => {
     await rejectsWith(call(nat, 'PurgeOrphanNATEntries', { family: 'FAMILY_UNSPECIFIED' }), grpc.status.INVALID_ARGUMENT, 'family');
-    await rejectsWith(call(nat, 'PurgeOrphanNATEntries', { family: V4, cluster_id: 7 }), grpc.status.INVALID_ARGUMENT, 'cluster_id');
+    await rejectsWith(call(nat, 'PurgeOrphanNATEntries', { family: V4, cluster_id: 256 }), grpc.status.INVALID_ARGUMENT, 'cluster_id');
+    await rejectsWith(call(nat, 'PurgeOrphanNATEntries', { family: V4, cluster_id: 7 }), grpc.status.NOT_FOUND);
     const res = await call(nat, 'PurgeOrphanNATEntries', { family: V4, cluster_id: 0 });
     assert.deepEqual(res, { ingress_alive: '2', ingress_deleted: '1', egress_alive: '3', egress_deleted: '1' });
     assert.deepEqual(await dumpIds(V4), new Set([tcpPair.out, tcpPair.in, icmpPair.out, icmpPair.in, dsrNat].map((e) => keyId(e.key))));

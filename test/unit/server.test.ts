@@ -197,6 +197,7 @@ describe('startServer', () => {
       const names = res.list_services_response.service.map((s: { name: string }) => s.name).sort();
       assert.deepEqual(names, [
         'ctmap.v1.CTMaps',
+        'ctmap.v1.ClusterCTMaps',
         'ctmap.v1.GCRunner',
         'ctmap.v1.NATMaps',
         'grpc.health.v1.Health',

@@ -3,6 +3,7 @@
  * Pure functions of the configuration; nothing here touches a backend.
  */
 import * as path from 'node:path';
+import { invalidArgument } from '../../errors';
 import { MapFlag, MapSpec, MapType } from '../types';
 import { Family } from './addr';
 import { CT_ENTRY_SIZE, keySize } from './codec';
@@ -30,6 +31,8 @@ export interface CtMapsConfig {
   ctTcpMax: number;
   ctAnyMax: number;
   distributedLru: boolean;
+  /** ClusterIDMax (--max-connected-clusters); default DEFAULT_CLUSTER_ID_MAX. */
+  clusterIdMax?: number;
 }
 
 export function globalMapName(family: Family, kind: CtKind): string {
@@ -73,4 +76,55 @@ export function globalCtMapRefs(cfg: Pick<CtMapsConfig, 'enableIPv4' | 'enableIP
     for (const kind of ['tcp', 'any'] as const) refs.push({ family, kind, clusterId: 0 });
   }
   return refs;
+}
+
+// ---- per-cluster CT maps (facts §1; Cilium's PerClusterCTMapper) ----------------------------
+
+/** --max-connected-clusters: 255 (default) or 511; ClusterIDMax equals it. */
+export const CLUSTER_ID_MAX_VALUES = [255, 511] as const;
+export const DEFAULT_CLUSTER_ID_MAX = 255;
+
+/** `cilium_per_cluster_ct_tcp4` … `cilium_per_cluster_ct_any6` (Cilium's ClusterOuterMapName). */
+export function clusterOuterMapName(family: Family, kind: CtKind): string {
+  return `cilium_per_cluster_ct_${kind}${family === 'ipv4' ? '4' : '6'}`;
+}
+
+/** `<outer>_<id>` (Cilium's ClusterInnerMapName). */
+export function clusterInnerMapName(family: Family, kind: CtKind, clusterId: number): string {
+  return `${clusterOuterMapName(family, kind)}_${clusterId}`;
+}
+
+/**
+ * The outer map of (family, kind): ARRAY_OF_MAPS indexed by cluster id, ClusterIDMax+1
+ * slots (slot 0 stays empty: cluster 0 is the global map), its template the global map's
+ * spec (map-in-map compares type, key/value size and flags, not max_entries).
+ */
+export function clusterOuterCtMapSpec(cfg: CtMapsConfig, family: Family, kind: CtKind): MapSpec {
+  const name = clusterOuterMapName(family, kind);
+  return {
+    name,
+    type: MapType.ARRAY_OF_MAPS,
+    keySize: 4,
+    valueSize: 4,
+    maxEntries: (cfg.clusterIdMax ?? DEFAULT_CLUSTER_ID_MAX) + 1,
+    flags: 0,
+    innerSpec: { ...globalCtMapSpec(cfg, family, kind), pinPath: undefined },
+    pinPath: path.join(globalsDir(cfg.bpfRoot), name),
+  };
+}
+
+/** A cluster's inner CT map: the global map's spec under the name `<outer>_<id>`. */
+export function clusterInnerCtMapSpec(cfg: CtMapsConfig, family: Family, kind: CtKind, clusterId: number): MapSpec {
+  const name = clusterInnerMapName(family, kind, clusterId);
+  return { ...globalCtMapSpec(cfg, family, kind), name, pinPath: path.join(globalsDir(cfg.bpfRoot), name) };
+}
+
+/**
+ * Checks a remote cluster id: 1..clusterIdMax (0 is the global maps, not a cluster).
+ * INVALID_ARGUMENT naming `field` otherwise.
+ */
+export function validateClusterId(id: number, clusterIdMax: number, field: string): void {
+  if (!Number.isInteger(id) || id < 1 || id > clusterIdMax) {
+    throw invalidArgument(field, `cluster id ${id} is out of range: valid ids are 1..${clusterIdMax} (0 is the global maps; --max-connected-clusters sets the maximum)`);
+  }
 }

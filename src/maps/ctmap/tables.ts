@@ -3,14 +3,14 @@
  * all-or-nothing batch update, delete, flush, count and filtered batch dumps.
  */
 import type { Logger } from 'pino';
-import { invalidArgument, notFound } from '../../errors';
+import { CtmapError, invalidArgument, notFound } from '../../errors';
 import { PackedWrite, writeAllOrNothing } from '../batch-write';
 import { openOrCreate } from '../open';
 import { BatchCursor, BpfMap, MapBackend } from '../types';
 import { Family, addressBytes } from './addr';
 import { CT_ENTRY_SIZE, CtEntry, CtKey, decodeEntry, encodeEntry, encodeKey, keyLayout } from './codec';
 import { IPPROTO } from './layout';
-import { CtKind, CtMapsConfig, MapRef, globalCtMapRefs, globalCtMapSpec, refKey, refLabel } from './spec';
+import { CtKind, CtMapsConfig, DEFAULT_CLUSTER_ID_MAX, MapRef, globalCtMapRefs, globalCtMapSpec, refKey, refLabel, validateClusterId } from './spec';
 
 export interface CtTable {
   readonly ref: MapRef;
@@ -36,8 +36,30 @@ export interface DumpFilter {
 export class CtTables {
   readonly #tables = new Map<string, CtTable>();
 
-  private constructor(tables: CtTable[]) {
+  private constructor(
+    tables: CtTable[],
+    /** ClusterIDMax: cluster ids above it are refused with INVALID_ARGUMENT. */
+    readonly clusterIdMax: number,
+  ) {
     for (const t of tables) this.#tables.set(refKey(t.ref), t);
+  }
+
+  /**
+   * Adds a per-cluster map (src/cluster: a cluster joined). From then on it is served,
+   * listed by active() and collected by GC passes. Throws when its ref is already taken.
+   */
+  add(table: CtTable): void {
+    const key = refKey(table.ref);
+    if (this.#tables.has(key)) throw new CtmapError('already-exists', `${refLabel(table.ref)} CT map is already open`);
+    this.#tables.set(key, table);
+  }
+
+  /** Takes a per-cluster map out (a cluster left); the caller closes it. Undefined when absent. */
+  remove(ref: MapRef): CtTable | undefined {
+    const key = refKey(ref);
+    const t = this.#tables.get(key);
+    this.#tables.delete(key);
+    return t;
   }
 
   /** Opens (or creates) the global CT maps of the enabled families. */
@@ -52,19 +74,28 @@ export class CtTables {
       for (const t of tables) t.map.close();
       throw err;
     }
-    return new CtTables(tables);
+    return new CtTables(tables, cfg.clusterIdMax ?? DEFAULT_CLUSTER_ID_MAX);
   }
 
-  /** Every open map, globals first. */
+  /** Every open map: globals first, then clusters in join order. */
   active(): CtTable[] {
     return [...this.#tables.values()];
   }
 
-  /** The map for `ref`: INVALID_ARGUMENT for a cluster id (none exist yet), NOT_FOUND for a disabled family. */
+  /**
+   * The map for `ref`: INVALID_ARGUMENT naming `<field>.cluster_id` for a cluster id outside
+   * 0..ClusterIDMax, NOT_FOUND for a cluster that has not joined or a disabled family.
+   */
   get(ref: MapRef, field: string): CtTable {
-    if (ref.clusterId !== 0) throw invalidArgument(`${field}.cluster_id`, `cluster ${ref.clusterId}: per-cluster CT maps are not available (only 0, the global maps)`);
+    if (ref.clusterId !== 0) validateClusterId(ref.clusterId, this.clusterIdMax, `${field}.cluster_id`);
     const t = this.#tables.get(refKey(ref));
-    if (!t) throw notFound(`${field}: no ${refLabel(ref)} CT map is open (family disabled?)`);
+    if (!t) {
+      throw notFound(
+        ref.clusterId === 0
+          ? `${field}: no ${refLabel(ref)} CT map is open (family disabled?)`
+          : `${field}: no ${refLabel(ref)} CT map: the cluster has not joined (or the family is disabled)`,
+      );
+    }
     return t;
   }
 

@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { MapFlag, MapSpec, MapType } from '../types';
 import type { Family } from '../ctmap/addr';
 import { keySize } from '../ctmap/codec';
-import { CtMapsConfig, globalsDir } from '../ctmap/spec';
+import { CtMapsConfig, DEFAULT_CLUSTER_ID_MAX, globalsDir } from '../ctmap/spec';
 import { natValueSize } from './codec';
 
 /**
@@ -14,7 +14,7 @@ import { natValueSize } from './codec';
  * (src/server/config.ts natGlobalMax: 2/3 of the CT maps, within [1024, 16Mi]); the other
  * fields are the CT maps' own, so the daemon can pass `{ ...ctConfig, natMax }`.
  */
-export interface NatMapsConfig extends Pick<CtMapsConfig, 'bpfRoot' | 'enableIPv4' | 'enableIPv6' | 'distributedLru'> {
+export interface NatMapsConfig extends Pick<CtMapsConfig, 'bpfRoot' | 'enableIPv4' | 'enableIPv6' | 'distributedLru' | 'clusterIdMax'> {
   natMax: number;
 }
 
@@ -63,4 +63,37 @@ export function globalNatMapRefs(cfg: Pick<NatMapsConfig, 'enableIPv4' | 'enable
   if (cfg.enableIPv4) refs.push({ family: 'ipv4', clusterId: 0 });
   if (cfg.enableIPv6) refs.push({ family: 'ipv6', clusterId: 0 });
   return refs;
+}
+
+// ---- per-cluster SNAT maps ---------------------------------------------------------------------
+
+/** `cilium_per_cluster_snat_v4_external` / `_v6_external`. */
+export function clusterOuterNatMapName(family: Family): string {
+  return `cilium_per_cluster_snat_${family === 'ipv4' ? 'v4' : 'v6'}_external`;
+}
+
+/** `<outer>_<id>`. */
+export function clusterInnerNatMapName(family: Family, clusterId: number): string {
+  return `${clusterOuterNatMapName(family)}_${clusterId}`;
+}
+
+/** The outer SNAT map of `family`: ARRAY_OF_MAPS of ClusterIDMax+1 slots, template the global NAT map. */
+export function clusterOuterNatMapSpec(cfg: NatMapsConfig, family: Family): MapSpec {
+  const name = clusterOuterNatMapName(family);
+  return {
+    name,
+    type: MapType.ARRAY_OF_MAPS,
+    keySize: 4,
+    valueSize: 4,
+    maxEntries: (cfg.clusterIdMax ?? DEFAULT_CLUSTER_ID_MAX) + 1,
+    flags: 0,
+    innerSpec: { ...globalNatMapSpec(cfg, family), pinPath: undefined },
+    pinPath: path.join(globalsDir(cfg.bpfRoot), name),
+  };
+}
+
+/** A cluster's inner SNAT map: the global NAT map's spec under the name `<outer>_<id>`. */
+export function clusterInnerNatMapSpec(cfg: NatMapsConfig, family: Family, clusterId: number): MapSpec {
+  const name = clusterInnerNatMapName(family, clusterId);
+  return { ...globalNatMapSpec(cfg, family), name, pinPath: path.join(globalsDir(cfg.bpfRoot), name) };
 }

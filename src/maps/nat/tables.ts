@@ -3,16 +3,17 @@
  * purge use on them: map selection by (family, cluster), all-or-nothing batch update,
  * delete by keys and pull-based dumps.
  *
- * Only the global maps (cluster 0) exist for now; the cluster id is part of every call so
- * that per-cluster NAT maps (cilium_per_cluster_snat_*) can be added without an API change.
+ * Cluster 0 is the global maps; a joined cluster's inner maps (cilium_per_cluster_snat_*_<id>)
+ * are added and removed by src/cluster as clusters join and leave.
  */
 import type { Logger } from 'pino';
-import { invalidArgument, notFound } from '../../errors';
+import { CtmapError, invalidArgument, notFound } from '../../errors';
 import { writeAllOrNothing } from '../batch-write';
 import { openOrCreate } from '../open';
 import { Batch, BatchCursor, BpfMap, MapBackend } from '../types';
 import type { Family } from '../ctmap/addr';
 import { CtKey, encodeKey, validateKey } from '../ctmap/codec';
+import { DEFAULT_CLUSTER_ID_MAX, validateClusterId } from '../ctmap/spec';
 import { NatEntry, encodeNatEntry, validateNatEntry } from './codec';
 import { NatMapRef, NatMapsConfig, globalNatMapRefs, globalNatMapSpec, natRefKey, natRefLabel } from './spec';
 
@@ -32,8 +33,27 @@ export interface NatRecordInput {
 export class NatTables {
   readonly #tables = new Map<string, NatTable>();
 
-  private constructor(tables: NatTable[]) {
+  private constructor(
+    tables: NatTable[],
+    /** ClusterIDMax: cluster ids above it are refused with INVALID_ARGUMENT. */
+    readonly clusterIdMax: number,
+  ) {
     for (const t of tables) this.#tables.set(natRefKey(t.ref), t);
+  }
+
+  /** Adds a cluster's NAT map (a cluster joined). Throws when its ref is already taken. */
+  add(table: NatTable): void {
+    const key = natRefKey(table.ref);
+    if (this.#tables.has(key)) throw new CtmapError('already-exists', `${natRefLabel(table.ref)} NAT map is already open`);
+    this.#tables.set(key, table);
+  }
+
+  /** Takes a cluster's NAT map out (a cluster left); the caller closes it. */
+  remove(ref: NatMapRef): NatTable | undefined {
+    const key = natRefKey(ref);
+    const t = this.#tables.get(key);
+    this.#tables.delete(key);
+    return t;
   }
 
   /**
@@ -52,7 +72,7 @@ export class NatTables {
       for (const t of tables) t.map.close();
       throw err;
     }
-    return new NatTables(tables);
+    return new NatTables(tables, cfg.clusterIdMax ?? DEFAULT_CLUSTER_ID_MAX);
   }
 
   /** Every open NAT map, IPv4 first. */
@@ -67,13 +87,19 @@ export class NatTables {
 
   /**
    * The NAT map of (family, cluster) for a request. Throws INVALID_ARGUMENT naming
-   * `clusterField` for a cluster id other than 0 (per-cluster NAT maps do not exist yet),
-   * NOT_FOUND when the family is disabled.
+   * `clusterField` for a cluster id outside 0..ClusterIDMax, NOT_FOUND for a cluster that
+   * has not joined or a disabled family.
    */
   get(family: Family, clusterId: number, clusterField = 'cluster_id'): NatTable {
-    if (clusterId !== 0) throw invalidArgument(clusterField, `cluster ${clusterId}: per-cluster NAT maps are not available (only 0, the global maps)`);
+    if (clusterId !== 0) validateClusterId(clusterId, this.clusterIdMax, clusterField);
     const t = this.find(family, clusterId);
-    if (!t) throw notFound(`no ${natRefLabel({ family, clusterId })} NAT map is open (family disabled?)`);
+    if (!t) {
+      throw notFound(
+        clusterId === 0
+          ? `no ${natRefLabel({ family, clusterId })} NAT map is open (family disabled?)`
+          : `no ${natRefLabel({ family, clusterId })} NAT map: the cluster has not joined (or the family is disabled)`,
+      );
+    }
     return t;
   }
 

@@ -1,0 +1,287 @@
+/**
+ * Per-cluster CT and SNAT maps (facts §1; Cilium's PerClusterCTMapper): for every enabled
+ * family, the outer ARRAY_OF_MAPS tables `cilium_per_cluster_ct_{tcp,any}{4,6}` and
+ * `cilium_per_cluster_snat_v{4,6}_external`, indexed by cluster id, and per joined cluster
+ * one pinned inner map per outer map, `<outer>_<id>`, with the spec of the global map of
+ * that type. A cluster's inner maps join the CT and NAT tables, so every RPC, GC pass and
+ * the NAT coupling work on them exactly as on the global maps.
+ *
+ * Order matters because the datapath reads through the outer maps:
+ * - create: inner maps pinned and registered first, then their slots written (a program
+ *   never finds a slot pointing at a map ctmapd does not serve);
+ * - delete: slots emptied first (the datapath stops writing), then the entries flushed
+ *   through the GC (every dropped entry becomes a GC event and takes its SNAT mapping with
+ *   it), then the maps unregistered, closed and unpinned.
+ */
+import type { Logger } from 'pino';
+import { openOrCreate } from '../maps/open';
+import type { Family } from '../maps/ctmap/addr';
+import {
+  CtKind,
+  CtMapsConfig,
+  DEFAULT_CLUSTER_ID_MAX,
+  MapRef,
+  clusterInnerCtMapSpec,
+  clusterOuterCtMapSpec,
+  validateClusterId,
+} from '../maps/ctmap/spec';
+import type { CtTables } from '../maps/ctmap/tables';
+import { NatMapsConfig, clusterInnerNatMapSpec, clusterOuterNatMapSpec } from '../maps/nat/spec';
+import type { NatTables } from '../maps/nat/tables';
+import type { BpfMap, MapBackend, MapSpec } from '../maps/types';
+
+export type ClusterMapsConfig = CtMapsConfig & NatMapsConfig;
+
+/** Removes every entry of the given CT maps through the GC (events, SNAT pairs); returns how many. */
+export type FlushMaps = (refs: MapRef[]) => Promise<number>;
+
+/** One outer map and what it is for. */
+interface Outer {
+  readonly family: Family;
+  /** undefined: the SNAT outer map of the family. */
+  readonly kind?: CtKind;
+  readonly map: BpfMap;
+}
+
+/** A joined cluster's inner maps. */
+export interface ClusterMaps {
+  readonly clusterId: number;
+  readonly ct: { ref: MapRef; map: BpfMap }[];
+  readonly nat: { family: Family; map: BpfMap }[];
+}
+
+const KINDS: readonly CtKind[] = ['tcp', 'any'];
+
+export class ClusterCtMaps {
+  readonly clusterIdMax: number;
+  readonly #outers: Outer[] = [];
+  readonly #clusters = new Map<number, ClusterMaps>();
+  readonly #families: Family[];
+  #closed = false;
+
+  private constructor(
+    private readonly backend: MapBackend,
+    private readonly cfg: ClusterMapsConfig,
+    private readonly ct: CtTables,
+    private readonly nat: NatTables,
+    private readonly flush: FlushMaps,
+    private readonly log: Logger,
+  ) {
+    this.clusterIdMax = cfg.clusterIdMax ?? DEFAULT_CLUSTER_ID_MAX;
+    this.#families = [...(cfg.enableIPv4 ? ['ipv4' as const] : []), ...(cfg.enableIPv6 ? ['ipv6' as const] : [])];
+  }
+
+  /**
+   * Opens (or creates) the outer maps of the enabled families (Cilium's OpenOrCreate), then
+   * picks up the clusters whose inner maps are still pinned from an earlier run: they are
+   * registered and their slots rewritten (an outer map recreated for a new
+   * --max-connected-clusters starts empty). Such clusters are "pinned but unclaimed" until
+   * a source claims them; see Membership's reconcile.
+   */
+  static open(backend: MapBackend, cfg: ClusterMapsConfig, ct: CtTables, nat: NatTables, flush: FlushMaps, log: Logger): ClusterCtMaps {
+    const self = new ClusterCtMaps(backend, cfg, ct, nat, flush, log.child({ component: 'cluster-maps' }));
+    try {
+      for (const family of self.#families) {
+        for (const kind of KINDS) self.#outers.push({ family, kind, map: openOrCreate(backend, clusterOuterCtMapSpec(cfg, family, kind), log).map });
+        self.#outers.push({ family, map: openOrCreate(backend, clusterOuterNatMapSpec(cfg, family), log).map });
+      }
+      for (let id = 1; id <= self.clusterIdMax; id++) {
+        if (self.#innerSpecs(id).some((s) => backend.pinnedInfo(s.pinPath!))) self.#createSync(id);
+      }
+    } catch (err) {
+      self.close();
+      throw err;
+    }
+    if (self.#clusters.size > 0) self.log.info({ clusters: [...self.#clusters.keys()] }, 'per-cluster CT maps found pinned from an earlier run');
+    return self;
+  }
+
+  /** Ids with inner maps, ascending. */
+  ids(): number[] {
+    return [...this.#clusters.keys()].sort((a, b) => a - b);
+  }
+
+  has(id: number): boolean {
+    return this.#clusters.has(id);
+  }
+
+  get(id: number): ClusterMaps | undefined {
+    return this.#clusters.get(id);
+  }
+
+  /** The outer maps (CT then SNAT, per family), for listings. */
+  outers(): readonly { family: Family; kind?: CtKind; map: BpfMap }[] {
+    return this.#outers;
+  }
+
+  /**
+   * Creates (or reuses, when pinned) the cluster's inner maps and writes them into the
+   * outer maps (Cilium's CreateClusterCTMaps). Idempotent: a joined cluster is returned as
+   * it is. Throws INVALID_ARGUMENT naming `field` for an id outside 1..ClusterIDMax.
+   */
+  create(id: number, field = 'cluster_id'): ClusterMaps {
+    validateClusterId(id, this.clusterIdMax, field);
+    return this.#clusters.get(id) ?? this.#createSync(id);
+  }
+
+  /**
+   * Removes the cluster (Cilium's DeleteClusterCTMaps): empties its outer slots, flushes
+   * its CT maps through the GC, then unregisters, closes and unpins its inner maps.
+   * Idempotent: returns undefined when the cluster has no maps, else the number of CT
+   * entries dropped with it. Throws INVALID_ARGUMENT for an id outside 1..ClusterIDMax.
+   */
+  async delete(id: number, field = 'cluster_id'): Promise<number | undefined> {
+    validateClusterId(id, this.clusterIdMax, field);
+    const cluster = this.#clusters.get(id);
+    if (!cluster) {
+      // Nothing registered, but pins may be left by a crash between unpins: remove them.
+      for (const s of this.#innerSpecs(id)) this.backend.unpin(s.pinPath!);
+      return undefined;
+    }
+    this.#clearSlots(id);
+    let dropped: number;
+    try {
+      dropped = await this.flush(cluster.ct.map((c) => c.ref));
+    } catch (err) {
+      // Entries that could not be published are not dropped silently: the cluster stays.
+      this.#writeSlots(cluster);
+      throw err;
+    }
+    this.#forget(cluster);
+    this.log.info({ clusterId: id, dropped }, 'per-cluster CT maps removed');
+    return dropped;
+  }
+
+  /**
+   * Removes every inner and outer map of the selected families (Cilium's
+   * CleanupPerClusterCTMaps), flushing the inner maps through the GC first. Returns the
+   * number of maps removed (inner and outer, pins that existed).
+   */
+  async cleanup(ipv4: boolean, ipv6: boolean): Promise<number> {
+    const families = new Set<Family>([...(ipv4 ? ['ipv4' as const] : []), ...(ipv6 ? ['ipv6' as const] : [])]);
+    let removed = 0;
+    for (let id = 1; id <= this.clusterIdMax; id++) {
+      const specs = this.#innerSpecs(id, [...families]);
+      const cluster = this.#clusters.get(id);
+      if (cluster) {
+        const ct = cluster.ct.filter((c) => families.has(c.ref.family));
+        const nat = cluster.nat.filter((n) => families.has(n.family));
+        if (ct.length === 0 && nat.length === 0) continue;
+        this.#clearSlots(id, families);
+        try {
+          await this.flush(ct.map((c) => c.ref));
+        } catch (err) {
+          this.#writeSlots(cluster);
+          throw err;
+        }
+        const rest = { clusterId: id, ct: cluster.ct.filter((c) => !families.has(c.ref.family)), nat: cluster.nat.filter((n) => !families.has(n.family)) };
+        this.#forget({ clusterId: id, ct, nat });
+        if (rest.ct.length + rest.nat.length > 0) this.#clusters.set(id, rest);
+        removed += ct.length + nat.length;
+      } else {
+        for (const s of specs) if (this.backend.unpin(s.pinPath!)) removed++;
+      }
+    }
+    // The outer maps of those families, also when this run never opened them (family disabled).
+    for (const family of families) {
+      for (const spec of [...KINDS.map((kind) => clusterOuterCtMapSpec(this.cfg, family, kind)), clusterOuterNatMapSpec(this.cfg, family)]) {
+        const i = this.#outers.findIndex((o) => o.map.spec.name === spec.name);
+        if (i >= 0) this.#outers.splice(i, 1)[0].map.close();
+        if (this.backend.unpin(spec.pinPath!)) removed++;
+      }
+    }
+    this.log.info({ ipv4, ipv6, removed }, 'per-cluster CT maps cleaned up');
+    return removed;
+  }
+
+  /** Closes every map this holds (pins stay). Idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const cluster of this.#clusters.values()) {
+      for (const c of cluster.ct) this.ct.remove(c.ref)?.map.close();
+      for (const n of cluster.nat) this.nat.remove({ family: n.family, clusterId: cluster.clusterId })?.map.close();
+    }
+    this.#clusters.clear();
+    for (const o of this.#outers) o.map.close();
+    this.#outers.length = 0;
+  }
+
+  /** Inner map specs of cluster `id` for `families` (default: the enabled ones), CT then SNAT. */
+  #innerSpecs(id: number, families: readonly Family[] = this.#families): MapSpec[] {
+    return families.flatMap((family) => [...KINDS.map((kind) => clusterInnerCtMapSpec(this.cfg, family, kind, id)), clusterInnerNatMapSpec(this.cfg, family, id)]);
+  }
+
+  #createSync(id: number): ClusterMaps {
+    const cluster: ClusterMaps = { clusterId: id, ct: [], nat: [] };
+    const created = new Set<BpfMap>();
+    const open = (spec: MapSpec): BpfMap => {
+      const r = openOrCreate(this.backend, spec, this.log);
+      if (r.outcome !== 'reused') created.add(r.map);
+      return r.map;
+    };
+    try {
+      for (const family of this.#families) {
+        for (const kind of KINDS) {
+          const ref: MapRef = { family, kind, clusterId: id };
+          const map = open(clusterInnerCtMapSpec(this.cfg, family, kind, id));
+          cluster.ct.push({ ref, map });
+          this.ct.add({ ref, map });
+        }
+        const map = open(clusterInnerNatMapSpec(this.cfg, family, id));
+        cluster.nat.push({ family, map });
+        this.nat.add({ ref: { family, clusterId: id }, map });
+      }
+      this.#writeSlots(cluster);
+    } catch (err) {
+      // Leave nothing half-joined: slots emptied, maps unregistered and closed, and the
+      // maps this call created unpinned (pinned maps it reused keep their entries).
+      this.#clearSlots(id);
+      for (const c of cluster.ct) this.ct.remove(c.ref);
+      for (const n of cluster.nat) this.nat.remove({ family: n.family, clusterId: id });
+      for (const m of [...cluster.ct.map((c) => c.map), ...cluster.nat.map((n) => n.map)]) {
+        m.close();
+        if (created.has(m) && m.spec.pinPath) this.backend.unpin(m.spec.pinPath);
+      }
+      throw err;
+    }
+    this.#clusters.set(id, cluster);
+    return cluster;
+  }
+
+  #writeSlots(cluster: ClusterMaps): void {
+    const key = u32(cluster.clusterId);
+    for (const o of this.#outers) {
+      const inner = o.kind
+        ? cluster.ct.find((c) => c.ref.family === o.family && c.ref.kind === o.kind)?.map
+        : cluster.nat.find((n) => n.family === o.family)?.map;
+      if (inner) o.map.update(key, u32(inner.outerSlotValue()));
+    }
+  }
+
+  #clearSlots(id: number, families?: Set<Family>): void {
+    const key = u32(id);
+    for (const o of this.#outers) if (!families || families.has(o.family)) o.map.delete(key);
+  }
+
+  /** Unregisters, closes and unpins the given inner maps. */
+  #forget(cluster: ClusterMaps): void {
+    this.#clusters.delete(cluster.clusterId);
+    for (const c of cluster.ct) {
+      this.ct.remove(c.ref);
+      c.map.close();
+      if (c.map.spec.pinPath) this.backend.unpin(c.map.spec.pinPath);
+    }
+    for (const n of cluster.nat) {
+      this.nat.remove({ family: n.family, clusterId: cluster.clusterId });
+      n.map.close();
+      if (n.map.spec.pinPath) this.backend.unpin(n.map.spec.pinPath);
+    }
+  }
+}
+
+function u32(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(n, 0);
+  return b;
+}

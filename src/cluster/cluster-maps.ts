@@ -81,10 +81,7 @@ export class ClusterCtMaps {
   static open(backend: MapBackend, cfg: ClusterMapsConfig, ct: CtTables, nat: NatTables, flush: FlushMaps, log: Logger): ClusterCtMaps {
     const self = new ClusterCtMaps(backend, cfg, ct, nat, flush, log.child({ component: 'cluster-maps' }));
     try {
-      for (const family of self.#families) {
-        for (const kind of KINDS) self.#outers.push({ family, kind, map: openOrCreate(backend, clusterOuterCtMapSpec(cfg, family, kind), log).map });
-        self.#outers.push({ family, map: openOrCreate(backend, clusterOuterNatMapSpec(cfg, family), log).map });
-      }
+      self.#ensureOuters();
       for (let id = 1; id <= self.clusterIdMax; id++) {
         if (self.#innerSpecs(id).some((s) => backend.pinnedInfo(s.pinPath!))) self.#createSync(id);
       }
@@ -121,7 +118,17 @@ export class ClusterCtMaps {
    */
   create(id: number, field = 'cluster_id'): ClusterMaps {
     validateClusterId(id, this.clusterIdMax, field);
-    return this.#clusters.get(id) ?? this.#createSync(id);
+    // After CleanupPerClusterCTMaps the outer maps are gone: a new cluster brings them back.
+    this.#ensureOuters();
+    const have = this.#clusters.get(id);
+    if (have && have.ct.length === 2 * this.#families.length && have.nat.length === this.#families.length) return have;
+    if (have) {
+      // Part of it was cleaned up (one family): reopen the rest with the missing part.
+      this.#clusters.delete(id);
+      for (const c of have.ct) this.ct.remove(c.ref)?.map.close();
+      for (const n of have.nat) this.nat.remove({ family: n.family, clusterId: id })?.map.close();
+    }
+    return this.#createSync(id);
   }
 
   /**
@@ -205,6 +212,17 @@ export class ClusterCtMaps {
     this.#clusters.clear();
     for (const o of this.#outers) o.map.close();
     this.#outers.length = 0;
+  }
+
+  /** Opens (or creates) the outer maps of the enabled families that are not open. */
+  #ensureOuters(): void {
+    for (const family of this.#families) {
+      for (const kind of [...KINDS, undefined]) {
+        if (this.#outers.some((o) => o.family === family && o.kind === kind)) continue;
+        const spec = kind ? clusterOuterCtMapSpec(this.cfg, family, kind) : clusterOuterNatMapSpec(this.cfg, family);
+        this.#outers.push({ family, kind, map: openOrCreate(this.backend, spec, this.log).map });
+      }
+    }
   }
 
   /** Inner map specs of cluster `id` for `families` (default: the enabled ones), CT then SNAT. */

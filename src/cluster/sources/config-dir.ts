@@ -297,6 +297,7 @@ export class ConfigDirSource implements MembershipSource {
     } catch {
       return; // gone again: the next scan sees it
     }
+    if (this.stopping !== undefined) return;
     if (this.fsWatcher !== undefined && this.watchedIno === ino) return;
     this.closeFsWatch();
     try {

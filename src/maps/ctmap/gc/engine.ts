@@ -87,6 +87,9 @@ export class GCEngine {
     const time = opts.filter.time ?? ctNow();
     const maps: GCMapStats[] = [];
     for (const table of opts.tables) {
+      // A cluster that left while this pass waited for its turn: its maps are gone, and
+      // their entries were flushed (and published) by the pass that removed them.
+      if (table.map.closed) continue;
       const stats: GCMapStats = { ref: table.ref, alive: 0, deleted: 0, skipped: 0, refreshed: 0, maxEntries: table.map.spec.maxEntries };
       maps.push(stats);
       await this.#collect(table, opts, time, stats);

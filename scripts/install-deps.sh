@@ -3,7 +3,9 @@
 # Idempotent and quiet when everything is there. Needs root (apt-get) for a fresh machine.
 set -euo pipefail
 
-pkgs=(clang llvm libbpf-dev libbpf1 bpftool iproute2 gcc make libelf-dev zlib1g-dev)
+# etcd-server, etcd-client, openssl: the real etcd (etcdctl, test certificates) of the
+# clustermesh tests' etcd tier.
+pkgs=(clang llvm libbpf-dev libbpf1 bpftool iproute2 gcc make libelf-dev zlib1g-dev etcd-server etcd-client openssl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

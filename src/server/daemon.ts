@@ -4,6 +4,8 @@
  */
 import { ClusterCtMaps } from '../cluster/cluster-maps';
 import { Membership } from '../cluster/membership';
+import type { MembershipSource } from '../cluster/membership-types';
+import { ConfigDirSource } from '../cluster/sources/config-dir';
 import { ensureBpffs } from '../maps/bpffs';
 import { selectBackend } from '../maps/backend';
 import { FLUSH_TIME, GCEngine } from '../maps/ctmap/gc/engine';
@@ -167,6 +169,19 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
     throw err;
   }
   scheduler.start();
+  // Clustermesh: each remote cluster's etcd says which id it has; claims join, releases leave.
+  const sources: MembershipSource[] = [];
+  if (config.clustermeshConfig) {
+    const source = new ConfigDirSource({
+      dir: config.clustermeshConfig,
+      sink: membership,
+      log: log.child({ component: 'clustermesh' }),
+      graceMs: config.clustermeshEtcdGrace * 1000,
+    });
+    await source.start();
+    sources.push(source);
+  }
+  membership.reconcileAfterSync(sources, config.clustermeshReconcileGrace * 1000);
   server.markServing();
   log.info(
     { addresses: server.addresses, backend: backend.name, maps: tables.active().map((t) => ({ map: refLabel(t.ref), pin: t.map.spec.pinPath, maxEntries: t.map.spec.maxEntries })) },
@@ -188,6 +203,7 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
     stop(graceMs = 5000) {
       stopping ??= (async () => {
         await server.shutdown(graceMs);
+        for (const source of sources) await source.stop(); // releases nothing: maps stay pinned
         await scheduler.stop({ abort: true });
         await metricsServer?.close();
         closeMaps();

@@ -218,8 +218,8 @@ describe('EtcdClusterWatcher (real etcd)', () => {
     await waitFor(() => warnings().length === 3, 'a warning about the rejected claim');
     assert.match(warnings()[2].msg, /rejected/);
     assert.match(String(warnings()[2].err?.message), /cluster_id: must be in 1\.\.255/);
-    assert.deepEqual(sink.of('w-one'), ['claim:7', 'claim:9'], 'bad values neither claim nor release');
-    assert.equal(w.claimedId, 9, 'the last valid claim is kept');
+    assert.deepEqual(sink.of('w-one'), ['claim:7', 'claim:9'], 'bad values neither claim nor release: the last valid claim stays');
+    assert.equal(warnings()[0].keptId, 9);
 
     await etcd.del(key('w-one'));
     await waitFor(() => sink.of('w-one').length === 3, 'the release');
@@ -234,7 +234,7 @@ describe('EtcdClusterWatcher (real etcd)', () => {
     assert.deepEqual(sink.of('w-one'), ['claim:7', 'claim:9', 'release', 'claim:5'], 'stop releases nothing and stops watching');
   });
 
-  test('a key absent at the first read: synced without a claim, claimed when written', async (t) => {
+  test('a key absent at the first read: synced after a release (a no-op for a cluster nobody claimed), claimed when written', async (t) => {
     if (!etcdTier(t)) return;
     const etcd = await sharedEtcd();
     const sink = new FakeSink();
@@ -242,10 +242,10 @@ describe('EtcdClusterWatcher (real etcd)', () => {
     t.after(() => w.stop());
     await w.start();
     await w.whenSynced();
-    assert.deepEqual(sink.events, []);
+    assert.deepEqual(sink.of('w-late'), ['release']);
     await etcd.put(key('w-late'), '{"id": 3}');
-    await waitFor(() => sink.of('w-late').length === 1, 'the claim');
-    assert.deepEqual(sink.of('w-late'), ['claim:3']);
+    await waitFor(() => sink.of('w-late').length === 2, 'the claim');
+    assert.deepEqual(sink.of('w-late'), ['release', 'claim:3']);
   });
 
   test('synced waits for the first read: an etcd that never answers counts as synced after the connect timeout', async (t) => {
@@ -265,7 +265,7 @@ describe('EtcdClusterWatcher (real etcd)', () => {
     assert.ok(lines.some((l) => l.level === WARN && /cannot reach the remote cluster etcd/.test(l.msg)));
   });
 
-  test('etcd lost: released after the grace period, claimed again when it is back; a short outage changes nothing', async (t) => {
+  test('etcd lost: released after the grace period, claimed again when it is back; a short outage only re-claims', async (t) => {
     if (!etcdTier(t)) return;
     const etcd = await startEtcd(t);
     const sink = new FakeSink();
@@ -277,26 +277,27 @@ describe('EtcdClusterWatcher (real etcd)', () => {
     await w.whenSynced();
     assert.deepEqual(sink.of('w-lost'), ['claim:4']);
 
-    // An outage shorter than the grace period: no release, and no second claim of the same id.
+    // An outage shorter than the grace period: no release; the reconnect re-claims the same
+    // id, which the sink takes as a no-op.
     await etcd.kill();
     await waitFor(() => lines.some((l) => /lost the remote cluster etcd/.test(l.msg)), 'the loss to be noticed');
     await etcd.restart();
-    await waitFor(() => lines.filter((l) => /connected to the remote cluster etcd/.test(l.msg)).length === 2, 'the reconnect');
+    await waitFor(() => sink.of('w-lost').length === 2, 'the re-claim after the reconnect');
     await sleep(1_200);
-    assert.deepEqual(sink.of('w-lost'), ['claim:4']);
+    assert.deepEqual(sink.of('w-lost'), ['claim:4', 'claim:4']);
 
     const killedAt = Date.now();
     await etcd.kill();
     await sleep(500);
-    assert.deepEqual(sink.of('w-lost'), ['claim:4'], 'still claimed inside the grace period');
-    await waitFor(() => sink.of('w-lost').length === 2, 'the release after the grace period', 3_000);
+    assert.deepEqual(sink.of('w-lost'), ['claim:4', 'claim:4'], 'still claimed inside the grace period');
+    await waitFor(() => sink.of('w-lost').length === 3, 'the release after the grace period', 3_000);
     const releasedAfter = Date.now() - killedAt;
     assert.ok(releasedAfter >= 950, `released ${releasedAfter} ms after the kill`);
-    assert.deepEqual(sink.of('w-lost', true), ['claim:4/etcd', 'release/etcd']);
+    assert.deepEqual(sink.of('w-lost', true), ['claim:4/etcd', 'claim:4/etcd', 'release/etcd']);
 
     await etcd.restart();
-    await waitFor(() => sink.of('w-lost').length === 3, 'the claim after etcd is back');
-    assert.deepEqual(sink.of('w-lost'), ['claim:4', 'release', 'claim:4']);
+    await waitFor(() => sink.of('w-lost').length === 4, 'the claim after etcd is back');
+    assert.deepEqual(sink.of('w-lost'), ['claim:4', 'claim:4', 'release', 'claim:4']);
   });
 });
 
@@ -390,7 +391,7 @@ describe('ConfigDirSource (real etcd)', () => {
     assert.equal(sink.of('d-new').length, 3, 'the removed cluster\'s etcd is no longer watched');
   });
 
-  test('a secret-volume update to an etcd with the same id reconnects without release or re-claim', async (t) => {
+  test('a secret-volume update to an etcd with the same id reconnects without a release', async (t) => {
     if (!etcdTier(t)) return;
     const [a, b] = await Promise.all([sharedEtcd(), startEtcd(t)]);
     await a.put(key('d-swap'), '{"id": 31}');
@@ -416,12 +417,34 @@ describe('ConfigDirSource (real etcd)', () => {
     assert.deepEqual(sink.of('d-swap'), ['claim:31']);
 
     writeGeneration(2, b.endpoint);
-    await waitFor(() => lines.some((l) => l.cluster === 'd-swap' && /connected to the remote cluster etcd/.test(l.msg) && String(l.etcd) === b.endpoint), 'the connection to the new etcd');
+    await waitFor(() => sink.of('d-swap').length === 2, 'the claim read from the new etcd');
+    assert.ok(lines.some((l) => l.cluster === 'd-swap' && /connected to the remote cluster etcd/.test(l.msg) && String(l.etcd) === b.endpoint));
     await sleep(300);
-    assert.deepEqual(sink.of('d-swap'), ['claim:31'], 'same id: neither released nor claimed again');
+    assert.deepEqual(sink.of('d-swap'), ['claim:31', 'claim:31'], 'same id: re-claimed (a no-op for the sink), never released');
     await b.put(key('d-swap'), '{"id": 32}');
-    await waitFor(() => sink.of('d-swap').length === 2, 'a change in the new etcd');
-    assert.deepEqual(sink.of('d-swap'), ['claim:31', 'claim:32']);
+    await waitFor(() => sink.of('d-swap').length === 3, 'a change in the new etcd');
+    assert.deepEqual(sink.of('d-swap'), ['claim:31', 'claim:31', 'claim:32']);
+  });
+
+  test('connects to an etcd with mutual TLS using the files the config names', async (t) => {
+    if (!etcdTier(t)) return;
+    const etcd = await startEtcd(t, { tls: true });
+    assert.ok(etcd.tls !== undefined && etcd.endpoint.startsWith('https://'));
+    await etcd.put(key('d-tls'), '{"id": 61}');
+    await etcd.put(key('d-notls'), '{"id": 62}');
+    const dir = tmpDir(t);
+    const { caFile, certFile, keyFile } = etcd.tls;
+    fs.writeFileSync(path.join(dir, 'd-tls'), `${etcdYaml(etcd.endpoint)}trusted-ca-file: ${caFile}\nkey-file: ${keyFile}\ncert-file: ${certFile}\n`);
+    // Without a client certificate etcd refuses the connection (--client-cert-auth).
+    fs.writeFileSync(path.join(dir, 'd-notls'), `${etcdYaml(etcd.endpoint)}trusted-ca-file: ${caFile}\n`);
+    const sink = new FakeSink();
+    const { log, lines } = capturingLogger();
+    const src = new ConfigDirSource({ dir, sink, log, rescanMs: 200, connectTimeoutMs: 1_000 });
+    t.after(() => src.stop());
+    await src.start();
+    await src.whenSynced();
+    assert.deepEqual(sink.events, [{ op: 'claim', owner: 'clustermesh', name: 'd-tls', id: 61, via: 'etcd' }]);
+    assert.ok(lines.some((l) => l.level === WARN && l.cluster === 'd-notls' && /cannot reach the remote cluster etcd/.test(l.msg)));
   });
 
   test('the initial files hold synced back until their etcds answered or timed out', async (t) => {

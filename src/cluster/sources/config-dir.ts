@@ -7,8 +7,8 @@
  *
  * Each valid config gets an EtcdClusterWatcher, which claims the cluster once it has read
  * its id. A file that goes away releases its cluster (via `config-dir`); a file whose
- * content (or TLS material) changes reconnects with the new config, and the claim carries
- * over, so an unchanged id is neither released nor re-claimed.
+ * content (or TLS material) changes reconnects with the new config without a release, so
+ * an unchanged id stays joined throughout.
  */
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -43,7 +43,8 @@ type Entry =
 /**
  * The clustermesh MembershipSource of the daemon. `synced` once the directory has been read
  * and the watcher of every cluster found in that first read is synced; a missing directory
- * counts as read (no clusters).
+ * counts as read (no clusters), and one that disappears later releases its clusters as if
+ * their files had been removed. A directory that exists but cannot be listed changes nothing.
  *
  * A missing directory is a warning, not an error: Cilium mounts the clustermesh secret as
  * optional, and a directory created after the daemon started (by a config manager, or a
@@ -239,11 +240,10 @@ export class ConfigDirSource implements MembershipSource {
     this.skipLogged.delete(name);
     const current = this.clusters.get(name);
     if (current?.fingerprint === config.fingerprint) return;
-    let claimedId: number | undefined;
     if (current !== undefined) {
       this.log.info({ cluster: name, endpoints: config.endpoints }, 'remote cluster config changed; reconnecting');
+      // No release: the new watcher re-claims (same id: no leave), moves or releases the cluster.
       await current.watcher.stop();
-      claimedId = current.watcher.claimedId;
     } else {
       this.log.info({ cluster: name, endpoints: config.endpoints }, 'remote cluster config added');
     }
@@ -254,7 +254,6 @@ export class ConfigDirSource implements MembershipSource {
       log: this.log,
       graceMs: this.graceMs,
       connectTimeoutMs: this.connectTimeoutMs,
-      claimedId,
     });
     this.clusters.set(name, { fingerprint: config.fingerprint, watcher });
     void watcher.whenSynced().then(() => this.checkSynced());

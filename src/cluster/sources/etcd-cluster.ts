@@ -82,12 +82,6 @@ export interface EtcdClusterWatcherOptions {
   readonly graceMs?: number;
   /** Count as synced after this long without a first read; also the deadline of each read (default 10 s). */
   readonly connectTimeoutMs?: number;
-  /**
-   * The id the sink already holds for `name` from a watcher this one replaces (a changed
-   * config file): this watcher takes the claim over, so it is neither re-claimed when the
-   * new etcd says the same, nor left behind when the new etcd says nothing.
-   */
-  readonly claimedId?: number;
 }
 
 /**
@@ -95,6 +89,12 @@ export interface EtcdClusterWatcherOptions {
  * MembershipSource: `synced` once the first read has been reported to the sink (or failed
  * for connectTimeoutMs). Sink calls are made one at a time, in the order etcd reported the
  * changes; a rejected claim is logged and changes nothing.
+ *
+ * Every read and every change is passed on as it is, relying on the sink's idempotency:
+ * each (re)connect claims the id again (the sink recreates maps removed behind its back)
+ * and an absent key releases even a cluster this watcher never claimed. So a watcher that
+ * replaces another one for the same cluster (a changed config file) needs no hand-over: the
+ * same id is re-claimed without a leave, another id moves the cluster, no key releases it.
  */
 export class EtcdClusterWatcher implements MembershipSource {
   readonly name: string;
@@ -106,8 +106,8 @@ export class EtcdClusterWatcher implements MembershipSource {
   private readonly connectTimeoutMs: number;
   private readonly stopSignal = new AbortController();
 
-  /** The id the sink holds for this cluster on our behalf, as far as our calls told us. */
-  private held: number | undefined;
+  /** The id our last accepted claim named (for log lines: what a bad value leaves in place). */
+  private claimed: number | undefined;
   /** Sink calls, chained so they happen in etcd's order and stop() can wait for them. */
   private sinkQueue: Promise<void> = Promise.resolve();
   private loop: Promise<void> | undefined;
@@ -126,17 +126,11 @@ export class EtcdClusterWatcher implements MembershipSource {
     this.log = opts.log.child({ cluster: opts.name, etcd: opts.config.endpoints });
     this.graceMs = opts.graceMs ?? DEFAULT_GRACE_MS;
     this.connectTimeoutMs = opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
-    this.held = opts.claimedId;
     this.syncedPromise = new Promise((resolve) => (this.resolveSynced = resolve));
   }
 
   get synced(): boolean {
     return this.isSynced;
-  }
-
-  /** The id currently claimed through this watcher, if any (hand it to a replacement watcher). */
-  get claimedId(): number | undefined {
-    return this.held;
   }
 
   /** Resolves when `synced` becomes true; never resolves if stopped before that. */
@@ -152,8 +146,9 @@ export class EtcdClusterWatcher implements MembershipSource {
       this.log.warn({ timeoutMs: this.connectTimeoutMs }, 'remote cluster etcd did not answer within the connect timeout; counting it as synced');
       this.markSynced();
     }, this.connectTimeoutMs);
-    // A claim taken over from a replaced watcher must not outlive an etcd that never answers.
-    if (this.held !== undefined) this.startGrace();
+    // Unreachable from the start counts as lost: the claim a replaced watcher made for this
+    // cluster must not outlive an etcd that never answers.
+    this.startGrace();
     this.loop = this.run();
   }
 
@@ -278,32 +273,31 @@ export class EtcdClusterWatcher implements MembershipSource {
       // releasing would delete the cluster's CT maps (and the state of every live
       // cross-cluster connection) over what is most likely a bad write that the
       // clustermesh-apiserver will overwrite. Deletion or a valid value settles it.
-      this.log.warn({ err, key: this.key, revision: kv.mod_revision, keptId: this.held }, 'ignoring a malformed cluster config in etcd');
+      this.log.warn({ err, key: this.key, revision: kv.mod_revision, keptId: this.claimed }, 'ignoring a malformed cluster config in etcd');
       return;
     }
     void this.enqueue(() => this.claim(config.id));
   }
 
   private async claim(id: number): Promise<void> {
-    if (this.held === id) return;
     try {
       await this.sink.claim('clustermesh', this.name, id, 'etcd');
-      this.log.info({ id, previousId: this.held }, 'claimed remote cluster');
-      this.held = id;
+      // A re-claim of the same id (each reconnect) is not news.
+      this.log[this.claimed === id ? 'debug' : 'info']({ id, previousId: this.claimed }, 'claimed remote cluster');
+      this.claimed = id;
     } catch (err) {
-      // The sink did not record it (e.g. id above --max-connected-clusters): what was held stays held.
-      this.log.warn({ err, id, keptId: this.held }, 'the membership sink rejected the remote cluster id');
+      // The sink did not record it (e.g. id above --max-connected-clusters): the last claim stays.
+      this.log.warn({ err, id, keptId: this.claimed }, 'the membership sink rejected the remote cluster id');
     }
   }
 
   private async release(why: string): Promise<void> {
-    if (this.held === undefined) return;
     try {
       await this.sink.release('clustermesh', this.name, 'etcd');
-      this.log.info({ id: this.held, why }, 'released remote cluster');
-      this.held = undefined;
+      this.log[this.claimed === undefined ? 'debug' : 'info']({ id: this.claimed, why }, 'released remote cluster');
+      this.claimed = undefined;
     } catch (err) {
-      this.log.error({ err, id: this.held, why }, 'the membership sink failed to release the remote cluster');
+      this.log.error({ err, id: this.claimed, why }, 'the membership sink failed to release the remote cluster');
     }
   }
 

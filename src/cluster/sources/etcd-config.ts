@@ -72,7 +72,13 @@ export async function parseEtcdConfig(file: string, text: string): Promise<EtcdC
   const doc = parseDocument(text);
   if (doc.errors.length > 0) throw bad('yaml', doc.errors[0].message.trim(), doc.errors[0]);
   if (!isMap(doc.contents)) throw bad('yaml', 'must be a mapping with an `endpoints` list');
-  const raw = doc.toJS() as Record<string, unknown>;
+  let raw: Record<string, unknown>;
+  try {
+    raw = doc.toJS() as Record<string, unknown>;
+  } catch (err) {
+    // e.g. more alias expansions than yaml's maxAliasCount ("billion laughs")
+    throw bad('yaml', (err as Error).message, err);
+  }
 
   const endpoints = raw.endpoints;
   if (!Array.isArray(endpoints) || endpoints.length === 0) throw bad('endpoints', 'must be a non-empty list of URLs');

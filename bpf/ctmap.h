@@ -133,6 +133,25 @@ struct ipv6_nat_entry {
 	__u32 pad4;
 };
 
+/*
+ * Per-CPU counters of bpf/ct_datapath.bpf.c (map ctmapd_ct_stats, one slot). All u64 so
+ * userspace can sum the CPUs' copies field by field.
+ */
+struct ct_datapath_stats {
+	__u64 packets;		/* packets the programs ran on */
+	__u64 lookups;		/* CT map lookups (reverse and forward count apart) */
+	__u64 hits_reply;	/* found in the reverse direction */
+	__u64 hits_related;	/* ICMP errors matched to the flow they quote */
+	__u64 hits_established;	/* found in the forward direction */
+	__u64 creates;		/* new flows inserted */
+	__u64 create_failed;	/* LRU insertions the kernel refused (flow not tracked) */
+	__u64 closes;		/* RST/FIN seen on a tracked flow */
+	__u64 reopens;		/* SYN on a closing entry */
+	__u64 related_misses;	/* ICMP errors quoting no tracked flow: nothing created */
+	__u64 skipped;		/* not IP, other L4 protocol, or a non-first fragment */
+	__u64 malformed;	/* headers shorter than they claim */
+};
+
 _Static_assert(sizeof(union v6addr) == 16, "v6addr size");
 _Static_assert(sizeof(struct ipv4_ct_tuple) == 14, "ipv4_ct_tuple size");
 _Static_assert(sizeof(struct ipv6_ct_tuple) == 38, "ipv6_ct_tuple size");
@@ -141,5 +160,6 @@ _Static_assert(sizeof(struct ct_entry) == 56, "ct_entry size");
 _Static_assert(__builtin_offsetof(struct ct_entry, flags) == 36, "ct_entry flags offset");
 _Static_assert(sizeof(struct ipv4_nat_entry) == 40, "ipv4_nat_entry size");
 _Static_assert(sizeof(struct ipv6_nat_entry) == 56, "ipv6_nat_entry size");
+_Static_assert(sizeof(struct ct_datapath_stats) == 96, "ct_datapath_stats size");
 
 #endif /* CTMAPD_CTMAP_H */

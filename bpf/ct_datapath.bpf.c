@@ -1,0 +1,560 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * Cilium's connection tracking as a TC (clsact) program pair, over the very CT maps ctmapd
+ * creates and pins (ctmap-facts §1-3). Semantics follow Cilium's bpf/lib/conntrack.h as
+ * walked through in seed 002 (ct_lookup4/6, __ct_lookup, ct_create4/6,
+ * ct_update_timeout): reverse direction first so REPLY and RELATED take precedence, then
+ * the forward direction, then create. It only observes: the verdict is always TC_ACT_OK.
+ *
+ * Where this deliberately differs from the seed:
+ * - ICMP errors are keyed by the addresses of the header they quote, not by the outer
+ *   header, so an error sent by a router on the path still finds the flow's RELATED entry.
+ *   An error that matches nothing creates nothing (it is not a new flow).
+ * - A SYN reopening a closing entry also clears SeenNonSyn and the seen flags, so the
+ *   reopened flow gets the SYN timeout until it is established again (newer Cilium does
+ *   the same).
+ * - Accounting is one packets/bytes pair per entry, as struct ct_entry (Cilium >= 1.13)
+ *   has it; direction shows in tx/rx_flags_seen and last_tx/rx_report.
+ *
+ * CT clock: bpf_ktime_get_ns() / 1e9, CLOCK_MONOTONIC seconds, the clock ctNow() in
+ * src/maps/ctmap/format.ts reads through process.hrtime (facts §3), so the GC and the dump
+ * agree with what is written here. Cilium's jiffies-based bpf_mono_now() variant is not used.
+ *
+ * Every packet read goes through bpf_skb_load_bytes: it bounds-checks against the whole
+ * skb (linear or not), so no parser step has to prove packet bounds to the verifier.
+ */
+#include <stdbool.h>
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/in6.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "ctmap.h"
+
+/*
+ * Lifetimes in seconds, set by the loader before load from the agent flags (facts §5);
+ * the initialisers are Cilium's defaults. Service lifetimes are not here: this program
+ * does no load balancing, so it never looks up TUPLE_F_SERVICE entries.
+ */
+const volatile __u32 CT_CONNECTION_LIFETIME_TCP = 8000;
+const volatile __u32 CT_CONNECTION_LIFETIME_NONTCP = 60;
+const volatile __u32 CT_SYN_TIMEOUT = 60;
+const volatile __u32 CT_CLOSE_TIMEOUT = 10;
+/* --monitor-aggregation-interval: last_{tx,rx}_report is refreshed at most this often. */
+const volatile __u32 CT_REPORT_INTERVAL = 5;
+/* --monitor-aggregation-flags (default "all"): TCP flags recorded in {tx,rx}_flags_seen. */
+const volatile __u8 CT_REPORT_FLAGS = 0xff;
+
+/*
+ * No `pinning` attribute: the maps live under <bpffs>/tc/globals/ where the daemon pins
+ * them, and the loader hands them in with bpf_map__reuse_fd. With LIBBPF_PIN_BY_NAME,
+ * libbpf would pin a map it did not find at its own default path instead.
+ * The sizes are placeholders; a reused map keeps its own.
+ */
+#define CT_MAP(_name, _key, _max)				\
+	struct {						\
+		__uint(type, BPF_MAP_TYPE_LRU_HASH);		\
+		__uint(max_entries, _max);			\
+		__type(key, _key);				\
+		__type(value, struct ct_entry);			\
+	} _name SEC(".maps")
+
+CT_MAP(cilium_ct4_global, struct ipv4_ct_tuple, 524288);
+CT_MAP(cilium_ct_any4_global, struct ipv4_ct_tuple, 262144);
+CT_MAP(cilium_ct6_global, struct ipv6_ct_tuple, 524288);
+CT_MAP(cilium_ct_any6_global, struct ipv6_ct_tuple, 262144);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ct_datapath_stats);
+} ctmapd_ct_stats SEC(".maps");
+
+enum ct_dir {
+	CT_EGRESS,
+	CT_INGRESS,
+};
+
+enum ct_action {
+	ACTION_UNSPEC,
+	ACTION_CREATE,
+	ACTION_CLOSE,
+};
+
+enum ct_result {
+	CT_NEW,
+	CT_ESTABLISHED,
+	CT_REPLY,
+	CT_RELATED,
+};
+
+/*
+ * ICMP and ICMPv6 types (RFC 792, RFC 4443), spelled out because <linux/icmp.h> pulls in
+ * libc headers that do not build for -target bpf.
+ */
+#define ICMP_ECHOREPLY		0
+#define ICMP_DEST_UNREACH	3
+#define ICMP_ECHO		8
+#define ICMP_TIME_EXCEEDED	11
+#define ICMP_PARAMETERPROB	12
+#define ICMPV6_DEST_UNREACH	1
+#define ICMPV6_PKT_TOOBIG	2
+#define ICMPV6_TIME_EXCEED	3
+#define ICMPV6_PARAMPROB	4
+#define ICMPV6_ECHO_REQUEST	128
+#define ICMPV6_ECHO_REPLY	129
+
+/* Low byte of the TCP flags word (byte 13 of the header). */
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+
+/* What the parser learned about the packet, besides the tuple. */
+struct ct_pkt {
+	__u32 len;
+	__u8 action;
+	__u8 tcp_flags;
+	bool is_tcp;
+};
+
+#define STAT_INC(_s, _field)				\
+	do {						\
+		if (_s)					\
+			__sync_fetch_and_add(&(_s)->_field, 1);	\
+	} while (0)
+
+static __always_inline struct ct_datapath_stats *stats(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&ctmapd_ct_stats, &zero);
+}
+
+static __always_inline __u32 ct_now(void)
+{
+	return bpf_ktime_get_ns() / 1000000000ULL;
+}
+
+/* Cilium's ct_entry_alive: a flow is live until both sides have closed. */
+static __always_inline bool ct_entry_alive(const struct ct_entry *e)
+{
+	return !e->rx_closing || !e->tx_closing;
+}
+
+/*
+ * Sets the expiry to now + lifetime and, per direction, merges the reportable TCP flags;
+ * the report time moves only when the interval has passed or a new flag shows up, which
+ * is what lets a monitor aggregate per flow instead of per packet.
+ */
+static __always_inline void __ct_update_timeout(struct ct_entry *e, __u32 lifetime, int dir, __u8 tcp_flags)
+{
+	__u32 now = ct_now();
+	__u8 seen = tcp_flags & CT_REPORT_FLAGS;
+	__u8 acc;
+	__u32 last;
+
+	e->lifetime = now + lifetime;
+	if (dir == CT_INGRESS) {
+		acc = e->rx_flags_seen;
+		last = e->last_rx_report;
+	} else {
+		acc = e->tx_flags_seen;
+		last = e->last_tx_report;
+	}
+	seen |= acc;
+	if (last + CT_REPORT_INTERVAL < now || acc != seen) {
+		if (dir == CT_INGRESS) {
+			e->rx_flags_seen = seen;
+			e->last_rx_report = now;
+		} else {
+			e->tx_flags_seen = seen;
+			e->last_tx_report = now;
+		}
+	}
+}
+
+/* SYN timeout until a packet without SYN has been seen, then the established lifetime. */
+static __always_inline void ct_update_timeout(struct ct_entry *e, const struct ct_pkt *p, int dir)
+{
+	__u32 lifetime = CT_CONNECTION_LIFETIME_NONTCP;
+
+	if (p->is_tcp) {
+		if (!(p->tcp_flags & TCP_SYN))
+			e->seen_non_syn = 1;
+		lifetime = e->seen_non_syn ? CT_CONNECTION_LIFETIME_TCP : CT_SYN_TIMEOUT;
+	}
+	__ct_update_timeout(e, lifetime, dir, p->tcp_flags);
+}
+
+/* One lookup: refresh, account and apply the packet's action to a found entry. */
+static __always_inline int __ct_lookup(void *map, void *tuple, const struct ct_pkt *p, int dir,
+				       struct ct_datapath_stats *st)
+{
+	struct ct_entry *e;
+
+	STAT_INC(st, lookups);
+	e = bpf_map_lookup_elem(map, tuple);
+	if (!e)
+		return CT_NEW;
+
+	if (ct_entry_alive(e))
+		ct_update_timeout(e, p, dir);
+	__sync_fetch_and_add(&e->packets, 1);
+	__sync_fetch_and_add(&e->bytes, p->len);
+
+	switch (p->action) {
+	case ACTION_CREATE:
+		if ((e->rx_closing || e->tx_closing) && (p->tcp_flags & TCP_SYN)) {
+			e->rx_closing = 0;
+			e->tx_closing = 0;
+			e->seen_non_syn = 0;
+			e->rx_flags_seen = 0;
+			e->tx_flags_seen = 0;
+			ct_update_timeout(e, p, dir);
+			STAT_INC(st, reopens);
+		}
+		break;
+	case ACTION_CLOSE:
+		if (dir == CT_INGRESS)
+			e->rx_closing = 1;
+		else
+			e->tx_closing = 1;
+		STAT_INC(st, closes);
+		if (!ct_entry_alive(e))
+			__ct_update_timeout(e, CT_CLOSE_TIMEOUT, dir, p->tcp_flags);
+		break;
+	}
+	return CT_ESTABLISHED;
+}
+
+/*
+ * A new flow's entry as ct_create fills it: for TCP the first packet counts as a SYN
+ * whatever its flags, so a flow picked up mid-stream still starts on the SYN timeout
+ * until the next non-SYN packet.
+ */
+static __always_inline void ct_new_entry(struct ct_entry *e, const struct ct_pkt *p, int dir)
+{
+	struct ct_pkt first = *p;
+
+	if (p->is_tcp)
+		first.tcp_flags |= TCP_SYN;
+	ct_update_timeout(e, &first, dir);
+	e->packets = 1;
+	e->bytes = p->len;
+}
+
+static __always_inline void ipv4_ct_tuple_reverse(struct ipv4_ct_tuple *t)
+{
+	__be32 a = t->saddr;
+	__be16 port = t->sport;
+
+	t->saddr = t->daddr;
+	t->daddr = a;
+	t->sport = t->dport;
+	t->dport = port;
+	t->flags ^= TUPLE_F_IN;
+}
+
+static __always_inline void ipv6_ct_tuple_reverse(struct ipv6_ct_tuple *t)
+{
+	union v6addr a = t->saddr;
+	__be16 port = t->sport;
+
+	t->saddr = t->daddr;
+	t->daddr = a;
+	t->sport = t->dport;
+	t->dport = port;
+	t->flags ^= TUPLE_F_IN;
+}
+
+/* The part both tuples share after the addresses, at offset 8 (v4) or 32 (v6). */
+struct ct_tuple_tail {
+	__be16 dport;
+	__be16 sport;
+	__u8 nexthdr;
+	__u8 flags;
+} __attribute__((packed));
+
+_Static_assert(__builtin_offsetof(struct ipv4_ct_tuple, dport) == 8, "v4 tail offset");
+_Static_assert(__builtin_offsetof(struct ipv6_ct_tuple, dport) == 32, "v6 tail offset");
+
+/*
+ * The L4 part of the tuple, shared by both families. On entry the tuple holds the packet's
+ * addresses as they are (daddr = destination): the reverse-direction key, which is why the
+ * packet's source port goes into dport (Cilium loads both ports into &tuple->dport).
+ * For ICMP(v6) errors the tuple gets TUPLE_F_RELATED and `inner` the offset of the quoted
+ * IP header. Returns 0, or -1 for a truncated header.
+ */
+static __always_inline int ct_parse_l4(struct __sk_buff *skb, __u32 off, struct ct_tuple_tail *t,
+				       struct ct_pkt *p, __u32 *inner)
+{
+	__u8 hdr[14];
+
+	switch (t->nexthdr) {
+	case IPPROTO_TCP:
+		if (bpf_skb_load_bytes(skb, off, hdr, 14) < 0)
+			return -1;
+		t->dport = *(__be16 *)&hdr[0];
+		t->sport = *(__be16 *)&hdr[2];
+		p->is_tcp = true;
+		p->tcp_flags = hdr[13];
+		p->action = (hdr[13] & (TCP_RST | TCP_FIN)) ? ACTION_CLOSE : ACTION_CREATE;
+		return 0;
+	case IPPROTO_UDP:
+		if (bpf_skb_load_bytes(skb, off, hdr, 4) < 0)
+			return -1;
+		t->dport = *(__be16 *)&hdr[0];
+		t->sport = *(__be16 *)&hdr[2];
+		p->action = ACTION_CREATE;
+		return 0;
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6:
+		/* type, code, checksum, then the echo id (or the error's unused word). */
+		if (bpf_skb_load_bytes(skb, off, hdr, 8) < 0)
+			return -1;
+		t->dport = 0;
+		t->sport = 0;
+		p->action = ACTION_CREATE;
+		if (t->nexthdr == IPPROTO_ICMP) {
+			switch (hdr[0]) {
+			case ICMP_DEST_UNREACH:
+			case ICMP_TIME_EXCEEDED:
+			case ICMP_PARAMETERPROB:
+				goto related;
+			case ICMP_ECHOREPLY:
+				t->sport = *(__be16 *)&hdr[4];
+				break;
+			case ICMP_ECHO:
+				t->dport = *(__be16 *)&hdr[4];
+				break;
+			}
+		} else {
+			switch (hdr[0]) {
+			case ICMPV6_DEST_UNREACH:
+			case ICMPV6_PKT_TOOBIG:
+			case ICMPV6_TIME_EXCEED:
+			case ICMPV6_PARAMPROB:
+				goto related;
+			case ICMPV6_ECHO_REPLY:
+				t->sport = *(__be16 *)&hdr[4];
+				break;
+			case ICMPV6_ECHO_REQUEST:
+				t->dport = *(__be16 *)&hdr[4];
+				break;
+			}
+		}
+		return 0;
+related:
+		t->flags |= TUPLE_F_RELATED;
+		p->action = ACTION_UNSPEC;
+		*inner = off + 8;
+		return 0;
+	}
+	return -1;
+}
+
+/*
+ * Reverse first (REPLY, or RELATED for an ICMP error), then forward (ESTABLISHED), then
+ * create unless the packet is an ICMP error. `tuple` arrives as the reverse key; `any` and
+ * `icmp_proto` are the map and protocol of the flow's RELATED entry. `v6` is a constant in
+ * each caller, so the family branches fold away.
+ */
+static __always_inline void ct_process(void *map, void *any, void *tuple, bool v6, const struct ct_pkt *p,
+				       int dir, struct ct_datapath_stats *st)
+{
+	struct ct_tuple_tail *t = tuple + (v6 ? 32 : 8);
+	struct ct_entry e = {};
+	bool related = t->flags & TUPLE_F_RELATED;
+
+	if (__ct_lookup(map, tuple, p, dir, st) != CT_NEW) {
+		if (related)
+			STAT_INC(st, hits_related);
+		else
+			STAT_INC(st, hits_reply);
+		return;
+	}
+	if (v6)
+		ipv6_ct_tuple_reverse(tuple);
+	else
+		ipv4_ct_tuple_reverse(tuple);
+	if (__ct_lookup(map, tuple, p, dir, st) != CT_NEW) {
+		if (related)
+			STAT_INC(st, hits_related);
+		else
+			STAT_INC(st, hits_established);
+		return;
+	}
+	if (related) {
+		STAT_INC(st, related_misses);
+		return;
+	}
+
+	ct_new_entry(&e, p, dir);
+	if (bpf_map_update_elem(map, tuple, &e, BPF_ANY) < 0) {
+		STAT_INC(st, create_failed);
+		return;
+	}
+	STAT_INC(st, creates);
+	/*
+	 * The RELATED entry: the flow's addresses and direction, no ports, so that any ICMP
+	 * error quoting the flow finds it. SeenNonSyn since ICMP has no SYN. If this insert
+	 * fails the flow itself stays tracked; errors about it then go unmatched.
+	 */
+	t->nexthdr = v6 ? IPPROTO_ICMPV6 : IPPROTO_ICMP;
+	t->sport = 0;
+	t->dport = 0;
+	t->flags |= TUPLE_F_RELATED;
+	e.seen_non_syn = 1;
+	if (bpf_map_update_elem(any, tuple, &e, BPF_ANY) < 0)
+		STAT_INC(st, create_failed);
+}
+
+static __always_inline void ct4(struct __sk_buff *skb, int dir, struct ct_datapath_stats *st)
+{
+	struct ipv4_ct_tuple tuple = {};
+	struct ct_pkt p = { .len = skb->len };
+	struct iphdr ip;
+	__u32 inner = 0;
+	void *map;
+
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0 || ip.ihl < 5) {
+		STAT_INC(st, malformed);
+		return;
+	}
+	/* Later fragments carry no L4 header to key on. */
+	if (ip.frag_off & bpf_htons(0x1fff)) {
+		STAT_INC(st, skipped);
+		return;
+	}
+	if (ip.protocol != IPPROTO_TCP && ip.protocol != IPPROTO_UDP && ip.protocol != IPPROTO_ICMP) {
+		STAT_INC(st, skipped);
+		return;
+	}
+	tuple.daddr = ip.daddr;
+	tuple.saddr = ip.saddr;
+	tuple.nexthdr = ip.protocol;
+	tuple.flags = dir == CT_INGRESS ? TUPLE_F_OUT : TUPLE_F_IN;
+	if (ct_parse_l4(skb, ETH_HLEN + ip.ihl * 4, (void *)&tuple + 8, &p, &inner) < 0) {
+		STAT_INC(st, malformed);
+		return;
+	}
+	if (inner) {
+		/* The quoted packet went the other way: its source is this packet's destination. */
+		struct iphdr q;
+
+		if (bpf_skb_load_bytes(skb, inner, &q, sizeof(q)) < 0 || q.version != 4) {
+			STAT_INC(st, malformed);
+			return;
+		}
+		tuple.daddr = q.saddr;
+		tuple.saddr = q.daddr;
+	}
+	map = p.is_tcp ? (void *)&cilium_ct4_global : (void *)&cilium_ct_any4_global;
+	ct_process(map, &cilium_ct_any4_global, &tuple, false, &p, dir, st);
+}
+
+/* Extension headers skipped before the L4 header; more than this is left untracked. */
+#define IPV6_MAX_EXT 4
+
+static __always_inline void ct6(struct __sk_buff *skb, int dir, struct ct_datapath_stats *st)
+{
+	struct ipv6_ct_tuple tuple = {};
+	struct ct_pkt p = { .len = skb->len };
+	struct ipv6hdr ip;
+	__u32 off = ETH_HLEN + sizeof(ip), inner = 0;
+	__u8 nexthdr;
+	void *map;
+	int i;
+
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0) {
+		STAT_INC(st, malformed);
+		return;
+	}
+	nexthdr = ip.nexthdr;
+	for (i = 0; i < IPV6_MAX_EXT; i++) {
+		__u8 ext[4];
+
+		if (nexthdr != IPPROTO_HOPOPTS && nexthdr != IPPROTO_ROUTING && nexthdr != IPPROTO_DSTOPTS &&
+		    nexthdr != IPPROTO_FRAGMENT)
+			break;
+		if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)) < 0) {
+			STAT_INC(st, malformed);
+			return;
+		}
+		if (nexthdr == IPPROTO_FRAGMENT) {
+			/* Fragment offset in the top 13 bits of bytes 2-3: only the first has L4. */
+			if ((*(__be16 *)&ext[2]) & bpf_htons(0xfff8)) {
+				STAT_INC(st, skipped);
+				return;
+			}
+			off += 8;
+		} else {
+			off += (ext[1] + 1) * 8;
+		}
+		nexthdr = ext[0];
+	}
+	if (nexthdr != IPPROTO_TCP && nexthdr != IPPROTO_UDP && nexthdr != IPPROTO_ICMPV6) {
+		STAT_INC(st, skipped);
+		return;
+	}
+	__builtin_memcpy(&tuple.daddr, &ip.daddr, sizeof(tuple.daddr));
+	__builtin_memcpy(&tuple.saddr, &ip.saddr, sizeof(tuple.saddr));
+	tuple.nexthdr = nexthdr;
+	tuple.flags = dir == CT_INGRESS ? TUPLE_F_OUT : TUPLE_F_IN;
+	if (ct_parse_l4(skb, off, (void *)&tuple + 32, &p, &inner) < 0) {
+		STAT_INC(st, malformed);
+		return;
+	}
+	if (inner) {
+		struct ipv6hdr q;
+
+		if (bpf_skb_load_bytes(skb, inner, &q, sizeof(q)) < 0 || q.version != 6) {
+			STAT_INC(st, malformed);
+			return;
+		}
+		__builtin_memcpy(&tuple.daddr, &q.saddr, sizeof(tuple.daddr));
+		__builtin_memcpy(&tuple.saddr, &q.daddr, sizeof(tuple.saddr));
+	}
+	map = p.is_tcp ? (void *)&cilium_ct6_global : (void *)&cilium_ct_any6_global;
+	ct_process(map, &cilium_ct_any6_global, &tuple, true, &p, dir, st);
+}
+
+static __always_inline int ct_handle(struct __sk_buff *skb, int dir)
+{
+	struct ct_datapath_stats *st = stats();
+	__be16 proto;
+
+	STAT_INC(st, packets);
+	if (bpf_skb_load_bytes(skb, 12, &proto, sizeof(proto)) < 0) {
+		STAT_INC(st, malformed);
+		return TC_ACT_OK;
+	}
+	if (proto == bpf_htons(ETH_P_IP))
+		ct4(skb, dir, st);
+	else if (proto == bpf_htons(ETH_P_IPV6))
+		ct6(skb, dir, st);
+	else
+		STAT_INC(st, skipped);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int ct_egress(struct __sk_buff *skb)
+{
+	return ct_handle(skb, CT_EGRESS);
+}
+
+SEC("tc")
+int ct_ingress(struct __sk_buff *skb)
+{
+	return ct_handle(skb, CT_INGRESS);
+}
+
+char LICENSE[] SEC("license") = "GPL";

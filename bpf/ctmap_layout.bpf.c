@@ -30,6 +30,13 @@ CT_LRU_MAP(cilium_ct_any6_global, struct ipv6_ct_tuple, struct ct_entry);
 CT_LRU_MAP(cilium_snat_v4_external, struct ipv4_ct_tuple, struct ipv4_nat_entry);
 CT_LRU_MAP(cilium_snat_v6_external, struct ipv6_ct_tuple, struct ipv6_nat_entry);
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ct_datapath_stats);
+} ctmapd_ct_stats SEC(".maps");
+
 SEC("tc")
 int ctmap_layout_noop(struct __sk_buff *skb)
 {

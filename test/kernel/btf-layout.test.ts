@@ -7,6 +7,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import path from 'node:path';
 
 import * as ctLayout from '../../src/maps/ctmap/layout';
@@ -16,6 +17,7 @@ import { structLayoutFromBtf } from '../helpers/btf';
 /** Compiled to dist/test/kernel/, three levels below the repo root. */
 const REPO_ROOT = path.resolve(__dirname, '../../..');
 const OBJ = path.join(REPO_ROOT, 'bpf/.output/ctmap_layout.bpf.o');
+const HEADER = path.join(REPO_ROOT, 'bpf/ctmap.h');
 
 function isStructLayout(v: unknown): v is ctLayout.StructLayout {
   const o = v as Partial<ctLayout.StructLayout> | null;
@@ -46,12 +48,19 @@ const FLAG_MEMBER: Record<(typeof ctLayout.CT_ENTRY_FLAG_NAMES)[number], string>
 test('every expected layout is exported', () => {
   const names = LAYOUTS.map((l) => l.cName).sort();
   assert.deepEqual(names, [
+    'ct_datapath_stats',
     'ct_entry',
     'ipv4_ct_tuple',
     'ipv4_nat_entry',
     'ipv6_ct_tuple',
     'ipv6_nat_entry',
   ]);
+});
+
+test('every struct in bpf/ctmap.h has a TS layout', () => {
+  // A struct added to the header without a layout would go unchecked.
+  const declared = [...fs.readFileSync(HEADER, 'utf8').matchAll(/^struct (\w+) \{/gm)].map((m) => m[1]).sort();
+  assert.deepEqual(declared, LAYOUTS.map((l) => l.cName).sort());
 });
 
 for (const layout of LAYOUTS) {

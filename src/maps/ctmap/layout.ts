@@ -70,6 +70,32 @@ export const CT_ENTRY: StructLayout = {
   },
 };
 
+/** Counters of struct ct_datapath_stats, in C order; each a u64. */
+export const CT_DATAPATH_STATS_COUNTERS = [
+  'packets',
+  'lookups',
+  'hits_reply',
+  'hits_related',
+  'hits_established',
+  'creates',
+  'create_failed',
+  'closes',
+  'reopens',
+  'related_misses',
+  'skipped',
+  'malformed',
+] as const;
+
+/**
+ * struct ct_datapath_stats (96 bytes): the per-CPU value of bpf/ct_datapath.bpf.c's
+ * ctmapd_ct_stats map, one u64 counter after the other.
+ */
+export const CT_DATAPATH_STATS: StructLayout = {
+  cName: 'ct_datapath_stats',
+  size: CT_DATAPATH_STATS_COUNTERS.length * 8,
+  fields: Object.fromEntries(CT_DATAPATH_STATS_COUNTERS.map((name, i) => [name, { offset: i * 8, size: 8 }])),
+};
+
 /** Offsets inside union0 for service entries: { reserved u64, backend_id u64 }. */
 export const CT_ENTRY_BACKEND_ID_OFFSET = 8;
 

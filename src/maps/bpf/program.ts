@@ -75,6 +75,9 @@ const TestRunOpts = koffi.struct('ctmapd_bpf_test_run_opts', {
   batch_size: 'uint32_t',
 });
 const OPTS_SIZE = koffi.sizeof(TestRunOpts);
+const OPTS_DATA_IN = koffi.offsetof(TestRunOpts, 'data_in');
+const OPTS_DATA_SIZE_IN = koffi.offsetof(TestRunOpts, 'data_size_in');
+const OPTS_DATA_SIZE_OUT = koffi.offsetof(TestRunOpts, 'data_size_out');
 const OPTS_CTX_IN = koffi.offsetof(TestRunOpts, 'ctx_in');
 const OPTS_CTX_SIZE_IN = koffi.offsetof(TestRunOpts, 'ctx_size_in');
 const OPTS_RETVAL = koffi.offsetof(TestRunOpts, 'retval');
@@ -186,9 +189,11 @@ export class BpfProgram {
 
   /**
    * BPF_PROG_TEST_RUN with `run.ctx` as ctx_in (the kernel copies the ctx back there;
-   * ctx_out is refused by BPF_PROG_TYPE_SYSCALL). Returns the program's return value as a
-   * signed 32-bit number. Throws BpfSyscallError when the syscall fails (EINVAL: ctx too
-   * small for what the program reads, or larger than the kernel's U16_MAX limit).
+   * ctx_out is refused by BPF_PROG_TYPE_SYSCALL) and, for packet programs, the packet set
+   * with run.setPacket as data_in. Returns the program's return value as a signed 32-bit
+   * number. Throws BpfSyscallError when the syscall fails (EINVAL: ctx too small for what
+   * the program reads, or larger than the kernel's U16_MAX limit; a tc program's packet
+   * shorter than an Ethernet header).
    */
   testRun(run: TestRunContext): number {
     const fd = this.fd;
@@ -198,29 +203,58 @@ export class BpfProgram {
 }
 
 /**
- * Reusable BPF_PROG_TEST_RUN arguments: the libbpf opts struct and a ctx of `ctxSize`
- * bytes, both in one unmanaged allocation so that the ctx pointer stored in the opts stays
- * valid; `ctx` is the caller's view to fill before and read after a run. close() is
- * idempotent; `ctx` must not be touched afterwards.
+ * Reusable BPF_PROG_TEST_RUN arguments: the libbpf opts struct, a ctx of `ctxSize` bytes
+ * and room for a packet of up to `dataCapacity` bytes (data_in, for packet programs such
+ * as SEC("tc")), all in one unmanaged allocation so that the pointers stored in the opts
+ * stay valid; `ctx` is the caller's view to fill before and read after a run, `data` the
+ * view to write a packet into (then setPacketLength). close() is idempotent; `ctx` and
+ * `data` must not be touched afterwards.
  */
 export class TestRunContext {
   readonly #mem: NativeMemory;
   #closed = false;
   readonly ctx: Buffer;
+  readonly data: Buffer;
   readonly opts: Buffer;
 
-  constructor(readonly ctxSize: number) {
+  constructor(
+    readonly ctxSize: number,
+    readonly dataCapacity = 0,
+  ) {
     // The syscall program ctx limit; larger sizes fail in the kernel with EINVAL anyway.
     if (!Number.isInteger(ctxSize) || ctxSize < 0 || ctxSize > 0xffff) {
       throw new BpfSyscallError(`test run ctx of ${ctxSize} bytes (at most 65535)`, Errno.EINVAL);
     }
-    this.#mem = new NativeMemory(OPTS_SIZE + ctxSize);
+    // data_size_in is a u32; the kernel refuses packets beyond a page minus headroom anyway.
+    if (!Number.isInteger(dataCapacity) || dataCapacity < 0 || dataCapacity > 0xffff) {
+      throw new BpfSyscallError(`test run packet of ${dataCapacity} bytes (at most 65535)`, Errno.EINVAL);
+    }
+    this.#mem = new NativeMemory(OPTS_SIZE + ctxSize + dataCapacity);
     this.opts = this.#mem.buffer.subarray(0, OPTS_SIZE);
-    this.ctx = this.#mem.buffer.subarray(OPTS_SIZE);
+    this.ctx = this.#mem.buffer.subarray(OPTS_SIZE, OPTS_SIZE + ctxSize);
+    this.data = this.#mem.buffer.subarray(OPTS_SIZE + ctxSize);
     this.opts.writeBigUInt64LE(BigInt(OPTS_SIZE), 0);
     if (ctxSize > 0) this.opts.writeBigUInt64LE(this.#mem.ptr + BigInt(OPTS_SIZE), OPTS_CTX_IN);
     this.opts.writeUInt32LE(ctxSize, OPTS_CTX_SIZE_IN);
+    if (dataCapacity > 0) this.opts.writeBigUInt64LE(this.#mem.ptr + BigInt(OPTS_SIZE + ctxSize), OPTS_DATA_IN);
     openObjects++;
+  }
+
+  /** How many bytes of `data` the next run passes as the packet (data_size_in). */
+  setPacketLength(length: number): void {
+    if (!Number.isInteger(length) || length < 0 || length > this.dataCapacity) {
+      throw new BpfSyscallError(`test run packet of ${length} bytes (capacity ${this.dataCapacity})`, Errno.EINVAL);
+    }
+    this.opts.writeUInt32LE(length, OPTS_DATA_SIZE_IN);
+    // libbpf writes the last run's output size back into the opts; left there, it would cap
+    // the next run's output and a longer packet would fail with ENOSPC.
+    this.opts.writeUInt32LE(0, OPTS_DATA_SIZE_OUT);
+  }
+
+  /** Copies `packet` into `data` and sets its length. */
+  setPacket(packet: Buffer): void {
+    this.setPacketLength(packet.length);
+    packet.copy(this.data);
   }
 
   get optsPtr(): Ptr {

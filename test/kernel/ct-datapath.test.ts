@@ -1,0 +1,428 @@
+/**
+ * bpf/ct_datapath.bpf.c driven with BPF_PROG_TEST_RUN on crafted frames, over CT maps the
+ * kernel backend created and pinned in a private bpffs directory and handed to the object
+ * with reuse_fd, exactly as the daemon's maps would be. Every scenario asserts the exact
+ * entries (decoded with the ctmap codec) and the per-CPU stats afterwards. Semantics: seed
+ * 002 (Cilium's ct_lookup4/6, __ct_lookup, ct_create4/6, ct_update_timeout).
+ * Kernel tier: root or CAP_BPF, and a built bpf/ (make -C bpf).
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { describe, test, TestContext } from 'node:test';
+import { assertNoFdLeak, bpfFdCount, kernelTier, privateBpfRoot } from '../helpers/kernel';
+import { Family, writeAddress } from '../../src/maps/ctmap/addr';
+import { CtEntry, CtKey, decodeEntry, encodeKey } from '../../src/maps/ctmap/codec';
+import { ctNow } from '../../src/maps/ctmap/format';
+import { CT_DATAPATH_STATS, CT_DATAPATH_STATS_COUNTERS, CtEntryFlag, IPPROTO, TupleFlag } from '../../src/maps/ctmap/layout';
+import { CtKind, globalCtMapSpec } from '../../src/maps/ctmap/spec';
+import type { BpfMap } from '../../src/maps/types';
+
+type KernelModule = typeof import('../../src/maps/kernel');
+type BpfModule = typeof import('../../src/maps/bpf');
+
+/** Compiled to dist/test/kernel/, three levels below the repo root. */
+const OBJ = path.resolve(__dirname, '../../..', 'bpf/.output/ct_datapath.bpf.o');
+
+/** The rodata defaults of the object (ctmap-facts §5). */
+const SYN_TIMEOUT = 60;
+const TCP_LIFETIME = 8000;
+const NONTCP_LIFETIME = 60;
+const CLOSE_TIMEOUT = 10;
+
+const TC_ACT_OK = 0;
+const BPF_MAP_TYPE_PERCPU_ARRAY = 6;
+
+const FIN = 0x01;
+const SYN = 0x02;
+const RST = 0x04;
+const ACK = 0x10;
+
+type Stats = Record<(typeof CT_DATAPATH_STATS_COUNTERS)[number], number>;
+
+// ---- frames ----------------------------------------------------------------------------
+
+function eth(etherType: number, payload: Buffer): Buffer {
+  const h = Buffer.alloc(14);
+  h.write('020000000001', 0, 'hex');
+  h.write('020000000002', 6, 'hex');
+  h.writeUInt16BE(etherType, 12);
+  return Buffer.concat([h, payload]);
+}
+
+/** An IPv4 or IPv6 packet in an Ethernet frame; `ext` are IPv6 extension headers (type, 8-byte body). */
+function ip(src: string, dst: string, proto: number, l4: Buffer, ext: number[] = []): Buffer {
+  if (!src.includes(':')) {
+    const h = Buffer.alloc(20);
+    h[0] = 0x45;
+    h.writeUInt16BE(20 + l4.length, 2);
+    h[8] = 64;
+    h[9] = proto;
+    writeAddress('ipv4', src, h, 12);
+    writeAddress('ipv4', dst, h, 16);
+    return eth(0x0800, Buffer.concat([h, l4]));
+  }
+  // Each extension header is 8 bytes (hdr ext len 0) and names the next one.
+  const chain = [...ext, proto];
+  const exts = ext.map((_, i) => {
+    const b = Buffer.alloc(8);
+    b[0] = chain[i + 1];
+    return b;
+  });
+  const body = Buffer.concat([...exts, l4]);
+  const h = Buffer.alloc(40);
+  h[0] = 0x60;
+  h.writeUInt16BE(body.length, 4);
+  h[6] = chain[0];
+  h[7] = 64;
+  writeAddress('ipv6', src, h, 8);
+  writeAddress('ipv6', dst, h, 24);
+  return eth(0x86dd, Buffer.concat([h, body]));
+}
+
+function tcp(sport: number, dport: number, flags: number): Buffer {
+  const h = Buffer.alloc(20);
+  h.writeUInt16BE(sport, 0);
+  h.writeUInt16BE(dport, 2);
+  h[12] = 5 << 4;
+  h[13] = flags;
+  return h;
+}
+
+function udp(sport: number, dport: number, payload: Buffer = Buffer.alloc(8)): Buffer {
+  const h = Buffer.alloc(8);
+  h.writeUInt16BE(sport, 0);
+  h.writeUInt16BE(dport, 2);
+  h.writeUInt16BE(8 + payload.length, 4);
+  return Buffer.concat([h, payload]);
+}
+
+/** ICMP(v6): type, code, checksum 0, then the id (echo) or unused word, then `payload`. */
+function icmp(type: number, id: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  const h = Buffer.alloc(8);
+  h[0] = type;
+  h.writeUInt16BE(id, 4);
+  return Buffer.concat([h, payload]);
+}
+
+/** The IP packet inside a frame (what an ICMP error quotes). */
+function quote(frame: Buffer): Buffer {
+  return frame.subarray(14);
+}
+
+// ---- environment -----------------------------------------------------------------------
+
+interface Env {
+  egress(frame: Buffer): void;
+  ingress(frame: Buffer): void;
+  entry(family: Family, kind: CtKind, key: CtKey): CtEntry | undefined;
+  count(family: Family, kind: CtKind): number;
+  stats(): Stats;
+}
+
+function possibleCpus(): number {
+  // "0-7" or "0,2-3": the per-CPU value array has one slot per possible CPU.
+  const text = fs.readFileSync('/sys/devices/system/cpu/possible', 'utf8').trim();
+  return Math.max(
+    ...text.split(',').map((r) => {
+      const [a, b] = r.split('-').map(Number);
+      return (b ?? a) + 1;
+    }),
+  );
+}
+
+/**
+ * Loads the datapath over fresh CT maps and a fresh stats map; everything is closed after,
+ * also on failure, and then no bpf fd or BPF object may remain open.
+ */
+async function withDatapath(t: TestContext, body: (env: Env) => void): Promise<void> {
+  if (!kernelTier(t)) return;
+  const kernel = require('../../src/maps/kernel') as KernelModule;
+  const bpf = require('../../src/maps/bpf') as BpfModule;
+  const { root, cleanup } = privateBpfRoot();
+  const fds = bpfFdCount();
+  const objs = bpf.openObjectCount();
+  const cfg = { bpfRoot: root, enableIPv4: true, enableIPv6: true, ctTcpMax: 1024, ctAnyMax: 1024, distributedLru: false };
+  const maps = new Map<string, BpfMap>();
+  let stats: import('../../src/maps/bpf').Fd | undefined;
+  let obj: import('../../src/maps/bpf').BpfObject | undefined;
+  let run: import('../../src/maps/bpf').TestRunContext | undefined;
+  try {
+    for (const family of ['ipv4', 'ipv6'] as const) {
+      for (const kind of ['tcp', 'any'] as const) maps.set(`${family}/${kind}`, kernel.kernelBackend.create(globalCtMapSpec(cfg, family, kind)));
+    }
+    stats = bpf.createMap({
+      type: BPF_MAP_TYPE_PERCPU_ARRAY,
+      name: 'ctmapd_ct_stats',
+      keySize: 4,
+      valueSize: CT_DATAPATH_STATS.size,
+      maxEntries: 1,
+      flags: 0,
+    });
+    obj = bpf.BpfObject.open(OBJ);
+    for (const m of maps.values()) obj.map(m.spec.name).reuseFd((m as InstanceType<KernelModule['KernelMap']>).fd);
+    obj.map('ctmapd_ct_stats').reuseFd(stats);
+    const progs = { egress: obj.program('ct_egress'), ingress: obj.program('ct_ingress') };
+    obj.load([progs.egress, progs.ingress]);
+    run = new bpf.TestRunContext(0, 1024);
+    const r = run;
+    const ncpu = possibleCpus();
+    const statsFd = stats;
+    const exec = (p: import('../../src/maps/bpf').BpfProgram, frame: Buffer): void => {
+      r.setPacket(frame);
+      assert.equal(p.testRun(r), TC_ACT_OK, 'verdict');
+    };
+    body({
+      egress: (f) => exec(progs.egress, f),
+      ingress: (f) => exec(progs.ingress, f),
+      entry(family, kind, key) {
+        const m = maps.get(`${family}/${kind}`)!;
+        const k = Buffer.alloc(m.spec.keySize);
+        encodeKey(family, key, k);
+        const v = m.lookup(k);
+        return v && decodeEntry(v);
+      },
+      count: (family, kind) => maps.get(`${family}/${kind}`)!.count(),
+      stats() {
+        const buf = Buffer.alloc(ncpu * CT_DATAPATH_STATS.size);
+        assert.ok(bpf.lookup(statsFd, Buffer.alloc(4), buf), 'stats slot 0');
+        const out = {} as Stats;
+        CT_DATAPATH_STATS_COUNTERS.forEach((name, i) => {
+          let sum = 0n;
+          for (let c = 0; c < ncpu; c++) sum += buf.readBigUInt64LE(c * CT_DATAPATH_STATS.size + i * 8);
+          out[name] = Number(sum);
+        });
+        return out;
+      },
+    });
+  } finally {
+    run?.close();
+    obj?.close();
+    stats?.close();
+    for (const m of maps.values()) m.close();
+    cleanup();
+  }
+  assertNoFdLeak(fds, t.name);
+  assert.equal(bpf.openObjectCount(), objs, `${t.name}: BPF objects or test-run contexts left open`);
+}
+
+/** Runs `step` and asserts that `lifetime` is now + `seconds` on the CT clock around it. */
+function around<T>(step: () => T): { value: T; expect(lifetime: number, seconds: number, what: string): void } {
+  const before = ctNow();
+  const value = step();
+  const after = ctNow();
+  return {
+    value,
+    expect(lifetime, seconds, what) {
+      assert.ok(
+        lifetime >= before + seconds && lifetime <= after + seconds,
+        `${what}: lifetime ${lifetime} not in now + ${seconds} = [${before + seconds}, ${after + seconds}]`,
+      );
+    },
+  };
+}
+
+function stats(partial: Partial<Stats>): Stats {
+  return Object.fromEntries(CT_DATAPATH_STATS_COUNTERS.map((n) => [n, partial[n] ?? 0])) as Stats;
+}
+
+function flagsOf(...names: (keyof typeof CtEntryFlag)[]): number {
+  return names.reduce((acc, n) => acc | CtEntryFlag[n], 0);
+}
+
+/** The forward key of a flow as seen in its first packet: addresses swapped, ports not (facts §2). */
+function fwdKey(src: string, sport: number, dst: string, dport: number, nexthdr: number, flags: number): CtKey {
+  return { daddr: src, saddr: dst, sport, dport, nexthdr, flags };
+}
+
+// ---- scenarios -------------------------------------------------------------------------
+
+for (const fam of [
+  { family: 'ipv4' as const, a: '10.0.1.1', b: '10.0.2.2', r: '10.0.0.254', icmp: IPPROTO.ICMP, echo: 8, reply: 0, unreach: 3, ext: [] as number[] },
+  // IPv6 packets carry hop-by-hop, routing and destination options headers, which the parser skips.
+  { family: 'ipv6' as const, a: 'fd00::1', b: 'fd00::2', r: 'fd00::fe', icmp: IPPROTO.ICMPV6, echo: 128, reply: 129, unreach: 1, ext: [0, 43, 60] },
+]) {
+  const { family, a, b, r } = fam;
+  const L = (frame: Buffer): bigint => BigInt(frame.length);
+
+  describe(`ct_datapath ${family}`, () => {
+    test('TCP SYN creates the flow on the SYN timeout; a non-SYN reply establishes it', async (t) => {
+      await withDatapath(t, (env) => {
+        const key = fwdKey(a, 40000, b, 80, IPPROTO.TCP, TupleFlag.OUT);
+        const syn = ip(a, b, IPPROTO.TCP, tcp(40000, 80, SYN), fam.ext);
+        const s1 = around(() => env.egress(syn));
+        let e = env.entry(family, 'tcp', key)!;
+        assert.ok(e, 'entry created');
+        s1.expect(e.lifetime, SYN_TIMEOUT, 'after SYN');
+        assert.deepEqual(
+          { packets: e.packets, bytes: e.bytes, flags: e.flags, tx: e.txFlagsSeen, rx: e.rxFlagsSeen, lastRx: e.lastRxReport },
+          { packets: 1n, bytes: L(syn), flags: 0, tx: SYN, rx: 0, lastRx: 0 },
+        );
+        s1.expect(e.lastTxReport, 0, 'last tx report');
+        // The RELATED entry in the any map: addresses and direction of the flow, no ports.
+        const rel = env.entry(family, 'any', { daddr: a, saddr: b, sport: 0, dport: 0, nexthdr: fam.icmp, flags: TupleFlag.OUT | TupleFlag.RELATED })!;
+        assert.ok(rel, 'related entry created');
+        assert.equal(rel.flags, flagsOf('SeenNonSyn'));
+        assert.equal(rel.lifetime, e.lifetime);
+
+        const synack = ip(b, a, IPPROTO.TCP, tcp(80, 40000, SYN | ACK));
+        const s2 = around(() => env.ingress(synack));
+        e = env.entry(family, 'tcp', key)!;
+        s2.expect(e.lifetime, SYN_TIMEOUT, 'after SYN-ACK');
+        assert.equal(e.flags, 0, 'SYN-ACK is still a SYN');
+        assert.equal(e.rxFlagsSeen, SYN | ACK);
+        s2.expect(e.lastRxReport, 0, 'last rx report');
+
+        const ack = ip(b, a, IPPROTO.TCP, tcp(80, 40000, ACK));
+        const s3 = around(() => env.ingress(ack));
+        e = env.entry(family, 'tcp', key)!;
+        s3.expect(e.lifetime, TCP_LIFETIME, 'after ACK');
+        assert.deepEqual(
+          { packets: e.packets, bytes: e.bytes, flags: e.flags, tx: e.txFlagsSeen, rx: e.rxFlagsSeen },
+          { packets: 3n, bytes: L(syn) + L(synack) + L(ack), flags: flagsOf('SeenNonSyn'), tx: SYN, rx: SYN | ACK },
+        );
+        assert.equal(env.count(family, 'tcp'), 1, 'replies create nothing');
+        assert.equal(env.count(family, 'any'), 1, 'only the related entry');
+        assert.deepEqual(env.stats(), stats({ packets: 3, lookups: 4, creates: 1, hits_reply: 2 }));
+      });
+    });
+
+    test('FIN both ways closes on the close timeout; a SYN reopens the closing entry', async (t) => {
+      await withDatapath(t, (env) => {
+        const key = fwdKey(a, 40001, b, 443, IPPROTO.TCP, TupleFlag.OUT);
+        env.egress(ip(a, b, IPPROTO.TCP, tcp(40001, 443, SYN)));
+        env.ingress(ip(b, a, IPPROTO.TCP, tcp(443, 40001, ACK)));
+
+        const s1 = around(() => env.egress(ip(a, b, IPPROTO.TCP, tcp(40001, 443, FIN | ACK), fam.ext)));
+        let e = env.entry(family, 'tcp', key)!;
+        assert.equal(e.flags, flagsOf('TxClosing', 'SeenNonSyn'));
+        s1.expect(e.lifetime, TCP_LIFETIME, 'one side closed: still alive');
+
+        const s2 = around(() => env.ingress(ip(b, a, IPPROTO.TCP, tcp(443, 40001, FIN | ACK))));
+        e = env.entry(family, 'tcp', key)!;
+        assert.equal(e.flags, flagsOf('RxClosing', 'TxClosing', 'SeenNonSyn'));
+        s2.expect(e.lifetime, CLOSE_TIMEOUT, 'both sides closed');
+        assert.equal(e.txFlagsSeen, SYN | FIN | ACK);
+        assert.equal(e.rxFlagsSeen, FIN | ACK);
+
+        // The last ACK of a closed flow does not extend it.
+        env.egress(ip(a, b, IPPROTO.TCP, tcp(40001, 443, ACK)));
+        assert.equal(env.entry(family, 'tcp', key)!.lifetime, e.lifetime);
+
+        const s3 = around(() => env.egress(ip(a, b, IPPROTO.TCP, tcp(40001, 443, SYN))));
+        e = env.entry(family, 'tcp', key)!;
+        assert.equal(e.flags, 0, 'closing and SeenNonSyn cleared');
+        s3.expect(e.lifetime, SYN_TIMEOUT, 'reopened');
+        assert.deepEqual({ tx: e.txFlagsSeen, rx: e.rxFlagsSeen, packets: e.packets }, { tx: SYN, rx: 0, packets: 6n });
+        assert.equal(env.count(family, 'tcp'), 1);
+        assert.deepEqual(
+          env.stats(),
+          stats({ packets: 6, lookups: 10, creates: 1, hits_reply: 2, hits_established: 3, closes: 2, reopens: 1 }),
+        );
+      });
+    });
+
+    test('RST closes its side; RST from the other side too starts the close timeout', async (t) => {
+      await withDatapath(t, (env) => {
+        const key = fwdKey(a, 40002, b, 22, IPPROTO.TCP, TupleFlag.OUT);
+        env.egress(ip(a, b, IPPROTO.TCP, tcp(40002, 22, SYN)));
+        env.ingress(ip(b, a, IPPROTO.TCP, tcp(22, 40002, SYN | ACK)));
+        const s1 = around(() => env.ingress(ip(b, a, IPPROTO.TCP, tcp(22, 40002, RST))));
+        let e = env.entry(family, 'tcp', key)!;
+        assert.equal(e.flags, flagsOf('RxClosing', 'SeenNonSyn'));
+        assert.equal(e.rxFlagsSeen, SYN | ACK | RST);
+        s1.expect(e.lifetime, TCP_LIFETIME, 'RST seen: refreshed before the side closed');
+        const s2 = around(() => env.egress(ip(a, b, IPPROTO.TCP, tcp(40002, 22, RST | ACK))));
+        e = env.entry(family, 'tcp', key)!;
+        assert.equal(e.flags, flagsOf('RxClosing', 'TxClosing', 'SeenNonSyn'));
+        s2.expect(e.lifetime, CLOSE_TIMEOUT, 'both sides reset');
+        assert.equal(env.stats().closes, 2);
+      });
+    });
+
+    test('UDP request and response share one entry on the non-TCP lifetime', async (t) => {
+      await withDatapath(t, (env) => {
+        const req = ip(a, b, IPPROTO.UDP, udp(5353, 53), fam.ext);
+        const resp = ip(b, a, IPPROTO.UDP, udp(53, 5353, Buffer.alloc(40)));
+        env.egress(req);
+        const s = around(() => env.ingress(resp));
+        const e = env.entry(family, 'any', fwdKey(a, 5353, b, 53, IPPROTO.UDP, TupleFlag.OUT))!;
+        assert.ok(e, 'entry in the any map');
+        s.expect(e.lifetime, NONTCP_LIFETIME, 'after response');
+        assert.deepEqual(
+          { packets: e.packets, bytes: e.bytes, flags: e.flags, tx: e.txFlagsSeen, rx: e.rxFlagsSeen },
+          { packets: 2n, bytes: L(req) + L(resp), flags: 0, tx: 0, rx: 0 },
+        );
+        s.expect(e.lastRxReport, 0, 'last rx report');
+        assert.ok(e.lastTxReport > 0 && e.lastTxReport <= ctNow(), 'last tx report set at creation');
+        assert.equal(env.count(family, 'tcp'), 0);
+        assert.equal(env.count(family, 'any'), 2, 'flow + related');
+        assert.deepEqual(env.stats(), stats({ packets: 2, lookups: 3, creates: 1, hits_reply: 1 }));
+      });
+    });
+
+    test('ingress-initiated flows are keyed IN', async (t) => {
+      await withDatapath(t, (env) => {
+        env.ingress(ip(b, a, IPPROTO.UDP, udp(6000, 7000)));
+        env.egress(ip(a, b, IPPROTO.UDP, udp(7000, 6000)));
+        const e = env.entry(family, 'any', fwdKey(b, 6000, a, 7000, IPPROTO.UDP, TupleFlag.IN))!;
+        assert.ok(e, 'IN entry');
+        assert.equal(e.packets, 2n);
+        assert.ok(env.entry(family, 'any', { daddr: b, saddr: a, sport: 0, dport: 0, nexthdr: fam.icmp, flags: TupleFlag.IN | TupleFlag.RELATED }));
+      });
+    });
+
+    test('ICMP echo and echo reply are one flow keyed by the echo id', async (t) => {
+      await withDatapath(t, (env) => {
+        env.egress(ip(a, b, fam.icmp, icmp(fam.echo, 0x1234, Buffer.alloc(56))));
+        const s = around(() => env.ingress(ip(b, a, fam.icmp, icmp(fam.reply, 0x1234, Buffer.alloc(56)))));
+        const e = env.entry(family, 'any', { daddr: a, saddr: b, sport: 0x1234, dport: 0, nexthdr: fam.icmp, flags: TupleFlag.OUT })!;
+        assert.ok(e, 'echo entry: id in sport');
+        assert.equal(e.packets, 2n);
+        s.expect(e.lifetime, NONTCP_LIFETIME, 'after reply');
+        // Another id is another flow.
+        env.egress(ip(a, b, fam.icmp, icmp(fam.echo, 0x1235)));
+        assert.ok(env.entry(family, 'any', { daddr: a, saddr: b, sport: 0x1235, dport: 0, nexthdr: fam.icmp, flags: TupleFlag.OUT }));
+        assert.deepEqual(env.stats(), stats({ packets: 3, lookups: 5, creates: 2, hits_reply: 1 }));
+      });
+    });
+
+    test('an ICMP destination unreachable quoting a UDP flow is RELATED to it', async (t) => {
+      await withDatapath(t, (env) => {
+        const req = ip(a, b, IPPROTO.UDP, udp(5353, 53));
+        env.egress(req);
+        // Sent by a router on the path: the outer source is neither end of the flow.
+        const err = ip(r, a, fam.icmp, icmp(fam.unreach, 0, quote(req)));
+        const s = around(() => env.ingress(err));
+        const rel = env.entry(family, 'any', { daddr: a, saddr: b, sport: 0, dport: 0, nexthdr: fam.icmp, flags: TupleFlag.OUT | TupleFlag.RELATED })!;
+        assert.deepEqual({ packets: rel.packets, bytes: rel.bytes }, { packets: 2n, bytes: L(req) + L(err) });
+        s.expect(rel.lifetime, NONTCP_LIFETIME, 'related refreshed');
+        assert.equal(env.entry(family, 'any', fwdKey(a, 5353, b, 53, IPPROTO.UDP, TupleFlag.OUT))!.packets, 1n, 'flow entry untouched');
+        // An error about a flow nobody tracks creates nothing.
+        env.ingress(ip(r, a, fam.icmp, icmp(fam.unreach, 0, quote(ip(a, r, IPPROTO.UDP, udp(1, 2))))));
+        assert.equal(env.count(family, 'any'), 2, 'flow + related, nothing new');
+        assert.deepEqual(env.stats(), stats({ packets: 3, lookups: 5, creates: 1, hits_related: 1, related_misses: 1 }));
+      });
+    });
+
+    test('other protocols, later fragments and truncated headers are counted, not tracked', async (t) => {
+      await withDatapath(t, (env) => {
+        env.egress(eth(0x0806, Buffer.alloc(28)));
+        env.egress(ip(a, b, 132, Buffer.alloc(12)));
+        const truncated = ip(a, b, IPPROTO.TCP, tcp(1, 2, SYN));
+        env.egress(truncated.subarray(0, truncated.length - 10));
+        if (family === 'ipv4') {
+          const frag = ip(a, b, IPPROTO.UDP, udp(1, 2));
+          frag.writeUInt16BE(0x0010, 14 + 6); // fragment offset 16 (x 8 bytes)
+          env.egress(frag);
+        } else {
+          const frag = ip(a, b, IPPROTO.UDP, udp(1, 2), [44]);
+          frag.writeUInt16BE(0x0080, 14 + 40 + 2); // fragment offset 16 (x 8 bytes)
+          env.egress(frag);
+        }
+        assert.equal(env.count(family, 'tcp') + env.count(family, 'any'), 0);
+        assert.deepEqual(env.stats(), stats({ packets: 4, skipped: 3, malformed: 1 }));
+      });
+    });
+  });
+}

@@ -88,13 +88,6 @@ enum ct_action {
 	ACTION_CLOSE,
 };
 
-enum ct_result {
-	CT_NEW,
-	CT_ESTABLISHED,
-	CT_REPLY,
-	CT_RELATED,
-};
-
 /*
  * ICMP and ICMPv6 types (RFC 792, RFC 4443), spelled out because <linux/icmp.h> pulls in
  * libc headers that do not build for -target bpf.
@@ -193,8 +186,11 @@ static __always_inline void ct_update_timeout(struct ct_entry *e, const struct c
 	__ct_update_timeout(e, lifetime, dir, p->tcp_flags);
 }
 
-/* One lookup: refresh, account and apply the packet's action to a found entry. */
-static __always_inline int __ct_lookup(void *map, void *tuple, const struct ct_pkt *p, int dir,
+/*
+ * One lookup: refresh, account and apply the packet's action to a found entry. Returns
+ * whether the key was found (Cilium's CT_ESTABLISHED; the caller names it by direction).
+ */
+static __always_inline bool __ct_lookup(void *map, void *tuple, const struct ct_pkt *p, int dir,
 				       struct ct_datapath_stats *st)
 {
 	struct ct_entry *e;
@@ -202,7 +198,7 @@ static __always_inline int __ct_lookup(void *map, void *tuple, const struct ct_p
 	STAT_INC(st, lookups);
 	e = bpf_map_lookup_elem(map, tuple);
 	if (!e)
-		return CT_NEW;
+		return false;
 
 	if (ct_entry_alive(e))
 		ct_update_timeout(e, p, dir);
@@ -231,7 +227,7 @@ static __always_inline int __ct_lookup(void *map, void *tuple, const struct ct_p
 			__ct_update_timeout(e, CT_CLOSE_TIMEOUT, dir, p->tcp_flags);
 		break;
 	}
-	return CT_ESTABLISHED;
+	return true;
 }
 
 /*
@@ -373,7 +369,7 @@ static __always_inline void ct_process(void *map, void *any, void *tuple, bool v
 	struct ct_entry e = {};
 	bool related = t->flags & TUPLE_F_RELATED;
 
-	if (__ct_lookup(map, tuple, p, dir, st) != CT_NEW) {
+	if (__ct_lookup(map, tuple, p, dir, st)) {
 		if (related)
 			STAT_INC(st, hits_related);
 		else
@@ -384,7 +380,7 @@ static __always_inline void ct_process(void *map, void *any, void *tuple, bool v
 		ipv6_ct_tuple_reverse(tuple);
 	else
 		ipv4_ct_tuple_reverse(tuple);
-	if (__ct_lookup(map, tuple, p, dir, st) != CT_NEW) {
+	if (__ct_lookup(map, tuple, p, dir, st)) {
 		if (related)
 			STAT_INC(st, hits_related);
 		else

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { describe, test, TestContext } from 'node:test';
 import { assertNoFdLeak, bpfFdCount, kernelTier, privateBpfRoot } from '../helpers/kernel';
 import { Family, writeAddress } from '../../src/maps/ctmap/addr';
-import { CtEntry, CtKey, decodeEntry, encodeKey } from '../../src/maps/ctmap/codec';
+import { CtEntry, CtKey, decodeEntry, encodeEntry, encodeKey } from '../../src/maps/ctmap/codec';
 import { ctNow } from '../../src/maps/ctmap/format';
 import { CT_DATAPATH_STATS, CT_DATAPATH_STATS_COUNTERS, CtEntryFlag, IPPROTO, TupleFlag } from '../../src/maps/ctmap/layout';
 import { CtKind, globalCtMapSpec } from '../../src/maps/ctmap/spec';
@@ -116,6 +116,8 @@ interface Env {
   egress(frame: Buffer): void;
   ingress(frame: Buffer): void;
   entry(family: Family, kind: CtKind, key: CtKey): CtEntry | undefined;
+  /** Overwrites an entry from userspace, as the agent or a restore would. */
+  write(family: Family, kind: CtKind, key: CtKey, entry: CtEntry): void;
   count(family: Family, kind: CtKind): number;
   stats(): Stats;
 }
@@ -181,6 +183,14 @@ async function withDatapath(t: TestContext, body: (env: Env) => void): Promise<v
         encodeKey(family, key, k);
         const v = m.lookup(k);
         return v && decodeEntry(v);
+      },
+      write(family, kind, key, entry) {
+        const m = maps.get(`${family}/${kind}`)!;
+        const k = Buffer.alloc(m.spec.keySize);
+        const v = Buffer.alloc(m.spec.valueSize);
+        encodeKey(family, key, k);
+        encodeEntry(entry, v);
+        m.update(k, v);
       },
       count: (family, kind) => maps.get(`${family}/${kind}`)!.count(),
       stats() {
@@ -358,6 +368,27 @@ for (const fam of [
         assert.equal(env.count(family, 'tcp'), 0);
         assert.equal(env.count(family, 'any'), 2, 'flow + related');
         assert.deepEqual(env.stats(), stats({ packets: 2, lookups: 3, creates: 1, hits_reply: 1 }));
+      });
+    });
+
+    test('the report time moves only after the report interval, or when a new TCP flag shows', async (t) => {
+      await withDatapath(t, (env) => {
+        const key = fwdKey(a, 40003, b, 8080, IPPROTO.TCP, TupleFlag.OUT);
+        env.egress(ip(a, b, IPPROTO.TCP, tcp(40003, 8080, SYN)));
+        env.ingress(ip(b, a, IPPROTO.TCP, tcp(8080, 40003, ACK)));
+        // Backdate the last egress report to within, then beyond, the 5 s interval.
+        const inside = ctNow() - 3;
+        env.write(family, 'tcp', key, { ...env.entry(family, 'tcp', key)!, lastTxReport: inside });
+        env.egress(ip(a, b, IPPROTO.TCP, tcp(40003, 8080, SYN)));
+        assert.equal(env.entry(family, 'tcp', key)!.lastTxReport, inside, 'same flags within the interval');
+        env.egress(ip(a, b, IPPROTO.TCP, tcp(40003, 8080, ACK)));
+        let e = env.entry(family, 'tcp', key)!;
+        assert.ok(e.lastTxReport >= inside + 3, 'a new flag (ACK) reports at once');
+        assert.equal(e.txFlagsSeen, SYN | ACK);
+        env.write(family, 'tcp', key, { ...e, lastTxReport: ctNow() - 10 });
+        const s = around(() => env.egress(ip(a, b, IPPROTO.TCP, tcp(40003, 8080, ACK))));
+        e = env.entry(family, 'tcp', key)!;
+        s.expect(e.lastTxReport, 0, 'after the interval');
       });
     });
 

@@ -8,9 +8,8 @@ import type * as grpc from '@grpc/grpc-js';
 import type { ClusterMaps } from '../cluster/cluster-maps';
 import type { Membership, MembershipEvent } from '../cluster/membership';
 import { checkUint } from '../maps/ctmap/codec';
-import type { BpfMap } from '../maps/types';
 import { BoundedQueue } from './bounded-queue';
-import { familyEnum, mapRefMsg } from './ct-proto';
+import { familyEnum, mapInfoMsg, mapRefMsg } from './ct-proto';
 import type { Logger } from './logger';
 import { StreamWriter, serverStream, unary } from './status';
 
@@ -23,27 +22,12 @@ function clusterId(req: { cluster_id?: number }): number {
   return id;
 }
 
-function mapInfo(ref: object, map: BpfMap): object {
-  const spec = map.spec;
-  return {
-    ref,
-    name: spec.name,
-    pin_path: spec.pinPath ?? '',
-    max_entries: spec.maxEntries,
-    key_size: spec.keySize,
-    value_size: spec.valueSize,
-    flags: spec.flags,
-    backend: map.backend,
-    entries: '0',
-  };
-}
-
 function clusterMsg(c: ClusterMaps): object {
   const maps: object[] = [];
   for (const family of ['ipv4', 'ipv6'] as const) {
-    for (const ct of c.ct.filter((x) => x.ref.family === family)) maps.push(mapInfo(mapRefMsg(ct.ref), ct.map));
+    for (const ct of c.ct.filter((x) => x.ref.family === family)) maps.push(mapInfoMsg(mapRefMsg(ct.ref), ct.map));
     for (const nat of c.nat.filter((x) => x.family === family)) {
-      maps.push(mapInfo({ family: familyEnum(family), kind: 'MAP_KIND_UNSPECIFIED', cluster_id: c.clusterId }, nat.map));
+      maps.push(mapInfoMsg({ family: familyEnum(family), kind: 'MAP_KIND_UNSPECIFIED', cluster_id: c.clusterId }, nat.map));
     }
   }
   return { cluster_id: c.clusterId, maps };

@@ -8,6 +8,7 @@ import { Family } from '../maps/ctmap/addr';
 import { CtEntry, CtKey, checkUint, entryFlagNames, validateEntry, validateKey } from '../maps/ctmap/codec';
 import { DumpFilter } from '../maps/ctmap/tables';
 import { CtKind, MapRef } from '../maps/ctmap/spec';
+import type { BpfMap } from '../maps/types';
 
 export interface MapRefMsg {
   family?: string | number;
@@ -170,4 +171,20 @@ export function parseDumpFilter(msg: DumpFilterMsg | null | undefined): DumpFilt
   }
   if (msg.address) filter.address = msg.address;
   return filter;
+}
+
+/** A MapInfo message: `ref` as MapRefMsg (a CT map's, or a NAT map's with kind unspecified). */
+export function mapInfoMsg(ref: MapRefMsg, map: BpfMap, entries?: number): object {
+  const spec = map.spec;
+  return {
+    ref,
+    name: spec.name,
+    pin_path: spec.pinPath ?? '',
+    max_entries: spec.maxEntries,
+    key_size: spec.keySize,
+    value_size: spec.valueSize,
+    flags: spec.flags,
+    backend: map.backend,
+    entries: String(entries ?? 0),
+  };
 }

@@ -5,7 +5,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { invalidArgument } from '../errors';
 import { ctNow, formatEntryLine } from '../maps/ctmap/format';
-import { CtTable, CtTables, DumpBatch, DumpCursor, countEntries } from '../maps/ctmap/tables';
+import { CtTables, DumpBatch, DumpCursor, countEntries } from '../maps/ctmap/tables';
 import { CT_ENTRY_SIZE } from '../maps/ctmap/codec';
 import { MapRef } from '../maps/ctmap/spec';
 import { FLUSH_TIME } from '../maps/ctmap/gc/engine';
@@ -17,6 +17,7 @@ import {
   DumpFilterMsg,
   MapRefMsg,
   entryMsg,
+  mapInfoMsg,
   mapRefMsg,
   parseDumpFilter,
   parseEntry,
@@ -35,21 +36,6 @@ interface DumpRequest {
 
 /** Flush a DumpEntriesBatched message once it grows past this (client default limit is 4 MiB). */
 const BATCH_MESSAGE_BYTES = 1 << 20;
-
-export function mapInfoMsg(t: CtTable, entries?: number): object {
-  const spec = t.map.spec;
-  return {
-    ref: mapRefMsg(t.ref),
-    name: spec.name,
-    pin_path: spec.pinPath ?? '',
-    max_entries: spec.maxEntries,
-    key_size: spec.keySize,
-    value_size: spec.valueSize,
-    flags: spec.flags,
-    backend: t.map.backend,
-    entries: String(entries ?? 0),
-  };
-}
 
 /**
  * Sizes each batch's output buffer from the bytes per record seen so far, so a dump does
@@ -95,7 +81,7 @@ export function ctMapsService(tables: CtTables, log: Logger, shutdown: AbortSign
 
   return {
     ActiveMaps: unary(log, 'CTMaps/ActiveMaps', async (req: { with_counts?: boolean }) => ({
-      maps: tables.active().map((t) => mapInfoMsg(t, req.with_counts ? t.map.count() : undefined)),
+      maps: tables.active().map((t) => mapInfoMsg(mapRefMsg(t.ref), t.map, req.with_counts ? t.map.count() : undefined)),
     }), shutdown),
 
     DumpEntries: serverStream(log, 'CTMaps/DumpEntries', async (req: DumpRequest, writer: StreamWriter<Buffer>, ctx) => {

@@ -17,6 +17,7 @@ import type { Logger } from 'pino';
 import type { MembershipSink, MembershipSource } from '../membership-types';
 import { looksLikeEtcdConfig, parseEtcdConfig, type EtcdConfig } from './etcd-config';
 import { EtcdClusterWatcher } from './etcd-cluster';
+import { SyncLatch } from './sync-latch';
 
 /** Rescan period: the fallback for events fs.watch misses (network filesystems, a replaced directory). */
 export const DEFAULT_RESCAN_MS = 2_000;
@@ -73,9 +74,7 @@ export class ConfigDirSource implements MembershipSource {
   private dirState: 'present' | 'missing' | 'unreadable' | undefined;
   /** Names found by the first successful read; synced waits for their watchers. */
   private initialNames: Set<string> | undefined;
-  private isSynced = false;
-  private readonly syncedPromise: Promise<void>;
-  private resolveSynced!: () => void;
+  private readonly latch = new SyncLatch();
   private started = false;
   private stopping: Promise<void> | undefined;
 
@@ -86,16 +85,15 @@ export class ConfigDirSource implements MembershipSource {
     this.graceMs = opts.graceMs;
     this.connectTimeoutMs = opts.connectTimeoutMs;
     this.rescanMs = opts.rescanMs ?? DEFAULT_RESCAN_MS;
-    this.syncedPromise = new Promise((resolve) => (this.resolveSynced = resolve));
   }
 
   get synced(): boolean {
-    return this.isSynced;
+    return this.latch.synced;
   }
 
   /** Resolves when `synced` becomes true; never resolves if stopped before that. */
   whenSynced(): Promise<void> {
-    return this.syncedPromise;
+    return this.latch.whenSynced();
   }
 
   /** Reads the directory once (starting a watcher per config found), then watches it. */
@@ -278,14 +276,13 @@ export class ConfigDirSource implements MembershipSource {
   }
 
   private checkSynced(): void {
-    if (this.isSynced || this.initialNames === undefined) return;
+    if (this.latch.synced || this.initialNames === undefined) return;
     for (const name of this.initialNames) {
       const current = this.clusters.get(name);
       if (current !== undefined && !current.watcher.synced) return;
     }
-    this.isSynced = true;
+    this.latch.set();
     this.log.info('clustermesh config synced');
-    this.resolveSynced();
   }
 
   /** Watches the directory for changes (a rescan per event burst); re-watches a replaced directory. */

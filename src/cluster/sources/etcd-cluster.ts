@@ -17,6 +17,7 @@ import type { Logger } from 'pino';
 import { CtmapError, invalidArgument } from '../../errors';
 import type { MembershipSink, MembershipSource } from '../membership-types';
 import type { EtcdConfig } from './etcd-config';
+import { SyncLatch } from './sync-latch';
 
 /** How long a cluster stays claimed while its etcd cannot be reached. */
 export const DEFAULT_GRACE_MS = 5 * 60_000;
@@ -113,9 +114,7 @@ export class EtcdClusterWatcher implements MembershipSource {
   private loop: Promise<void> | undefined;
   private graceTimer: NodeJS.Timeout | undefined;
   private connectTimer: NodeJS.Timeout | undefined;
-  private isSynced = false;
-  private readonly syncedPromise: Promise<void>;
-  private resolveSynced!: () => void;
+  private readonly latch = new SyncLatch();
   private stopping: Promise<void> | undefined;
 
   constructor(opts: EtcdClusterWatcherOptions) {
@@ -126,16 +125,15 @@ export class EtcdClusterWatcher implements MembershipSource {
     this.log = opts.log.child({ cluster: opts.name, etcd: opts.config.endpoints });
     this.graceMs = opts.graceMs ?? DEFAULT_GRACE_MS;
     this.connectTimeoutMs = opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
-    this.syncedPromise = new Promise((resolve) => (this.resolveSynced = resolve));
   }
 
   get synced(): boolean {
-    return this.isSynced;
+    return this.latch.synced;
   }
 
   /** Resolves when `synced` becomes true; never resolves if stopped before that. */
   whenSynced(): Promise<void> {
-    return this.syncedPromise;
+    return this.latch.whenSynced();
   }
 
   /** Starts the session loop; resolves at once (the first read happens in the background). */
@@ -212,7 +210,7 @@ export class EtcdClusterWatcher implements MembershipSource {
       this.stopGrace();
       this.log.info({ revision: res.header.revision }, 'connected to the remote cluster etcd');
       this.report(res.kvs[0], 'initial read');
-      if (!this.isSynced) void this.enqueue(async () => this.markSynced());
+      if (!this.latch.synced) void this.enqueue(async () => this.markSynced());
 
       // `watcher()` rather than `create()`: create() only resolves once etcd confirms the
       // watch, and a watch that never gets confirmed could then not be cancelled.
@@ -310,9 +308,7 @@ export class EtcdClusterWatcher implements MembershipSource {
   private markSynced(): void {
     clearTimeout(this.connectTimer);
     this.connectTimer = undefined;
-    if (this.isSynced) return;
-    this.isSynced = true;
-    this.resolveSynced();
+    this.latch.set();
   }
 
   private startGrace(): void {

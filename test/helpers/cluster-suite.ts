@@ -12,6 +12,7 @@ import { services } from '../../src/server/proto';
 import { natMapsDefinition } from '../../src/server/natmaps-service';
 import { Client, call, collect, ctClient, rejectsWith, serviceClient, startTestDaemon, tempDir } from './grpc';
 import { snatPair } from './nat-fixtures';
+import { waitUntil } from './wait';
 
 export interface ClusterBackendProbe {
   /** Daemon flags selecting the backend and its bpf-root. */
@@ -48,10 +49,8 @@ function watch(client: Client): { events: any[]; cancel(): void } {
   return { events, cancel: () => stream.cancel() };
 }
 
-async function until(cond: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
-  assert.ok(cond(), what);
-}
+/** The suite's waits: 2 s each. */
+const until = (cond: () => boolean, what: string): Promise<void> => waitUntil(cond, what, 2_000, 10);
 
 export async function clusterSuite(t: TestContext, probe: ClusterBackendProbe): Promise<void> {
   const globals = path.join(probe.bpfRoot, 'tc', 'globals');

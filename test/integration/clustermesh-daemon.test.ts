@@ -15,18 +15,12 @@ import { memoryBackend, pinnedPaths } from '../../src/maps/memory';
 import { services } from '../../src/server/proto';
 import { Client, call, startTestDaemon, tempDir } from '../helpers/grpc';
 import { etcdTier, startEtcd } from '../helpers/etcd';
+import { waitUntil } from '../helpers/wait';
+
+const until = (cond: () => boolean | Promise<boolean>, what: string): Promise<void> => waitUntil(cond, what, 10_000, 25);
 
 const CLUSTER = 'cluster-east';
 const KEY = `cilium/cluster-config/${CLUSTER}`;
-
-async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await cond()) return;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  assert.fail(`timed out waiting: ${what}`);
-}
 
 test('clustermesh through the daemon: etcd key and config directory drive join, move and leave', async (t) => {
   if (!etcdTier(t)) return;

@@ -16,6 +16,7 @@ import { EtcdClusterWatcher, parseClusterConfig } from '../../src/cluster/source
 import { looksLikeEtcdConfig, parseEtcdConfig, type EtcdConfig } from '../../src/cluster/sources/etcd-config';
 import { createLogger, type Logger } from '../../src/server/logger';
 import { etcdTier, startEtcd, type EtcdServer } from '../helpers/etcd';
+import { waitUntil } from '../helpers/wait';
 
 type SinkEvent = { op: 'claim'; owner: ClaimOwner; name: string; id: number; via: ClaimVia } | { op: 'release'; owner: ClaimOwner; name: string; via: ClaimVia };
 
@@ -46,15 +47,6 @@ function capturingLogger(): { log: Logger; lines: LogLine[] } {
 
 const WARN = 40;
 const DEBUG = 20;
-
-/** Polls `cond` every 20 ms; fails with `what` after `timeoutMs`. */
-async function waitFor(cond: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) assert.fail(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(20);
-  }
-}
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -202,30 +194,30 @@ describe('EtcdClusterWatcher (real etcd)', () => {
     assert.ok(sink.events.every((e) => e.owner === 'clustermesh'));
 
     await etcd.put(key('w-one'), '{"id": 9}');
-    await waitFor(() => sink.of('w-one').length === 2, 'the claim of the new id');
+    await waitUntil(() => sink.of('w-one').length === 2, 'the claim of the new id');
     assert.deepEqual(sink.of('w-one'), ['claim:7', 'claim:9'], 'an id change is a claim with the new id');
 
     const warnings = (): LogLine[] => lines.filter((l) => l.level === WARN && l.cluster === 'w-one');
     await etcd.put(key('w-one'), 'garbage');
-    await waitFor(() => warnings().length === 1, 'a warning about the malformed value');
+    await waitUntil(() => warnings().length === 1, 'a warning about the malformed value');
     assert.match(warnings()[0].msg, /malformed cluster config/);
     assert.match(String(warnings()[0].err?.message), /not JSON/);
     assert.equal(warnings()[0].keptId, 9);
     await etcd.put(key('w-one'), '{"id": 0}');
-    await waitFor(() => warnings().length === 2, 'a warning about id 0');
+    await waitUntil(() => warnings().length === 2, 'a warning about id 0');
     assert.match(String(warnings()[1].err?.message), /^id: must be an integer >= 1/);
     await etcd.put(key('w-one'), '{"id": 300}');
-    await waitFor(() => warnings().length === 3, 'a warning about the rejected claim');
+    await waitUntil(() => warnings().length === 3, 'a warning about the rejected claim');
     assert.match(warnings()[2].msg, /rejected/);
     assert.match(String(warnings()[2].err?.message), /cluster_id: must be in 1\.\.255/);
     assert.deepEqual(sink.of('w-one'), ['claim:7', 'claim:9'], 'bad values neither claim nor release: the last valid claim stays');
     assert.equal(warnings()[0].keptId, 9);
 
     await etcd.del(key('w-one'));
-    await waitFor(() => sink.of('w-one').length === 3, 'the release');
+    await waitUntil(() => sink.of('w-one').length === 3, 'the release');
     assert.deepEqual(sink.of('w-one', true), ['claim:7/etcd', 'claim:9/etcd', 'release/etcd']);
     await etcd.put(key('w-one'), '{"id": 5}');
-    await waitFor(() => sink.of('w-one').length === 4, 'the claim after the key came back');
+    await waitUntil(() => sink.of('w-one').length === 4, 'the claim after the key came back');
     assert.equal(sink.of('w-one')[3], 'claim:5');
 
     await w.stop();
@@ -244,7 +236,7 @@ describe('EtcdClusterWatcher (real etcd)', () => {
     await w.whenSynced();
     assert.deepEqual(sink.of('w-late'), ['release']);
     await etcd.put(key('w-late'), '{"id": 3}');
-    await waitFor(() => sink.of('w-late').length === 2, 'the claim');
+    await waitUntil(() => sink.of('w-late').length === 2, 'the claim');
     assert.deepEqual(sink.of('w-late'), ['release', 'claim:3']);
   });
 
@@ -280,9 +272,9 @@ describe('EtcdClusterWatcher (real etcd)', () => {
     // An outage shorter than the grace period: no release; the reconnect re-claims the same
     // id, which the sink takes as a no-op.
     await etcd.kill();
-    await waitFor(() => lines.some((l) => /lost the remote cluster etcd/.test(l.msg)), 'the loss to be noticed');
+    await waitUntil(() => lines.some((l) => /lost the remote cluster etcd/.test(l.msg)), 'the loss to be noticed');
     await etcd.restart();
-    await waitFor(() => sink.of('w-lost').length === 2, 'the re-claim after the reconnect');
+    await waitUntil(() => sink.of('w-lost').length === 2, 'the re-claim after the reconnect');
     await sleep(1_200);
     assert.deepEqual(sink.of('w-lost'), ['claim:4', 'claim:4']);
 
@@ -290,13 +282,13 @@ describe('EtcdClusterWatcher (real etcd)', () => {
     await etcd.kill();
     await sleep(500);
     assert.deepEqual(sink.of('w-lost'), ['claim:4', 'claim:4'], 'still claimed inside the grace period');
-    await waitFor(() => sink.of('w-lost').length === 3, 'the release after the grace period', 3_000);
+    await waitUntil(() => sink.of('w-lost').length === 3, 'the release after the grace period', 3_000);
     const releasedAfter = Date.now() - killedAt;
     assert.ok(releasedAfter >= 950, `released ${releasedAfter} ms after the kill`);
     assert.deepEqual(sink.of('w-lost', true), ['claim:4/etcd', 'claim:4/etcd', 'release/etcd']);
 
     await etcd.restart();
-    await waitFor(() => sink.of('w-lost').length === 4, 'the claim after etcd is back');
+    await waitUntil(() => sink.of('w-lost').length === 4, 'the claim after etcd is back');
     assert.deepEqual(sink.of('w-lost'), ['claim:4', 'claim:4', 'release', 'claim:4']);
   });
 });
@@ -372,11 +364,11 @@ describe('ConfigDirSource (real etcd)', () => {
     assert.deepEqual(sink.events, [], 'an empty directory is synced at once');
 
     fs.writeFileSync(path.join(dir, 'd-new'), etcdYaml(a.endpoint));
-    await waitFor(() => sink.of('d-new').length === 1, 'the claim of the new file');
+    await waitUntil(() => sink.of('d-new').length === 1, 'the claim of the new file');
     assert.deepEqual(sink.of('d-new', true), ['claim:21/etcd']);
 
     fs.writeFileSync(path.join(dir, 'd-new'), etcdYaml(b.endpoint));
-    await waitFor(() => sink.of('d-new').length === 2, 'the claim from the edited file\'s etcd');
+    await waitUntil(() => sink.of('d-new').length === 2, 'the claim from the edited file\'s etcd');
     assert.deepEqual(sink.of('d-new'), ['claim:21', 'claim:22'], 'reconnected without a release in between');
     assert.ok(lines.some((l) => l.cluster === 'd-new' && /config changed; reconnecting/.test(l.msg)));
     await a.put(key('d-new'), '{"id": 23}');
@@ -384,7 +376,7 @@ describe('ConfigDirSource (real etcd)', () => {
     assert.deepEqual(sink.of('d-new'), ['claim:21', 'claim:22'], 'the old etcd is no longer watched');
 
     fs.rmSync(path.join(dir, 'd-new'));
-    await waitFor(() => sink.of('d-new').length === 3, 'the release of the removed file');
+    await waitUntil(() => sink.of('d-new').length === 3, 'the release of the removed file');
     assert.deepEqual(sink.of('d-new', true), ['claim:21/etcd', 'claim:22/etcd', 'release/config-dir']);
     await b.put(key('d-new'), '{"id": 24}');
     await sleep(300);
@@ -417,12 +409,12 @@ describe('ConfigDirSource (real etcd)', () => {
     assert.deepEqual(sink.of('d-swap'), ['claim:31']);
 
     writeGeneration(2, b.endpoint);
-    await waitFor(() => sink.of('d-swap').length === 2, 'the claim read from the new etcd');
+    await waitUntil(() => sink.of('d-swap').length === 2, 'the claim read from the new etcd');
     assert.ok(lines.some((l) => l.cluster === 'd-swap' && /connected to the remote cluster etcd/.test(l.msg) && String(l.etcd) === b.endpoint));
     await sleep(300);
     assert.deepEqual(sink.of('d-swap'), ['claim:31', 'claim:31'], 'same id: re-claimed (a no-op for the sink), never released');
     await b.put(key('d-swap'), '{"id": 32}');
-    await waitFor(() => sink.of('d-swap').length === 3, 'a change in the new etcd');
+    await waitUntil(() => sink.of('d-swap').length === 3, 'a change in the new etcd');
     assert.deepEqual(sink.of('d-swap'), ['claim:31', 'claim:31', 'claim:32']);
   });
 
@@ -478,11 +470,11 @@ describe('ConfigDirSource (real etcd)', () => {
 
     fs.mkdirSync(dir);
     fs.writeFileSync(path.join(dir, 'd-later'), etcdYaml(etcd.endpoint));
-    await waitFor(() => sink.of('d-later').length === 1, 'the claim once the directory exists');
+    await waitUntil(() => sink.of('d-later').length === 1, 'the claim once the directory exists');
     assert.deepEqual(sink.of('d-later'), ['claim:41']);
     // fs.watch is set up on the new directory: a removal is seen without waiting for rescans.
     fs.rmSync(path.join(dir, 'd-later'));
-    await waitFor(() => sink.of('d-later').length === 2, 'the release');
+    await waitUntil(() => sink.of('d-later').length === 2, 'the release');
   });
 
   test('stop() closes every watch, connection and timer', async (t) => {
@@ -505,7 +497,7 @@ describe('ConfigDirSource (real etcd)', () => {
     assert.ok(Date.now() - stopStarted < 2_000, `stop() took ${Date.now() - stopStarted} ms`);
     assert.deepEqual(sink.events.filter((e) => e.op === 'release'), [], 'stop releases nothing');
     // etcd3 and grpc-js finish closing their channels on their own timers (< 1 s).
-    await waitFor(() => leftovers(before, resourceCounts()).length === 0, `no handles left (${JSON.stringify(leftovers(before, resourceCounts()))})`, 3_000);
+    await waitUntil(() => leftovers(before, resourceCounts()).length === 0, `no handles left (${JSON.stringify(leftovers(before, resourceCounts()))})`, 3_000);
   });
 });
 

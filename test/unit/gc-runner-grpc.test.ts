@@ -8,6 +8,7 @@ import { test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { services } from '../../src/server/proto';
 import { call, collect, ctClient, rejectsWith, startTestDaemon, tempDir } from '../helpers/grpc';
+import { waitUntil } from '../helpers/wait';
 
 /** A GCRunner client; `own` gives it a connection of its own (subscribers are separate processes). */
 function gcClient(address: string, own = false): any {
@@ -94,10 +95,7 @@ test('GCRunner over gRPC: Run, emit_kept, bad input, Observe with a slow subscri
   const run = (await collect(gc, 'Run', { family: 'FAMILY_IPV4', filter: { remove_expired: true } })).at(-1).stats;
   assert.equal(Number(run.maps[0].deleted), N);
 
-  const until = async (cond: () => boolean, what: string) => {
-    for (let i = 0; i < 300 && !cond(); i++) await new Promise((r) => setTimeout(r, 50));
-    assert.ok(cond(), what);
-  };
+  const until = (cond: () => boolean, what: string) => waitUntil(cond, what, 15_000, 50);
   await until(() => fast.length >= N, `fast subscriber got ${fast.length}/${N}`);
   assert.equal(fast.length, N);
   assert.ok(fast.every((m) => m.lost === '0' && m.record), 'fast subscriber lost nothing');

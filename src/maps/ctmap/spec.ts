@@ -95,28 +95,37 @@ export function clusterInnerMapName(family: Family, kind: CtKind, clusterId: num
 }
 
 /**
- * The outer map of (family, kind): ARRAY_OF_MAPS indexed by cluster id, ClusterIDMax+1
- * slots (slot 0 stays empty: cluster 0 is the global map), its template the global map's
- * spec (map-in-map compares type, key/value size and flags, not max_entries).
+ * A per-cluster outer map named `name` whose inner maps look like `global`: ARRAY_OF_MAPS
+ * indexed by cluster id, ClusterIDMax+1 slots (slot 0 stays empty: cluster 0 is the
+ * global map), its template the global map's spec (map-in-map compares type, key/value
+ * size and flags, not max_entries). Shared by the CT and SNAT outer maps.
  */
-export function clusterOuterCtMapSpec(cfg: CtMapsConfig, family: Family, kind: CtKind): MapSpec {
-  const name = clusterOuterMapName(family, kind);
+export function clusterOuterSpecFor(global: MapSpec, name: string, bpfRoot: string, clusterIdMax = DEFAULT_CLUSTER_ID_MAX): MapSpec {
   return {
     name,
     type: MapType.ARRAY_OF_MAPS,
     keySize: 4,
     valueSize: 4,
-    maxEntries: (cfg.clusterIdMax ?? DEFAULT_CLUSTER_ID_MAX) + 1,
+    maxEntries: clusterIdMax + 1,
     flags: 0,
-    innerSpec: { ...globalCtMapSpec(cfg, family, kind), pinPath: undefined },
-    pinPath: path.join(globalsDir(cfg.bpfRoot), name),
+    innerSpec: { ...global, pinPath: undefined },
+    pinPath: path.join(globalsDir(bpfRoot), name),
   };
 }
 
-/** A cluster's inner CT map: the global map's spec under the name `<outer>_<id>`. */
+/** A cluster's inner map: `global`'s spec under the name `name` (`<outer>_<id>`). */
+export function clusterInnerSpecFor(global: MapSpec, name: string, bpfRoot: string): MapSpec {
+  return { ...global, name, pinPath: path.join(globalsDir(bpfRoot), name) };
+}
+
+/** The CT outer map of (family, kind). */
+export function clusterOuterCtMapSpec(cfg: CtMapsConfig, family: Family, kind: CtKind): MapSpec {
+  return clusterOuterSpecFor(globalCtMapSpec(cfg, family, kind), clusterOuterMapName(family, kind), cfg.bpfRoot, cfg.clusterIdMax);
+}
+
+/** A cluster's inner CT map of (family, kind). */
 export function clusterInnerCtMapSpec(cfg: CtMapsConfig, family: Family, kind: CtKind, clusterId: number): MapSpec {
-  const name = clusterInnerMapName(family, kind, clusterId);
-  return { ...globalCtMapSpec(cfg, family, kind), name, pinPath: path.join(globalsDir(cfg.bpfRoot), name) };
+  return clusterInnerSpecFor(globalCtMapSpec(cfg, family, kind), clusterInnerMapName(family, kind, clusterId), cfg.bpfRoot);
 }
 
 /**

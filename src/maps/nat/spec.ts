@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { MapFlag, MapSpec, MapType } from '../types';
 import type { Family } from '../ctmap/addr';
 import { keySize } from '../ctmap/codec';
-import { CtMapsConfig, DEFAULT_CLUSTER_ID_MAX, globalsDir } from '../ctmap/spec';
+import { CtMapsConfig, clusterInnerSpecFor, clusterOuterSpecFor, globalsDir } from '../ctmap/spec';
 import { natValueSize } from './codec';
 
 /**
@@ -77,23 +77,12 @@ export function clusterInnerNatMapName(family: Family, clusterId: number): strin
   return `${clusterOuterNatMapName(family)}_${clusterId}`;
 }
 
-/** The outer SNAT map of `family`: ARRAY_OF_MAPS of ClusterIDMax+1 slots, template the global NAT map. */
+/** The outer SNAT map of `family` (see clusterOuterSpecFor). */
 export function clusterOuterNatMapSpec(cfg: NatMapsConfig, family: Family): MapSpec {
-  const name = clusterOuterNatMapName(family);
-  return {
-    name,
-    type: MapType.ARRAY_OF_MAPS,
-    keySize: 4,
-    valueSize: 4,
-    maxEntries: (cfg.clusterIdMax ?? DEFAULT_CLUSTER_ID_MAX) + 1,
-    flags: 0,
-    innerSpec: { ...globalNatMapSpec(cfg, family), pinPath: undefined },
-    pinPath: path.join(globalsDir(cfg.bpfRoot), name),
-  };
+  return clusterOuterSpecFor(globalNatMapSpec(cfg, family), clusterOuterNatMapName(family), cfg.bpfRoot, cfg.clusterIdMax);
 }
 
 /** A cluster's inner SNAT map: the global NAT map's spec under the name `<outer>_<id>`. */
 export function clusterInnerNatMapSpec(cfg: NatMapsConfig, family: Family, clusterId: number): MapSpec {
-  const name = clusterInnerNatMapName(family, clusterId);
-  return { ...globalNatMapSpec(cfg, family), name, pinPath: path.join(globalsDir(cfg.bpfRoot), name) };
+  return clusterInnerSpecFor(globalNatMapSpec(cfg, family), clusterInnerNatMapName(family, clusterId), cfg.bpfRoot);
 }

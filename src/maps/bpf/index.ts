@@ -175,10 +175,15 @@ export function lookupBatch(
   countCell[0] = capacity;
   const fn = andDelete ? native.lookupAndDeleteBatch : native.lookupBatch;
   const ret = fn(fd.value, inBatch, outBatch, keys, values, countCell, null);
-  if (ret === -Errno.ENOENT) return { count: countCell[0], done: true };
-  if (ret === -Errno.ENOSPC) throw new BpfSyscallError('map lookup batch', Errno.ENOSPC, 'batch too small?');
-  check(andDelete ? 'map lookup and delete batch' : 'map lookup batch', ret);
-  return { count: countCell[0], done: false };
+  return lookupBatchResult(andDelete ? 'map lookup and delete batch' : 'map lookup batch', ret, countCell[0]);
+}
+
+/** What a lookup batch call's return value means (see lookupBatch); throws for errors. */
+function lookupBatchResult(op: string, ret: number, count: number): BatchLookupResult {
+  if (ret === -Errno.ENOENT) return { count, done: true };
+  if (ret === -Errno.ENOSPC) throw new BpfSyscallError(op, Errno.ENOSPC, 'batch too small?');
+  check(op, ret);
+  return { count, done: false };
 }
 
 /**
@@ -198,11 +203,12 @@ export function lookupBatchAsync(
   countCell[0] = capacity;
   return new Promise((resolve, reject) => {
     native.lookupBatch.async(fd.value, inBatch, outBatch, keys, values, countCell, null, (err, ret) => {
-      if (err) reject(err);
-      else if (ret === -Errno.ENOENT) resolve({ count: countCell[0], done: true });
-      else if (ret === -Errno.ENOSPC) reject(new BpfSyscallError('map lookup batch', Errno.ENOSPC, 'batch too small?'));
-      else if (ret < 0) reject(new BpfSyscallError('map lookup batch', -ret));
-      else resolve({ count: countCell[0], done: false });
+      if (err) return reject(err);
+      try {
+        resolve(lookupBatchResult('map lookup batch', ret, countCell[0]));
+      } catch (e) {
+        reject(e);
+      }
     });
   });
 }

@@ -125,8 +125,7 @@ export class ClusterCtMaps {
     if (have) {
       // Part of it was cleaned up (one family): reopen the rest with the missing part.
       this.#clusters.delete(id);
-      for (const c of have.ct) this.ct.remove(c.ref)?.map.close();
-      for (const n of have.nat) this.nat.remove({ family: n.family, clusterId: id })?.map.close();
+      this.#release(have, () => false);
     }
     return this.#createSync(id);
   }
@@ -205,10 +204,7 @@ export class ClusterCtMaps {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    for (const cluster of this.#clusters.values()) {
-      for (const c of cluster.ct) this.ct.remove(c.ref)?.map.close();
-      for (const n of cluster.nat) this.nat.remove({ family: n.family, clusterId: cluster.clusterId })?.map.close();
-    }
+    for (const cluster of this.#clusters.values()) this.#release(cluster, () => false);
     this.#clusters.clear();
     for (const o of this.#outers) o.map.close();
     this.#outers.length = 0;
@@ -255,12 +251,7 @@ export class ClusterCtMaps {
       // Leave nothing half-joined: slots emptied, maps unregistered and closed, and the
       // maps this call created unpinned (pinned maps it reused keep their entries).
       this.#clearSlots(id);
-      for (const c of cluster.ct) this.ct.remove(c.ref);
-      for (const n of cluster.nat) this.nat.remove({ family: n.family, clusterId: id });
-      for (const m of [...cluster.ct.map((c) => c.map), ...cluster.nat.map((n) => n.map)]) {
-        m.close();
-        if (created.has(m) && m.spec.pinPath) this.backend.unpin(m.spec.pinPath);
-      }
+      this.#release(cluster, (m) => created.has(m));
       throw err;
     }
     this.#clusters.set(id, cluster);
@@ -282,18 +273,19 @@ export class ClusterCtMaps {
     for (const o of this.#outers) if (!families || families.has(o.family)) o.map.delete(key);
   }
 
-  /** Unregisters, closes and unpins the given inner maps. */
+  /** Forgets the given inner maps: unregistered, closed and unpinned. */
   #forget(cluster: ClusterMaps): void {
     this.#clusters.delete(cluster.clusterId);
-    for (const c of cluster.ct) {
-      this.ct.remove(c.ref);
-      c.map.close();
-      if (c.map.spec.pinPath) this.backend.unpin(c.map.spec.pinPath);
-    }
-    for (const n of cluster.nat) {
-      this.nat.remove({ family: n.family, clusterId: cluster.clusterId });
-      n.map.close();
-      if (n.map.spec.pinPath) this.backend.unpin(n.map.spec.pinPath);
+    this.#release(cluster, () => true);
+  }
+
+  /** Takes the cluster's maps out of the CT and NAT tables and closes them; unpins those `unpin` selects. */
+  #release(cluster: ClusterMaps, unpin: (map: BpfMap) => boolean): void {
+    for (const c of cluster.ct) this.ct.remove(c.ref);
+    for (const n of cluster.nat) this.nat.remove({ family: n.family, clusterId: cluster.clusterId });
+    for (const map of [...cluster.ct.map((c) => c.map), ...cluster.nat.map((n) => n.map)]) {
+      map.close();
+      if (unpin(map) && map.spec.pinPath) this.backend.unpin(map.spec.pinPath);
     }
   }
 }

@@ -99,13 +99,12 @@ export class Membership implements MembershipSink {
   forceLeave(id: number, via: ClaimVia): Promise<number | undefined> {
     return this.#serial(async () => {
       validateClusterId(id, this.maps.clusterIdMax, 'cluster_id');
-      const names = [...this.#claims.entries()].filter(([, c]) => c.id === id);
-      for (const [key] of names) this.#claims.delete(key);
+      const name = this.#dropClaims(id);
       if (!this.maps.has(id)) {
         await this.maps.delete(id); // removes stray pins; idempotent
         return undefined;
       }
-      return this.#leave(id, names[0]?.[1].name ?? '', via);
+      return this.#leave(id, name, via);
     });
   }
 
@@ -116,9 +115,7 @@ export class Membership implements MembershipSink {
       const removed = await this.maps.cleanup(ipv4, ipv6);
       for (const id of before) {
         if (this.maps.has(id)) continue;
-        const names = [...this.#claims.entries()].filter(([, c]) => c.id === id);
-        for (const [key] of names) this.#claims.delete(key);
-        this.#emit({ kind: 'leave', clusterId: id, clusterName: names[0]?.[1].name ?? '', via: 'rpc', dropped: 0 });
+        this.#emit({ kind: 'leave', clusterId: id, clusterName: this.#dropClaims(id), via: 'rpc', dropped: 0 });
       }
       return removed;
     });
@@ -152,6 +149,17 @@ export class Membership implements MembershipSink {
     this.#closed = true;
     clearTimeout(this.#reconcileTimer);
     this.#events.complete();
+  }
+
+  /** Removes every claim on `id`; returns the first claiming name ("" when none). */
+  #dropClaims(id: number): string {
+    let name: string | undefined;
+    for (const [key, c] of this.#claims) {
+      if (c.id !== id) continue;
+      name ??= c.name;
+      this.#claims.delete(key);
+    }
+    return name ?? '';
   }
 
   #claimed(id: number): boolean {

@@ -38,18 +38,31 @@
 #include "ctmap.h"
 
 /*
- * Lifetimes in seconds, set by the loader before load from the agent flags (facts §5);
- * the initialisers are Cilium's defaults. Service lifetimes are not here: this program
- * does no load balancing, so it never looks up TUPLE_F_SERVICE entries.
+ * Lifetimes in seconds and the other load-time settings, written by the loader before
+ * load from ctmapd's flags (facts §5); the initialisers are Cilium's defaults. Service
+ * lifetimes are not here: this program does no load balancing, so it never looks up
+ * TUPLE_F_SERVICE entries.
  */
-const volatile __u32 CT_CONNECTION_LIFETIME_TCP = 8000;
-const volatile __u32 CT_CONNECTION_LIFETIME_NONTCP = 60;
-const volatile __u32 CT_SYN_TIMEOUT = 60;
-const volatile __u32 CT_CLOSE_TIMEOUT = 10;
+const volatile struct ct_datapath_config ctmapd_config = {
+	.lifetime_tcp = 8000,
+	.lifetime_nontcp = 60,
+	.syn_timeout = 60,
+	.close_timeout = 10,
+	.report_interval = 5,
+	.cluster_id = 0,
+	.report_flags = 0xff,
+	.enable_ipv4 = 1,
+	.enable_ipv6 = 1,
+};
+
+#define CT_CONNECTION_LIFETIME_TCP	(ctmapd_config.lifetime_tcp)
+#define CT_CONNECTION_LIFETIME_NONTCP	(ctmapd_config.lifetime_nontcp)
+#define CT_SYN_TIMEOUT			(ctmapd_config.syn_timeout)
+#define CT_CLOSE_TIMEOUT		(ctmapd_config.close_timeout)
 /* --monitor-aggregation-interval: last_{tx,rx}_report is refreshed at most this often. */
-const volatile __u32 CT_REPORT_INTERVAL = 5;
+#define CT_REPORT_INTERVAL		(ctmapd_config.report_interval)
 /* --monitor-aggregation-flags (default "all"): TCP flags recorded in {tx,rx}_flags_seen. */
-const volatile __u8 CT_REPORT_FLAGS = 0xff;
+#define CT_REPORT_FLAGS			(ctmapd_config.report_flags)
 
 /*
  * No `pinning` attribute: the maps live under <bpffs>/tc/globals/ where the daemon pins
@@ -532,9 +545,9 @@ static __always_inline int ct_handle(struct __sk_buff *skb, int dir)
 		STAT_INC(st, malformed);
 		return TC_ACT_OK;
 	}
-	if (proto == bpf_htons(ETH_P_IP))
+	if (proto == bpf_htons(ETH_P_IP) && ctmapd_config.enable_ipv4)
 		ct4(skb, dir, st);
-	else if (proto == bpf_htons(ETH_P_IPV6))
+	else if (proto == bpf_htons(ETH_P_IPV6) && ctmapd_config.enable_ipv6)
 		ct6(skb, dir, st);
 	else
 		STAT_INC(st, skipped);

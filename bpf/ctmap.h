@@ -152,6 +152,26 @@ struct ct_datapath_stats {
 	__u64 malformed;	/* headers shorter than they claim */
 };
 
+/*
+ * Load-time settings of bpf/ct_datapath.bpf.c, its only .rodata variable
+ * (`ctmapd_config`). The loader (src/datapath/) writes it before load from ctmapd's
+ * flags (facts §5), as libbpf-bootstrap does with `const volatile` globals. One struct,
+ * so that userspace writes it by layout (checked against BTF) rather than resolving
+ * symbols one by one.
+ */
+struct ct_datapath_config {
+	__u32 lifetime_tcp;	/* CT_CONNECTION_LIFETIME_TCP: --bpf-ct-timeout-regular-tcp */
+	__u32 lifetime_nontcp;	/* CT_CONNECTION_LIFETIME_NONTCP: --bpf-ct-timeout-regular-any */
+	__u32 syn_timeout;	/* CT_SYN_TIMEOUT: --bpf-ct-timeout-regular-tcp-syn */
+	__u32 close_timeout;	/* CT_CLOSE_TIMEOUT: --bpf-ct-timeout-regular-tcp-fin */
+	__u32 report_interval;	/* CT_REPORT_INTERVAL: --monitor-aggregation-interval */
+	__u32 cluster_id;	/* 0: the global maps, unless skb->mark carries a cluster id */
+	__u8 report_flags;	/* TCP flags recorded in {rx,tx}_flags_seen (Cilium: all) */
+	__u8 enable_ipv4;	/* 0: IPv4 packets pass untracked (the daemon has no v4 maps) */
+	__u8 enable_ipv6;	/* 0: likewise for IPv6 */
+	__u8 pad;
+};
+
 _Static_assert(sizeof(union v6addr) == 16, "v6addr size");
 _Static_assert(sizeof(struct ipv4_ct_tuple) == 14, "ipv4_ct_tuple size");
 _Static_assert(sizeof(struct ipv6_ct_tuple) == 38, "ipv6_ct_tuple size");
@@ -161,5 +181,6 @@ _Static_assert(__builtin_offsetof(struct ct_entry, flags) == 36, "ct_entry flags
 _Static_assert(sizeof(struct ipv4_nat_entry) == 40, "ipv4_nat_entry size");
 _Static_assert(sizeof(struct ipv6_nat_entry) == 56, "ipv6_nat_entry size");
 _Static_assert(sizeof(struct ct_datapath_stats) == 96, "ct_datapath_stats size");
+_Static_assert(sizeof(struct ct_datapath_config) == 28, "ct_datapath_config size");
 
 #endif /* CTMAPD_CTMAP_H */

@@ -37,6 +37,9 @@ struct {
 	__type(value, struct ct_datapath_stats);
 } ctmapd_ct_stats SEC(".maps");
 
+/* Types only reach BTF through a use; the datapath's settings have none here otherwise. */
+struct ct_datapath_config ctmap_layout_config SEC(".data.layout");
+
 SEC("tc")
 int ctmap_layout_noop(struct __sk_buff *skb)
 {

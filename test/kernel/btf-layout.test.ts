@@ -48,6 +48,7 @@ const FLAG_MEMBER: Record<(typeof ctLayout.CT_ENTRY_FLAG_NAMES)[number], string>
 test('every expected layout is exported', () => {
   const names = LAYOUTS.map((l) => l.cName).sort();
   assert.deepEqual(names, [
+    'ct_datapath_config',
     'ct_datapath_stats',
     'ct_entry',
     'ipv4_ct_tuple',

@@ -15,14 +15,18 @@ import { Family, writeAddress } from '../../src/maps/ctmap/addr';
 import { CtEntry, CtKey, decodeEntry, encodeEntry, encodeKey } from '../../src/maps/ctmap/codec';
 import { ctNow } from '../../src/maps/ctmap/format';
 import { CT_DATAPATH_STATS, CT_DATAPATH_STATS_COUNTERS, CtEntryFlag, IPPROTO, TupleFlag } from '../../src/maps/ctmap/layout';
-import { CtKind, globalCtMapSpec } from '../../src/maps/ctmap/spec';
+import { CtKind, globalCtMapSpec, globalsDir } from '../../src/maps/ctmap/spec';
+import { CT_DATAPATH_FAMILY_MAPS, CT_DATAPATH_STATS_MAP, datapathSettingsFrom, type DatapathSettings } from '../../src/datapath/settings';
+import { parseConfig } from '../../src/server/config';
 import type { BpfMap } from '../../src/maps/types';
 
 type KernelModule = typeof import('../../src/maps/kernel');
 type BpfModule = typeof import('../../src/maps/bpf');
+type LoaderModule = typeof import('../../src/datapath/loader');
 
-/** Compiled to dist/test/kernel/, three levels below the repo root. */
-const OBJ = path.resolve(__dirname, '../../..', 'bpf/.output/ct_datapath.bpf.o');
+/** The flag defaults, as the daemon would hand them to the loader. */
+const DEFAULT_FLAGS = parseConfig([], {});
+
 
 /** The rodata defaults of the object (ctmap-facts §5). */
 const SYN_TIMEOUT = 60;
@@ -134,20 +138,23 @@ function possibleCpus(): number {
 }
 
 /**
- * Loads the datapath over fresh CT maps and a fresh stats map; everything is closed after,
- * also on failure, and then no bpf fd or BPF object may remain open.
+ * Loads the datapath with the loader (src/datapath/) over fresh CT maps and a fresh stats
+ * map pinned where the daemon pins them, with `settings` (default: the flag defaults);
+ * everything is closed after, also on failure, and then no bpf fd or BPF object may
+ * remain open.
  */
-async function withDatapath(t: TestContext, body: (env: Env) => void): Promise<void> {
+async function withDatapath(t: TestContext, body: (env: Env) => void, settings?: Partial<DatapathSettings>): Promise<void> {
   if (!kernelTier(t)) return;
   const kernel = require('../../src/maps/kernel') as KernelModule;
   const bpf = require('../../src/maps/bpf') as BpfModule;
+  const { CtDatapath } = require('../../src/datapath/loader') as LoaderModule;
   const { root, cleanup } = privateBpfRoot();
   const fds = bpfFdCount();
   const objs = bpf.openObjectCount();
   const cfg = { bpfRoot: root, enableIPv4: true, enableIPv6: true, ctTcpMax: 1024, ctAnyMax: 1024, distributedLru: false };
   const maps = new Map<string, BpfMap>();
   let stats: import('../../src/maps/bpf').Fd | undefined;
-  let obj: import('../../src/maps/bpf').BpfObject | undefined;
+  let datapath: import('../../src/datapath/loader').CtDatapath | undefined;
   let run: import('../../src/maps/bpf').TestRunContext | undefined;
   try {
     for (const family of ['ipv4', 'ipv6'] as const) {
@@ -155,17 +162,20 @@ async function withDatapath(t: TestContext, body: (env: Env) => void): Promise<v
     }
     stats = bpf.createMap({
       type: BPF_MAP_TYPE_PERCPU_ARRAY,
-      name: 'ctmapd_ct_stats',
+      name: CT_DATAPATH_STATS_MAP,
       keySize: 4,
       valueSize: CT_DATAPATH_STATS.size,
       maxEntries: 1,
       flags: 0,
     });
-    obj = bpf.BpfObject.open(OBJ);
-    for (const m of maps.values()) obj.map(m.spec.name).reuseFd((m as InstanceType<KernelModule['KernelMap']>).fd);
-    obj.map('ctmapd_ct_stats').reuseFd(stats);
-    const progs = { egress: obj.program('ct_egress'), ingress: obj.program('ct_ingress') };
-    obj.load([progs.egress, progs.ingress]);
+    bpf.objPin(stats, path.join(globalsDir(root), CT_DATAPATH_STATS_MAP));
+    const effective = { ...datapathSettingsFrom(DEFAULT_FLAGS), ...settings };
+    datapath = CtDatapath.load({ bpfRoot: root, settings: effective });
+    const expectReused = [CT_DATAPATH_STATS_MAP]
+      .concat(effective.enableIpv4 ? CT_DATAPATH_FAMILY_MAPS.ipv4 : [])
+      .concat(effective.enableIpv6 ? CT_DATAPATH_FAMILY_MAPS.ipv6 : []);
+    assert.deepEqual([...datapath.reusedMaps].sort(), expectReused.sort(), 'maps reused from the pins');
+    const progs = { egress: datapath.egress, ingress: datapath.ingress };
     run = new bpf.TestRunContext(0, 1024);
     const r = run;
     const ncpu = possibleCpus();
@@ -207,7 +217,7 @@ async function withDatapath(t: TestContext, body: (env: Env) => void): Promise<v
     });
   } finally {
     run?.close();
-    obj?.close();
+    datapath?.close();
     stats?.close();
     for (const m of maps.values()) m.close();
     cleanup();
@@ -369,6 +379,33 @@ for (const fam of [
         assert.equal(env.count(family, 'any'), 2, 'flow + related');
         assert.deepEqual(env.stats(), stats({ packets: 2, lookups: 3, creates: 1, hits_reply: 1 }));
       });
+    });
+
+    test('timeouts come from the flags through .rodata; a family switched off passes untracked', async (t) => {
+      const other = family === 'ipv4' ? 'ipv6' : 'ipv4';
+      const flags = parseConfig(
+        ['--bpf-ct-timeout-regular-any=33', '--bpf-ct-timeout-regular-tcp-syn=21', '--bpf-ct-timeout-regular-tcp-fin=7', `--enable-${other}=false`],
+        {},
+      );
+      await withDatapath(
+        t,
+        (env) => {
+          const u = around(() => env.egress(ip(a, b, IPPROTO.UDP, udp(5353, 53), fam.ext)));
+          u.expect(env.entry(family, 'any', fwdKey(a, 5353, b, 53, IPPROTO.UDP, TupleFlag.OUT))!.lifetime, 33, 'UDP on --bpf-ct-timeout-regular-any');
+          const key = fwdKey(a, 40003, b, 22, IPPROTO.TCP, TupleFlag.OUT);
+          const syn = around(() => env.egress(ip(a, b, IPPROTO.TCP, tcp(40003, 22, SYN))));
+          syn.expect(env.entry(family, 'tcp', key)!.lifetime, 21, 'SYN on --bpf-ct-timeout-regular-tcp-syn');
+          env.ingress(ip(b, a, IPPROTO.TCP, tcp(22, 40003, SYN | ACK)));
+          env.ingress(ip(b, a, IPPROTO.TCP, tcp(22, 40003, RST)));
+          const rst = around(() => env.egress(ip(a, b, IPPROTO.TCP, tcp(40003, 22, RST))));
+          rst.expect(env.entry(family, 'tcp', key)!.lifetime, 7, 'closed on --bpf-ct-timeout-regular-tcp-fin');
+          const before = env.stats().skipped;
+          const o = other === 'ipv4' ? { a: '10.0.1.1', b: '10.0.2.2' } : { a: 'fd00::1', b: 'fd00::2' };
+          env.egress(ip(o.a, o.b, IPPROTO.UDP, udp(1, 2)));
+          assert.equal(env.stats().skipped, before + 1, `${other} packet skipped`);
+        },
+        datapathSettingsFrom(flags),
+      );
     });
 
     test('the report time moves only after the report interval, or when a new TCP flag shows', async (t) => {

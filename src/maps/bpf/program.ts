@@ -31,6 +31,12 @@ const native = {
     name: string,
   ) => Ptr | null,
   mapReuseFd: lib.func('int bpf_map__reuse_fd(void *map, int fd)') as (map: Ptr, fd: number) => number,
+  mapSetInitialValue: lib.func('int bpf_map__set_initial_value(void *map, const void *data, size_t size)') as (
+    map: Ptr,
+    data: Buffer,
+    size: number,
+  ) => number,
+  mapSetMaxEntries: lib.func('int bpf_map__set_max_entries(void *map, uint32_t max_entries)') as (map: Ptr, max: number) => number,
   mapFd: lib.func('int bpf_map__fd(const void *map)') as (map: Ptr) => number,
   mapValueSize: lib.func('uint32_t bpf_map__value_size(const void *map)') as (map: Ptr) => number,
   mapKeySize: lib.func('uint32_t bpf_map__key_size(const void *map)') as (map: Ptr) => number,
@@ -158,6 +164,22 @@ export class BpfObjectMap {
   reuseFd(fd: Fd): void {
     this.obj.checkOpen();
     check(`bpf map reuse fd ${this.name}`, native.mapReuseFd(this.ptr, fd.value));
+  }
+
+  /**
+   * bpf_map__set_initial_value: before load, the contents of a global-data map (the
+   * object's `.rodata`, found as map(".rodata")); libbpf copies `data` at once. Throws
+   * BpfSyscallError EINVAL when the size differs from the section's, EBUSY after load.
+   */
+  setInitialValue(data: Buffer): void {
+    this.obj.checkOpen();
+    check(`bpf map set initial value ${this.name}`, native.mapSetInitialValue(this.ptr, data, data.length));
+  }
+
+  /** bpf_map__set_max_entries: before load, the size of a map the object will create. */
+  setMaxEntries(maxEntries: number): void {
+    this.obj.checkOpen();
+    check(`bpf map set max entries ${this.name}`, native.mapSetMaxEntries(this.ptr, maxEntries));
   }
 
   /** The map's fd after load (owned by the object: do not close it). Throws before load. */

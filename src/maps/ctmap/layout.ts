@@ -96,6 +96,26 @@ export const CT_DATAPATH_STATS: StructLayout = {
   fields: Object.fromEntries(CT_DATAPATH_STATS_COUNTERS.map((name, i) => [name, { offset: i * 8, size: 8 }])),
 };
 
+/**
+ * struct ct_datapath_config (28 bytes): the .rodata of bpf/ct_datapath.bpf.c
+ * (`ctmapd_config`), written by src/datapath/ before the object is loaded.
+ */
+export const CT_DATAPATH_CONFIG: StructLayout = {
+  cName: 'ct_datapath_config',
+  size: 28,
+  fields: {
+    lifetime_tcp: { offset: 0, size: 4 },
+    lifetime_nontcp: { offset: 4, size: 4 },
+    syn_timeout: { offset: 8, size: 4 },
+    close_timeout: { offset: 12, size: 4 },
+    report_interval: { offset: 16, size: 4 },
+    cluster_id: { offset: 20, size: 4 },
+    report_flags: { offset: 24, size: 1 },
+    enable_ipv4: { offset: 25, size: 1 },
+    enable_ipv6: { offset: 26, size: 1 },
+  },
+};
+
 /** Offsets inside union0 for service entries: { reserved u64, backend_id u64 }. */
 export const CT_ENTRY_BACKEND_ID_OFFSET = 8;
 

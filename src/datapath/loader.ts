@@ -1,0 +1,112 @@
+/**
+ * Loads bpf/ct_datapath.bpf.c over the maps the daemon pinned: open -> configure (reuse
+ * every pinned map, write the .rodata settings) -> load. The object never creates a CT
+ * map of its own ("no second copy", issue 5): a map the daemon manages is reused from
+ * <bpf-root>/tc/globals, and a family the daemon does not manage (--enable-ipv6=false)
+ * gets a one-entry placeholder and is switched off in the settings, so its packets pass
+ * untracked and are counted as skipped.
+ *
+ * Attaching the loaded programs to a device is the caller's (src/datapath/attach.ts).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { CtmapError } from '../errors';
+import * as bpf from '../maps/bpf';
+import { BpfObject, BpfProgram } from '../maps/bpf/program';
+import { globalsDir } from '../maps/ctmap/spec';
+import { CT_DATAPATH_FAMILY_MAPS, CT_DATAPATH_STATS_MAP, DatapathSettings, encodeDatapathSettings } from './settings';
+
+/** Compiled to dist/src/datapath/: the repo root is three levels up. */
+const REPO_ROOT = path.resolve(__dirname, '../../..');
+
+/** Where `make -C bpf` puts the object. */
+export const CT_DATAPATH_OBJECT = path.join(REPO_ROOT, 'bpf/.output/ct_datapath.bpf.o');
+
+/** The programs of the object, by hook. */
+export const CT_DATAPATH_PROGRAMS = { ingress: 'ct_ingress', egress: 'ct_egress' } as const;
+
+export interface LoadOptions {
+  /** bpffs mount point the daemon runs with; its maps are under <bpfRoot>/tc/globals. */
+  readonly bpfRoot: string;
+  readonly settings: DatapathSettings;
+  /** Default CT_DATAPATH_OBJECT. */
+  readonly objectPath?: string;
+}
+
+/**
+ * The loaded datapath object: its two TC programs, verified against the daemon's maps.
+ * close() (idempotent) releases the object; programs attached with a link or filter stay
+ * attached, held by the kernel.
+ */
+export class CtDatapath {
+  private constructor(
+    readonly object: BpfObject,
+    readonly ingress: BpfProgram,
+    readonly egress: BpfProgram,
+    /** Names of the maps reused from the daemon's pins. */
+    readonly reusedMaps: readonly string[],
+    readonly settings: DatapathSettings,
+  ) {}
+
+  /**
+   * Opens the object, hands it every map pinned under <bpfRoot>/tc/globals that it
+   * declares, writes the settings and loads it. Throws CtmapError failed-precondition
+   * when a map the settings need is not pinned (the daemon is not running with this
+   * bpf-root, or manages other families), and BpfSyscallError from libbpf (a verifier
+   * rejection carries the log tail; EPERM without CAP_BPF).
+   */
+  static load(opts: LoadOptions): CtDatapath {
+    const objectPath = opts.objectPath ?? CT_DATAPATH_OBJECT;
+    if (!fs.existsSync(objectPath)) {
+      throw new CtmapError('failed-precondition', `datapath object ${objectPath} is missing: run make build (make -C bpf)`);
+    }
+    const settings = { ...opts.settings };
+    const dir = globalsDir(opts.bpfRoot);
+    const object = BpfObject.open(objectPath);
+    const pinned: bpf.Fd[] = [];
+    try {
+      const reused: string[] = [];
+      const reuse = (name: string): boolean => {
+        const fd = bpf.objGet(path.join(dir, name));
+        if (!fd) return false;
+        pinned.push(fd);
+        object.map(name).reuseFd(fd);
+        reused.push(name);
+        return true;
+      };
+      for (const family of ['ipv4', 'ipv6'] as const) {
+        const enabled = family === 'ipv4' ? settings.enableIpv4 : settings.enableIpv6;
+        const names = CT_DATAPATH_FAMILY_MAPS[family];
+        const found = enabled ? names.filter(reuse) : [];
+        if (enabled && found.length !== names.length) {
+          const missing = names.filter((n) => !found.includes(n));
+          throw new CtmapError(
+            'failed-precondition',
+            `datapath: ${missing.join(', ')} not pinned under ${dir}: start ctmapd with --bpf-root=${opts.bpfRoot} ` +
+              `(and --enable-${family}) first`,
+          );
+        }
+        if (!enabled) {
+          // A placeholder the program never touches: the family is switched off below.
+          for (const name of names) object.map(name).setMaxEntries(1);
+        }
+      }
+      reuse(CT_DATAPATH_STATS_MAP);
+      object.map('.rodata').setInitialValue(encodeDatapathSettings(settings));
+      const ingress = object.program(CT_DATAPATH_PROGRAMS.ingress);
+      const egress = object.program(CT_DATAPATH_PROGRAMS.egress);
+      object.load([ingress, egress]);
+      return new CtDatapath(object, ingress, egress, reused, settings);
+    } catch (err) {
+      object.close();
+      throw err;
+    } finally {
+      // libbpf dup'ed what it reuses; the object holds its own copies from here on.
+      for (const fd of pinned) fd.close();
+    }
+  }
+
+  close(): void {
+    this.object.close();
+  }
+}

@@ -14,7 +14,7 @@ import { CtmapError } from '../errors';
 import * as bpf from '../maps/bpf';
 import { BpfObject, BpfProgram } from '../maps/bpf/program';
 import { globalsDir } from '../maps/ctmap/spec';
-import { CT_DATAPATH_FAMILY_MAPS, CT_DATAPATH_STATS_MAP, DatapathSettings, encodeDatapathSettings } from './settings';
+import { CT_DATAPATH_FAMILY_MAPS, CT_DATAPATH_STATS_MAP, DEFAULT_DATAPATH_SETTINGS, DatapathSettings, encodeDatapathSettings } from './settings';
 
 /** Compiled to dist/src/datapath/: the repo root is three levels up. */
 const REPO_ROOT = path.resolve(__dirname, '../../..');
@@ -28,7 +28,11 @@ export const CT_DATAPATH_PROGRAMS = { ingress: 'ct_ingress', egress: 'ct_egress'
 export interface LoadOptions {
   /** bpffs mount point the daemon runs with; its maps are under <bpfRoot>/tc/globals. */
   readonly bpfRoot: string;
-  readonly settings: DatapathSettings;
+  /**
+   * Overrides on top of the daemon's settings (today: the flag defaults, facts §5), e.g.
+   * `{ clusterId }` from `ctmap datapath attach --cluster-id`.
+   */
+  readonly settings?: Partial<DatapathSettings>;
   /** Default CT_DATAPATH_OBJECT. */
   readonly objectPath?: string;
 }
@@ -60,7 +64,7 @@ export class CtDatapath {
     if (!fs.existsSync(objectPath)) {
       throw new CtmapError('failed-precondition', `datapath object ${objectPath} is missing: run make build (make -C bpf)`);
     }
-    const settings = { ...opts.settings };
+    const settings: DatapathSettings = { ...DEFAULT_DATAPATH_SETTINGS, ...opts.settings };
     const dir = globalsDir(opts.bpfRoot);
     const object = BpfObject.open(objectPath);
     const pinned: bpf.Fd[] = [];

@@ -4,7 +4,7 @@
  * native code here, so the CLI, the daemon and unprivileged tests can all use it.
  */
 import { CT_DATAPATH_CONFIG } from '../maps/ctmap/layout';
-import type { Config } from '../server/config';
+import { parseConfig, type Config } from '../server/config';
 
 /** The global CT maps the object declares, by family (facts §1 names). */
 export const CT_DATAPATH_FAMILY_MAPS = {
@@ -59,6 +59,9 @@ export function datapathSettingsFrom(
     enableIpv6: config.enableIpv6,
   };
 }
+
+/** The settings of a daemon started without flags (facts §5 defaults, both families). */
+export const DEFAULT_DATAPATH_SETTINGS: DatapathSettings = Object.freeze(datapathSettingsFrom(parseConfig([], {})));
 
 /** struct ct_datapath_config as the object's .rodata holds it (little-endian host). */
 export function encodeDatapathSettings(s: DatapathSettings): Buffer {

@@ -1,0 +1,230 @@
+/**
+ * The `ctmap` command line: subcommands, flags, help text and validation, as a pure
+ * function of argv and the environment (no I/O, no exit), so that it can be unit-tested.
+ * src/cli/main.ts runs what this returns.
+ *
+ * Flags shared with the daemon default the way the daemon's do, environment included
+ * (`--bpf-root` <- CTMAPD_BPF_ROOT, `--socket` <- CTMAPD_SOCKET), so that `ctmap` finds a
+ * daemon started with the same environment.
+ */
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import * as path from 'node:path';
+import { CtmapError } from '../errors';
+
+/** What the daemon uses without flags (src/server/config.ts). */
+export const DEFAULT_BPF_ROOT = '/sys/fs/bpf';
+export const DEFAULT_SOCKET = '/run/ctmapd/ctmapd.sock';
+/** Cluster ids of the datapath: 0 = the global maps, else 1..ClusterIDMax (at most 511). */
+export const CLUSTER_ID_MAX = 511;
+
+export type Family = 'ipv4' | 'ipv6';
+
+export type CliCommand =
+  | { readonly kind: 'datapath-attach'; readonly dev: string; readonly netns?: string; readonly bpfRoot: string; readonly clusterId: number; readonly json: boolean }
+  | { readonly kind: 'datapath-detach'; readonly dev: string; readonly netns?: string; readonly bpfRoot: string; readonly json: boolean }
+  | { readonly kind: 'datapath-status'; readonly netns?: string; readonly bpfRoot: string; readonly json: boolean }
+  | { readonly kind: 'ct-list'; readonly socket: string; readonly family?: Family; readonly clusterId: number }
+  | { readonly kind: 'gc-run'; readonly socket: string; readonly family?: Family; readonly time?: number };
+
+/**
+ * Bad usage (exitCode 2; `field` = the flag, e.g. "--dev") or a help request (exitCode 0;
+ * the message is the help text for stdout).
+ */
+export class CliUsageError extends CtmapError {
+  override name = 'CliUsageError';
+  constructor(
+    message: string,
+    readonly exitCode: 0 | 2,
+    flag?: string,
+  ) {
+    super('invalid-argument', message, { field: flag });
+  }
+}
+
+// --- value parsers: commander reports "option '--x <v>' argument 'y' is invalid. <message>" ---
+
+/** A device name as the kernel accepts it (dev_valid_name): 1..15 bytes, no '/', ':' or space. */
+export function parseDev(raw: string): string {
+  if (raw.length === 0 || Buffer.byteLength(raw) > 15) throw new InvalidArgumentError('a device name is 1..15 characters');
+  if (raw === '.' || raw === '..' || /[/:\s]/.test(raw)) throw new InvalidArgumentError('not a valid device name');
+  return raw;
+}
+
+/** A name under /run/netns, as `ip netns add` creates it. */
+export function parseNetns(raw: string): string {
+  if (raw.length === 0 || raw === '.' || raw === '..' || raw.includes('/') || raw.includes('\0')) {
+    throw new InvalidArgumentError('want the name of a network namespace under /run/netns (ip netns list)');
+  }
+  return raw;
+}
+
+export function parseClusterId(raw: string): number {
+  const v = raw.trim();
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || n > CLUSTER_ID_MAX) {
+    throw new InvalidArgumentError(`want an integer in 0..${CLUSTER_ID_MAX} (0 = the global maps)`);
+  }
+  return n;
+}
+
+export function parseAbsolutePath(raw: string): string {
+  if (!path.isAbsolute(raw)) throw new InvalidArgumentError('want an absolute path');
+  return path.normalize(raw);
+}
+
+export function parseSocket(raw: string): string {
+  // sun_path is 108 bytes including the terminating NUL.
+  if (!path.isAbsolute(raw) || Buffer.byteLength(raw) > 107) throw new InvalidArgumentError('want an absolute unix socket path of at most 107 bytes');
+  return raw;
+}
+
+export function parseFamily(raw: string): Family {
+  const v = raw.toLowerCase();
+  if (v === 'ipv4' || v === '4') return 'ipv4';
+  if (v === 'ipv6' || v === '6') return 'ipv6';
+  throw new InvalidArgumentError('want ipv4 or ipv6');
+}
+
+export function parseCtTime(raw: string): number {
+  const v = raw.trim();
+  if (!/^\d+$/.test(v) || Number(v) > 0xffff_ffff) throw new InvalidArgumentError('want CT clock seconds, an integer in 0..4294967295 (0 = now)');
+  return Number(v);
+}
+
+const DATAPATH_HELP = `
+The datapath is bpf/ct_datapath.bpf.o: ct_ingress and ct_egress, loaded over the CT maps
+the daemon pinned under <bpf-root>/tc/globals (start ctmapd with the same --bpf-root
+first) and attached as direct-action tc filters to the device's clsact hooks. They only
+observe: every packet passes.
+
+Ownership: attach records what it created under <bpf-root>/ctmapd/datapath (the attached
+programs pinned with their tc handle and priority, and whether it created the clsact
+qdisc). detach removes exactly those filters (checked by program id), then the clsact
+qdisc only if attach created it and nothing else is attached; other tc filters on the
+device are never touched. Attaching again replaces ctmap's own filters in place.
+
+--netns NAME runs the command inside /run/netns/NAME with nsenter --net (not
+ip netns exec, which would remount /sys and hide the bpffs under /sys/fs/bpf).
+
+Examples:
+  ctmap datapath attach --dev eth0
+  ctmap datapath attach --netns blue --dev veth0 --cluster-id 7
+  ctmap datapath detach --netns blue --dev veth0
+  ctmap datapath status --netns blue`;
+
+/**
+ * Parses the arguments after the program name. Returns the command to run; throws
+ * CliUsageError: exitCode 2 for unknown commands or flags, missing or invalid values (the
+ * message names the flag), exitCode 0 with the help text for --help. Never prints, never
+ * exits.
+ */
+export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCommand {
+  let out = '';
+  let result: CliCommand | undefined;
+  const bpfRootDefault = env.CTMAPD_BPF_ROOT || DEFAULT_BPF_ROOT;
+  const socketDefault = env.CTMAPD_SOCKET || DEFAULT_SOCKET;
+
+  const program = new Command('ctmap')
+    .description('Command-line client of ctmapd: attach the conntrack datapath, read and collect the CT maps.')
+    .helpOption('-h, --help', 'show this help')
+    .exitOverride()
+    .showSuggestionAfterError(true)
+    .configureOutput({ writeOut: (s) => (out += s), writeErr: (s) => (out += s) });
+  program.addHelpText('after', '\nRun `ctmap <command> --help` for the flags of a command. Exit codes: 0 ok, 1 failure, 2 bad usage.');
+
+  const bpfRoot = (): Option =>
+    new Option('--bpf-root <dir>', `bpffs mount the daemon runs with [env CTMAPD_BPF_ROOT]`).default(bpfRootDefault).argParser(parseAbsolutePath);
+  const netns = (): Option => new Option('--netns <name>', 'act inside the network namespace /run/netns/<name>').argParser(parseNetns);
+  const json = (): Option => new Option('--json', 'print the result as JSON');
+  const socket = (): Option =>
+    new Option('--socket <path>', `unix socket of the daemon [env CTMAPD_SOCKET]`).default(socketDefault).argParser(parseSocket);
+  const family = (): Option => new Option('--family <family>', 'ipv4 or ipv6 (default: both)').argParser(parseFamily);
+
+  const datapath = program
+    .command('datapath')
+    .description('attach the conntrack datapath to a device, detach it, list attachments')
+    .addHelpText('after', DATAPATH_HELP);
+  datapath
+    .command('attach')
+    .description("load the datapath over the daemon's maps and attach it to the clsact ingress and egress hooks of a device")
+    .addOption(new Option('--dev <name>', 'network device to attach to').makeOptionMandatory().argParser(parseDev))
+    .addOption(netns())
+    .addOption(bpfRoot())
+    .addOption(
+      new Option('--cluster-id <n>', "track into this cluster's per-cluster maps instead of the global ones (0..511, 0 = global)")
+        .default(0)
+        .argParser(parseClusterId),
+    )
+    .addOption(json())
+    .action((o) => {
+      result = { kind: 'datapath-attach', dev: o.dev, netns: o.netns, bpfRoot: o.bpfRoot, clusterId: o.clusterId, json: !!o.json };
+    });
+  datapath
+    .command('detach')
+    .description('remove the filters ctmap attached to a device (and the clsact qdisc if ctmap created it and nothing else uses it)')
+    .addOption(new Option('--dev <name>', 'network device to detach from').makeOptionMandatory().argParser(parseDev))
+    .addOption(netns())
+    .addOption(bpfRoot())
+    .addOption(json())
+    .action((o) => {
+      result = { kind: 'datapath-detach', dev: o.dev, netns: o.netns, bpfRoot: o.bpfRoot, json: !!o.json };
+    });
+  datapath
+    .command('status')
+    .description('list the devices ctmap attached the datapath to, and whether its filters are still in place')
+    .addOption(netns())
+    .addOption(bpfRoot())
+    .addOption(json())
+    .action((o) => {
+      result = { kind: 'datapath-status', netns: o.netns, bpfRoot: o.bpfRoot, json: !!o.json };
+    });
+
+  const ct = program.command('ct').description('read the CT maps through the daemon');
+  ct.command('list')
+    .description('print the entries as `cilium bpf ct list global` does, with the remaining lifetime (CTMaps.DumpEntriesWithTimeDiff)')
+    .addOption(family())
+    .addOption(new Option('--cluster-id <n>', "a cluster's per-cluster maps instead of the global ones (0 = global)").default(0).argParser(parseClusterId))
+    .addOption(socket())
+    .action((o) => {
+      result = { kind: 'ct-list', socket: o.socket, family: o.family, clusterId: o.clusterId };
+    });
+
+  const gc = program.command('gc').description('garbage collection through the daemon');
+  gc.command('run')
+    .description('run one GC pass now that removes expired entries (GCRunner.Run) and print what it did')
+    .addOption(family())
+    .addOption(new Option('--time <seconds>', 'remove entries whose lifetime is below this CT clock time (default: now)').argParser(parseCtTime))
+    .addOption(socket())
+    .action((o) => {
+      result = { kind: 'gc-run', socket: o.socket, family: o.family, time: o.time };
+    });
+
+  try {
+    program.parse([...argv], { from: 'user' });
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // --help (and `help`) exit 0; a group without its subcommand shows help as an error.
+      if (err.exitCode === 0) throw new CliUsageError(out, 0);
+      if (err.code === 'commander.help' || err.code === 'commander.helpDisplayed') throw new CliUsageError(`missing command\n\n${out}`, 2);
+      throw new CliUsageError(err.message.replace(/^error: /, ''), 2, optionIn(err.message));
+    }
+    throw err;
+  }
+  if (!result) throw new CliUsageError(`missing command\n\n${program.helpInformation()}`, 2);
+  // Environment defaults bypass commander's argParser: check them here, naming both.
+  if ('bpfRoot' in result) checkEnvDefault(result.bpfRoot, parseAbsolutePath, '--bpf-root', 'CTMAPD_BPF_ROOT');
+  if ('socket' in result) checkEnvDefault(result.socket, parseSocket, '--socket', 'CTMAPD_SOCKET');
+  return result;
+}
+
+function checkEnvDefault(value: string, parse: (raw: string) => unknown, flag: string, envVar: string): void {
+  try {
+    parse(value);
+  } catch (err) {
+    throw new CliUsageError(`${flag} (from ${envVar}) ${JSON.stringify(value)}: ${(err as Error).message}`, 2, flag);
+  }
+}
+
+function optionIn(message: string): string | undefined {
+  return /'(--[a-z0-9-]+)/.exec(message)?.[1];
+}

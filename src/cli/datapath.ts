@@ -1,0 +1,134 @@
+/**
+ * `ctmap datapath attach | detach | status`: runs src/datapath/attach.ts in the target
+ * network namespace and prints what happened. `--netns NAME` re-executes this same
+ * command under `nsenter --net=/run/netns/NAME`: only the network namespace changes, so
+ * the bpffs mounted under /sys/fs/bpf stays visible (`ip netns exec` would remount /sys
+ * in a new mount namespace and hide it).
+ */
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { AttachResult, DetachResult, StatusRecord } from '../datapath/attach';
+import { CliUsageError, type CliCommand } from './args';
+
+type DatapathCommand = Extract<CliCommand, { kind: `datapath-${string}` }>;
+
+/** bin/ctmap, re-executed inside a namespace (compiled to dist/src/cli/). */
+const CTMAP_BIN = path.resolve(__dirname, '../../../bin/ctmap');
+/** Set on the re-executed child: it must find itself in the namespace, or fail (no loop). */
+const REEXEC_ENV = 'CTMAP_NETNS_REEXEC';
+
+export interface Io {
+  out(text: string): void;
+  err(text: string): void;
+}
+
+/**
+ * Runs a datapath command; returns the exit code. When `--netns` names a namespace this
+ * process is not in, runs `nsenter --net=/run/netns/NAME -- node bin/ctmap <argv>` and
+ * returns its exit code. Throws CliUsageError (--netns: no such namespace) and what
+ * attach.ts throws (CtmapError invalid-argument on field "dev", failed-precondition, ...).
+ */
+export function runDatapath(cmd: DatapathCommand, argv: readonly string[], env: NodeJS.ProcessEnv, io: Io): number {
+  if (cmd.netns !== undefined) {
+    const target = path.join('/run/netns', cmd.netns);
+    let targetIno: number;
+    try {
+      targetIno = fs.statSync(target).ino;
+    } catch {
+      throw new CliUsageError(`--netns: no network namespace "${cmd.netns}" (${target} does not exist; see ip netns list)`, 2, '--netns');
+    }
+    if (fs.statSync('/proc/self/ns/net').ino !== targetIno) {
+      if (env[REEXEC_ENV] === cmd.netns) throw new Error(`nsenter --net=${target} did not switch the network namespace`);
+      const child = spawnSync('nsenter', [`--net=${target}`, '--', process.execPath, CTMAP_BIN, ...argv], {
+        stdio: 'inherit',
+        env: { ...env, [REEXEC_ENV]: cmd.netns },
+      });
+      if (child.error) throw new Error(`cannot run nsenter (util-linux) to enter ${target}: ${child.error.message}`);
+      return child.status ?? 1;
+    }
+  }
+  // Loaded only here: it binds libbpf, which `ctmap --help` and the gRPC commands do not need.
+  const attach = require('../datapath/attach') as typeof import('../datapath/attach');
+  const where = cmd.netns === undefined ? '' : `, netns ${cmd.netns}`;
+  try {
+    switch (cmd.kind) {
+      case 'datapath-attach': {
+        const r = attach.attachDatapath({ bpfRoot: cmd.bpfRoot, dev: cmd.dev, settings: { clusterId: cmd.clusterId } });
+        io.out(cmd.json ? `${JSON.stringify(r)}\n` : formatAttach(r, where));
+        return 0;
+      }
+      case 'datapath-detach': {
+        const r = attach.detachDatapath({ bpfRoot: cmd.bpfRoot, dev: cmd.dev });
+        io.out(cmd.json ? `${JSON.stringify(r)}\n` : formatDetach(r, where, cmd.bpfRoot));
+        return 0;
+      }
+      case 'datapath-status': {
+        const r = attach.datapathStatus(cmd.bpfRoot);
+        io.out(cmd.json ? `${JSON.stringify(r)}\n` : formatStatus(r, cmd.bpfRoot));
+        return 0;
+      }
+    }
+  } catch (err) {
+    // attach.ts names its field "dev"; here that is the flag, in the namespace it was looked up in.
+    if (err instanceof Error && (err as { field?: string }).field === 'dev') {
+      throw new CliUsageError(`--dev: ${err.message.replace('this network namespace', cmd.netns === undefined ? 'this network namespace' : `network namespace ${cmd.netns}`)}`, 2, '--dev');
+    }
+    throw err;
+  }
+}
+
+function hex(n: number): string {
+  return `0x${n.toString(16)}`;
+}
+
+/** Human-readable attach result. */
+export function formatAttach(r: AttachResult, where = ''): string {
+  const target = r.settings.clusterId === 0 ? 'global CT maps' : `CT maps of cluster ${r.settings.clusterId}`;
+  const lines = [`attached ct_ingress/ct_egress to ${r.dev} (ifindex ${r.ifindex}${where}), tracking into the ${target}`];
+  for (const h of r.hooks) {
+    lines.push(`  ${h.direction.padEnd(7)} handle ${hex(h.handle)} pref ${h.priority} prog id ${h.progId}${h.replaced ? " (replaced ctmap's previous filter)" : ''}`);
+  }
+  if (r.droppedStaleRecord) lines.push('  an earlier record whose filters were all gone was dropped');
+  lines.push(
+    r.createdQdisc
+      ? '  clsact qdisc: created by this attach (detach removes it if nothing else is attached)'
+      : r.ownsQdisc
+        ? '  clsact qdisc: created by an earlier ctmap attach'
+        : '  clsact qdisc: was already there (detach leaves it)',
+  );
+  return `${lines.join('\n')}\n`;
+}
+
+/** Human-readable detach result. */
+export function formatDetach(r: DetachResult, where = '', bpfRoot = ''): string {
+  if (!r.attached) {
+    return `nothing to detach: ctmap has no datapath attached to ${r.dev} (ifindex ${r.ifindex}${where}; no record under ${bpfRoot}/ctmapd/datapath)\n`;
+  }
+  const lines = [`detached from ${r.dev} (ifindex ${r.ifindex}${where})`];
+  const outcome = { removed: 'removed', gone: 'already gone', foreign: 'another program is there now: left in place' } as const;
+  for (const h of r.hooks) lines.push(`  ${h.direction.padEnd(7)} handle ${hex(h.handle)} pref ${h.priority} prog id ${h.progId}: ${outcome[h.outcome]}`);
+  const qdisc = {
+    removed: 'removed (ctmap created it and nothing else was attached)',
+    kept: `kept: ${r.otherFilters} other filter(s) still attached`,
+    'not-ours': 'left in place (it was there before ctmap attached)',
+    gone: 'already gone',
+  } as const;
+  lines.push(`  clsact qdisc: ${qdisc[r.qdisc]}`);
+  return `${lines.join('\n')}\n`;
+}
+
+/** Human-readable status. */
+export function formatStatus(records: readonly StatusRecord[], bpfRoot = ''): string {
+  if (records.length === 0) return `no datapath attached by ctmap (no records under ${bpfRoot}/ctmapd/datapath)\n`;
+  const lines: string[] = [];
+  for (const r of records) {
+    const ns = r.here ? 'this netns' : r.netnsName ? `netns ${r.netnsName}` : `netns inode ${r.netns} (unnamed or gone)`;
+    lines.push(`${r.dev ?? `ifindex ${r.ifindex}`} (${r.here ? `ifindex ${r.ifindex}, ` : ''}${ns})${r.ownsQdisc ? ', clsact qdisc created by ctmap' : ''}`);
+    for (const h of r.hooks) {
+      const state = h.state === undefined ? '' : h.state === 'ours' ? ': attached' : h.state === 'gone' ? ': GONE' : ': REPLACED by another program';
+      lines.push(`  ${h.direction.padEnd(7)} handle ${hex(h.handle)} pref ${h.priority} prog id ${h.progId}${state}`);
+    }
+  }
+  return `${lines.join('\n')}\n`;
+}

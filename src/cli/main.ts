@@ -1,0 +1,50 @@
+/**
+ * bin/ctmap: parse, run, print, exit. Exit codes: 0 done (also "nothing to detach"),
+ * 1 the operation failed (kernel, daemon, missing object...), 2 bad usage (the message
+ * names the flag; an unknown --dev or --netns counts as bad usage too).
+ */
+import { CtmapError } from '../errors';
+import { CliUsageError, parseCli } from './args';
+import { CliRpcError, ctList, gcRun } from './client';
+import { Io, runDatapath } from './datapath';
+
+const stdio: Io = {
+  out: (text) => process.stdout.write(text),
+  err: (text) => process.stderr.write(text),
+};
+
+/**
+ * Runs `ctmap <argv>` and returns the exit code; never throws and never exits (the caller
+ * sets process.exitCode, so pending output is flushed).
+ */
+export async function run(argv: readonly string[], env: NodeJS.ProcessEnv, io: Io = stdio): Promise<number> {
+  try {
+    const cmd = parseCli(argv, env);
+    switch (cmd.kind) {
+      case 'ct-list':
+        return await ctList(cmd, io);
+      case 'gc-run':
+        return await gcRun(cmd, io);
+      default:
+        return runDatapath(cmd, argv, env, io);
+    }
+  } catch (err) {
+    if (err instanceof CliUsageError) {
+      if (err.exitCode === 0) io.out(err.message);
+      else io.err(`ctmap: ${err.message.trimEnd()}\n`);
+      return err.exitCode;
+    }
+    if (err instanceof CliRpcError) {
+      io.err(`ctmap: ${err.message}\n`);
+      return 1;
+    }
+    const e = CtmapError.from(err);
+    const hint = e.code === 'permission-denied' ? ' (needs root, or CAP_BPF + CAP_NET_ADMIN)' : '';
+    io.err(`ctmap: ${e.message}${hint}\n`);
+    return 1;
+  }
+}
+
+export async function main(): Promise<void> {
+  process.exitCode = await run(process.argv.slice(2), process.env);
+}

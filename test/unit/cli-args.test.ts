@@ -1,0 +1,219 @@
+/**
+ * `ctmap` argument parsing (src/cli/args.ts): every command's flags, defaults (also from
+ * the daemon's environment variables), help, and bad usage with exit code 2 and a message
+ * naming the flag. Plus the pure pieces of the commands: the `ct list` map selection and
+ * the human-readable datapath output.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { CliUsageError, parseCli } from '../../src/cli/args';
+import { listMaps } from '../../src/cli/client';
+import { formatAttach, formatDetach } from '../../src/cli/datapath';
+import { run } from '../../src/cli/main';
+import { DEFAULT_DATAPATH_SETTINGS } from '../../src/datapath/settings';
+
+function usage(argv: string[], flag: string | undefined, env: NodeJS.ProcessEnv = {}): CliUsageError {
+  try {
+    parseCli(argv, env);
+  } catch (err) {
+    assert.ok(err instanceof CliUsageError, `expected CliUsageError, got ${String(err)}`);
+    assert.equal(err.exitCode, 2, err.message);
+    if (flag) {
+      assert.equal(err.field, flag);
+      assert.ok(err.message.includes(flag), `message names ${flag}: ${err.message}`);
+    }
+    return err;
+  }
+  assert.fail(`parseCli(${JSON.stringify(argv)}) did not throw`);
+}
+
+describe('ctmap datapath attach', () => {
+  it('parses every flag', () => {
+    assert.deepEqual(parseCli(['datapath', 'attach', '--dev', 'eth0', '--netns', 'blue', '--bpf-root', '/mnt/bpf', '--cluster-id', '7', '--json'], {}), {
+      kind: 'datapath-attach',
+      dev: 'eth0',
+      netns: 'blue',
+      bpfRoot: '/mnt/bpf',
+      clusterId: 7,
+      json: true,
+    });
+  });
+
+  it("defaults like the daemon: /sys/fs/bpf, or CTMAPD_BPF_ROOT; cluster 0 (the global maps)", () => {
+    assert.deepEqual(parseCli(['datapath', 'attach', '--dev=veth0'], {}), {
+      kind: 'datapath-attach',
+      dev: 'veth0',
+      netns: undefined,
+      bpfRoot: '/sys/fs/bpf',
+      clusterId: 0,
+      json: false,
+    });
+    const fromEnv = parseCli(['datapath', 'attach', '--dev', 'veth0'], { CTMAPD_BPF_ROOT: '/run/bpf' });
+    assert.equal('bpfRoot' in fromEnv && fromEnv.bpfRoot, '/run/bpf');
+    const flagWins = parseCli(['datapath', 'attach', '--dev', 'veth0', '--bpf-root', '/a'], { CTMAPD_BPF_ROOT: '/run/bpf' });
+    assert.equal('bpfRoot' in flagWins && flagWins.bpfRoot, '/a');
+  });
+
+  it('accepts cluster ids 0..511 and nothing else', () => {
+    for (const id of ['0', '1', '255', '511']) {
+      const c = parseCli(['datapath', 'attach', '--dev', 'eth0', '--cluster-id', id], {});
+      assert.equal(c.kind === 'datapath-attach' && c.clusterId, Number(id));
+    }
+    for (const bad of ['512', '-1', '1.5', 'seven', '', '0x10']) usage(['datapath', 'attach', '--dev', 'eth0', '--cluster-id', bad], '--cluster-id');
+  });
+
+  it('requires --dev and checks it is a valid device name', () => {
+    usage(['datapath', 'attach'], '--dev');
+    for (const bad of ['', 'a-name-longer-than-15', 'a/b', 'eth 0', '..', 'eth0:1']) usage(['datapath', 'attach', '--dev', bad], '--dev');
+  });
+
+  it('checks --netns and --bpf-root', () => {
+    for (const bad of ['', 'a/b', '..', '.']) usage(['datapath', 'attach', '--dev', 'eth0', '--netns', bad], '--netns');
+    usage(['datapath', 'attach', '--dev', 'eth0', '--bpf-root', 'relative/dir'], '--bpf-root');
+    const env = usage(['datapath', 'attach', '--dev', 'eth0'], '--bpf-root', { CTMAPD_BPF_ROOT: 'relative' });
+    assert.match(env.message, /CTMAPD_BPF_ROOT/);
+  });
+
+  it('refuses unknown flags and commands', () => {
+    usage(['datapath', 'attach', '--dev', 'eth0', '--device', 'x'], '--device');
+    assert.match(usage(['datapath', 'atach'], undefined).message, /unknown command 'atach'/);
+    assert.match(usage([], undefined).message, /missing command/);
+    assert.match(usage(['datapath'], undefined).message, /missing command[\s\S]*attach/);
+  });
+
+  it('--help exits 0 with the flags, the ownership rule and the netns mechanism', () => {
+    for (const argv of [['--help'], ['datapath', '--help'], ['datapath', 'attach', '--help']]) {
+      try {
+        parseCli(argv, {});
+        assert.fail('no help');
+      } catch (err) {
+        assert.ok(err instanceof CliUsageError);
+        assert.equal(err.exitCode, 0);
+      }
+    }
+    const help = (argv: string[]) => {
+      try {
+        parseCli(argv, {});
+      } catch (err) {
+        return (err as Error).message;
+      }
+      return '';
+    };
+    const attach = help(['datapath', 'attach', '--help']);
+    for (const flag of ['--dev', '--netns', '--bpf-root', '--cluster-id', '--json']) assert.ok(attach.includes(flag), flag);
+    const group = help(['datapath', '--help']);
+    assert.match(group, /Ownership/);
+    assert.match(group, /nsenter --net/);
+  });
+});
+
+describe('ctmap datapath detach / status', () => {
+  it('parses', () => {
+    assert.deepEqual(parseCli(['datapath', 'detach', '--dev', 'eth0', '--netns', 'n1'], {}), {
+      kind: 'datapath-detach',
+      dev: 'eth0',
+      netns: 'n1',
+      bpfRoot: '/sys/fs/bpf',
+      json: false,
+    });
+    assert.deepEqual(parseCli(['datapath', 'status', '--json'], {}), { kind: 'datapath-status', netns: undefined, bpfRoot: '/sys/fs/bpf', json: true });
+    usage(['datapath', 'detach'], '--dev');
+    usage(['datapath', 'detach', '--dev', 'eth0', '--cluster-id', '1'], '--cluster-id');
+  });
+});
+
+describe('ctmap ct list / gc run', () => {
+  it('--socket defaults like the daemon (CTMAPD_SOCKET, else /run/ctmapd/ctmapd.sock)', () => {
+    assert.deepEqual(parseCli(['ct', 'list'], {}), { kind: 'ct-list', socket: '/run/ctmapd/ctmapd.sock', family: undefined, clusterId: 0 });
+    assert.deepEqual(parseCli(['ct', 'list', '--family', 'ipv6', '--cluster-id', '3'], { CTMAPD_SOCKET: '/tmp/s.sock' }), {
+      kind: 'ct-list',
+      socket: '/tmp/s.sock',
+      family: 'ipv6',
+      clusterId: 3,
+    });
+    usage(['ct', 'list', '--family', 'ipx'], '--family');
+    usage(['ct', 'list', '--socket', 'rel.sock'], '--socket');
+    usage(['ct', 'list', '--socket', `/${'x'.repeat(120)}`], '--socket');
+    usage(['ct', 'list'], '--socket', { CTMAPD_SOCKET: 'rel' });
+  });
+
+  it('gc run takes --time in CT clock seconds', () => {
+    assert.deepEqual(parseCli(['gc', 'run', '--time', '4294967295', '--family', '4'], {}), {
+      kind: 'gc-run',
+      socket: '/run/ctmapd/ctmapd.sock',
+      family: 'ipv4',
+      time: 4294967295,
+    });
+    usage(['gc', 'run', '--time', '4294967296'], '--time');
+    usage(['gc', 'run', '--time', 'soon'], '--time');
+  });
+
+  it('ct list selects the global maps by default, else both kinds of the family and cluster', () => {
+    assert.deepEqual(listMaps(undefined, 0), []);
+    assert.deepEqual(listMaps('ipv4', 0), [
+      { family: 'FAMILY_IPV4', kind: 'MAP_KIND_TCP', cluster_id: 0 },
+      { family: 'FAMILY_IPV4', kind: 'MAP_KIND_ANY', cluster_id: 0 },
+    ]);
+    assert.equal(listMaps(undefined, 9).length, 4);
+    assert.ok(listMaps(undefined, 9).every((m) => m.cluster_id === 9));
+  });
+});
+
+describe('ctmap run', () => {
+  const io = () => {
+    const o = { out: '', err: '' };
+    return { o, io: { out: (s: string) => (o.out += s), err: (s: string) => (o.err += s) } };
+  };
+
+  it('exit 2 with "ctmap: <message naming the flag>" on stderr', async () => {
+    const { o, io: sink } = io();
+    assert.equal(await run(['datapath', 'attach', '--dev', 'eth0', '--cluster-id', '600'], {}, sink), 2);
+    assert.match(o.err, /^ctmap: .*--cluster-id/);
+    assert.equal(o.out, '');
+  });
+
+  it('exit 0 with help on stdout', async () => {
+    const { o, io: sink } = io();
+    assert.equal(await run(['--help'], {}, sink), 0);
+    assert.match(o.out, /Usage: ctmap/);
+  });
+
+  it('exit 2 for a --netns that does not exist, before anything else happens', async () => {
+    const { o, io: sink } = io();
+    assert.equal(await run(['datapath', 'detach', '--dev', 'eth0', '--netns', 'ctmap-unit-no-such-netns'], {}, sink), 2);
+    assert.match(o.err, /--netns: no network namespace "ctmap-unit-no-such-netns"/);
+  });
+
+  it('exit 1 naming the daemon socket when the daemon is not there', async () => {
+    const { o, io: sink } = io();
+    assert.equal(await run(['ct', 'list', '--socket', '/nonexistent/ctmapd.sock'], {}, sink), 1);
+    assert.match(o.err, /CTMaps\.DumpEntriesWithTimeDiff: UNAVAILABLE: .*is ctmapd running with --socket \/nonexistent\/ctmapd\.sock/);
+  });
+});
+
+describe('datapath output', () => {
+  it('attach names every hook and who owns the qdisc', () => {
+    const text = formatAttach({
+      dev: 'veth0',
+      ifindex: 4,
+      netns: 1,
+      hooks: [
+        { direction: 'ingress', handle: 1, priority: 49152, progId: 10, replaced: false },
+        { direction: 'egress', handle: 1, priority: 49152, progId: 11, replaced: true },
+      ],
+      createdQdisc: true,
+      ownsQdisc: true,
+      droppedStaleRecord: false,
+      settings: { ...DEFAULT_DATAPATH_SETTINGS, clusterId: 7 },
+    });
+    assert.match(text, /attached ct_ingress\/ct_egress to veth0 \(ifindex 4\), tracking into the CT maps of cluster 7/);
+    assert.match(text, /ingress handle 0x1 pref 49152 prog id 10\n/);
+    assert.match(text, /egress  handle 0x1 pref 49152 prog id 11 \(replaced ctmap's previous filter\)/);
+    assert.match(text, /clsact qdisc: created by this attach/);
+  });
+
+  it('detach says clearly when there was nothing to detach', () => {
+    const text = formatDetach({ dev: 'veth0', ifindex: 4, netns: 1, attached: false, hooks: [], qdisc: 'not-ours', otherFilters: 0 }, ', netns blue', '/sys/fs/bpf');
+    assert.equal(text, 'nothing to detach: ctmap has no datapath attached to veth0 (ifindex 4, netns blue; no record under /sys/fs/bpf/ctmapd/datapath)\n');
+  });
+});

@@ -21,9 +21,12 @@
  * later namespace reuse both numbers, the program-id check still tells the stale record
  * apart, and the record is dropped.
  *
- * Handle and priority are left to the kernel on a first attach (priority below the lowest
- * in use, so the datapath never collides with, and runs before, filters already there);
- * a repeated attach replaces its own filter in place (BPF_TC_F_REPLACE: no window without
+ * Handle and priority are left to the kernel on a first attach, so the datapath never
+ * collides with a filter already there: the kernel takes 49152 (0xc000), or one below the
+ * lowest priority in use above 32768. Filters with the usual explicit low priorities (tc's
+ * and Cilium's 1) therefore run first; this matters because the programs end
+ * classification with TC_ACT_OK, so a filter behind them would never run. A repeated
+ * attach replaces its own filter in place (BPF_TC_F_REPLACE: no window without
  * conntrack). The qdisc claim is made before any filter is attached and dropped whenever
  * none of the record's filters is left: when in doubt, a qdisc is left behind rather
  * than another tool's removed. Detach removes the qdisc only if the claim holds and

@@ -126,7 +126,10 @@ export interface TcFilterRef {
 }
 
 export interface TcAttachOptions {
-  /** 0 (default) lets the kernel pick: priority below the lowest in use (49152 first), handle 1 up. */
+  /**
+   * 0 (default) lets the kernel pick: priority 49152, or one below the lowest priority in
+   * use above 32768 (tcf_auto_prio); handle 1 up.
+   */
   readonly handle?: number;
   readonly priority?: number;
   /**

@@ -92,9 +92,10 @@ function check(op: string, ret: number): number {
 /**
  * Creates the clsact qdisc on `ifindex` (both hooks live in it). Returns true when this
  * call created it, false when a clsact qdisc was there already (EEXIST) — the answer an
- * owner must remember to know whether the qdisc is its to remove. Throws BpfSyscallError
- * (ENODEV: no such device; EEXIST is not thrown, but another root qdisc kind at the
- * ingress handle, such as `ingress`, also answers EEXIST and then attach fails).
+ * owner must remember to know whether the qdisc is its to remove. Ask tcHasClsact first:
+ * on EEXIST libbpf prints the kernel's complaint to stderr. Throws BpfSyscallError
+ * (ENODEV: no such device; EEXIST is not thrown, but another qdisc at the ingress handle,
+ * such as `ingress`, also answers EEXIST and then attach fails).
  */
 export function tcHookCreate(ifindex: number): boolean {
   const ret = native.hookCreate(hook(ifindex, ATTACH_POINT.ingress | ATTACH_POINT.egress));

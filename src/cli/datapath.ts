@@ -17,6 +17,8 @@ type DatapathCommand = Extract<CliCommand, { kind: `datapath-${string}` }>;
 const CTMAP_BIN = path.resolve(__dirname, '../../../bin/ctmap');
 /** Set on the re-executed child: it must find itself in the namespace, or fail (no loop). */
 const REEXEC_ENV = 'CTMAP_NETNS_REEXEC';
+/** Set to 1 (tests): fail when a bpf fd or object is still open after the command. */
+export const CHECK_LEAKS_ENV = 'CTMAP_CHECK_LEAKS';
 
 export interface Io {
   out(text: string): void;
@@ -51,30 +53,49 @@ export function runDatapath(cmd: DatapathCommand, argv: readonly string[], env: 
   // Loaded only here: it binds libbpf, which `ctmap --help` and the gRPC commands do not need.
   const attach = require('../datapath/attach') as typeof import('../datapath/attach');
   const where = cmd.netns === undefined ? '' : `, netns ${cmd.netns}`;
+  let text: string;
   try {
-    switch (cmd.kind) {
-      case 'datapath-attach': {
-        const r = attach.attachDatapath({ bpfRoot: cmd.bpfRoot, dev: cmd.dev, settings: { clusterId: cmd.clusterId } });
-        io.out(cmd.json ? `${JSON.stringify(r)}\n` : formatAttach(r, where));
-        return 0;
-      }
-      case 'datapath-detach': {
-        const r = attach.detachDatapath({ bpfRoot: cmd.bpfRoot, dev: cmd.dev });
-        io.out(cmd.json ? `${JSON.stringify(r)}\n` : formatDetach(r, where, cmd.bpfRoot));
-        return 0;
-      }
-      case 'datapath-status': {
-        const r = attach.datapathStatus(cmd.bpfRoot);
-        io.out(cmd.json ? `${JSON.stringify(r)}\n` : formatStatus(r, cmd.bpfRoot));
-        return 0;
-      }
-    }
+    text = datapathCommand(attach, cmd, where);
   } catch (err) {
+    reportLeaks(env, io);
     // attach.ts names its field "dev"; here that is the flag, in the namespace it was looked up in.
     if (err instanceof Error && (err as { field?: string }).field === 'dev') {
       throw new CliUsageError(`--dev: ${err.message.replace('this network namespace', cmd.netns === undefined ? 'this network namespace' : `network namespace ${cmd.netns}`)}`, 2, '--dev');
     }
     throw err;
+  }
+  io.out(text);
+  return reportLeaks(env, io) ? 1 : 0;
+}
+
+/**
+ * With CTMAP_CHECK_LEAKS=1 (the e2e tests run the real command line so): says on stderr
+ * when a bpf fd or object opened by the command is still open. Returns whether it did.
+ */
+function reportLeaks(env: NodeJS.ProcessEnv, io: Io): boolean {
+  if (env[CHECK_LEAKS_ENV] !== '1') return false;
+  const bpf = require('../maps/bpf') as typeof import('../maps/bpf');
+  const fds = bpf.openFdCount();
+  const objects = bpf.openObjectCount();
+  if (fds === 0 && objects === 0) return false;
+  io.err(`ctmap: leak: ${fds} bpf fd(s) and ${objects} bpf object(s) still open after the command\n`);
+  return true;
+}
+
+function datapathCommand(attach: typeof import('../datapath/attach'), cmd: DatapathCommand, where: string): string {
+  switch (cmd.kind) {
+    case 'datapath-attach': {
+      const r = attach.attachDatapath({ bpfRoot: cmd.bpfRoot, dev: cmd.dev, settings: { clusterId: cmd.clusterId } });
+      return cmd.json ? `${JSON.stringify(r)}\n` : formatAttach(r, where);
+    }
+    case 'datapath-detach': {
+      const r = attach.detachDatapath({ bpfRoot: cmd.bpfRoot, dev: cmd.dev });
+      return cmd.json ? `${JSON.stringify(r)}\n` : formatDetach(r, where, cmd.bpfRoot);
+    }
+    case 'datapath-status': {
+      const r = attach.datapathStatus(cmd.bpfRoot);
+      return cmd.json ? `${JSON.stringify(r)}\n` : formatStatus(r, cmd.bpfRoot);
+    }
   }
 }
 
@@ -90,6 +111,7 @@ export function formatAttach(r: AttachResult, where = ''): string {
     lines.push(`  ${h.direction.padEnd(7)} handle ${hex(h.handle)} pref ${h.priority} prog id ${h.progId}${h.replaced ? " (replaced ctmap's previous filter)" : ''}`);
   }
   if (r.droppedStaleRecord) lines.push('  an earlier record whose filters were all gone was dropped');
+  lines.push(...pruned(r.prunedDevices));
   lines.push(
     r.createdQdisc
       ? '  clsact qdisc: created by this attach (detach removes it if nothing else is attached)'
@@ -103,7 +125,8 @@ export function formatAttach(r: AttachResult, where = ''): string {
 /** Human-readable detach result. */
 export function formatDetach(r: DetachResult, where = '', bpfRoot = ''): string {
   if (!r.attached) {
-    return `nothing to detach: ctmap has no datapath attached to ${r.dev} (ifindex ${r.ifindex}${where}; no record under ${bpfRoot}/ctmapd/datapath)\n`;
+    const text = `nothing to detach: ctmap has no datapath attached to ${r.dev} (ifindex ${r.ifindex}${where}; no record under ${bpfRoot}/ctmapd/datapath)`;
+    return `${[text, ...pruned(r.prunedDevices)].join('\n')}\n`;
   }
   const lines = [`detached from ${r.dev} (ifindex ${r.ifindex}${where})`];
   const outcome = { removed: 'removed', gone: 'already gone', foreign: 'another program is there now: left in place' } as const;
@@ -114,8 +137,12 @@ export function formatDetach(r: DetachResult, where = '', bpfRoot = ''): string 
     'not-ours': 'left in place (it was there before ctmap attached)',
     gone: 'already gone',
   } as const;
-  lines.push(`  clsact qdisc: ${qdisc[r.qdisc]}`);
+  lines.push(`  clsact qdisc: ${qdisc[r.qdisc]}`, ...pruned(r.prunedDevices));
   return `${lines.join('\n')}\n`;
+}
+
+function pruned(ifindexes: readonly number[]): string[] {
+  return ifindexes.length === 0 ? [] : [`  removed the records of vanished devices (ifindex ${ifindexes.join(', ')}) in this namespace`];
 }
 
 /** Human-readable status. */
@@ -124,7 +151,8 @@ export function formatStatus(records: readonly StatusRecord[], bpfRoot = ''): st
   const lines: string[] = [];
   for (const r of records) {
     const ns = r.here ? 'this netns' : r.netnsName ? `netns ${r.netnsName}` : `netns inode ${r.netns} (unnamed or gone)`;
-    lines.push(`${r.dev ?? `ifindex ${r.ifindex}`} (${r.here ? `ifindex ${r.ifindex}, ` : ''}${ns})${r.ownsQdisc ? ', clsact qdisc created by ctmap' : ''}`);
+    const gone = r.here && r.dev === undefined ? ', DEVICE GONE (the next attach or detach here removes the record)' : '';
+    lines.push(`${r.dev ?? `ifindex ${r.ifindex}`} (${r.here ? `ifindex ${r.ifindex}, ` : ''}${ns})${r.ownsQdisc ? ', clsact qdisc created by ctmap' : ''}${gone}`);
     for (const h of r.hooks) {
       const state = h.state === undefined ? '' : h.state === 'ours' ? ': attached' : h.state === 'gone' ? ': GONE' : ': REPLACED by another program';
       lines.push(`  ${h.direction.padEnd(7)} handle ${hex(h.handle)} pref ${h.priority} prog id ${h.progId}${state}`);

@@ -176,6 +176,31 @@ export function requireDevice(dev: string): number {
   return ifindex;
 }
 
+/**
+ * Removes this namespace's records of devices that no longer exist: a device takes its
+ * qdisc and filters with it, so such a record owns nothing, and its pins only keep the
+ * programs loaded. (Interface indexes are allocated cyclically, so a vanished device's
+ * index is not handed to a new device at once; and a reused one would still fail the
+ * program-id check.) Returns the pruned ifindexes.
+ */
+function pruneVanishedDevices(bpfRoot: string, netns: number): number[] {
+  const nsDir = path.join(datapathRecordsDir(bpfRoot), `net${netns}`);
+  let names: string[];
+  try {
+    names = fs.readdirSync(nsDir);
+  } catch {
+    return [];
+  }
+  const pruned: number[] = [];
+  for (const name of names) {
+    const m = /^if(\d+)$/.exec(name);
+    if (!m || ifIndexToName(Number(m[1])) !== undefined) continue;
+    removeRecord(readRecord(path.join(nsDir, name)), bpfRoot);
+    pruned.push(Number(m[1]));
+  }
+  return pruned;
+}
+
 export interface DatapathTarget {
   /** bpffs mount the daemon runs with (its maps are under <bpfRoot>/tc/globals). */
   readonly bpfRoot: string;
@@ -207,6 +232,8 @@ export interface AttachResult {
   readonly ownsQdisc: boolean;
   /** An earlier record whose filters were all gone, dropped before attaching. */
   readonly droppedStaleRecord: boolean;
+  /** Records of vanished devices in this namespace, removed on the way (their ifindexes). */
+  readonly prunedDevices: readonly number[];
   readonly settings: DatapathSettings;
 }
 
@@ -214,7 +241,8 @@ export interface AttachResult {
  * Loads the datapath over the daemon's maps and attaches ct_ingress / ct_egress to the
  * clsact hooks of `dev` in this network namespace, creating the clsact qdisc if there is
  * none, and records ownership (see the file comment). Attaching again replaces ctmap's
- * own filters in place. Throws CtmapError: invalid-argument (field "dev") for an unknown
+ * own filters in place; records of devices that vanished from this namespace are removed
+ * on the way. Throws CtmapError: invalid-argument (field "dev") for an unknown
  * device; failed-precondition when the daemon's maps are not pinned under bpfRoot; and
  * BpfSyscallError from the kernel (EPERM without CAP_BPF / CAP_NET_ADMIN). On failure,
  * what this call attached or created is removed again.
@@ -222,6 +250,7 @@ export interface AttachResult {
 export function attachDatapath(o: AttachOptions): AttachResult {
   const ifindex = requireDevice(o.dev);
   const netns = currentNetns();
+  const prunedDevices = pruneVanishedDevices(o.bpfRoot, netns);
   const dir = recordDir(o.bpfRoot, netns, ifindex);
   let rec = readRecord(dir);
   for (const p of rec.pending) unpinQuiet(p);
@@ -270,6 +299,7 @@ export function attachDatapath(o: AttachOptions): AttachResult {
     createdQdisc,
     ownsQdisc: createdQdisc || rec.ownsQdisc,
     droppedStaleRecord,
+    prunedDevices,
     settings: dp.settings,
   };
 }
@@ -317,6 +347,8 @@ export interface DetachResult {
    */
   readonly qdisc: 'removed' | 'kept' | 'not-ours' | 'gone';
   readonly otherFilters: number;
+  /** Records of vanished devices in this namespace, removed on the way (their ifindexes). */
+  readonly prunedDevices: readonly number[];
 }
 
 /**
@@ -325,14 +357,16 @@ export interface DetachResult {
  * it and no other filter is on either hook, then the record. A device ctmap never
  * attached to gives `attached: false` and changes nothing. Throws CtmapError
  * invalid-argument (field "dev") for an unknown device, BpfSyscallError from the kernel.
+ * Records of devices that vanished from this namespace are removed on the way.
  * There is no atomic "delete the qdisc if empty": a filter added between the check and
  * the delete goes with the qdisc.
  */
 export function detachDatapath(o: DatapathTarget): DetachResult {
   const ifindex = requireDevice(o.dev);
   const netns = currentNetns();
+  const prunedDevices = pruneVanishedDevices(o.bpfRoot, netns);
   const rec = readRecord(recordDir(o.bpfRoot, netns, ifindex));
-  const base = { dev: o.dev, ifindex, netns };
+  const base = { dev: o.dev, ifindex, netns, prunedDevices };
   if (!rec.exists) return { ...base, attached: false, hooks: [], qdisc: 'not-ours', otherFilters: 0 };
 
   const hooks = rec.hooks.map((h) => {

@@ -11,7 +11,9 @@
  * - a filter someone else put at ctmap's spot is left alone; one that disappeared is
  *   reported as gone; a record whose filters all vanished is dropped by the next attach;
  * - the qdisc goes only when attach created it and nothing else is attached;
- * - errors name the flag (exit 2) or the missing daemon (exit 1) and leave nothing behind.
+ * - errors name the flag (exit 2) or the missing daemon (exit 1) and leave nothing behind;
+ * - the record of a device that vanished is shown as such and pruned by the next attach;
+ * - every command closes every bpf fd and object it opened (CTMAP_CHECK_LEAKS=1).
  */
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
@@ -171,9 +173,24 @@ test('ctmap datapath attach/detach: own filters only, in place on re-attach, for
   const empty = privateBpfRoot(scope);
   const noDaemon = ctmap(['datapath', 'attach', '--netns', a.ns, '--dev', dev, '--bpf-root', empty.root]);
   assert.equal(noDaemon.status, 1);
+  assert.doesNotMatch(noDaemon.stderr, /leak/);
   assert.match(noDaemon.stderr, new RegExp(`not pinned under ${empty.root}/tc/globals: start ctmapd with --bpf-root=${empty.root}`));
   assert.deepEqual(fs.readdirSync(empty.root), [], 'no record for a failed attach');
   assert.ok(!hasClsact(), 'no qdisc for a failed attach');
   assert.equal(show('ingress').trim() + show('egress').trim(), '');
   assert.ok(!fs.existsSync(path.join(bpf.root, 'ctmapd')));
+
+  // --- 8. the device vanishes: status says so, the next attach in the namespace prunes it ---
+  const last = attach();
+  inNetns(a.ns, 'ip', ['link', 'del', dev]);
+  const status = ctmapOk(['datapath', 'status', '--netns', a.ns, '--bpf-root', bpf.root, '--json']);
+  assert.equal(status.length, 1);
+  assert.equal(status[0].ifindex, last.ifindex);
+  assert.equal(status[0].dev, undefined);
+  assert.deepEqual(status[0].hooks.map((h: any) => h.state), ['gone', 'gone']);
+  assert.match(ctmapOk(['datapath', 'status', '--netns', a.ns, '--bpf-root', bpf.root]), /DEVICE GONE/);
+  const lo = ctmapOk(['datapath', 'attach', '--netns', a.ns, '--dev', 'lo', '--bpf-root', bpf.root, '--json']);
+  assert.deepEqual(lo.prunedDevices, [last.ifindex]);
+  assert.equal(ctmapOk(['datapath', 'detach', '--netns', a.ns, '--dev', 'lo', '--bpf-root', bpf.root, '--json']).qdisc, 'removed');
+  assert.ok(!fs.existsSync(path.join(bpf.root, 'ctmapd')), 'nothing left under <bpf-root>/ctmapd');
 });

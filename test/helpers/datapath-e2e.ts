@@ -87,9 +87,12 @@ async function health(address: string): Promise<string> {
   }
 }
 
-/** Runs bin/ctmap with `args` to completion. */
+/**
+ * Runs bin/ctmap with `args` to completion, with CTMAP_CHECK_LEAKS=1: a datapath command
+ * that leaves a bpf fd or object open says `ctmap: leak:` on stderr (and exits 1).
+ */
 export function ctmap(args: readonly string[], env: NodeJS.ProcessEnv = process.env): SpawnSyncReturns<string> {
-  return spawnSync(process.execPath, [CTMAP_BIN, ...args], { encoding: 'utf8', env });
+  return spawnSync(process.execPath, [CTMAP_BIN, ...args], { encoding: 'utf8', env: { ...env, CTMAP_CHECK_LEAKS: '1' } });
 }
 
 /** bin/ctmap that must exit 0; returns stdout (parsed when `--json` is among the args). */

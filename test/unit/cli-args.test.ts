@@ -204,6 +204,7 @@ describe('datapath output', () => {
       createdQdisc: true,
       ownsQdisc: true,
       droppedStaleRecord: false,
+      prunedDevices: [],
       settings: { ...DEFAULT_DATAPATH_SETTINGS, clusterId: 7 },
     });
     assert.match(text, /attached ct_ingress\/ct_egress to veth0 \(ifindex 4\), tracking into the CT maps of cluster 7/);
@@ -213,7 +214,7 @@ describe('datapath output', () => {
   });
 
   it('detach says clearly when there was nothing to detach', () => {
-    const text = formatDetach({ dev: 'veth0', ifindex: 4, netns: 1, attached: false, hooks: [], qdisc: 'not-ours', otherFilters: 0 }, ', netns blue', '/sys/fs/bpf');
+    const text = formatDetach({ dev: 'veth0', ifindex: 4, netns: 1, attached: false, hooks: [], qdisc: 'not-ours', otherFilters: 0, prunedDevices: [] }, ', netns blue', '/sys/fs/bpf');
     assert.equal(text, 'nothing to detach: ctmap has no datapath attached to veth0 (ifindex 4, netns blue; no record under /sys/fs/bpf/ctmapd/datapath)\n');
   });
 });

@@ -5,6 +5,8 @@
  * walked through in seed 002 (ct_lookup4/6, __ct_lookup, ct_create4/6,
  * ct_update_timeout): reverse direction first so REPLY and RELATED take precedence, then
  * the forward direction, then create. It only observes: the verdict is always TC_ACT_OK.
+ * A packet is tracked in the global maps, or in a remote cluster's inner maps when a
+ * cluster id is configured or carried in skb->mark (ct_cluster_id, ct_select_maps).
  *
  * Where this deliberately differs from the seed:
  * - ICMP errors are keyed by the addresses of the header they quote, not by the outer
@@ -53,6 +55,7 @@ const volatile struct ct_datapath_config ctmapd_config = {
 	.report_flags = 0xff,
 	.enable_ipv4 = 1,
 	.enable_ipv6 = 1,
+	.cluster_id_max = 255,
 };
 
 #define CT_CONNECTION_LIFETIME_TCP	(ctmapd_config.lifetime_tcp)
@@ -82,6 +85,35 @@ CT_MAP(cilium_ct4_global, struct ipv4_ct_tuple, 524288);
 CT_MAP(cilium_ct_any4_global, struct ipv4_ct_tuple, 262144);
 CT_MAP(cilium_ct6_global, struct ipv6_ct_tuple, 524288);
 CT_MAP(cilium_ct_any6_global, struct ipv6_ct_tuple, 262144);
+
+/*
+ * Per-cluster CT maps (facts §1, Cilium's per_cluster_ct maps): an ARRAY_OF_MAPS per
+ * global map, indexed by cluster id, whose slots hold a joined cluster's inner map. The
+ * template is the global map's type, key and value: map-in-map checks type, sizes and
+ * flags, never max_entries, so the template stays one entry. Reused from the daemon's pins
+ * like the global maps; when none is pinned the loader shrinks the outer map to one empty
+ * slot, and every cluster id then finds no inner map.
+ */
+#define CT_INNER_MAP(_key)					\
+	struct {						\
+		__uint(type, BPF_MAP_TYPE_LRU_HASH);		\
+		__uint(max_entries, 1);				\
+		__type(key, _key);				\
+		__type(value, struct ct_entry);			\
+	}
+
+#define CT_OUTER_MAP(_name, _key)				\
+	struct {						\
+		__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);	\
+		__uint(max_entries, 256);			\
+		__type(key, __u32);				\
+		__array(values, CT_INNER_MAP(_key));		\
+	} _name SEC(".maps")
+
+CT_OUTER_MAP(cilium_per_cluster_ct_tcp4, struct ipv4_ct_tuple);
+CT_OUTER_MAP(cilium_per_cluster_ct_any4, struct ipv4_ct_tuple);
+CT_OUTER_MAP(cilium_per_cluster_ct_tcp6, struct ipv6_ct_tuple);
+CT_OUTER_MAP(cilium_per_cluster_ct_any6, struct ipv6_ct_tuple);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -425,13 +457,56 @@ static __always_inline void ct_process(void *map, void *any, void *tuple, bool v
 		STAT_INC(st, create_failed);
 }
 
-static __always_inline void ct4(struct __sk_buff *skb, int dir, struct ct_datapath_stats *st)
+/*
+ * The cluster whose maps this packet uses: the configured one (ctmap datapath attach
+ * --cluster-id), else the id in skb->mark in Cilium's encoding (ctmap.h), else 0, the
+ * global maps. The mark is only read, never cleared: this program observes.
+ */
+static __always_inline __u32 ct_cluster_id(const struct __sk_buff *skb)
+{
+	__u32 mark, shift, upper;
+
+	if (ctmapd_config.cluster_id)
+		return ctmapd_config.cluster_id;
+	mark = skb->mark;
+	if ((mark & MARK_MAGIC_HOST_MASK) != MARK_MAGIC_CLUSTER_ID)
+		return 0;
+	/* Cilium: id bits above 7 sit at 8 + IDENTITY_LOCAL_BITS (24 - 8 or 24 - 9 bits). */
+	shift = ctmapd_config.cluster_id_max > 0xff ? 8 + 15 : 8 + 16;
+	upper = (ctmapd_config.cluster_id_max & ~CLUSTER_ID_LOWER_MASK) << shift;
+	return ((mark & CLUSTER_ID_LOWER_MASK) | ((mark & upper) >> shift)) & ctmapd_config.cluster_id_max;
+}
+
+/*
+ * The maps of one packet: `*map` for its flow (the TCP map for TCP, else the any map) and
+ * `*any` for the flow's RELATED entry; a cluster's inner maps, looked up in the outer maps
+ * by id, or the global maps for cluster 0. Returns false, counting cluster_map_missing,
+ * when the cluster has no inner map (it has not joined): the packet then passes untracked.
+ */
+static __always_inline bool ct_select_maps(__u32 cluster_id, bool tcp, void *g_tcp, void *g_any, void *o_tcp, void *o_any,
+					   void **map, void **any, struct ct_datapath_stats *st)
+{
+	if (!cluster_id) {
+		*any = g_any;
+		*map = tcp ? g_tcp : g_any;
+		return true;
+	}
+	*any = bpf_map_lookup_elem(o_any, &cluster_id);
+	*map = tcp ? bpf_map_lookup_elem(o_tcp, &cluster_id) : *any;
+	if (!*map || !*any) {
+		STAT_INC(st, cluster_map_missing);
+		return false;
+	}
+	return true;
+}
+
+static __always_inline void ct4(struct __sk_buff *skb, int dir, __u32 cluster_id, struct ct_datapath_stats *st)
 {
 	struct ipv4_ct_tuple tuple = {};
 	struct ct_pkt p = { .len = skb->len };
 	struct iphdr ip;
 	__u32 inner = 0;
-	void *map;
+	void *map, *any;
 
 	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0 || ip.ihl < 5) {
 		STAT_INC(st, malformed);
@@ -465,21 +540,23 @@ static __always_inline void ct4(struct __sk_buff *skb, int dir, struct ct_datapa
 		tuple.daddr = q.saddr;
 		tuple.saddr = q.daddr;
 	}
-	map = p.is_tcp ? (void *)&cilium_ct4_global : (void *)&cilium_ct_any4_global;
-	ct_process(map, &cilium_ct_any4_global, &tuple, false, &p, dir, st);
+	if (!ct_select_maps(cluster_id, p.is_tcp, &cilium_ct4_global, &cilium_ct_any4_global, &cilium_per_cluster_ct_tcp4,
+			    &cilium_per_cluster_ct_any4, &map, &any, st))
+		return;
+	ct_process(map, any, &tuple, false, &p, dir, st);
 }
 
 /* Extension headers skipped before the L4 header; more than this is left untracked. */
 #define IPV6_MAX_EXT 4
 
-static __always_inline void ct6(struct __sk_buff *skb, int dir, struct ct_datapath_stats *st)
+static __always_inline void ct6(struct __sk_buff *skb, int dir, __u32 cluster_id, struct ct_datapath_stats *st)
 {
 	struct ipv6_ct_tuple tuple = {};
 	struct ct_pkt p = { .len = skb->len };
 	struct ipv6hdr ip;
 	__u32 off = ETH_HLEN + sizeof(ip), inner = 0;
 	__u8 nexthdr;
-	void *map;
+	void *map, *any;
 	int i;
 
 	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0) {
@@ -531,8 +608,10 @@ static __always_inline void ct6(struct __sk_buff *skb, int dir, struct ct_datapa
 		__builtin_memcpy(&tuple.daddr, &q.saddr, sizeof(tuple.daddr));
 		__builtin_memcpy(&tuple.saddr, &q.daddr, sizeof(tuple.saddr));
 	}
-	map = p.is_tcp ? (void *)&cilium_ct6_global : (void *)&cilium_ct_any6_global;
-	ct_process(map, &cilium_ct_any6_global, &tuple, true, &p, dir, st);
+	if (!ct_select_maps(cluster_id, p.is_tcp, &cilium_ct6_global, &cilium_ct_any6_global, &cilium_per_cluster_ct_tcp6,
+			    &cilium_per_cluster_ct_any6, &map, &any, st))
+		return;
+	ct_process(map, any, &tuple, true, &p, dir, st);
 }
 
 static __always_inline int ct_handle(struct __sk_buff *skb, int dir)
@@ -546,9 +625,9 @@ static __always_inline int ct_handle(struct __sk_buff *skb, int dir)
 		return TC_ACT_OK;
 	}
 	if (proto == bpf_htons(ETH_P_IP) && ctmapd_config.enable_ipv4)
-		ct4(skb, dir, st);
+		ct4(skb, dir, ct_cluster_id(skb), st);
 	else if (proto == bpf_htons(ETH_P_IPV6) && ctmapd_config.enable_ipv6)
-		ct6(skb, dir, st);
+		ct6(skb, dir, ct_cluster_id(skb), st);
 	else
 		STAT_INC(st, skipped);
 	return TC_ACT_OK;

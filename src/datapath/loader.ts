@@ -6,6 +6,12 @@
  * gets a one-entry placeholder and is switched off in the settings, so its packets pass
  * untracked and are counted as skipped.
  *
+ * The per-cluster outer maps (cilium_per_cluster_ct_*) are reused when pinned. Before any
+ * cluster has joined, or after CleanupPerClusterCTMaps removed them, each gets a one-slot
+ * placeholder, so every cluster id finds no inner map and the program counts
+ * cluster_map_missing. A loaded program keeps the outer maps it was loaded with: outer maps
+ * the daemon creates afterwards are seen only by a program loaded after them.
+ *
  * Attaching the loaded programs to a device is the caller's (src/datapath/attach.ts).
  */
 import * as fs from 'node:fs';
@@ -14,7 +20,15 @@ import { CtmapError } from '../errors';
 import * as bpf from '../maps/bpf';
 import { BpfObject, BpfProgram } from '../maps/bpf/program';
 import { globalsDir } from '../maps/ctmap/spec';
-import { CT_DATAPATH_FAMILY_MAPS, CT_DATAPATH_STATS_MAP, DEFAULT_DATAPATH_SETTINGS, DatapathSettings, encodeDatapathSettings } from './settings';
+import {
+  CT_DATAPATH_CLUSTER_MAPS,
+  CT_DATAPATH_FAMILY_MAPS,
+  CT_DATAPATH_STATS_MAP,
+  DEFAULT_DATAPATH_SETTINGS,
+  DatapathSettings,
+  encodeDatapathSettings,
+  validateDatapathSettings,
+} from './settings';
 
 /** Compiled to dist/src/datapath/: the repo root is three levels up. */
 const REPO_ROOT = path.resolve(__dirname, '../../..');
@@ -65,6 +79,7 @@ export class CtDatapath {
       throw new CtmapError('failed-precondition', `datapath object ${objectPath} is missing: run make build (make -C bpf)`);
     }
     const settings: DatapathSettings = { ...DEFAULT_DATAPATH_SETTINGS, ...opts.settings };
+    validateDatapathSettings(settings);
     const dir = globalsDir(opts.bpfRoot);
     const object = BpfObject.open(objectPath);
     const pinned: bpf.Fd[] = [];
@@ -78,11 +93,18 @@ export class CtDatapath {
         reused.push(name);
         return true;
       };
+      // A placeholder is a one-entry map libbpf creates for the object alone.
+      const placeholder = (name: string): void => object.map(name).setMaxEntries(1);
       for (const family of ['ipv4', 'ipv6'] as const) {
         const enabled = family === 'ipv4' ? settings.enableIpv4 : settings.enableIpv6;
         const names = CT_DATAPATH_FAMILY_MAPS[family];
-        const found = enabled ? names.filter(reuse) : [];
-        if (enabled && found.length !== names.length) {
+        if (!enabled) {
+          // Maps the program never touches: the family is switched off in the settings.
+          for (const name of [...names, ...CT_DATAPATH_CLUSTER_MAPS[family]]) placeholder(name);
+          continue;
+        }
+        const found = names.filter(reuse);
+        if (found.length !== names.length) {
           const missing = names.filter((n) => !found.includes(n));
           throw new CtmapError(
             'failed-precondition',
@@ -90,10 +112,9 @@ export class CtDatapath {
               `(and --enable-${family}) first`,
           );
         }
-        if (!enabled) {
-          // A placeholder the program never touches: the family is switched off below.
-          for (const name of names) object.map(name).setMaxEntries(1);
-        }
+        // The per-cluster outer maps exist once a cluster has joined (and until a cleanup):
+        // without them no cluster id finds an inner map, which the program counts.
+        for (const name of CT_DATAPATH_CLUSTER_MAPS[family]) if (!reuse(name)) placeholder(name);
       }
       reuse(CT_DATAPATH_STATS_MAP);
       object.map('.rodata').setInitialValue(encodeDatapathSettings(settings));

@@ -15,8 +15,15 @@ import { Family, writeAddress } from '../../src/maps/ctmap/addr';
 import { CtEntry, CtKey, decodeEntry, encodeEntry, encodeKey } from '../../src/maps/ctmap/codec';
 import { ctNow } from '../../src/maps/ctmap/format';
 import { CT_DATAPATH_STATS, CT_DATAPATH_STATS_COUNTERS, CtEntryFlag, IPPROTO, TupleFlag } from '../../src/maps/ctmap/layout';
-import { CtKind, globalCtMapSpec, globalsDir } from '../../src/maps/ctmap/spec';
-import { CT_DATAPATH_FAMILY_MAPS, CT_DATAPATH_STATS_MAP, datapathSettingsFrom, type DatapathSettings } from '../../src/datapath/settings';
+import { CtKind, CtMapsConfig, clusterInnerCtMapSpec, clusterOuterCtMapSpec, globalCtMapSpec, globalsDir } from '../../src/maps/ctmap/spec';
+import {
+  CT_DATAPATH_CLUSTER_MAPS,
+  CT_DATAPATH_FAMILY_MAPS,
+  CT_DATAPATH_STATS_MAP,
+  clusterIdMark,
+  datapathSettingsFrom,
+  type DatapathSettings,
+} from '../../src/datapath/settings';
 import { parseConfig } from '../../src/server/config';
 import type { BpfMap } from '../../src/maps/types';
 
@@ -117,13 +124,28 @@ function quote(frame: Buffer): Buffer {
 // ---- environment -----------------------------------------------------------------------
 
 interface Env {
-  egress(frame: Buffer): void;
-  ingress(frame: Buffer): void;
-  entry(family: Family, kind: CtKind, key: CtKey): CtEntry | undefined;
+  /** Runs the egress program on `frame`; `mark` is the skb->mark it sees (default 0). */
+  egress(frame: Buffer, mark?: number): void;
+  ingress(frame: Buffer, mark?: number): void;
+  /** Runs the egress program `n` times on `frame` in one test run; returns the kernel's ns per run. */
+  egressRepeat(frame: Buffer, n: number): number;
+  /** The entry of `key` in the global map (cluster 0) or in that cluster's inner map. */
+  entry(family: Family, kind: CtKind, key: CtKey, clusterId?: number): CtEntry | undefined;
   /** Overwrites an entry from userspace, as the agent or a restore would. */
   write(family: Family, kind: CtKind, key: CtKey, entry: CtEntry): void;
-  count(family: Family, kind: CtKind): number;
+  count(family: Family, kind: CtKind, clusterId?: number): number;
   stats(): Stats;
+}
+
+interface DatapathOptions {
+  /** Settings on top of the flag defaults. */
+  readonly settings?: Partial<DatapathSettings>;
+  /**
+   * Per-cluster maps as ClusterCTMaps makes them: the outer maps pinned (sized for
+   * settings.clusterIdMax) and, for each id, its inner maps pinned and written into the
+   * slots. Undefined: no outer map is pinned at all (no cluster ever joined).
+   */
+  readonly clusters?: readonly number[];
 }
 
 function possibleCpus(): number {
@@ -139,11 +161,11 @@ function possibleCpus(): number {
 
 /**
  * Loads the datapath with the loader (src/datapath/) over fresh CT maps and a fresh stats
- * map pinned where the daemon pins them, with `settings` (default: the flag defaults);
- * everything is closed after, also on failure, and then no bpf fd or BPF object may
- * remain open.
+ * map pinned where the daemon pins them, with `opts.settings` on top of the flag defaults
+ * and the per-cluster maps of `opts.clusters`; everything is closed after, also on
+ * failure, and then no bpf fd or BPF object may remain open.
  */
-async function withDatapath(t: TestContext, body: (env: Env) => void, settings?: Partial<DatapathSettings>): Promise<void> {
+async function withDatapath(t: TestContext, body: (env: Env) => void, opts: DatapathOptions = {}): Promise<void> {
   if (!kernelTier(t)) return;
   const kernel = require('../../src/maps/kernel') as KernelModule;
   const bpf = require('../../src/maps/bpf') as BpfModule;
@@ -151,14 +173,34 @@ async function withDatapath(t: TestContext, body: (env: Env) => void, settings?:
   const { root, cleanup } = privateBpfRoot();
   const fds = bpfFdCount();
   const objs = bpf.openObjectCount();
-  const cfg = { bpfRoot: root, enableIPv4: true, enableIPv6: true, ctTcpMax: 1024, ctAnyMax: 1024, distributedLru: false };
+  const effective = { ...datapathSettingsFrom(DEFAULT_FLAGS), ...opts.settings };
+  const cfg: CtMapsConfig = {
+    bpfRoot: root,
+    enableIPv4: true,
+    enableIPv6: true,
+    ctTcpMax: 1024,
+    ctAnyMax: 1024,
+    distributedLru: false,
+    clusterIdMax: effective.clusterIdMax,
+  };
+  /** `${family}/${kind}/${clusterId}` -> map; outer maps under `${family}/${kind}/outer`. */
   const maps = new Map<string, BpfMap>();
   let stats: import('../../src/maps/bpf').Fd | undefined;
   let datapath: import('../../src/datapath/loader').CtDatapath | undefined;
   let run: import('../../src/maps/bpf').TestRunContext | undefined;
   try {
     for (const family of ['ipv4', 'ipv6'] as const) {
-      for (const kind of ['tcp', 'any'] as const) maps.set(`${family}/${kind}`, kernel.kernelBackend.create(globalCtMapSpec(cfg, family, kind)));
+      for (const kind of ['tcp', 'any'] as const) {
+        maps.set(`${family}/${kind}/0`, kernel.kernelBackend.create(globalCtMapSpec(cfg, family, kind)));
+        if (opts.clusters === undefined) continue;
+        const outer = kernel.kernelBackend.create(clusterOuterCtMapSpec(cfg, family, kind));
+        maps.set(`${family}/${kind}/outer`, outer);
+        for (const id of opts.clusters) {
+          const inner = kernel.kernelBackend.create(clusterInnerCtMapSpec(cfg, family, kind, id));
+          maps.set(`${family}/${kind}/${id}`, inner);
+          outer.update(u32(id), u32(inner.outerSlotValue()));
+        }
+      }
     }
     stats = bpf.createMap({
       type: BPF_MAP_TYPE_PERCPU_ARRAY,
@@ -169,40 +211,56 @@ async function withDatapath(t: TestContext, body: (env: Env) => void, settings?:
       flags: 0,
     });
     bpf.objPin(stats, path.join(globalsDir(root), CT_DATAPATH_STATS_MAP));
-    const effective = { ...datapathSettingsFrom(DEFAULT_FLAGS), ...settings };
     datapath = CtDatapath.load({ bpfRoot: root, settings: effective });
     const expectReused = [CT_DATAPATH_STATS_MAP]
       .concat(effective.enableIpv4 ? CT_DATAPATH_FAMILY_MAPS.ipv4 : [])
-      .concat(effective.enableIpv6 ? CT_DATAPATH_FAMILY_MAPS.ipv6 : []);
+      .concat(effective.enableIpv6 ? CT_DATAPATH_FAMILY_MAPS.ipv6 : [])
+      .concat(opts.clusters && effective.enableIpv4 ? CT_DATAPATH_CLUSTER_MAPS.ipv4 : [])
+      .concat(opts.clusters && effective.enableIpv6 ? CT_DATAPATH_CLUSTER_MAPS.ipv6 : []);
     assert.deepEqual([...datapath.reusedMaps].sort(), expectReused.sort(), 'maps reused from the pins');
     const progs = { egress: datapath.egress, ingress: datapath.ingress };
-    run = new bpf.TestRunContext(0, 1024);
+    run = new bpf.TestRunContext(bpf.SK_BUFF_CTX.size, 1024);
     const r = run;
     const ncpu = possibleCpus();
     const statsFd = stats;
-    const exec = (p: import('../../src/maps/bpf').BpfProgram, frame: Buffer): void => {
+    const exec = (p: import('../../src/maps/bpf').BpfProgram, frame: Buffer, mark = 0): void => {
       r.setPacket(frame);
+      r.ctx.writeUInt32LE(mark, bpf.SK_BUFF_CTX.markOffset);
       assert.equal(p.testRun(r), TC_ACT_OK, 'verdict');
     };
+    const mapOf = (family: Family, kind: CtKind, clusterId = 0): BpfMap => {
+      const m = maps.get(`${family}/${kind}/${clusterId}`);
+      assert.ok(m, `test set-up has no ${family} ${kind} map for cluster ${clusterId}`);
+      return m;
+    };
     body({
-      egress: (f) => exec(progs.egress, f),
-      ingress: (f) => exec(progs.ingress, f),
-      entry(family, kind, key) {
-        const m = maps.get(`${family}/${kind}`)!;
+      egressRepeat(frame, n) {
+        r.repeat = n;
+        try {
+          exec(progs.egress, frame);
+          return r.duration;
+        } finally {
+          r.repeat = 0;
+        }
+      },
+      egress: (f, mark) => exec(progs.egress, f, mark),
+      ingress: (f, mark) => exec(progs.ingress, f, mark),
+      entry(family, kind, key, clusterId) {
+        const m = mapOf(family, kind, clusterId);
         const k = Buffer.alloc(m.spec.keySize);
         encodeKey(family, key, k);
         const v = m.lookup(k);
         return v && decodeEntry(v);
       },
       write(family, kind, key, entry) {
-        const m = maps.get(`${family}/${kind}`)!;
+        const m = mapOf(family, kind);
         const k = Buffer.alloc(m.spec.keySize);
         const v = Buffer.alloc(m.spec.valueSize);
         encodeKey(family, key, k);
         encodeEntry(entry, v);
         m.update(k, v);
       },
-      count: (family, kind) => maps.get(`${family}/${kind}`)!.count(),
+      count: (family, kind, clusterId) => mapOf(family, kind, clusterId).count(),
       stats() {
         const buf = Buffer.alloc(ncpu * CT_DATAPATH_STATS.size);
         assert.ok(bpf.lookup(statsFd, Buffer.alloc(4), buf), 'stats slot 0');
@@ -224,6 +282,12 @@ async function withDatapath(t: TestContext, body: (env: Env) => void, settings?:
   }
   assertNoFdLeak(fds, t.name);
   assert.equal(bpf.openObjectCount(), objs, `${t.name}: BPF objects or test-run contexts left open`);
+}
+
+function u32(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(n, 0);
+  return b;
 }
 
 /** Runs `step` and asserts that `lifetime` is now + `seconds` on the CT clock around it. */
@@ -257,11 +321,13 @@ function fwdKey(src: string, sport: number, dst: string, dport: number, nexthdr:
 
 // ---- scenarios -------------------------------------------------------------------------
 
-for (const fam of [
+const FAMILIES = [
   { family: 'ipv4' as const, a: '10.0.1.1', b: '10.0.2.2', r: '10.0.0.254', icmp: IPPROTO.ICMP, echo: 8, reply: 0, unreach: 3, ext: [] as number[] },
   // IPv6 packets carry hop-by-hop, routing and destination options headers, which the parser skips.
   { family: 'ipv6' as const, a: 'fd00::1', b: 'fd00::2', r: 'fd00::fe', icmp: IPPROTO.ICMPV6, echo: 128, reply: 129, unreach: 1, ext: [0, 43, 60] },
-]) {
+];
+
+for (const fam of FAMILIES) {
   const { family, a, b, r } = fam;
   const L = (frame: Buffer): bigint => BigInt(frame.length);
 
@@ -404,7 +470,7 @@ for (const fam of [
           env.egress(ip(o.a, o.b, IPPROTO.UDP, udp(1, 2)));
           assert.equal(env.stats().skipped, before + 1, `${other} packet skipped`);
         },
-        datapathSettingsFrom(flags),
+        { settings: datapathSettingsFrom(flags) },
       );
     });
 
@@ -426,6 +492,17 @@ for (const fam of [
         const s = around(() => env.egress(ip(a, b, IPPROTO.TCP, tcp(40003, 8080, ACK))));
         e = env.entry(family, 'tcp', key)!;
         s.expect(e.lastTxReport, 0, 'after the interval');
+      });
+    });
+
+    test('repeat runs the program on the same packet n times in one test run', async (t) => {
+      await withDatapath(t, (env) => {
+        const req = ip(a, b, IPPROTO.UDP, udp(7001, 53));
+        const ns = env.egressRepeat(req, 5);
+        assert.ok(Number.isInteger(ns) && ns > 0, `duration ${ns} ns per run`);
+        const e = env.entry(family, 'any', fwdKey(a, 7001, b, 53, IPPROTO.UDP, TupleFlag.OUT))!;
+        assert.deepEqual({ packets: e.packets, bytes: e.bytes }, { packets: 5n, bytes: 5n * L(req) }, 'one create, then four hits');
+        assert.deepEqual(env.stats(), stats({ packets: 5, lookups: 2 + 4 * 2, creates: 1, hits_established: 4 }));
       });
     });
 
@@ -494,3 +571,184 @@ for (const fam of [
     });
   });
 }
+
+// ---- per-cluster maps -------------------------------------------------------------------
+
+/** skb->mark values spelled out bit by bit (Cilium's encoding, bpf/ctmap.h), not computed. */
+const MARK = {
+  /** magic 0x2 in bits 8-11, id 7 in bits 0-7 */
+  cluster7: 0x0000_0207,
+  cluster8: 0x0000_0208,
+  cluster9: 0x0000_0209,
+  /** ClusterIDMax 511: id 300 = 0x12c, low byte 0x2c in bits 0-7, bit 8 of the id in bit 31 */
+  cluster300: 0x8000_022c,
+  /** the same without bit 31: id 44 */
+  cluster44: 0x0000_022c,
+  /** id 7 with bit 31 set: with ClusterIDMax 255 the upper half is identity, so still id 7 */
+  cluster7Bit31: 0x8000_0207,
+  /** magic nibble 0xa (MARK_MAGIC_PROXY_INGRESS): not a cluster id */
+  proxyIngress7: 0x0000_0a07,
+  /** magic 0x2 in bits 8-11 with other bits above: 0x1200 & 0x0f00 = 0x0200, still a cluster mark */
+  cluster7KeyBits: 0x0000_1207,
+} as const;
+
+test('clusterIdMark encodes as Cilium does', () => {
+  assert.equal(clusterIdMark(7, 255), MARK.cluster7);
+  assert.equal(clusterIdMark(300, 511), MARK.cluster300);
+  assert.equal(clusterIdMark(44, 511), MARK.cluster44);
+  assert.equal(clusterIdMark(255, 255), 0x0000_02ff);
+  assert.equal(clusterIdMark(511, 511), 0x8000_02ff);
+  assert.throws(() => clusterIdMark(256, 255), /cluster-id: 256 is out of range/);
+});
+
+for (const fam of FAMILIES) {
+  const { family, a, b, r } = fam;
+  const other = family === 'ipv4' ? 'ipv6' : 'ipv4';
+  /** Entries in every CT map of both families: global and the given clusters. */
+  const everywhere = (env: Env, clusters: readonly number[]): Record<string, number> =>
+    Object.fromEntries(
+      (['ipv4', 'ipv6'] as const).flatMap((f) =>
+        [0, ...clusters].flatMap((id) => (['tcp', 'any'] as const).map((k) => [`${f}/${k}/${id}`, env.count(f, k, id)])),
+      ),
+    );
+  const only = (counts: Record<string, number>, clusters: readonly number[]): Record<string, number> => {
+    const all = Object.fromEntries(
+      (['ipv4', 'ipv6'] as const).flatMap((f) => [0, ...clusters].flatMap((id) => (['tcp', 'any'] as const).map((k) => [`${f}/${k}/${id}`, 0]))),
+    );
+    return { ...all, ...counts };
+  };
+
+  describe(`ct_datapath ${family}: per-cluster maps`, () => {
+    test('a cluster id from the settings tracks in that cluster\'s inner maps only, RELATED entry included', async (t) => {
+      await withDatapath(
+        t,
+        (env) => {
+          const key = fwdKey(a, 41000, b, 80, IPPROTO.TCP, TupleFlag.OUT);
+          const s = around(() => env.egress(ip(a, b, IPPROTO.TCP, tcp(41000, 80, SYN))));
+          env.ingress(ip(b, a, IPPROTO.TCP, tcp(80, 41000, SYN | ACK)));
+          env.ingress(ip(b, a, IPPROTO.TCP, tcp(80, 41000, ACK)));
+          const e = env.entry(family, 'tcp', key, 7)!;
+          assert.ok(e, 'entry in cluster 7\'s TCP map');
+          assert.deepEqual({ packets: e.packets, flags: e.flags }, { packets: 3n, flags: flagsOf('SeenNonSyn') });
+          const rel = env.entry(family, 'any', { daddr: a, saddr: b, sport: 0, dport: 0, nexthdr: fam.icmp, flags: TupleFlag.OUT | TupleFlag.RELATED }, 7)!;
+          assert.ok(rel, 'related entry in cluster 7\'s any map');
+          s.expect(rel.lifetime, SYN_TIMEOUT, 'related entry created with the flow');
+          // An ICMP error quoting the flow finds the RELATED entry in the same cluster.
+          const req = ip(a, b, IPPROTO.UDP, udp(5353, 53));
+          env.egress(req);
+          env.ingress(ip(r, a, fam.icmp, icmp(fam.unreach, 0, quote(req))));
+          assert.equal(env.entry(family, 'any', fwdKey(a, 5353, b, 53, IPPROTO.UDP, TupleFlag.OUT), 7)!.packets, 1n);
+          // The UDP flow rewrote the pair's RELATED entry (packets 1), the error counted on it.
+          assert.equal(env.entry(family, 'any', { daddr: a, saddr: b, sport: 0, dport: 0, nexthdr: fam.icmp, flags: TupleFlag.OUT | TupleFlag.RELATED }, 7)!.packets, 2n);
+          // The mark names cluster 8, but the configured id wins.
+          env.egress(ip(a, b, IPPROTO.UDP, udp(5354, 53)), MARK.cluster8);
+          assert.ok(env.entry(family, 'any', fwdKey(a, 5354, b, 53, IPPROTO.UDP, TupleFlag.OUT), 7));
+          assert.deepEqual(everywhere(env, [7, 8]), only({ [`${family}/tcp/7`]: 1, [`${family}/any/7`]: 3 }, [7, 8]));
+          assert.deepEqual(env.stats(), stats({ packets: 6, lookups: 9, creates: 3, hits_reply: 2, hits_related: 1 }));
+        },
+        { settings: { clusterId: 7 }, clusters: [7, 8] },
+      );
+    });
+
+    test('a cluster id in skb->mark (Cilium\'s encoding) picks that cluster; other marks the global maps', async (t) => {
+      await withDatapath(
+        t,
+        (env) => {
+          env.egress(ip(a, b, IPPROTO.UDP, udp(6001, 53)), MARK.cluster7);
+          env.ingress(ip(b, a, IPPROTO.UDP, udp(53, 6001)), MARK.cluster7);
+          const e = env.entry(family, 'any', fwdKey(a, 6001, b, 53, IPPROTO.UDP, TupleFlag.OUT), 7)!;
+          assert.equal(e?.packets, 2n, 'request and reply in cluster 7');
+          env.egress(ip(a, b, IPPROTO.UDP, udp(6002, 53)), MARK.cluster8);
+          assert.ok(env.entry(family, 'any', fwdKey(a, 6002, b, 53, IPPROTO.UDP, TupleFlag.OUT), 8), 'cluster 8');
+          env.egress(ip(a, b, IPPROTO.UDP, udp(6003, 53)), MARK.cluster7KeyBits);
+          assert.ok(env.entry(family, 'any', fwdKey(a, 6003, b, 53, IPPROTO.UDP, TupleFlag.OUT), 7), 'key bits above the magic nibble are not part of it');
+          env.egress(ip(a, b, IPPROTO.UDP, udp(6004, 53)), MARK.cluster7Bit31);
+          assert.ok(env.entry(family, 'any', fwdKey(a, 6004, b, 53, IPPROTO.UDP, TupleFlag.OUT), 7), 'bit 31 is identity with ClusterIDMax 255');
+          for (const [port, mark] of [
+            [6005, 0],
+            [6006, MARK.proxyIngress7],
+            [6007, 0x0000_0007],
+          ] as const) {
+            env.egress(ip(a, b, IPPROTO.UDP, udp(port, 53)), mark);
+            assert.ok(env.entry(family, 'any', fwdKey(a, port, b, 53, IPPROTO.UDP, TupleFlag.OUT)), `mark 0x${mark.toString(16)}: global map`);
+          }
+          // Related entries: one per (cluster, address pair): cluster 7, cluster 8, global.
+          assert.deepEqual(everywhere(env, [7, 8]), only({ [`${family}/any/7`]: 4, [`${family}/any/8`]: 2, [`${family}/any/0`]: 4 }, [7, 8]));
+          assert.deepEqual(env.stats(), stats({ packets: 8, lookups: 15, creates: 7, hits_reply: 1 }));
+        },
+        { clusters: [7, 8] },
+      );
+    });
+
+    test('a cluster that has not joined: the packet passes untracked and cluster_map_missing counts it', async (t) => {
+      await withDatapath(
+        t,
+        (env) => {
+          env.egress(ip(a, b, IPPROTO.TCP, tcp(42000, 80, SYN)), MARK.cluster9);
+          env.ingress(ip(b, a, IPPROTO.UDP, udp(53, 6001)), MARK.cluster9);
+          assert.deepEqual(everywhere(env, [7]), only({}, [7]), 'no entry anywhere');
+          assert.deepEqual(env.stats(), stats({ packets: 2, cluster_map_missing: 2 }));
+          // Packets of a family the daemon does not manage are skipped before any cluster lookup.
+          const o = other === 'ipv4' ? { a: '10.0.1.1', b: '10.0.2.2' } : { a: 'fd00::1', b: 'fd00::2' };
+          env.egress(ip(o.a, o.b, IPPROTO.UDP, udp(1, 2)), MARK.cluster9);
+          assert.deepEqual(env.stats(), stats({ packets: 3, cluster_map_missing: 2, skipped: 1 }));
+        },
+        { clusters: [7], settings: { [other === 'ipv4' ? 'enableIpv4' : 'enableIpv6']: false } },
+      );
+    });
+
+    test('no per-cluster map pinned at all: the outer maps are one-slot placeholders, every cluster id is missing', async (t) => {
+      await withDatapath(
+        t,
+        (env) => {
+          env.egress(ip(a, b, IPPROTO.UDP, udp(6001, 53)));
+          env.egress(ip(a, b, IPPROTO.UDP, udp(6002, 53)), MARK.cluster7);
+          assert.equal(env.count(family, 'any'), 0, 'the configured cluster 3 wins over no mark: nothing global');
+          assert.deepEqual(env.stats(), stats({ packets: 2, cluster_map_missing: 2 }));
+        },
+        { settings: { clusterId: 3 } },
+      );
+      await withDatapath(t, (env) => {
+        env.egress(ip(a, b, IPPROTO.UDP, udp(6001, 53)), MARK.cluster7);
+        env.egress(ip(a, b, IPPROTO.UDP, udp(6002, 53)));
+        assert.equal(env.count(family, 'any'), 2, 'unmarked flow + its related entry, global');
+        assert.deepEqual(env.stats(), stats({ packets: 2, lookups: 2, creates: 1, cluster_map_missing: 1 }));
+      });
+    });
+
+    test('--max-connected-clusters=511: cluster 300 from the settings and from the mark\'s bit 31', async (t) => {
+      const settings = { clusterIdMax: 511 };
+      await withDatapath(
+        t,
+        (env) => {
+          env.egress(ip(a, b, IPPROTO.UDP, udp(6001, 53)), MARK.cluster300);
+          env.ingress(ip(b, a, IPPROTO.UDP, udp(53, 6001)), MARK.cluster300);
+          assert.equal(env.entry(family, 'any', fwdKey(a, 6001, b, 53, IPPROTO.UDP, TupleFlag.OUT), 300)?.packets, 2n);
+          // Without bit 31 the id is 44, which has not joined.
+          env.egress(ip(a, b, IPPROTO.UDP, udp(6002, 53)), MARK.cluster44);
+          assert.deepEqual(everywhere(env, [300]), only({ [`${family}/any/300`]: 2 }, [300]));
+          assert.deepEqual(env.stats(), stats({ packets: 3, lookups: 3, creates: 1, hits_reply: 1, cluster_map_missing: 1 }));
+        },
+        { settings, clusters: [300] },
+      );
+      await withDatapath(
+        t,
+        (env) => {
+          env.egress(ip(a, b, IPPROTO.TCP, tcp(42000, 80, SYN)));
+          assert.ok(env.entry(family, 'tcp', fwdKey(a, 42000, b, 80, IPPROTO.TCP, TupleFlag.OUT), 300));
+          assert.deepEqual(everywhere(env, [300]), only({ [`${family}/tcp/300`]: 1, [`${family}/any/300`]: 1 }, [300]));
+        },
+        { settings: { ...settings, clusterId: 300 }, clusters: [300] },
+      );
+    });
+  });
+}
+
+test('the loader refuses a cluster id beyond ClusterIDMax before touching the kernel', (t) => {
+  if (!kernelTier(t)) return; // loading the loader loads libbpf
+  const { CtDatapath } = require('../../src/datapath/loader') as LoaderModule;
+  assert.throws(
+    () => CtDatapath.load({ bpfRoot: '/nonexistent', settings: { clusterId: 300 } }),
+    (err: any) => err.code === 'invalid-argument' && /^cluster-id: 300 is out of range: 1\.\.255/.test(err.message),
+  );
+});

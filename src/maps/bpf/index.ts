@@ -241,4 +241,4 @@ export function deleteBatch(fd: Fd, keys: Buffer, count: number): void {
 }
 
 // BPF objects and programs (libbpf object API, BPF_PROG_TEST_RUN, mmap of map values).
-export { BpfObject, BpfObjectMap, BpfProgram, MappedMap, TestRunContext, openObjectCount } from './program';
+export { BpfObject, BpfObjectMap, BpfProgram, MappedMap, SK_BUFF_CTX, TestRunContext, openObjectCount } from './program';

@@ -24,10 +24,17 @@ export const CT_DATAPATH_CLUSTER_MAPS = {
 } as const;
 
 /**
- * The per-CPU counters map (struct ct_datapath_stats). Reused when pinned, so whoever
- * pinned it reads what the programs count; otherwise the object keeps a private one.
+ * The per-CPU counters map (PERCPU_ARRAY, one slot, struct ct_datapath_stats): the
+ * daemon creates and pins it (side-maps.ts), the loader requires it, so the daemon reads
+ * what the programs count.
  */
 export const CT_DATAPATH_STATS_MAP = 'ctmapd_ct_stats';
+
+/**
+ * The daemon's datapath settings (ARRAY, one slot, struct ct_datapath_config), written at
+ * every daemon start from its flags: what the loader writes into .rodata, under overrides.
+ */
+export const CT_DATAPATH_CONFIG_MAP = 'ctmapd_datapath_config';
 
 /** The load-time settings (struct ct_datapath_config), in seconds where a time. */
 export interface DatapathSettings {

@@ -6,6 +6,8 @@ import { ClusterCtMaps } from '../cluster/cluster-maps';
 import { Membership } from '../cluster/membership';
 import type { MembershipSource } from '../cluster/membership-types';
 import { ConfigDirSource } from '../cluster/sources/config-dir';
+import { datapathSettingsFrom } from '../datapath/settings';
+import { DatapathSideMaps } from '../datapath/side-maps';
 import { ensureBpffs } from '../maps/bpffs';
 import { selectBackend } from '../maps/backend';
 import { FLUSH_TIME, GCEngine } from '../maps/ctmap/gc/engine';
@@ -34,6 +36,8 @@ export interface Daemon {
   readonly tables: CtTables;
   readonly nat: NatTables;
   readonly clusters: ClusterCtMaps;
+  /** The datapath's side maps: its counters and the settings from these flags. */
+  readonly datapath: DatapathSideMaps;
   readonly membership: Membership;
   readonly gc: GCRunner;
   readonly scheduler: GCScheduler;
@@ -87,6 +91,20 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
     tables.close();
     throw err;
   }
+  let datapath: DatapathSideMaps;
+  try {
+    // The datapath's counters and settings: a datapath loaded later counts into these
+    // maps and runs with these flags (src/datapath/side-maps.ts).
+    datapath = DatapathSideMaps.open(backend, config.bpfRoot, datapathSettingsFrom(config), log.child({ component: 'datapath' }));
+  } catch (err) {
+    clusters.close();
+    engine.close();
+    coupling.close();
+    deleter.close();
+    nat.close();
+    tables.close();
+    throw err;
+  }
   const membership = new Membership(clusters, log.child({ component: 'membership' }));
   const metrics = new CtmapdMetrics();
   // Periodic passes remove expired entries (facts §6); every pass, scheduled or asked
@@ -125,6 +143,7 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
     deleter.close();
     nat.close();
     tables.close();
+    datapath.close();
   };
   let server: ServerHandle;
   try {
@@ -194,6 +213,7 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
     tables,
     nat,
     clusters,
+    datapath,
     membership,
     gc,
     scheduler,

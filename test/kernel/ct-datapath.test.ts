@@ -20,19 +20,20 @@ import {
   CT_DATAPATH_CLUSTER_MAPS,
   CT_DATAPATH_FAMILY_MAPS,
   CT_DATAPATH_STATS_MAP,
-  clusterIdMark,
   datapathSettingsFrom,
+  encodeDatapathSettings,
   type DatapathSettings,
 } from '../../src/datapath/settings';
+import { DatapathSideMaps, datapathSideMapSpecs } from '../../src/datapath/side-maps';
 import { parseConfig } from '../../src/server/config';
 import type { BpfMap } from '../../src/maps/types';
+import pino from 'pino';
 
 type KernelModule = typeof import('../../src/maps/kernel');
 type BpfModule = typeof import('../../src/maps/bpf');
 type LoaderModule = typeof import('../../src/datapath/loader');
 
-/** The flag defaults, as the daemon would hand them to the loader. */
-const DEFAULT_FLAGS = parseConfig([], {});
+const SILENT = pino({ level: 'silent' });
 
 
 /** The rodata defaults of the object (ctmap-facts §5). */
@@ -42,7 +43,6 @@ const NONTCP_LIFETIME = 60;
 const CLOSE_TIMEOUT = 10;
 
 const TC_ACT_OK = 0;
-const BPF_MAP_TYPE_PERCPU_ARRAY = 6;
 
 const FIN = 0x01;
 const SYN = 0x02;
@@ -138,7 +138,9 @@ interface Env {
 }
 
 interface DatapathOptions {
-  /** Settings on top of the flag defaults. */
+  /** The daemon's flags: what its config map holds (DatapathSideMaps writes it). */
+  readonly flags?: readonly string[];
+  /** Overrides the loader applies on top (LoadOptions.settings), e.g. the cluster id. */
   readonly settings?: Partial<DatapathSettings>;
   /**
    * Per-cluster maps as ClusterCTMaps makes them: the outer maps pinned (sized for
@@ -160,10 +162,11 @@ function possibleCpus(): number {
 }
 
 /**
- * Loads the datapath with the loader (src/datapath/) over fresh CT maps and a fresh stats
- * map pinned where the daemon pins them, with `opts.settings` on top of the flag defaults
- * and the per-cluster maps of `opts.clusters`; everything is closed after, also on
- * failure, and then no bpf fd or BPF object may remain open.
+ * Loads the datapath with the loader (src/datapath/) over fresh CT maps and the daemon's
+ * side maps (DatapathSideMaps, written from `opts.flags`) pinned where the daemon pins
+ * them, with `opts.settings` as the loader's overrides and the per-cluster maps of
+ * `opts.clusters`; everything is closed after, also on failure, and then no bpf fd or BPF
+ * object may remain open.
  */
 async function withDatapath(t: TestContext, body: (env: Env) => void, opts: DatapathOptions = {}): Promise<void> {
   if (!kernelTier(t)) return;
@@ -173,7 +176,8 @@ async function withDatapath(t: TestContext, body: (env: Env) => void, opts: Data
   const { root, cleanup } = privateBpfRoot();
   const fds = bpfFdCount();
   const objs = bpf.openObjectCount();
-  const effective = { ...datapathSettingsFrom(DEFAULT_FLAGS), ...opts.settings };
+  const daemonSettings = datapathSettingsFrom(parseConfig(opts.flags ?? [], {}));
+  const effective = { ...daemonSettings, ...opts.settings };
   const cfg: CtMapsConfig = {
     bpfRoot: root,
     enableIPv4: true,
@@ -185,6 +189,7 @@ async function withDatapath(t: TestContext, body: (env: Env) => void, opts: Data
   };
   /** `${family}/${kind}/${clusterId}` -> map; outer maps under `${family}/${kind}/outer`. */
   const maps = new Map<string, BpfMap>();
+  let side: import('../../src/datapath/side-maps').DatapathSideMaps | undefined;
   let stats: import('../../src/maps/bpf').Fd | undefined;
   let datapath: import('../../src/datapath/loader').CtDatapath | undefined;
   let run: import('../../src/maps/bpf').TestRunContext | undefined;
@@ -202,16 +207,10 @@ async function withDatapath(t: TestContext, body: (env: Env) => void, opts: Data
         }
       }
     }
-    stats = bpf.createMap({
-      type: BPF_MAP_TYPE_PERCPU_ARRAY,
-      name: CT_DATAPATH_STATS_MAP,
-      keySize: 4,
-      valueSize: CT_DATAPATH_STATS.size,
-      maxEntries: 1,
-      flags: 0,
-    });
-    bpf.objPin(stats, path.join(globalsDir(root), CT_DATAPATH_STATS_MAP));
-    datapath = CtDatapath.load({ bpfRoot: root, settings: effective });
+    side = DatapathSideMaps.open(kernel.kernelBackend, root, daemonSettings, SILENT);
+    stats = bpf.objGet(path.join(globalsDir(root), CT_DATAPATH_STATS_MAP))!;
+    datapath = CtDatapath.load({ bpfRoot: root, settings: opts.settings });
+    assert.deepEqual(datapath.settings, effective, 'the daemon\'s settings with the overrides');
     const expectReused = [CT_DATAPATH_STATS_MAP]
       .concat(effective.enableIpv4 ? CT_DATAPATH_FAMILY_MAPS.ipv4 : [])
       .concat(effective.enableIpv6 ? CT_DATAPATH_FAMILY_MAPS.ipv6 : [])
@@ -277,6 +276,7 @@ async function withDatapath(t: TestContext, body: (env: Env) => void, opts: Data
     run?.close();
     datapath?.close();
     stats?.close();
+    side?.close();
     for (const m of maps.values()) m.close();
     cleanup();
   }
@@ -447,12 +447,9 @@ for (const fam of FAMILIES) {
       });
     });
 
-    test('timeouts come from the flags through .rodata; a family switched off passes untracked', async (t) => {
+    test('timeouts come from the daemon\'s flags (its config map) through .rodata; a family switched off passes untracked', async (t) => {
       const other = family === 'ipv4' ? 'ipv6' : 'ipv4';
-      const flags = parseConfig(
-        ['--bpf-ct-timeout-regular-any=33', '--bpf-ct-timeout-regular-tcp-syn=21', '--bpf-ct-timeout-regular-tcp-fin=7', `--enable-${other}=false`],
-        {},
-      );
+      const flags = ['--bpf-ct-timeout-regular-any=33', '--bpf-ct-timeout-regular-tcp-syn=21', '--bpf-ct-timeout-regular-tcp-fin=7', `--enable-${other}=false`];
       await withDatapath(
         t,
         (env) => {
@@ -470,7 +467,7 @@ for (const fam of FAMILIES) {
           env.egress(ip(o.a, o.b, IPPROTO.UDP, udp(1, 2)));
           assert.equal(env.stats().skipped, before + 1, `${other} packet skipped`);
         },
-        { settings: datapathSettingsFrom(flags) },
+        { flags },
       );
     });
 
@@ -592,15 +589,6 @@ const MARK = {
   cluster7KeyBits: 0x0000_1207,
 } as const;
 
-test('clusterIdMark encodes as Cilium does', () => {
-  assert.equal(clusterIdMark(7, 255), MARK.cluster7);
-  assert.equal(clusterIdMark(300, 511), MARK.cluster300);
-  assert.equal(clusterIdMark(44, 511), MARK.cluster44);
-  assert.equal(clusterIdMark(255, 255), 0x0000_02ff);
-  assert.equal(clusterIdMark(511, 511), 0x8000_02ff);
-  assert.throws(() => clusterIdMark(256, 255), /cluster-id: 256 is out of range/);
-});
-
 for (const fam of FAMILIES) {
   const { family, a, b, r } = fam;
   const other = family === 'ipv4' ? 'ipv6' : 'ipv4';
@@ -693,7 +681,7 @@ for (const fam of FAMILIES) {
           env.egress(ip(o.a, o.b, IPPROTO.UDP, udp(1, 2)), MARK.cluster9);
           assert.deepEqual(env.stats(), stats({ packets: 3, cluster_map_missing: 2, skipped: 1 }));
         },
-        { clusters: [7], settings: { [other === 'ipv4' ? 'enableIpv4' : 'enableIpv6']: false } },
+        { clusters: [7], flags: [`--enable-${other}=false`] },
       );
     });
 
@@ -717,7 +705,7 @@ for (const fam of FAMILIES) {
     });
 
     test('--max-connected-clusters=511: cluster 300 from the settings and from the mark\'s bit 31', async (t) => {
-      const settings = { clusterIdMax: 511 };
+      const flags = ['--max-connected-clusters=511'];
       await withDatapath(
         t,
         (env) => {
@@ -729,7 +717,7 @@ for (const fam of FAMILIES) {
           assert.deepEqual(everywhere(env, [300]), only({ [`${family}/any/300`]: 2 }, [300]));
           assert.deepEqual(env.stats(), stats({ packets: 3, lookups: 3, creates: 1, hits_reply: 1, cluster_map_missing: 1 }));
         },
-        { settings, clusters: [300] },
+        { flags, clusters: [300] },
       );
       await withDatapath(
         t,
@@ -738,17 +726,99 @@ for (const fam of FAMILIES) {
           assert.ok(env.entry(family, 'tcp', fwdKey(a, 42000, b, 80, IPPROTO.TCP, TupleFlag.OUT), 300));
           assert.deepEqual(everywhere(env, [300]), only({ [`${family}/tcp/300`]: 1, [`${family}/any/300`]: 1 }, [300]));
         },
-        { settings: { ...settings, clusterId: 300 }, clusters: [300] },
+        { flags, settings: { clusterId: 300 }, clusters: [300] },
       );
     });
   });
 }
 
-test('the loader refuses a cluster id beyond ClusterIDMax before touching the kernel', (t) => {
-  if (!kernelTier(t)) return; // loading the loader loads libbpf
-  const { CtDatapath } = require('../../src/datapath/loader') as LoaderModule;
-  assert.throws(
-    () => CtDatapath.load({ bpfRoot: '/nonexistent', settings: { clusterId: 300 } }),
-    (err: any) => err.code === 'invalid-argument' && /^cluster-id: 300 is out of range: 1\.\.255/.test(err.message),
-  );
+describe('ct_datapath loader preconditions', () => {
+  /** A private bpf-root with what `setup` pins; the loader's error (it must fail), then cleanup and leak checks. */
+  async function loadError(t: TestContext, setup: (root: string, keep: (c: { close(): void }) => void) => void, settings?: Partial<DatapathSettings>): Promise<any> {
+    if (!kernelTier(t)) return undefined;
+    const bpf = require('../../src/maps/bpf') as BpfModule;
+    const { CtDatapath } = require('../../src/datapath/loader') as LoaderModule;
+    const { root, cleanup } = privateBpfRoot();
+    const fds = bpfFdCount();
+    const objs = bpf.openObjectCount();
+    const held: { close(): void }[] = [];
+    let error: any;
+    try {
+      setup(root, (c) => held.push(c));
+      try {
+        CtDatapath.load({ bpfRoot: root, settings }).close();
+      } catch (err) {
+        error = err;
+      }
+      assert.ok(error, 'the load must fail');
+      return { error, root };
+    } finally {
+      for (const c of held) c.close();
+      cleanup();
+      assertNoFdLeak(fds, t.name);
+      assert.equal(bpf.openObjectCount(), objs, `${t.name}: BPF objects left open`);
+    }
+  }
+  const kernel = (): KernelModule['kernelBackend'] => (require('../../src/maps/kernel') as KernelModule).kernelBackend;
+  const globals = (root: string, keep: (c: { close(): void }) => void): void => {
+    const cfg = { bpfRoot: root, enableIPv4: true, enableIPv6: true, ctTcpMax: 1024, ctAnyMax: 1024, distributedLru: false };
+    for (const family of ['ipv4', 'ipv6'] as const) for (const kind of ['tcp', 'any'] as const) keep(kernel().create(globalCtMapSpec(cfg, family, kind)));
+  };
+
+  test('no daemon side maps: failed-precondition naming the config map, then the stats map', async (t) => {
+    const r1 = await loadError(t, globals);
+    if (!r1) return;
+    assert.equal(r1.error.code, 'failed-precondition');
+    assert.match(r1.error.message, new RegExp(`${r1.root}/tc/globals/ctmapd_datapath_config is not pinned: start ctmapd with --bpf-root=`));
+    // Created but never written (a daemon that died in between): all zeros, no settings.
+    const r2 = await loadError(t, (root, keep) => {
+      globals(root, keep);
+      keep(kernel().create(datapathSideMapSpecs(root).config));
+    });
+    assert.equal(r2.error.code, 'failed-precondition');
+    assert.match(r2.error.message, new RegExp(`${r2.root}/tc/globals/ctmapd_datapath_config holds no valid settings \\(clusterIdMax: 0`));
+    const r3 = await loadError(t, (root, keep) => {
+      globals(root, keep);
+      const config = kernel().create(datapathSideMapSpecs(root).config);
+      keep(config);
+      config.update(Buffer.alloc(4), encodeDatapathSettings(datapathSettingsFrom(parseConfig([], {}))));
+    });
+    assert.equal(r3.error.code, 'failed-precondition');
+    assert.match(r3.error.message, new RegExp(`${r3.root}/tc/globals/ctmapd_ct_stats is not pinned`));
+  });
+
+  test('a stats map of another layout: failed-precondition saying what differs', async (t) => {
+    const r = await loadError(t, (root, keep) => {
+      globals(root, keep);
+      const specs = datapathSideMapSpecs(root);
+      const config = kernel().create(specs.config);
+      keep(config);
+      config.update(Buffer.alloc(4), encodeDatapathSettings(datapathSettingsFrom(parseConfig([], {}))));
+      keep(kernel().create({ ...specs.stats, valueSize: 96 }));
+    });
+    if (!r) return;
+    assert.equal(r.error.code, 'failed-precondition');
+    assert.match(r.error.message, /ctmapd_ct_stats differs from what this build expects \(value_size 96 -> 104\)/);
+  });
+
+  test('a CT map not pinned: failed-precondition naming it', async (t) => {
+    const r = await loadError(t, (root, keep) => keep(DatapathSideMaps.open(kernel(), root, datapathSettingsFrom(parseConfig([], {})), SILENT)));
+    if (!r) return;
+    assert.equal(r.error.code, 'failed-precondition');
+    assert.match(r.error.message, /cilium_ct4_global, cilium_ct_any4_global not pinned under/);
+  });
+
+  test('a cluster id beyond the daemon\'s ClusterIDMax: invalid-argument naming cluster-id', async (t) => {
+    const r = await loadError(
+      t,
+      (root, keep) => {
+        globals(root, keep);
+        keep(DatapathSideMaps.open(kernel(), root, datapathSettingsFrom(parseConfig([], {})), SILENT));
+      },
+      { clusterId: 300 },
+    );
+    if (!r) return;
+    assert.equal(r.error.code, 'invalid-argument');
+    assert.match(r.error.message, /^cluster-id: 300 is out of range: 1\.\.255/);
+  });
 });

@@ -113,6 +113,10 @@ export class DatapathSideMaps {
     return self;
   }
 
+  get closed(): boolean {
+    return this.#closed;
+  }
+
   /** The programs' counters summed over the CPUs. Throws CtmapError after close(). */
   counters(): DatapathCounters {
     return sumDatapathStats(this.stats.lookup(SLOT0)!);

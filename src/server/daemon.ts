@@ -107,6 +107,8 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
   }
   const membership = new Membership(clusters, log.child({ component: 'membership' }));
   const metrics = new CtmapdMetrics();
+  // Read at each scrape; nothing once the maps are closed at shutdown.
+  metrics.setDatapathSource(() => (datapath.closed ? undefined : datapath.counters()));
   // Periodic passes remove expired entries (facts §6); every pass, scheduled or asked
   // for over gRPC, feeds the Cilium metrics.
   const scheduler = new GCScheduler({
@@ -153,7 +155,7 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
       log,
       shutdown,
       services: [
-        { definition: ctMapsDefinition(services().CTMaps.service), implementation: ctMapsService(tables, log, shutdown.signal, gc) },
+        { definition: ctMapsDefinition(services().CTMaps.service), implementation: ctMapsService(tables, log, shutdown.signal, gc, datapath) },
         { definition: natMapsDefinition(), implementation: natMapsService(nat, tables, log, shutdown.signal) },
         { definition: services().ClusterCTMaps.service, implementation: clusterCtMapsService(membership, log, shutdown.signal) },
         {

@@ -21,7 +21,7 @@ import { memoryBackend } from '../../src/maps/memory';
 import { cpuListCount, possibleCpus } from '../../src/maps/possible-cpus';
 import { MapType } from '../../src/maps/types';
 import { parseConfig } from '../../src/server/config';
-import { startTestDaemon, tempDir } from '../helpers/grpc';
+import { call, ctClient, startTestDaemon, tempDir } from '../helpers/grpc';
 
 test('settings: flags -> struct ct_datapath_config bytes -> settings', () => {
   const s = datapathSettingsFrom(parseConfig(['--bpf-ct-timeout-regular-tcp-fin=7', '--max-connected-clusters=511', '--enable-ipv4=false'], {}), 42);
@@ -115,4 +115,36 @@ test('memory backend: the daemon pins both side maps, writes its flags, and rewr
     { nonTcp: 44, max: 511 },
   );
   assert.equal(d.logs.find(/datapath settings written/)?.previous.lifetimeNonTcp, 33);
+});
+
+test('memory backend: ActiveMaps and /metrics show the stats map\'s counters, zeros until written', async (t) => {
+  const sock = tempDir();
+  t.after(sock.cleanup);
+  const root = `/memory-test/stats-${process.pid}`;
+  const d = await startTestDaemon(sock.dir, ['--backend', 'memory', '--bpf-root', root, '--bpf-ct-global-tcp-max', '4096', '--bpf-ct-global-any-max', '4096', '--metrics-listen', '127.0.0.1:0']);
+  t.after(() => d.stop());
+  const client = ctClient(d.address);
+  t.after(() => client.close());
+  const scrape = async (): Promise<Record<string, string>> => {
+    const body = await (await fetch(`http://${d.daemon.metricsServer!.address}/metrics`)).text();
+    assert.match(body, /^# TYPE ctmapd_datapath_conntrack_events_total counter$/m);
+    return Object.fromEntries([...body.matchAll(/^ctmapd_datapath_conntrack_events_total\{event="(\w+)"\} (\d+)$/gm)].map((m) => [m[1], m[2]]));
+  };
+  const zeros = Object.fromEntries(CT_DATAPATH_STATS_COUNTERS.map((n) => [n, '0']));
+  assert.deepEqual((await call(client, 'ActiveMaps', {})).datapath, zeros);
+  assert.deepEqual(await scrape(), zeros);
+
+  // Write per-CPU copies as a datapath would: counter i is (i + 1) on CPU c, times 10^c.
+  const stats = memoryBackend.open(datapathSideMapSpecs(root).stats)!;
+  t.after(() => stats.close());
+  const ncpu = possibleCpus();
+  const v = Buffer.alloc(stats.valueBufferSize);
+  CT_DATAPATH_STATS_COUNTERS.forEach((_, i) => {
+    for (let c = 0; c < ncpu; c++) v.writeBigUInt64LE(BigInt((i + 1) * 10 ** c), c * 104 + i * 8);
+  });
+  stats.update(Buffer.alloc(4), v);
+  const ones = (10 ** ncpu - 1) / 9; // 1 + 10 + 100 + ...
+  const want = Object.fromEntries(CT_DATAPATH_STATS_COUNTERS.map((n, i) => [n, String((i + 1) * ones)]));
+  assert.deepEqual((await call(client, 'ActiveMaps', {})).datapath, want);
+  assert.deepEqual(await scrape(), want);
 });

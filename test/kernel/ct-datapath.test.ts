@@ -434,6 +434,31 @@ for (const fam of FAMILIES) {
       });
     });
 
+    test('a new flow keeps the pair\'s RELATED entry: its lifetime is raised, never lowered, the rest untouched', async (t) => {
+      await withDatapath(
+        t,
+        (env) => {
+          const relKey = { daddr: a, saddr: b, sport: 0, dport: 0, nexthdr: fam.icmp, flags: TupleFlag.OUT | TupleFlag.RELATED };
+          const u = around(() => env.egress(ip(a, b, IPPROTO.UDP, udp(5353, 53))));
+          let rel = env.entry(family, 'any', relKey)!;
+          u.expect(rel.lifetime, 100, 'created with the UDP flow');
+          env.write(family, 'any', relKey, { ...rel, packets: 7n });
+          // A TCP flow of the same pair: its SYN timeout (30 s) is shorter, so nothing changes.
+          env.egress(ip(a, b, IPPROTO.TCP, tcp(40010, 80, SYN)));
+          assert.deepEqual(env.entry(family, 'any', relKey), { ...rel, packets: 7n }, 'kept as it was');
+          // With less than 30 s left, the next flow raises it to its own lifetime.
+          env.write(family, 'any', relKey, { ...rel, packets: 7n, lifetime: ctNow() + 5 });
+          const s2 = around(() => env.egress(ip(a, b, IPPROTO.TCP, tcp(40011, 80, SYN))));
+          rel = env.entry(family, 'any', relKey)!;
+          s2.expect(rel.lifetime, 30, 'raised to the new flow\'s');
+          assert.equal(rel.packets, 7n, 'counters untouched');
+          assert.equal(env.count(family, 'any'), 2, 'UDP flow + one RELATED entry');
+          assert.deepEqual(env.stats(), stats({ packets: 3, lookups: 6, creates: 3 }));
+        },
+        { flags: ['--bpf-ct-timeout-regular-any=100', '--bpf-ct-timeout-regular-tcp-syn=30'] },
+      );
+    });
+
     test('ingress-initiated flows are keyed IN', async (t) => {
       await withDatapath(t, (env) => {
         env.ingress(ip(b, a, IPPROTO.UDP, udp(6000, 7000)));

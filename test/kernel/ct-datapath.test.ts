@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, test, TestContext } from 'node:test';
+import { execFileSync } from 'node:child_process';
 import { assertNoFdLeak, bpfFdCount, kernelTier, privateBpfRoot } from '../helpers/kernel';
 import { eth, icmp, ip, quote, tcp, udp } from '../helpers/frames';
 import { Family } from '../../src/maps/ctmap/addr';
@@ -687,6 +688,42 @@ for (const fam of FAMILIES) {
     });
   });
 }
+
+test('every CT map access of the loaded programs is inlined or a direct call (bench/RESULTS.md, "datapath")', async (t) => {
+  // A call site that sees more than one map makes the verifier fall back to the generic
+  // bpf_map_*_elem helpers (an indirect call each); one site per map is the design.
+  if (!kernelTier(t)) return;
+  const { CtDatapath } = require('../../src/datapath/loader') as LoaderModule;
+  const kernel = require('../../src/maps/kernel') as KernelModule;
+  const { root, cleanup } = privateBpfRoot();
+  const maps: BpfMap[] = [];
+  let side: DatapathSideMaps | undefined;
+  let dp: import('../../src/datapath/loader').CtDatapath | undefined;
+  try {
+    const cfg = { bpfRoot: root, enableIPv4: true, enableIPv6: true, ctTcpMax: 1024, ctAnyMax: 1024, distributedLru: false };
+    for (const family of ['ipv4', 'ipv6'] as const) {
+      for (const kind of ['tcp', 'any'] as const) maps.push(kernel.kernelBackend.create(globalCtMapSpec(cfg, family, kind)), kernel.kernelBackend.create(clusterOuterCtMapSpec(cfg, family, kind)));
+    }
+    side = DatapathSideMaps.open(kernel.kernelBackend, root, datapathSettingsFrom(parseConfig([], {})), SILENT);
+    dp = CtDatapath.load({ bpfRoot: root });
+    for (const prog of [dp.egress, dp.ingress]) {
+      const xlated = execFileSync('bpftool', ['prog', 'dump', 'xlated', 'id', String(prog.id)], { maxBuffer: 1 << 26 }).toString();
+      const calls = [...xlated.matchAll(/call ([\w]+)#/g)].map((m) => m[1]);
+      assert.deepEqual(
+        calls.filter((c) => /^bpf_map_(lookup|update|delete)_elem$/.test(c)),
+        [],
+        `${prog.name}: generic map helper calls`,
+      );
+      assert.ok(calls.includes('__htab_map_lookup_elem'), `${prog.name}: inlined hash lookups (calls: ${[...new Set(calls)].join(', ')})`);
+      assert.ok(calls.includes('htab_lru_map_update_elem'), `${prog.name}: direct LRU update calls`);
+    }
+  } finally {
+    dp?.close();
+    side?.close();
+    for (const m of maps) m.close();
+    cleanup();
+  }
+});
 
 describe('ct_datapath loader preconditions', () => {
   /** A private bpf-root with what `setup` pins; the loader's error (it must fail), then cleanup and leak checks. */

@@ -14,6 +14,7 @@
 import koffi from 'koffi';
 import { BpfSyscallError, Errno } from './errors';
 import type { Fd } from './index';
+import { native as bpfNative } from './libbpf';
 
 const lib = koffi.load('libbpf.so.1');
 const libc = koffi.load('libc.so.6');
@@ -216,6 +217,16 @@ export class BpfProgram {
   get fd(): number {
     this.obj.checkOpen();
     return check(`bpf program fd ${this.name}`, native.programFd(this.ptr));
+  }
+
+  /**
+   * The program's kernel id (struct bpf_prog_info.id), as bpftool names it
+   * (`bpftool prog dump xlated id N`). Throws BpfSyscallError before load.
+   */
+  get id(): number {
+    const info = Buffer.alloc(8); // struct bpf_prog_info: u32 type, u32 id, ...
+    check(`bpf prog info ${this.name}`, bpfNative.objGetInfoByFd(this.fd, info, new Uint32Array([info.length])));
+    return info.readUInt32LE(4);
   }
 
   /**

@@ -6,7 +6,7 @@
  * ct_update_timeout): reverse direction first so REPLY and RELATED take precedence, then
  * the forward direction, then create. It only observes: the verdict is always TC_ACT_OK.
  * A packet is tracked in the global maps, or in a remote cluster's inner maps when a
- * cluster id is configured or carried in skb->mark (ct_cluster_id, ct_select_maps).
+ * cluster id is configured or carried in skb->mark (ct_cluster_id, ct_process_cluster).
  *
  * Where this deliberately differs from the seed:
  * - ICMP errors are keyed by the addresses of the header they quote, not by the outer
@@ -17,6 +17,8 @@
  *   the same).
  * - Accounting is one packets/bytes pair per entry, as struct ct_entry (Cilium >= 1.13)
  *   has it; direction shows in tx/rx_flags_seen and last_tx/rx_report.
+ * - A new flow keeps the RELATED entry its address pair already has, raising only its
+ *   lifetime, where Cilium rewrites it (ct_process).
  *
  * CT clock: bpf_ktime_get_ns() / 1e9, CLOCK_MONOTONIC seconds, the clock ctNow() in
  * src/maps/ctmap/format.ts reads through process.hrtime (facts §3), so the GC and the dump
@@ -122,6 +124,7 @@ CT_OUTER_MAP(cilium_per_cluster_ct_any4, struct ipv4_ct_tuple);
 CT_OUTER_MAP(cilium_per_cluster_ct_tcp6, struct ipv6_ct_tuple);
 CT_OUTER_MAP(cilium_per_cluster_ct_any6, struct ipv6_ct_tuple);
 
+/* The daemon's counters map (src/datapath/side-maps.ts); the loader requires it pinned. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);

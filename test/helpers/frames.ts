@@ -8,6 +8,7 @@ import { writeAddress } from '../../src/maps/ctmap/addr';
 /** TCP flag bits (byte 13 of the header). */
 export const TCP_FLAGS = { FIN: 0x01, SYN: 0x02, RST: 0x04, ACK: 0x10 } as const;
 
+/** An Ethernet header (fixed locally administered MACs) with `etherType`, then `payload`. */
 export function eth(etherType: number, payload: Buffer): Buffer {
   const h = Buffer.alloc(14);
   h.write('020000000001', 0, 'hex');

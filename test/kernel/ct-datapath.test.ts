@@ -3,8 +3,12 @@
  * kernel backend created and pinned in a private bpffs directory and handed to the object
  * with reuse_fd, exactly as the daemon's maps would be. Every scenario asserts the exact
  * entries (decoded with the ctmap codec) and the per-CPU stats afterwards. Semantics: seed
- * 002 (Cilium's ct_lookup4/6, __ct_lookup, ct_create4/6, ct_update_timeout).
- * Kernel tier: root or CAP_BPF, and a built bpf/ (make -C bpf).
+ * 002 (Cilium's ct_lookup4/6, __ct_lookup, ct_create4/6, ct_update_timeout). The daemon's
+ * side maps (settings, counters) come from src/datapath/side-maps; per-cluster maps are
+ * made as ClusterCTMaps makes them, and the cluster id comes from the settings or from
+ * skb->mark (an __sk_buff test-run ctx). Also: the loader's preconditions, and that every
+ * CT map access of the loaded programs is inlined or a direct call.
+ * Kernel tier: root or CAP_BPF, bpftool, and a built bpf/ (make -C bpf).
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';

@@ -13,11 +13,12 @@
  */
 import * as path from 'node:path';
 import { ctScan } from './ct-scan';
+import { datapathBench } from './datapath';
 import { gcBench } from './gc';
 import { BenchContext, BenchSection, Cleanup, RESULTS_FILE, errText, killCommands, writeResultsSection } from './lib';
 
 /** Every bench, in the order `run.js` with no section names runs them. New benches go here. */
-const SECTIONS: readonly BenchSection[] = [ctScan, gcBench];
+const SECTIONS: readonly BenchSection[] = [ctScan, gcBench, datapathBench];
 
 interface Args {
   sections: BenchSection[];

@@ -5,6 +5,8 @@
  * walked through in seed 002 (ct_lookup4/6, __ct_lookup, ct_create4/6,
  * ct_update_timeout): reverse direction first so REPLY and RELATED take precedence, then
  * the forward direction, then create. It only observes: the verdict is always TC_ACT_OK.
+ * A packet is tracked in the global maps, or in a remote cluster's inner maps when a
+ * cluster id is configured or carried in skb->mark (ct_cluster_id, ct_process_cluster).
  *
  * Where this deliberately differs from the seed:
  * - ICMP errors are keyed by the addresses of the header they quote, not by the outer
@@ -15,13 +17,22 @@
  *   the same).
  * - Accounting is one packets/bytes pair per entry, as struct ct_entry (Cilium >= 1.13)
  *   has it; direction shows in tx/rx_flags_seen and last_tx/rx_report.
+ * - A new flow keeps the RELATED entry its address pair already has, raising only its
+ *   lifetime, where Cilium rewrites it (ct_process).
  *
  * CT clock: bpf_ktime_get_ns() / 1e9, CLOCK_MONOTONIC seconds, the clock ctNow() in
  * src/maps/ctmap/format.ts reads through process.hrtime (facts §3), so the GC and the dump
- * agree with what is written here. Cilium's jiffies-based bpf_mono_now() variant is not used.
+ * agree with what is written here (ct_now reads it once per tick and CPU). Cilium's
+ * jiffies-based bpf_mono_now() variant, a different clock, is not used.
  *
- * Every packet read goes through bpf_skb_load_bytes: it bounds-checks against the whole
- * skb (linear or not), so no parser step has to prove packet bounds to the verifier.
+ * Headers are read in place when they lie in the skb's linear part (the common case at
+ * TC) and copied out with bpf_skb_load_bytes otherwise (ct_hdr), so a packet with its
+ * headers in fragments is still tracked, and the common case costs no helper call.
+ *
+ * Cost (bench/RESULTS.md, "datapath"): every CT map is reached from call sites that see
+ * only that map, so the verifier inlines the hash lookups and turns the updates into
+ * direct calls; a call site shared by several maps would go through the generic helper
+ * and an indirect (retpolined) call. Hence one ct_process instantiation per map pair.
  */
 #include <stdbool.h>
 #include <linux/types.h>
@@ -53,6 +64,7 @@ const volatile struct ct_datapath_config ctmapd_config = {
 	.report_flags = 0xff,
 	.enable_ipv4 = 1,
 	.enable_ipv6 = 1,
+	.cluster_id_max = 255,
 };
 
 #define CT_CONNECTION_LIFETIME_TCP	(ctmapd_config.lifetime_tcp)
@@ -83,6 +95,36 @@ CT_MAP(cilium_ct_any4_global, struct ipv4_ct_tuple, 262144);
 CT_MAP(cilium_ct6_global, struct ipv6_ct_tuple, 524288);
 CT_MAP(cilium_ct_any6_global, struct ipv6_ct_tuple, 262144);
 
+/*
+ * Per-cluster CT maps (facts §1, Cilium's per_cluster_ct maps): an ARRAY_OF_MAPS per
+ * global map, indexed by cluster id, whose slots hold a joined cluster's inner map. The
+ * template is the global map's type, key and value: map-in-map checks type, sizes and
+ * flags, never max_entries, so the template stays one entry. Reused from the daemon's pins
+ * like the global maps; when none is pinned the loader shrinks the outer map to one empty
+ * slot, and every cluster id then finds no inner map.
+ */
+#define CT_INNER_MAP(_key)					\
+	struct {						\
+		__uint(type, BPF_MAP_TYPE_LRU_HASH);		\
+		__uint(max_entries, 1);				\
+		__type(key, _key);				\
+		__type(value, struct ct_entry);			\
+	}
+
+#define CT_OUTER_MAP(_name, _key)				\
+	struct {						\
+		__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);	\
+		__uint(max_entries, 256);			\
+		__type(key, __u32);				\
+		__array(values, CT_INNER_MAP(_key));		\
+	} _name SEC(".maps")
+
+CT_OUTER_MAP(cilium_per_cluster_ct_tcp4, struct ipv4_ct_tuple);
+CT_OUTER_MAP(cilium_per_cluster_ct_any4, struct ipv4_ct_tuple);
+CT_OUTER_MAP(cilium_per_cluster_ct_tcp6, struct ipv6_ct_tuple);
+CT_OUTER_MAP(cilium_per_cluster_ct_any6, struct ipv6_ct_tuple);
+
+/* The daemon's counters map (src/datapath/side-maps.ts); the loader requires it pinned. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -130,10 +172,15 @@ struct ct_pkt {
 	bool is_tcp;
 };
 
+/*
+ * Per-CPU counters need no atomic add: a TC program runs with bottom halves disabled, so
+ * nothing else on this CPU writes the copy meanwhile (Cilium counts its per-CPU metrics
+ * the same way). The CT entry's packets/bytes, shared by every CPU, stay atomic.
+ */
 #define STAT_INC(_s, _field)				\
 	do {						\
 		if (_s)					\
-			__sync_fetch_and_add(&(_s)->_field, 1);	\
+			(_s)->_field++;			\
 	} while (0)
 
 static __always_inline struct ct_datapath_stats *stats(void)
@@ -143,9 +190,55 @@ static __always_inline struct ct_datapath_stats *stats(void)
 	return bpf_map_lookup_elem(&ctmapd_ct_stats, &zero);
 }
 
+#define NSEC_PER_SEC 1000000000ULL
+/*
+ * How long ct_now trusts seconds read earlier in the same tick: jiffies advance every
+ * tick (1-10 ms), and when the CPU keeping time stalls, another takes over after five
+ * ticks, so a tick never lasts 50 ms on a working kernel.
+ */
+#define CT_CLOCK_TICK_SLACK_NS (50 * 1000000ULL)
+
+/* The last reading of the CT clock on this CPU, and the tick it was made in. */
+struct ct_clock {
+	__u64 jiffies;
+	__u32 sec;
+	__u32 reusable;
+};
+
+/* Private to each loaded object (never pinned): a cache, not state. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ct_clock);
+} ctmapd_ct_clock SEC(".maps");
+
+/*
+ * CT clock: CLOCK_MONOTONIC seconds, bpf_ktime_get_ns() / 1e9 (facts §3), read at most
+ * once per tick per CPU: bpf_ktime_get_ns costs ~30 ns per call here, a quarter of a hit,
+ * while bpf_jiffies64 is inlined to one load (bench/RESULTS.md). Within the tick of the
+ * last reading its seconds are reused, unless that reading fell in the last
+ * CT_CLOCK_TICK_SLACK_NS of a second: the tick cannot outlast the slack, so a reused value
+ * is what bpf_ktime_get_ns() / 1e9 would give now.
+ */
 static __always_inline __u32 ct_now(void)
 {
-	return bpf_ktime_get_ns() / 1000000000ULL;
+	struct ct_clock *c;
+	__u32 zero = 0;
+	__u64 j, ns, sec;
+
+	c = bpf_map_lookup_elem(&ctmapd_ct_clock, &zero);
+	j = bpf_jiffies64();
+	if (c && c->jiffies == j && c->reusable)
+		return c->sec;
+	ns = bpf_ktime_get_ns();
+	sec = ns / NSEC_PER_SEC;
+	if (c) {
+		c->jiffies = j;
+		c->sec = sec;
+		c->reusable = ns - sec * NSEC_PER_SEC < NSEC_PER_SEC - CT_CLOCK_TICK_SLACK_NS;
+	}
+	return sec;
 }
 
 /* Cilium's ct_entry_alive: a flow is live until both sides have closed. */
@@ -283,6 +376,24 @@ static __always_inline void ipv6_ct_tuple_reverse(struct ipv6_ct_tuple *t)
 	t->flags ^= TUPLE_F_IN;
 }
 
+/*
+ * `len` bytes of the packet at `off`: a pointer into the packet when they are in its
+ * linear part, else a copy in `buf` (bpf_skb_load_bytes bounds-checks against the whole
+ * skb). NULL when the packet is shorter. `off` must be bounded for the verifier.
+ */
+static __always_inline void *ct_hdr(struct __sk_buff *skb, __u32 off, __u32 len, void *buf)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	void *at = data + off;
+
+	if (at + len <= data_end)
+		return at;
+	if (bpf_skb_load_bytes(skb, off, buf, len) < 0)
+		return NULL;
+	return buf;
+}
+
 /* The part both tuples share after the addresses, at offset 8 (v4) or 32 (v6). */
 struct ct_tuple_tail {
 	__be16 dport;
@@ -304,11 +415,13 @@ _Static_assert(__builtin_offsetof(struct ipv6_ct_tuple, dport) == 32, "v6 tail o
 static __always_inline int ct_parse_l4(struct __sk_buff *skb, __u32 off, struct ct_tuple_tail *t,
 				       struct ct_pkt *p, __u32 *inner)
 {
-	__u8 hdr[14];
+	__u8 buf[14];
+	__u8 *hdr;
 
 	switch (t->nexthdr) {
 	case IPPROTO_TCP:
-		if (bpf_skb_load_bytes(skb, off, hdr, 14) < 0)
+		hdr = ct_hdr(skb, off, 14, buf);
+		if (!hdr)
 			return -1;
 		t->dport = *(__be16 *)&hdr[0];
 		t->sport = *(__be16 *)&hdr[2];
@@ -317,7 +430,8 @@ static __always_inline int ct_parse_l4(struct __sk_buff *skb, __u32 off, struct 
 		p->action = (hdr[13] & (TCP_RST | TCP_FIN)) ? ACTION_CLOSE : ACTION_CREATE;
 		return 0;
 	case IPPROTO_UDP:
-		if (bpf_skb_load_bytes(skb, off, hdr, 4) < 0)
+		hdr = ct_hdr(skb, off, 4, buf);
+		if (!hdr)
 			return -1;
 		t->dport = *(__be16 *)&hdr[0];
 		t->sport = *(__be16 *)&hdr[2];
@@ -326,7 +440,8 @@ static __always_inline int ct_parse_l4(struct __sk_buff *skb, __u32 off, struct 
 	case IPPROTO_ICMP:
 	case IPPROTO_ICMPV6:
 		/* type, code, checksum, then the echo id (or the error's unused word). */
-		if (bpf_skb_load_bytes(skb, off, hdr, 8) < 0)
+		hdr = ct_hdr(skb, off, 8, buf);
+		if (!hdr)
 			return -1;
 		t->dport = 0;
 		t->sport = 0;
@@ -379,7 +494,7 @@ static __always_inline void ct_process(void *map, void *any, void *tuple, bool v
 				       int dir, struct ct_datapath_stats *st)
 {
 	struct ct_tuple_tail *t = tuple + (v6 ? 32 : 8);
-	struct ct_entry e = {};
+	struct ct_entry e, *r;
 	bool related = t->flags & TUPLE_F_RELATED;
 
 	if (__ct_lookup(map, tuple, p, dir, st)) {
@@ -405,6 +520,8 @@ static __always_inline void ct_process(void *map, void *any, void *tuple, bool v
 		return;
 	}
 
+	/* Zeroed here, not where declared: a hit never needs it. */
+	__builtin_memset(&e, 0, sizeof(e));
 	ct_new_entry(&e, p, dir);
 	if (bpf_map_update_elem(map, tuple, &e, BPF_ANY) < 0) {
 		STAT_INC(st, create_failed);
@@ -420,80 +537,146 @@ static __always_inline void ct_process(void *map, void *any, void *tuple, bool v
 	t->sport = 0;
 	t->dport = 0;
 	t->flags |= TUPLE_F_RELATED;
+	/*
+	 * Every flow between the same two addresses shares it. Cilium rewrites it for each
+	 * new flow; an entry the pair already has is kept here, its lifetime only raised to
+	 * the new flow's: a rewrite costs an LRU allocation per new flow (bench/RESULTS.md),
+	 * and would cut short the lifetime an older flow of the pair gave it.
+	 */
+	r = bpf_map_lookup_elem(any, tuple);
+	if (r) {
+		if ((__s32)(e.lifetime - r->lifetime) > 0)
+			r->lifetime = e.lifetime;
+		return;
+	}
 	e.seen_non_syn = 1;
 	if (bpf_map_update_elem(any, tuple, &e, BPF_ANY) < 0)
 		STAT_INC(st, create_failed);
 }
 
-static __always_inline void ct4(struct __sk_buff *skb, int dir, struct ct_datapath_stats *st)
+/*
+ * ct_process over cluster `cluster_id`'s inner maps, looked up in the outer maps; counts
+ * cluster_map_missing (the packet passes untracked) when the cluster has none: it has not
+ * joined. TCP and non-TCP packets reach ct_process from separate call sites, one per map
+ * pair (see the top of this file).
+ */
+static __always_inline void ct_process_cluster(void *outer_tcp, void *outer_any, __u32 cluster_id, void *tuple, bool v6,
+					       const struct ct_pkt *p, int dir, struct ct_datapath_stats *st)
+{
+	void *any, *tcp;
+
+	any = bpf_map_lookup_elem(outer_any, &cluster_id);
+	if (!any)
+		goto missing;
+	if (!p->is_tcp) {
+		ct_process(any, any, tuple, v6, p, dir, st);
+		return;
+	}
+	tcp = bpf_map_lookup_elem(outer_tcp, &cluster_id);
+	if (!tcp)
+		goto missing;
+	ct_process(tcp, any, tuple, v6, p, dir, st);
+	return;
+missing:
+	STAT_INC(st, cluster_map_missing);
+}
+
+/*
+ * The cluster whose maps this packet uses: the configured one (ctmap datapath attach
+ * --cluster-id), else the id in skb->mark in Cilium's encoding (ctmap.h), else 0, the
+ * global maps. The mark is only read, never cleared: this program observes.
+ */
+static __always_inline __u32 ct_cluster_id(const struct __sk_buff *skb)
+{
+	__u32 mark, shift, upper;
+
+	if (ctmapd_config.cluster_id)
+		return ctmapd_config.cluster_id;
+	mark = skb->mark;
+	if ((mark & MARK_MAGIC_HOST_MASK) != MARK_MAGIC_CLUSTER_ID)
+		return 0;
+	/* Cilium: id bits above 7 sit at 8 + IDENTITY_LOCAL_BITS (24 - 8 or 24 - 9 bits). */
+	shift = ctmapd_config.cluster_id_max > 0xff ? 8 + 15 : 8 + 16;
+	upper = (ctmapd_config.cluster_id_max & ~CLUSTER_ID_LOWER_MASK) << shift;
+	return ((mark & CLUSTER_ID_LOWER_MASK) | ((mark & upper) >> shift)) & ctmapd_config.cluster_id_max;
+}
+
+static __always_inline void ct4(struct __sk_buff *skb, int dir, __u32 cluster_id, struct ct_datapath_stats *st)
 {
 	struct ipv4_ct_tuple tuple = {};
 	struct ct_pkt p = { .len = skb->len };
-	struct iphdr ip;
+	struct iphdr buf, *ip, *q;
 	__u32 inner = 0;
-	void *map;
 
-	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0 || ip.ihl < 5) {
+	ip = ct_hdr(skb, ETH_HLEN, sizeof(*ip), &buf);
+	if (!ip || ip->ihl < 5) {
 		STAT_INC(st, malformed);
 		return;
 	}
 	/* Later fragments carry no L4 header to key on. */
-	if (ip.frag_off & bpf_htons(0x1fff)) {
+	if (ip->frag_off & bpf_htons(0x1fff)) {
 		STAT_INC(st, skipped);
 		return;
 	}
-	if (ip.protocol != IPPROTO_TCP && ip.protocol != IPPROTO_UDP && ip.protocol != IPPROTO_ICMP) {
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_ICMP) {
 		STAT_INC(st, skipped);
 		return;
 	}
-	tuple.daddr = ip.daddr;
-	tuple.saddr = ip.saddr;
-	tuple.nexthdr = ip.protocol;
+	tuple.daddr = ip->daddr;
+	tuple.saddr = ip->saddr;
+	tuple.nexthdr = ip->protocol;
 	tuple.flags = dir == CT_INGRESS ? TUPLE_F_OUT : TUPLE_F_IN;
-	if (ct_parse_l4(skb, ETH_HLEN + ip.ihl * 4, (void *)&tuple + 8, &p, &inner) < 0) {
+	if (ct_parse_l4(skb, ETH_HLEN + ip->ihl * 4, (void *)&tuple + 8, &p, &inner) < 0) {
 		STAT_INC(st, malformed);
 		return;
 	}
 	if (inner) {
 		/* The quoted packet went the other way: its source is this packet's destination. */
-		struct iphdr q;
-
-		if (bpf_skb_load_bytes(skb, inner, &q, sizeof(q)) < 0 || q.version != 4) {
+		q = ct_hdr(skb, inner, sizeof(*q), &buf);
+		if (!q || q->version != 4) {
 			STAT_INC(st, malformed);
 			return;
 		}
-		tuple.daddr = q.saddr;
-		tuple.saddr = q.daddr;
+		tuple.daddr = q->saddr;
+		tuple.saddr = q->daddr;
 	}
-	map = p.is_tcp ? (void *)&cilium_ct4_global : (void *)&cilium_ct_any4_global;
-	ct_process(map, &cilium_ct_any4_global, &tuple, false, &p, dir, st);
+	/* One call site per map pair (top of this file). */
+	if (cluster_id)
+		ct_process_cluster(&cilium_per_cluster_ct_tcp4, &cilium_per_cluster_ct_any4, cluster_id, &tuple, false, &p, dir, st);
+	else if (p.is_tcp)
+		ct_process(&cilium_ct4_global, &cilium_ct_any4_global, &tuple, false, &p, dir, st);
+	else
+		ct_process(&cilium_ct_any4_global, &cilium_ct_any4_global, &tuple, false, &p, dir, st);
 }
 
 /* Extension headers skipped before the L4 header; more than this is left untracked. */
 #define IPV6_MAX_EXT 4
 
-static __always_inline void ct6(struct __sk_buff *skb, int dir, struct ct_datapath_stats *st)
+static __always_inline void ct6(struct __sk_buff *skb, int dir, __u32 cluster_id, struct ct_datapath_stats *st)
 {
 	struct ipv6_ct_tuple tuple = {};
 	struct ct_pkt p = { .len = skb->len };
-	struct ipv6hdr ip;
-	__u32 off = ETH_HLEN + sizeof(ip), inner = 0;
+	struct ipv6hdr buf, *ip, *q;
+	__u32 off = ETH_HLEN + sizeof(*ip), inner = 0;
 	__u8 nexthdr;
-	void *map;
 	int i;
 
-	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0) {
+	ip = ct_hdr(skb, ETH_HLEN, sizeof(*ip), &buf);
+	if (!ip) {
 		STAT_INC(st, malformed);
 		return;
 	}
-	nexthdr = ip.nexthdr;
+	__builtin_memcpy(&tuple.daddr, &ip->daddr, sizeof(tuple.daddr));
+	__builtin_memcpy(&tuple.saddr, &ip->saddr, sizeof(tuple.saddr));
+	nexthdr = ip->nexthdr;
 	for (i = 0; i < IPV6_MAX_EXT; i++) {
-		__u8 ext[4];
+		__u8 extbuf[4], *ext;
 
 		if (nexthdr != IPPROTO_HOPOPTS && nexthdr != IPPROTO_ROUTING && nexthdr != IPPROTO_DSTOPTS &&
 		    nexthdr != IPPROTO_FRAGMENT)
 			break;
-		if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)) < 0) {
+		ext = ct_hdr(skb, off, sizeof(extbuf), extbuf);
+		if (!ext) {
 			STAT_INC(st, malformed);
 			return;
 		}
@@ -513,8 +696,6 @@ static __always_inline void ct6(struct __sk_buff *skb, int dir, struct ct_datapa
 		STAT_INC(st, skipped);
 		return;
 	}
-	__builtin_memcpy(&tuple.daddr, &ip.daddr, sizeof(tuple.daddr));
-	__builtin_memcpy(&tuple.saddr, &ip.saddr, sizeof(tuple.saddr));
 	tuple.nexthdr = nexthdr;
 	tuple.flags = dir == CT_INGRESS ? TUPLE_F_OUT : TUPLE_F_IN;
 	if (ct_parse_l4(skb, off, (void *)&tuple + 32, &p, &inner) < 0) {
@@ -522,33 +703,39 @@ static __always_inline void ct6(struct __sk_buff *skb, int dir, struct ct_datapa
 		return;
 	}
 	if (inner) {
-		struct ipv6hdr q;
-
-		if (bpf_skb_load_bytes(skb, inner, &q, sizeof(q)) < 0 || q.version != 6) {
+		q = ct_hdr(skb, inner, sizeof(*q), &buf);
+		if (!q || q->version != 6) {
 			STAT_INC(st, malformed);
 			return;
 		}
-		__builtin_memcpy(&tuple.daddr, &q.saddr, sizeof(tuple.daddr));
-		__builtin_memcpy(&tuple.saddr, &q.daddr, sizeof(tuple.saddr));
+		__builtin_memcpy(&tuple.daddr, &q->saddr, sizeof(tuple.daddr));
+		__builtin_memcpy(&tuple.saddr, &q->daddr, sizeof(tuple.saddr));
 	}
-	map = p.is_tcp ? (void *)&cilium_ct6_global : (void *)&cilium_ct_any6_global;
-	ct_process(map, &cilium_ct_any6_global, &tuple, true, &p, dir, st);
+	if (cluster_id)
+		ct_process_cluster(&cilium_per_cluster_ct_tcp6, &cilium_per_cluster_ct_any6, cluster_id, &tuple, true, &p, dir, st);
+	else if (p.is_tcp)
+		ct_process(&cilium_ct6_global, &cilium_ct_any6_global, &tuple, true, &p, dir, st);
+	else
+		ct_process(&cilium_ct_any6_global, &cilium_ct_any6_global, &tuple, true, &p, dir, st);
 }
 
 static __always_inline int ct_handle(struct __sk_buff *skb, int dir)
 {
 	struct ct_datapath_stats *st = stats();
+	struct ethhdr buf, *eth;
 	__be16 proto;
 
 	STAT_INC(st, packets);
-	if (bpf_skb_load_bytes(skb, 12, &proto, sizeof(proto)) < 0) {
+	eth = ct_hdr(skb, 0, sizeof(*eth), &buf);
+	if (!eth) {
 		STAT_INC(st, malformed);
 		return TC_ACT_OK;
 	}
+	proto = eth->h_proto;
 	if (proto == bpf_htons(ETH_P_IP) && ctmapd_config.enable_ipv4)
-		ct4(skb, dir, st);
+		ct4(skb, dir, ct_cluster_id(skb), st);
 	else if (proto == bpf_htons(ETH_P_IPV6) && ctmapd_config.enable_ipv6)
-		ct6(skb, dir, st);
+		ct6(skb, dir, ct_cluster_id(skb), st);
 	else
 		STAT_INC(st, skipped);
 	return TC_ACT_OK;

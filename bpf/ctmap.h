@@ -150,6 +150,7 @@ struct ct_datapath_stats {
 	__u64 related_misses;	/* ICMP errors quoting no tracked flow: nothing created */
 	__u64 skipped;		/* not IP, other L4 protocol, or a non-first fragment */
 	__u64 malformed;	/* headers shorter than they claim */
+	__u64 cluster_map_missing; /* cluster id with no inner map (not joined): untracked */
 };
 
 /*
@@ -170,7 +171,25 @@ struct ct_datapath_config {
 	__u8 enable_ipv4;	/* 0: IPv4 packets pass untracked (the daemon has no v4 maps) */
 	__u8 enable_ipv6;	/* 0: likewise for IPv6 */
 	__u8 pad;
+	__u32 cluster_id_max;	/* ClusterIDMax: --max-connected-clusters, 255 or 511 */
 };
+
+/*
+ * Cluster id carried in skb->mark, Cilium's encoding (bpf/lib/clustermesh.h
+ * ctx_get_cluster_id_mark, MARK_MAGIC_CLUSTER_ID in bpf/lib/common.h):
+ *
+ *   bits 8-11  the magic nibble: (mark & MARK_MAGIC_HOST_MASK) == MARK_MAGIC_CLUSTER_ID
+ *   bits 0-7   cluster id bits 0-7
+ *   bit  31    cluster id bit 8, only with ClusterIDMax 511
+ *
+ * Cilium puts the id bits above 7 at 8 + IDENTITY_LOCAL_BITS, where the local identity
+ * has 24 - cluster_id_bits bits: 16 for ClusterIDMax 255 (no upper bits: the mark's upper
+ * half is identity) and 15 for 511 (bit 8 of the id lands on bit 8 + 15 + 8 = 31).
+ * Cluster id 0 (or no magic) means the global maps.
+ */
+#define MARK_MAGIC_HOST_MASK	0x0F00
+#define MARK_MAGIC_CLUSTER_ID	0x0200
+#define CLUSTER_ID_LOWER_MASK	0x00FF
 
 _Static_assert(sizeof(union v6addr) == 16, "v6addr size");
 _Static_assert(sizeof(struct ipv4_ct_tuple) == 14, "ipv4_ct_tuple size");
@@ -180,7 +199,9 @@ _Static_assert(sizeof(struct ct_entry) == 56, "ct_entry size");
 _Static_assert(__builtin_offsetof(struct ct_entry, flags) == 36, "ct_entry flags offset");
 _Static_assert(sizeof(struct ipv4_nat_entry) == 40, "ipv4_nat_entry size");
 _Static_assert(sizeof(struct ipv6_nat_entry) == 56, "ipv6_nat_entry size");
-_Static_assert(sizeof(struct ct_datapath_stats) == 96, "ct_datapath_stats size");
-_Static_assert(sizeof(struct ct_datapath_config) == 28, "ct_datapath_config size");
+_Static_assert(sizeof(struct ct_datapath_stats) == 104, "ct_datapath_stats size");
+_Static_assert(sizeof(struct ct_datapath_config) == 32, "ct_datapath_config size");
+_Static_assert(__builtin_offsetof(struct ct_datapath_stats, cluster_map_missing) == 96, "stats: new counters go last");
+_Static_assert(__builtin_offsetof(struct ct_datapath_config, cluster_id_max) == 28, "config: cluster_id_max offset");
 
 #endif /* CTMAPD_CTMAP_H */

@@ -1,10 +1,17 @@
 /**
- * Loads bpf/ct_datapath.bpf.c over the maps the daemon pinned: open -> configure (reuse
- * every pinned map, write the .rodata settings) -> load. The object never creates a CT
+ * Loads bpf/ct_datapath.bpf.c over the maps the daemon pinned: read the daemon's settings
+ * (its ctmapd_datapath_config map) -> open -> configure (reuse every pinned map, the
+ * ctmapd_ct_stats counters included, write the .rodata settings) -> load. The object never creates a CT
  * map of its own ("no second copy", issue 5): a map the daemon manages is reused from
  * <bpf-root>/tc/globals, and a family the daemon does not manage (--enable-ipv6=false)
  * gets a one-entry placeholder and is switched off in the settings, so its packets pass
  * untracked and are counted as skipped.
+ *
+ * The per-cluster outer maps (cilium_per_cluster_ct_*) are reused when pinned. Before any
+ * cluster has joined, or after CleanupPerClusterCTMaps removed them, each gets a one-slot
+ * placeholder, so every cluster id finds no inner map and the program counts
+ * cluster_map_missing. A loaded program keeps the outer maps it was loaded with: outer maps
+ * the daemon creates afterwards are seen only by a program loaded after them.
  *
  * Attaching the loaded programs to a device is the caller's (src/datapath/attach.ts).
  */
@@ -14,7 +21,18 @@ import { CtmapError } from '../errors';
 import * as bpf from '../maps/bpf';
 import { BpfObject, BpfProgram } from '../maps/bpf/program';
 import { globalsDir } from '../maps/ctmap/spec';
-import { CT_DATAPATH_FAMILY_MAPS, CT_DATAPATH_STATS_MAP, DEFAULT_DATAPATH_SETTINGS, DatapathSettings, encodeDatapathSettings } from './settings';
+import { attributeMismatches } from '../maps/open';
+import type { MapSpec } from '../maps/types';
+import {
+  CT_DATAPATH_CLUSTER_MAPS,
+  CT_DATAPATH_FAMILY_MAPS,
+  CT_DATAPATH_STATS_MAP,
+  DatapathSettings,
+  decodeDatapathSettings,
+  encodeDatapathSettings,
+  validateDatapathSettings,
+} from './settings';
+import { datapathSideMapSpecs } from './side-maps';
 
 /** Compiled to dist/src/datapath/: the repo root is three levels up. */
 const REPO_ROOT = path.resolve(__dirname, '../../..');
@@ -29,8 +47,9 @@ export interface LoadOptions {
   /** bpffs mount point the daemon runs with; its maps are under <bpfRoot>/tc/globals. */
   readonly bpfRoot: string;
   /**
-   * Overrides on top of the daemon's settings (today: the flag defaults, facts §5), e.g.
-   * `{ clusterId }` from `ctmap datapath attach --cluster-id`.
+   * Overrides on top of the daemon's settings (those its flags asked for, read from its
+   * pinned ctmapd_datapath_config map), e.g. `{ clusterId }` from
+   * `ctmap datapath attach --cluster-id`.
    */
   readonly settings?: Partial<DatapathSettings>;
   /** Default CT_DATAPATH_OBJECT. */
@@ -53,57 +72,77 @@ export class CtDatapath {
   ) {}
 
   /**
-   * Opens the object, hands it every map pinned under <bpfRoot>/tc/globals that it
-   * declares, writes the settings and loads it. Throws CtmapError failed-precondition
-   * when a map the settings need is not pinned (the daemon is not running with this
-   * bpf-root, or manages other families), and BpfSyscallError from libbpf (a verifier
-   * rejection carries the log tail; EPERM without CAP_BPF).
+   * Reads the daemon's settings from its pinned config map and applies `opts.settings`
+   * over them, then opens the object, hands it every map pinned under <bpfRoot>/tc/globals
+   * that it declares (the stats map included), writes the settings into .rodata and loads
+   * it. Throws CtmapError invalid-argument for settings the program cannot take (a cluster
+   * id beyond ClusterIDMax), failed-precondition naming the path when the daemon's side
+   * maps or a CT map the settings need is not pinned (the daemon is not running with this
+   * bpf-root, or manages other families) or a side map has another layout (daemon and
+   * object from different builds), and BpfSyscallError from libbpf (a verifier rejection
+   * carries the log tail; EPERM without CAP_BPF).
    */
   static load(opts: LoadOptions): CtDatapath {
     const objectPath = opts.objectPath ?? CT_DATAPATH_OBJECT;
     if (!fs.existsSync(objectPath)) {
       throw new CtmapError('failed-precondition', `datapath object ${objectPath} is missing: run make build (make -C bpf)`);
     }
-    const settings: DatapathSettings = { ...DEFAULT_DATAPATH_SETTINGS, ...opts.settings };
     const dir = globalsDir(opts.bpfRoot);
-    const object = BpfObject.open(objectPath);
+    const side = datapathSideMapSpecs(opts.bpfRoot);
     const pinned: bpf.Fd[] = [];
     try {
-      const reused: string[] = [];
-      const reuse = (name: string): boolean => {
-        const fd = bpf.objGet(path.join(dir, name));
-        if (!fd) return false;
-        pinned.push(fd);
-        object.map(name).reuseFd(fd);
-        reused.push(name);
-        return true;
-      };
-      for (const family of ['ipv4', 'ipv6'] as const) {
-        const enabled = family === 'ipv4' ? settings.enableIpv4 : settings.enableIpv6;
-        const names = CT_DATAPATH_FAMILY_MAPS[family];
-        const found = enabled ? names.filter(reuse) : [];
-        if (enabled && found.length !== names.length) {
-          const missing = names.filter((n) => !found.includes(n));
-          throw new CtmapError(
-            'failed-precondition',
-            `datapath: ${missing.join(', ')} not pinned under ${dir}: start ctmapd with --bpf-root=${opts.bpfRoot} ` +
-              `(and --enable-${family}) first`,
-          );
+      const daemon = readDaemonSettings(side.config, opts.bpfRoot);
+      const settings: DatapathSettings = { ...daemon, ...opts.settings };
+      validateDatapathSettings(settings);
+      const stats = openSideMap(side.stats, opts.bpfRoot);
+      pinned.push(stats);
+      const object = BpfObject.open(objectPath);
+      try {
+        const reused: string[] = [];
+        const reuseFd = (name: string, fd: bpf.Fd): void => {
+          object.map(name).reuseFd(fd);
+          reused.push(name);
+        };
+        const reuse = (name: string): boolean => {
+          const fd = bpf.objGet(path.join(dir, name));
+          if (!fd) return false;
+          pinned.push(fd);
+          reuseFd(name, fd);
+          return true;
+        };
+        // A placeholder is a one-entry map libbpf creates for the object alone.
+        const placeholder = (name: string): void => object.map(name).setMaxEntries(1);
+        for (const family of ['ipv4', 'ipv6'] as const) {
+          const enabled = family === 'ipv4' ? settings.enableIpv4 : settings.enableIpv6;
+          const names = CT_DATAPATH_FAMILY_MAPS[family];
+          if (!enabled) {
+            // Maps the program never touches: the family is switched off in the settings.
+            for (const name of [...names, ...CT_DATAPATH_CLUSTER_MAPS[family]]) placeholder(name);
+            continue;
+          }
+          const found = names.filter(reuse);
+          if (found.length !== names.length) {
+            const missing = names.filter((n) => !found.includes(n));
+            throw new CtmapError(
+              'failed-precondition',
+              `datapath: ${missing.join(', ')} not pinned under ${dir}: start ctmapd with --bpf-root=${opts.bpfRoot} ` +
+                `(and --enable-${family}) first`,
+            );
+          }
+          // The per-cluster outer maps exist once a cluster has joined (and until a cleanup):
+          // without them no cluster id finds an inner map, which the program counts.
+          for (const name of CT_DATAPATH_CLUSTER_MAPS[family]) if (!reuse(name)) placeholder(name);
         }
-        if (!enabled) {
-          // A placeholder the program never touches: the family is switched off below.
-          for (const name of names) object.map(name).setMaxEntries(1);
-        }
+        reuseFd(CT_DATAPATH_STATS_MAP, stats);
+        object.map('.rodata').setInitialValue(encodeDatapathSettings(settings));
+        const ingress = object.program(CT_DATAPATH_PROGRAMS.ingress);
+        const egress = object.program(CT_DATAPATH_PROGRAMS.egress);
+        object.load([ingress, egress]);
+        return new CtDatapath(object, ingress, egress, reused, settings);
+      } catch (err) {
+        object.close();
+        throw err;
       }
-      reuse(CT_DATAPATH_STATS_MAP);
-      object.map('.rodata').setInitialValue(encodeDatapathSettings(settings));
-      const ingress = object.program(CT_DATAPATH_PROGRAMS.ingress);
-      const egress = object.program(CT_DATAPATH_PROGRAMS.egress);
-      object.load([ingress, egress]);
-      return new CtDatapath(object, ingress, egress, reused, settings);
-    } catch (err) {
-      object.close();
-      throw err;
     } finally {
       // libbpf dup'ed what it reuses; the object holds its own copies from here on.
       for (const fd of pinned) fd.close();
@@ -112,5 +151,56 @@ export class CtDatapath {
 
   close(): void {
     this.object.close();
+  }
+}
+
+/**
+ * Opens a side map the daemon pins (side-maps.ts) and checks it has this build's layout.
+ * Throws failed-precondition naming the path when it is not pinned or differs.
+ */
+function openSideMap(spec: MapSpec, bpfRoot: string): bpf.Fd {
+  const fd = bpf.objGet(spec.pinPath!);
+  if (!fd) {
+    throw new CtmapError(
+      'failed-precondition',
+      `datapath: ${spec.pinPath} is not pinned: start ctmapd with --bpf-root=${bpfRoot} first (the daemon owns the datapath's side maps)`,
+    );
+  }
+  try {
+    const mismatches = attributeMismatches(bpf.mapInfo(fd), spec);
+    if (mismatches.length > 0) {
+      throw new CtmapError(
+        'failed-precondition',
+        `datapath: ${spec.pinPath} differs from what this build expects (${mismatches.join(', ')}): ctmapd and bpf/ are from different builds`,
+      );
+    }
+    return fd;
+  } catch (err) {
+    fd.close();
+    throw err;
+  }
+}
+
+/**
+ * The settings the daemon wrote into its config map. Throws failed-precondition as
+ * openSideMap, and when the map holds no valid settings.
+ */
+function readDaemonSettings(spec: MapSpec, bpfRoot: string): DatapathSettings {
+  const fd = openSideMap(spec, bpfRoot);
+  try {
+    const value = Buffer.alloc(spec.valueSize);
+    bpf.lookup(fd, Buffer.alloc(4), value);
+    const settings = decodeDatapathSettings(value);
+    try {
+      // The daemon validated what it wrote: anything else was never written (zeros) or not by it.
+      validateDatapathSettings(settings);
+    } catch (err) {
+      throw new CtmapError('failed-precondition', `datapath: ${spec.pinPath} holds no valid settings (${(err as Error).message}): restart ctmapd`, {
+        cause: err,
+      });
+    }
+    return settings;
+  } finally {
+    fd.close();
   }
 }

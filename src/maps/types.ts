@@ -8,6 +8,7 @@
 export const MapType = {
   HASH: 1,
   ARRAY: 2,
+  PERCPU_ARRAY: 6,
   LRU_HASH: 9,
   ARRAY_OF_MAPS: 12,
   HASH_OF_MAPS: 13,
@@ -17,6 +18,20 @@ export type MapTypeValue = (typeof MapType)[keyof typeof MapType];
 export function mapTypeName(type: number): string {
   for (const [name, value] of Object.entries(MapType)) if (value === type) return name.toLowerCase();
   return `type-${type}`;
+}
+
+/** Whether maps of `type` hold one value per possible CPU (BPF_MAP_TYPE_PERCPU_*). */
+export function isPerCpuMapType(type: number): boolean {
+  return type === MapType.PERCPU_ARRAY;
+}
+
+/**
+ * Bytes of one value as user space reads and writes it (the kernel's
+ * bpf_map_value_size): `valueSize`, or for a per-CPU map one copy per possible CPU, each
+ * rounded up to 8 bytes, CPU 0 first.
+ */
+export function userValueSize(type: number, valueSize: number, possibleCpus: number): number {
+  return isPerCpuMapType(type) ? possibleCpus * Math.ceil(valueSize / 8) * 8 : valueSize;
 }
 
 /** Map creation flags (enum in uapi linux/bpf.h). */
@@ -104,6 +119,13 @@ export interface DeleteBatchResult {
 export interface BpfMap {
   readonly spec: MapSpec;
   readonly backend: BackendName;
+  /**
+   * Bytes of one value in every value buffer this map takes or returns (lookup, update,
+   * batches, cursors): spec.valueSize, except for per-CPU maps, whose values are one copy
+   * per possible CPU (userValueSize). info().valueSize stays the per-CPU size, as the
+   * kernel reports it.
+   */
+  readonly valueBufferSize: number;
   /** Copies the value of `key` into `out` (or a new buffer); undefined when absent. */
   lookup(key: Buffer, out?: Buffer): Buffer | undefined;
   update(key: Buffer, value: Buffer, flags?: UpdateFlagValue): void;

@@ -3,7 +3,9 @@
  * enums as names, 64-bit numbers as decimal strings) and the domain types of
  * src/maps/ctmap. Request parsing validates and names the offending field.
  */
+import type { DatapathCounter, DatapathCounters } from '../datapath/side-maps';
 import { invalidArgument } from '../errors';
+import { CT_DATAPATH_STATS_COUNTERS } from '../maps/ctmap/layout';
 import { Family } from '../maps/ctmap/addr';
 import { CtEntry, CtKey, checkUint, entryFlagNames, validateEntry, validateKey } from '../maps/ctmap/codec';
 import { DumpFilter } from '../maps/ctmap/tables';
@@ -187,4 +189,14 @@ export function mapInfoMsg(ref: MapRefMsg, map: BpfMap, entries?: number): objec
     backend: map.backend,
     entries: String(entries ?? 0),
   };
+}
+
+/**
+ * A DatapathStats message: the datapath's counters, uint64 as decimal strings (the
+ * proto-loader `longs: String` convention); field names are the C counter names.
+ */
+export function datapathStatsMsg(counters: DatapathCounters): Record<DatapathCounter, string> {
+  const out = {} as Record<DatapathCounter, string>;
+  for (const name of CT_DATAPATH_STATS_COUNTERS) out[name] = counters[name].toString();
+  return out;
 }

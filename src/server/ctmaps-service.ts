@@ -3,6 +3,7 @@
  * Errors thrown here are CtmapErrors; unary()/serverStream() map them to gRPC statuses.
  */
 import * as grpc from '@grpc/grpc-js';
+import type { DatapathCounters } from '../datapath/side-maps';
 import { invalidArgument } from '../errors';
 import { ctNow, formatEntryLine } from '../maps/ctmap/format';
 import { CtTables, DumpBatch, DumpCursor, countEntries } from '../maps/ctmap/tables';
@@ -15,6 +16,7 @@ import {
   CtKeyMsg,
   CtRecordMsg,
   DumpFilterMsg,
+  datapathStatsMsg,
   MapRefMsg,
   entryMsg,
   mapInfoMsg,
@@ -54,13 +56,25 @@ class BatchSizer {
   }
 }
 
+/** Where ActiveMaps reads the datapath's counters (the daemon's DatapathSideMaps). */
+export interface DatapathCountersSource {
+  counters(): DatapathCounters;
+}
+
 /**
  * The CTMaps handlers over `tables`. `shutdown` ends calls when the server stops. With
  * `gc`, Flush is a GC pass with time 2^32-1 as in Cilium (facts §6): every removed entry
  * is published as a GC event and takes its SNAT mapping with it, and the flush waits for
  * passes already running over those maps. Without it, Flush deletes in batches, silently.
+ * With `datapath`, ActiveMaps reports its counters, read at each call.
  */
-export function ctMapsService(tables: CtTables, log: Logger, shutdown: AbortSignal, gc?: GCRunner): grpc.UntypedServiceImplementation {
+export function ctMapsService(
+  tables: CtTables,
+  log: Logger,
+  shutdown: AbortSignal,
+  gc?: GCRunner,
+  datapath?: DatapathCountersSource,
+): grpc.UntypedServiceImplementation {
   /** Streams the selected maps batch by batch; `emit` turns one batch into messages. */
   async function dump(
     req: DumpRequest,
@@ -82,6 +96,7 @@ export function ctMapsService(tables: CtTables, log: Logger, shutdown: AbortSign
   return {
     ActiveMaps: unary(log, 'CTMaps/ActiveMaps', async (req: { with_counts?: boolean }) => ({
       maps: tables.active().map((t) => mapInfoMsg(mapRefMsg(t.ref), t.map, req.with_counts ? t.map.count() : undefined)),
+      datapath: datapath ? datapathStatsMsg(datapath.counters()) : null,
     }), shutdown),
 
     DumpEntries: serverStream(log, 'CTMaps/DumpEntries', async (req: DumpRequest, writer: StreamWriter<Buffer>, ctx) => {

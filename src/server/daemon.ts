@@ -6,6 +6,8 @@ import { ClusterCtMaps } from '../cluster/cluster-maps';
 import { Membership } from '../cluster/membership';
 import type { MembershipSource } from '../cluster/membership-types';
 import { ConfigDirSource } from '../cluster/sources/config-dir';
+import { datapathSettingsFrom } from '../datapath/settings';
+import { DatapathSideMaps } from '../datapath/side-maps';
 import { ensureBpffs } from '../maps/bpffs';
 import { selectBackend } from '../maps/backend';
 import { FLUSH_TIME, GCEngine } from '../maps/ctmap/gc/engine';
@@ -34,6 +36,8 @@ export interface Daemon {
   readonly tables: CtTables;
   readonly nat: NatTables;
   readonly clusters: ClusterCtMaps;
+  /** The datapath's side maps: its counters and the settings from these flags. */
+  readonly datapath: DatapathSideMaps;
   readonly membership: Membership;
   readonly gc: GCRunner;
   readonly scheduler: GCScheduler;
@@ -87,8 +91,24 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
     tables.close();
     throw err;
   }
+  let datapath: DatapathSideMaps;
+  try {
+    // The datapath's counters and settings: a datapath loaded later counts into these
+    // maps and runs with these flags (src/datapath/side-maps.ts).
+    datapath = DatapathSideMaps.open(backend, config.bpfRoot, datapathSettingsFrom(config), log.child({ component: 'datapath' }));
+  } catch (err) {
+    clusters.close();
+    engine.close();
+    coupling.close();
+    deleter.close();
+    nat.close();
+    tables.close();
+    throw err;
+  }
   const membership = new Membership(clusters, log.child({ component: 'membership' }));
   const metrics = new CtmapdMetrics();
+  // Read at each scrape; nothing once the maps are closed at shutdown.
+  metrics.setDatapathSource(() => (datapath.closed ? undefined : datapath.counters()));
   // Periodic passes remove expired entries (facts §6); every pass, scheduled or asked
   // for over gRPC, feeds the Cilium metrics.
   const scheduler = new GCScheduler({
@@ -125,6 +145,7 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
     deleter.close();
     nat.close();
     tables.close();
+    datapath.close();
   };
   let server: ServerHandle;
   try {
@@ -134,7 +155,7 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
       log,
       shutdown,
       services: [
-        { definition: ctMapsDefinition(services().CTMaps.service), implementation: ctMapsService(tables, log, shutdown.signal, gc) },
+        { definition: ctMapsDefinition(services().CTMaps.service), implementation: ctMapsService(tables, log, shutdown.signal, gc, datapath) },
         { definition: natMapsDefinition(), implementation: natMapsService(nat, tables, log, shutdown.signal) },
         { definition: services().ClusterCTMaps.service, implementation: clusterCtMapsService(membership, log, shutdown.signal) },
         {
@@ -194,6 +215,7 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
     tables,
     nat,
     clusters,
+    datapath,
     membership,
     gc,
     scheduler,

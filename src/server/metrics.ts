@@ -1,6 +1,7 @@
 /**
- * Prometheus metrics under the names Cilium users already alert on (facts §6), plus
- * prom-client's default process metrics, served as GET /metrics on --metrics-listen.
+ * Prometheus metrics under the names Cilium users already alert on (facts §6), ctmapd's
+ * own datapath counters (ctmapd_datapath_conntrack_events_total), plus prom-client's
+ * default process metrics, served as GET /metrics on --metrics-listen.
  *
  * Label values are Cilium's: family "ipv4" / "ipv6", protocol "TCP" / "non-TCP", run
  * status "completed" / "uncompleted", entry status "alive" / "deleted", NAT direction
@@ -10,7 +11,9 @@ import * as http from 'node:http';
 import * as net from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { CtmapError, invalidArgument } from '../errors';
+import type { DatapathCounters } from '../datapath/side-maps';
 import type { Family } from '../maps/ctmap/addr';
+import { CT_DATAPATH_STATS_COUNTERS } from '../maps/ctmap/layout';
 import type { GCRunResult } from '../maps/ctmap/gc/types';
 import type { CtKind } from '../maps/ctmap/spec';
 import type { Logger } from './logger';
@@ -70,6 +73,26 @@ export class CtmapdMetrics {
     registers: [this.registry],
   });
 
+  #datapathSource?: () => DatapathCounters | undefined;
+  /**
+   * The datapath's counters (struct ct_datapath_stats summed over CPUs), one series per
+   * counter, read from the stats map at scrape time: the programs count in the kernel,
+   * so there is nothing to record between scrapes.
+   */
+  readonly #datapathEvents: Counter<'event'> = new Counter({
+    name: 'ctmapd_datapath_conntrack_events_total',
+    help: 'Events counted by the conntrack datapath (bpf/ct_datapath.bpf.c) since its stats map was created, summed over CPUs, by event (the ctmapd_ct_stats counter name)',
+    labelNames: ['event'] as const,
+    registers: [this.registry],
+    collect: () => {
+      const counters = this.#datapathSource?.();
+      if (!counters) return;
+      // Absolute values from the map: reset, then set each series to its count.
+      this.#datapathEvents.reset();
+      for (const event of CT_DATAPATH_STATS_COUNTERS) this.#datapathEvents.inc({ event }, Number(counters[event]));
+    },
+  });
+
   /** With defaultMetrics (the default), also collects prom-client's process_* and nodejs_* metrics. */
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry });
@@ -106,6 +129,15 @@ export class CtmapdMetrics {
       this.#gcEntries.set({ family, protocol, status: 'deleted' }, t.deleted);
       this.#gcDuration.observe({ family, protocol, status }, seconds);
     }
+  }
+
+  /**
+   * Where ctmapd_datapath_conntrack_events_total reads the datapath's counters at each
+   * scrape (the daemon's DatapathSideMaps). A source that returns undefined leaves the
+   * series as they were.
+   */
+  setDatapathSource(source: () => DatapathCounters | undefined): void {
+    this.#datapathSource = source;
   }
 
   /** Adds `count` (>= 0) key fallbacks of a pass over the maps of `family`/`kind`. */

@@ -12,8 +12,11 @@
  *   reference bit); an update does.
  * - BPF_MAP_UPDATE_BATCH accepts no NOEXIST/EXIST (EINVAL, nothing written).
  * - ARRAY: delete is EINVAL, delete batch is ENOTSUPP, update past the end is E2BIG.
+ * - PERCPU_ARRAY: user space reads and writes all possible CPUs' copies at once, each
+ *   rounded up to 8 bytes; info() still reports the per-CPU value size.
  */
 import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
 import { describe, test } from 'node:test';
 import { BatchError, BpfSyscallError, Errno } from '../../src/maps/bpf/errors';
 import { BpfMap, MapBackend, MapFlag, MapSpec, MapType, MapTypeValue, UpdateFlag } from '../../src/maps/types';
@@ -84,7 +87,7 @@ class Harness {
     return {
       name: `ct_${++this.#n}`,
       type,
-      keySize: type === MapType.ARRAY ? 4 : KEY_SIZE,
+      keySize: type === MapType.ARRAY || type === MapType.PERCPU_ARRAY ? 4 : KEY_SIZE,
       valueSize: VALUE_SIZE,
       maxEntries: 256,
       flags: 0,
@@ -146,6 +149,7 @@ export function runContract(name: string, makeBackend: () => ContractEnv): void 
         [MapType.LRU_HASH, 0],
         [MapType.LRU_HASH, MapFlag.NO_COMMON_LRU],
         [MapType.ARRAY, 0],
+        [MapType.PERCPU_ARRAY, 0],
       ] as const) {
         // 512 is a multiple of every plausible CPU count: the kernel rounds NO_COMMON_LRU maps'
         // max_entries up to a multiple of the possible CPUs.
@@ -621,6 +625,83 @@ export function runContract(name: string, makeBackend: () => ContractEnv): void 
       m.close();
     });
 
+    // ---- PERCPU_ARRAY -------------------------------------------------------------------------
+
+    it('PERCPU_ARRAY: one copy per possible CPU, each rounded up to 8 bytes', (h) => {
+      // Read here independently of the backends: "0-1" -> 2, "0,2-3" -> 4.
+      const possible = Math.max(
+        ...fs
+          .readFileSync('/sys/devices/system/cpu/possible', 'latin1')
+          .trim()
+          .split(',')
+          .map((r) => Number(r.split('-').pop()) + 1),
+      );
+      const max = 4;
+      const vs = 12; // not a multiple of 8: each CPU's copy takes 16 bytes
+      const stride = 16;
+      const m = h.create(h.spec(MapType.PERCPU_ARRAY, { maxEntries: max, valueSize: vs, name: 'ct_percpu' }));
+      assert.equal(m.valueBufferSize, possible * stride, 'value buffer: all CPUs');
+      const idx = (i: number): Buffer => {
+        const k = Buffer.alloc(4);
+        k.writeUInt32LE(i);
+        return k;
+      };
+      /** Slot i's value: CPU c's copy holds (i, c) in its 12 bytes, the padding stays zero. */
+      const val = (i: number, salt = 0): Buffer => {
+        const v = Buffer.alloc(possible * stride);
+        for (let c = 0; c < possible; c++) {
+          v.writeUInt32LE(i, c * stride);
+          v.writeUInt32LE(c, c * stride + 4);
+          v.writeUInt32LE(0xc0ffee + salt, c * stride + 8);
+        }
+        return v;
+      };
+      assert.deepEqual(m.lookup(idx(1)), Buffer.alloc(possible * stride), 'never-written slot reads as zeros on every CPU');
+      assert.equal(m.lookup(idx(max)), undefined, 'index past the end is absent');
+      m.update(idx(1), val(1));
+      assert.deepEqual(m.lookup(idx(1)), val(1), 'each CPU keeps its own copy');
+      const out = Buffer.alloc(possible * stride);
+      assert.equal(m.lookup(idx(1), out), out);
+      assert.deepEqual(out, val(1));
+      throwsErrno(() => m.update(idx(1), Buffer.alloc(vs)), Errno.EINVAL, undefined, 'one CPU\'s value is not a whole value');
+      throwsErrno(() => m.lookup(idx(1), Buffer.alloc(vs)), Errno.EINVAL, undefined, 'lookup into one CPU\'s size');
+      throwsErrno(() => m.update(idx(2), val(2), UpdateFlag.NOEXIST), Errno.EEXIST, 'already-exists');
+      throwsErrno(() => m.update(idx(max), val(1)), Errno.E2BIG, 'resource-exhausted');
+      throwsErrno(() => m.delete(idx(1)), Errno.EINVAL);
+      assert.equal(m.count(), max, 'every slot exists');
+
+      const slots = range(0, max);
+      m.updateBatch(packed(slots, idx), packed(slots, (i) => val(i, 1)), max);
+      const seen: number[] = [];
+      const c = m.cursor(3);
+      for (let b = c.next(); b; b = c.next()) {
+        for (let j = 0; j < b.count; j++) {
+          const i = b.keys.readUInt32LE(j * 4);
+          seen.push(i);
+          assert.deepEqual(b.values.subarray(j * m.valueBufferSize, (j + 1) * m.valueBufferSize), val(i, 1), `slot ${i} in a batch`);
+        }
+      }
+      c.close();
+      assert.deepEqual(seen, slots, 'slots in index order');
+      const info = m.info();
+      assert.deepEqual([info.type, info.keySize, info.valueSize, info.maxEntries], [MapType.PERCPU_ARRAY, 4, vs, max], 'info: the per-CPU value size');
+      // Reopened through a pin, the same values.
+      const pinned = h.create(h.spec(MapType.PERCPU_ARRAY, { maxEntries: 1, valueSize: vs, name: 'ct_percpu_pin', pinPath: h.pinPath('percpu') }));
+      pinned.update(idx(0), val(9));
+      const again = h.open(h.spec(MapType.PERCPU_ARRAY, { maxEntries: 1, valueSize: vs, name: 'ct_percpu_pin', pinPath: h.pinPath('percpu') }))!;
+      assert.equal(again.valueBufferSize, possible * stride);
+      assert.deepEqual(again.lookup(idx(0)), val(9));
+      for (const x of [m, pinned, again]) x.close();
+    });
+
+    it('plain maps: the value buffer is the value size', (h) => {
+      for (const type of [MapType.HASH, MapType.LRU_HASH, MapType.ARRAY] as const) {
+        const m = h.create(h.spec(type, { valueSize: 12 }));
+        assert.equal(m.valueBufferSize, 12, `type ${type}`);
+        m.close();
+      }
+    });
+
     // ---- ARRAY_OF_MAPS (per-cluster CT maps) ----------------------------------------------------
 
     /** An outer array of `max` slots whose template is an LRU_HASH like `inner`. */
@@ -683,6 +764,8 @@ export function runContract(name: string, makeBackend: () => ContractEnv): void 
         ['keySize 0', h.spec(MapType.HASH, { keySize: 0 }), Errno.EINVAL],
         ['valueSize 0', h.spec(MapType.HASH, { valueSize: 0 }), Errno.EINVAL],
         ['ARRAY with 8-byte keys', h.spec(MapType.ARRAY, { keySize: 8 }), Errno.EINVAL],
+        ['PERCPU_ARRAY with 8-byte keys', h.spec(MapType.PERCPU_ARRAY, { keySize: 8 }), Errno.EINVAL],
+        ['PERCPU_ARRAY with NO_PREALLOC', h.spec(MapType.PERCPU_ARRAY, { flags: MapFlag.NO_PREALLOC }), Errno.EINVAL],
         ['ARRAY with NO_COMMON_LRU', h.spec(MapType.ARRAY, { flags: MapFlag.NO_COMMON_LRU }), Errno.EINVAL],
         ['HASH with NO_COMMON_LRU', h.spec(MapType.HASH, { flags: MapFlag.NO_COMMON_LRU }), Errno.EINVAL],
         ['LRU_HASH with NO_PREALLOC', h.spec(MapType.LRU_HASH, { flags: MapFlag.NO_PREALLOC }), Errno.ENOTSUPP],

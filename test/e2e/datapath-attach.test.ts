@@ -174,7 +174,7 @@ test('ctmap datapath attach/detach: own filters only, in place on re-attach, for
   const noDaemon = ctmap(['datapath', 'attach', '--netns', a.ns, '--dev', dev, '--bpf-root', empty.root]);
   assert.equal(noDaemon.status, 1);
   assert.doesNotMatch(noDaemon.stderr, /leak/);
-  assert.match(noDaemon.stderr, new RegExp(`not pinned under ${empty.root}/tc/globals: start ctmapd with --bpf-root=${empty.root}`));
+  assert.match(noDaemon.stderr, new RegExp(`${empty.root}/tc/globals/\\w+ is not pinned: start ctmapd with --bpf-root=${empty.root} first`));
   assert.deepEqual(fs.readdirSync(empty.root), [], 'no record for a failed attach');
   assert.ok(!hasClsact(), 'no qdisc for a failed attach');
   assert.equal(show('ingress').trim() + show('egress').trim(), '');

@@ -30,6 +30,8 @@ const CLOSED_PORT = 7003;
 const TCP_PAYLOAD = 100;
 const UDP_PAYLOAD = 64;
 const ETH = 14;
+/** A Linux SYN's TCP header: 20 bytes plus MSS, SACK_PERM, timestamps and window scale. */
+const TCP_HDR_SYN = 40;
 const UDP_HDR = 8;
 const ICMP_HDR = 8;
 /** ping's default 56 data bytes + the 8-byte echo header. */
@@ -197,20 +199,25 @@ function expectFamily(fam: Fam, a: NetnsSide, b: NetnsSide, res: Record<string, 
     lastTx: window(closed),
     lastRx: [0, 0],
   });
-  // The RELATED entry of A -> B: written by every new flow from A to B (the last one,
-  // udp-closed, wins: its first packet), then hit by the port unreachable it quotes.
+  // The RELATED entry of A -> B: created by the first new flow from A to B (tcp-fin: its
+  // SYN), its lifetime raised by each later one (ct_datapath.bpf.c keeps a pair's RELATED
+  // entry rather than rewriting it per flow as Cilium does), then hit by the port
+  // unreachable it quotes. Linux's SYN carries 20 bytes of options (MSS, SACK_PERM,
+  // timestamps, window scale: the netns defaults).
+  const first = res[`tcp-fin${fam}`];
+  const synLen = ETH + ip + TCP_HDR_SYN;
   out.push({
     label: `related OUT IPv${fam}`,
     family: fam,
     kind: 'MAP_KIND_ANY',
     key: { daddr: A, saddr: B, sport: 0, dport: 0, nexthdr: icmp, flags: TUPLE_OUT | TUPLE_RELATED },
     packets: 2,
-    bytes: udpLen + errLen,
+    bytes: synLen + errLen,
     flags: SEEN_NON_SYN,
-    txFlagsSeen: 0,
+    txFlagsSeen: TCP_SYN, // the creating packet's flags come with the copied entry
     rxFlagsSeen: 0,
     lifetime: window(closed, NONTCP_LIFETIME),
-    lastTx: window(closed),
+    lastTx: window(first),
     lastRx: window(closed),
   });
   // A flow B started: IN on A's ingress; the key keeps B (the flow's source) in daddr.

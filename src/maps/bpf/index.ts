@@ -66,6 +66,18 @@ export function createMap(p: CreateMapParams): Fd {
   return new Fd(fd, `map ${p.name}`);
 }
 
+let possibleCpuCount: number | undefined;
+
+/**
+ * libbpf_num_possible_cpus(): the number of possible CPUs (/sys/devices/system/cpu/possible),
+ * which sizes the user-space values of per-CPU maps. Cached, as libbpf caches it.
+ * Throws BpfSyscallError when sysfs cannot be read.
+ */
+export function numPossibleCpus(): number {
+  possibleCpuCount ??= check('libbpf num possible cpus', native.numPossibleCpus());
+  return possibleCpuCount;
+}
+
 /** BPF_OBJ_GET: opens a pinned object. Returns undefined when nothing is pinned at path. */
 export function objGet(pinPath: string): Fd | undefined {
   const ret = native.objGet(pinPath);
@@ -241,4 +253,4 @@ export function deleteBatch(fd: Fd, keys: Buffer, count: number): void {
 }
 
 // BPF objects and programs (libbpf object API, BPF_PROG_TEST_RUN, mmap of map values).
-export { BpfObject, BpfObjectMap, BpfProgram, MappedMap, TestRunContext, openObjectCount } from './program';
+export { BpfObject, BpfObjectMap, BpfProgram, MappedMap, SK_BUFF_CTX, TestRunContext, openObjectCount } from './program';

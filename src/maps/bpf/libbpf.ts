@@ -32,6 +32,7 @@ export const native = {
     'int bpf_map_create(int map_type, const char *map_name, uint32_t key_size, uint32_t value_size, uint32_t max_entries, const bpf_map_create_opts *opts)',
   ) as (type: number, name: string, k: number, v: number, max: number, opts: object) => number,
   objGet: lib.func('int bpf_obj_get(const char *pathname)') as (path: string) => number,
+  numPossibleCpus: lib.func('int libbpf_num_possible_cpus(void)') as () => number,
   objPin: lib.func('int bpf_obj_pin(int fd, const char *pathname)') as (fd: number, path: string) => number,
   objGetInfoByFd: lib.func('int bpf_obj_get_info_by_fd(int fd, void *info, void *info_len)') as (
     fd: number,

@@ -14,6 +14,7 @@
 import koffi from 'koffi';
 import { BpfSyscallError, Errno } from './errors';
 import type { Fd } from './index';
+import { native as bpfNative } from './libbpf';
 
 const lib = koffi.load('libbpf.so.1');
 const libc = koffi.load('libc.so.6');
@@ -87,6 +88,15 @@ const OPTS_DATA_SIZE_OUT = koffi.offsetof(TestRunOpts, 'data_size_out');
 const OPTS_CTX_IN = koffi.offsetof(TestRunOpts, 'ctx_in');
 const OPTS_CTX_SIZE_IN = koffi.offsetof(TestRunOpts, 'ctx_size_in');
 const OPTS_RETVAL = koffi.offsetof(TestRunOpts, 'retval');
+const OPTS_REPEAT = koffi.offsetof(TestRunOpts, 'repeat');
+const OPTS_DURATION = koffi.offsetof(TestRunOpts, 'duration');
+
+/**
+ * struct __sk_buff (uapi linux/bpf.h, 192 bytes since Linux 5.x): the test-run ctx of a
+ * SEC("tc") program. The kernel takes from it only `mark`, `priority`, `ifindex`, `cb`,
+ * `tstamp`, `wire_len`, `gso_*` and `hwtstamp`; every other byte must be zero (EINVAL).
+ */
+export const SK_BUFF_CTX = { size: 192, markOffset: 8 } as const;
 
 const PROT_READ = 0x1;
 const PROT_WRITE = 0x2;
@@ -210,9 +220,20 @@ export class BpfProgram {
   }
 
   /**
-   * BPF_PROG_TEST_RUN with `run.ctx` as ctx_in (the kernel copies the ctx back there;
-   * ctx_out is refused by BPF_PROG_TYPE_SYSCALL) and, for packet programs, the packet set
-   * with run.setPacket as data_in. Returns the program's return value as a signed 32-bit
+   * The program's kernel id (struct bpf_prog_info.id), as bpftool names it
+   * (`bpftool prog dump xlated id N`). Throws BpfSyscallError before load.
+   */
+  get id(): number {
+    const info = Buffer.alloc(8); // struct bpf_prog_info: u32 type, u32 id, ...
+    check(`bpf prog info ${this.name}`, bpfNative.objGetInfoByFd(this.fd, info, new Uint32Array([info.length])));
+    return info.readUInt32LE(4);
+  }
+
+  /**
+   * BPF_PROG_TEST_RUN with `run.ctx` as ctx_in (for BPF_PROG_TYPE_SYSCALL the kernel copies
+   * the ctx back there, ctx_out being refused; for SEC("tc") it is a struct __sk_buff,
+   * SK_BUFF_CTX, only read) and, for packet programs, the packet set with run.setPacket as
+   * data_in, `run.repeat` times (run.duration then has the kernel's timing). Returns the program's return value as a signed 32-bit
    * number. Throws BpfSyscallError when the syscall fails (EINVAL: ctx too small for what
    * the program reads, or larger than the kernel's U16_MAX limit; a tc program's packet
    * shorter than an Ethernet header).
@@ -271,6 +292,30 @@ export class TestRunContext {
     // libbpf writes the last run's output size back into the opts; left there, it would cap
     // the next run's output and a longer packet would fail with ENOSPC.
     this.opts.writeUInt32LE(0, OPTS_DATA_SIZE_OUT);
+  }
+
+  /**
+   * How many times the next runs execute the program back to back (BPF_PROG_TEST_RUN
+   * `repeat`; 0 and 1 both mean once). The same packet and ctx go in every time, so a
+   * program that writes state sees its own writes from the second run on.
+   */
+  set repeat(n: number) {
+    if (!Number.isInteger(n) || n < 0 || n > 0x7fffffff) throw new BpfSyscallError(`test run repeat ${n}`, Errno.EINVAL);
+    this.opts.writeInt32LE(n, OPTS_REPEAT);
+  }
+
+  get repeat(): number {
+    return this.opts.readInt32LE(OPTS_REPEAT);
+  }
+
+  /**
+   * The kernel's timing of the last run: nanoseconds per repetition, averaged (the kernel
+   * divides the time of the whole loop by `repeat`; time spent rescheduling excluded),
+   * capped at 2^32-1. It includes the kernel's loop overhead (bh disable/enable, the
+   * ktime reads), so compare it with an empty program's figure taken the same way.
+   */
+  get duration(): number {
+    return this.opts.readUInt32LE(OPTS_DURATION);
   }
 
   /** Copies `packet` into `data` and sets its length. */

@@ -84,10 +84,11 @@ export const CT_DATAPATH_STATS_COUNTERS = [
   'related_misses',
   'skipped',
   'malformed',
+  'cluster_map_missing',
 ] as const;
 
 /**
- * struct ct_datapath_stats (96 bytes): the per-CPU value of bpf/ct_datapath.bpf.c's
+ * struct ct_datapath_stats (104 bytes): the per-CPU value of bpf/ct_datapath.bpf.c's
  * ctmapd_ct_stats map, one u64 counter after the other.
  */
 export const CT_DATAPATH_STATS: StructLayout = {
@@ -97,12 +98,12 @@ export const CT_DATAPATH_STATS: StructLayout = {
 };
 
 /**
- * struct ct_datapath_config (28 bytes): the .rodata of bpf/ct_datapath.bpf.c
+ * struct ct_datapath_config (32 bytes): the .rodata of bpf/ct_datapath.bpf.c
  * (`ctmapd_config`), written by src/datapath/ before the object is loaded.
  */
 export const CT_DATAPATH_CONFIG: StructLayout = {
   cName: 'ct_datapath_config',
-  size: 28,
+  size: 32,
   fields: {
     lifetime_tcp: { offset: 0, size: 4 },
     lifetime_nontcp: { offset: 4, size: 4 },
@@ -113,6 +114,7 @@ export const CT_DATAPATH_CONFIG: StructLayout = {
     report_flags: { offset: 24, size: 1 },
     enable_ipv4: { offset: 25, size: 1 },
     enable_ipv6: { offset: 26, size: 1 },
+    cluster_id_max: { offset: 28, size: 4 },
   },
 };
 

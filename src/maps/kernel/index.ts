@@ -14,6 +14,7 @@ import {
   MapType,
   UpdateFlag,
   UpdateFlagValue,
+  userValueSize,
 } from '../types';
 
 /** Entries per batch syscall by default: large enough that syscall cost is amortised. */
@@ -21,11 +22,14 @@ export const DEFAULT_BATCH = 4096;
 
 export class KernelMap implements BpfMap {
   readonly backend = 'kernel' as const;
+  readonly valueBufferSize: number;
 
   constructor(
     readonly spec: MapSpec,
     readonly fd: bpf.Fd,
-  ) {}
+  ) {
+    this.valueBufferSize = userValueSize(spec.type, spec.valueSize, bpf.numPossibleCpus());
+  }
 
   #inflight = 0;
   #closeRequested = false;
@@ -60,13 +64,14 @@ export class KernelMap implements BpfMap {
     if (keys.length < count * this.spec.keySize || (single && keys.length !== this.spec.keySize)) {
       throw new bpf.BpfSyscallError(`${op}: key buffer of ${keys.length} bytes for ${count} key(s) of ${this.spec.keySize}`, bpf.Errno.EINVAL);
     }
-    if (values && (values.length < count * this.spec.valueSize || (single && values.length !== this.spec.valueSize))) {
-      throw new bpf.BpfSyscallError(`${op}: value buffer of ${values.length} bytes for ${count} value(s) of ${this.spec.valueSize}`, bpf.Errno.EINVAL);
+    const vs = this.valueBufferSize;
+    if (values && (values.length < count * vs || (single && values.length !== vs))) {
+      throw new bpf.BpfSyscallError(`${op}: value buffer of ${values.length} bytes for ${count} value(s) of ${vs}`, bpf.Errno.EINVAL);
     }
   }
 
   lookup(key: Buffer, out?: Buffer): Buffer | undefined {
-    const value = out ?? Buffer.alloc(this.spec.valueSize);
+    const value = out ?? Buffer.alloc(this.valueBufferSize);
     this.#checkLengths('map lookup', key, value);
     return bpf.lookup(this.fd, key, value) ? value : undefined;
   }
@@ -167,7 +172,7 @@ class KernelCursor implements BatchCursor {
     const tokenSize = Math.max(8, map.spec.keySize);
     const slot = (): BatchSlot => ({
       keys: Buffer.allocUnsafe(capacity * map.spec.keySize),
-      values: Buffer.allocUnsafe(capacity * map.spec.valueSize),
+      values: Buffer.allocUnsafe(capacity * map.valueBufferSize),
       capacity,
       outBatch: Buffer.alloc(tokenSize),
       countCell: new Uint32Array(1),
@@ -179,7 +184,7 @@ class KernelCursor implements BatchCursor {
     return {
       count,
       keys: slot.keys.subarray(0, count * this.map.spec.keySize),
-      values: slot.values.subarray(0, count * this.map.spec.valueSize),
+      values: slot.values.subarray(0, count * this.map.valueBufferSize),
     };
   }
 
@@ -192,7 +197,7 @@ class KernelCursor implements BatchCursor {
   #grow(slot: BatchSlot): void {
     slot.capacity *= 2;
     slot.keys = Buffer.allocUnsafe(slot.capacity * this.map.spec.keySize);
-    slot.values = Buffer.allocUnsafe(slot.capacity * this.map.spec.valueSize);
+    slot.values = Buffer.allocUnsafe(slot.capacity * this.map.valueBufferSize);
   }
 
   next(): Batch | null {

@@ -1,19 +1,24 @@
 /**
- * The memory backend's ARRAY (type 2): maxEntries fixed, zero-initialised value slots
- * addressed by a u32 key (host byte order, little-endian on the machines ctmapd targets).
+ * The memory backend's ARRAY (type 2) and PERCPU_ARRAY (type 6): maxEntries fixed,
+ * zero-initialised value slots addressed by a u32 key (host byte order, little-endian on
+ * the machines ctmapd targets). A per-CPU slot holds one copy per possible CPU, each
+ * rounded up to 8 bytes: the layout user space sees from the kernel, stored as it is.
+ * Nothing runs "on a CPU" here, so the copies are only ever written from user space.
  */
 import { BpfSyscallError, Errno } from '../bpf/errors';
-import { LiveMapInfo, UpdateFlag } from '../types';
+import { LiveMapInfo, UpdateFlag, userValueSize } from '../types';
 import { BatchStep, MemoryTable, checkUpdateFlags, copyBytes } from './table';
 
 /**
- * An ARRAY table. Contract (kernel arraymap.c): every slot exists from creation and reads as
- * zeros until written; an index >= maxEntries is absent for lookup and E2BIG for update;
- * NOEXIST is always EEXIST; delete is EINVAL and delete batch is ENOTSUPP; count() is
- * maxEntries; a batch read returns slots in index order.
+ * An ARRAY or PERCPU_ARRAY table. Contract (kernel arraymap.c): every slot exists from
+ * creation and reads as zeros until written; an index >= maxEntries is absent for lookup
+ * and E2BIG for update; NOEXIST is always EEXIST; delete is EINVAL and delete batch is
+ * ENOTSUPP; count() is maxEntries; a batch read returns slots in index order. Values are
+ * `valueBufferSize` bytes (all CPUs' copies for a per-CPU array).
  */
 export class ArrayTable implements MemoryTable {
   readonly info: LiveMapInfo;
+  readonly valueBufferSize: number;
   readonly supportsDeleteBatch = false;
   /** Bytes preallocated for this table. */
   readonly byteSize: number;
@@ -21,12 +26,16 @@ export class ArrayTable implements MemoryTable {
   readonly #max: number;
   readonly #values: Buffer;
 
-  /** Allocates maxEntries zeroed values; the caller has validated info (keySize 4). */
-  constructor(info: LiveMapInfo) {
+  /**
+   * Allocates maxEntries zeroed values of `possibleCpus` copies for a per-CPU array; the
+   * caller has validated info (keySize 4).
+   */
+  constructor(info: LiveMapInfo, possibleCpus = 1) {
     this.info = info;
-    this.#vs = info.valueSize;
+    this.valueBufferSize = userValueSize(info.type, info.valueSize, possibleCpus);
+    this.#vs = this.valueBufferSize;
     this.#max = info.maxEntries;
-    this.#values = Buffer.alloc(info.maxEntries * info.valueSize);
+    this.#values = Buffer.alloc(info.maxEntries * this.#vs);
     this.byteSize = this.#values.byteLength;
   }
 

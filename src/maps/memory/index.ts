@@ -6,7 +6,9 @@
  *
  * Pins: a process-wide registry path -> table stands in for bpffs, so create() then open()
  * share one table, and a pinned table outlives its handles. ARRAY_OF_MAPS is supported
- * (map-array.ts); HASH_OF_MAPS is not (create throws EOPNOTSUPP).
+ * (map-array.ts); HASH_OF_MAPS is not (create throws EOPNOTSUPP). PERCPU_ARRAY keeps one
+ * copy of each value per possible CPU (possible-cpus.ts), the user-space layout of the
+ * kernel's per-CPU maps.
  *
  * Must not import src/maps/bpf/index.ts or libbpf.ts: this backend has to load where
  * libbpf/koffi cannot.
@@ -29,6 +31,7 @@ import {
 import { ArrayTable } from './array';
 import { HashTable } from './lru-hash';
 import { MapArrayTable } from './map-array';
+import { possibleCpus } from '../possible-cpus';
 import { BatchStep, MemoryTable, nextMapId } from './table';
 
 export { ArrayTable } from './array';
@@ -63,6 +66,11 @@ export class MemoryMap implements BpfMap {
     return this.#table === undefined;
   }
 
+  /** Per-CPU maps: one copy per possible CPU (this machine's, as the kernel would have it). */
+  get valueBufferSize(): number {
+    return this.#live().valueBufferSize;
+  }
+
   /** @internal The shared table (tests inspect chains and sizes through it). Throws after close. */
   get table(): MemoryTable {
     return this.#live();
@@ -71,15 +79,15 @@ export class MemoryMap implements BpfMap {
   lookup(key: Buffer, out?: Buffer): Buffer | undefined {
     const t = this.#live();
     checkLength('map lookup', 'key', key, t.info.keySize);
-    if (out) checkLength('map lookup', 'value', out, t.info.valueSize);
-    const value = out ?? Buffer.alloc(t.info.valueSize);
+    if (out) checkLength('map lookup', 'value', out, t.valueBufferSize);
+    const value = out ?? Buffer.alloc(t.valueBufferSize);
     return t.lookup(key, 0, value, 0) ? value : undefined;
   }
 
   update(key: Buffer, value: Buffer, flags: UpdateFlagValue = UpdateFlag.ANY): void {
     const t = this.#live();
     checkLength('map update', 'key', key, t.info.keySize);
-    checkLength('map update', 'value', value, t.info.valueSize);
+    checkLength('map update', 'value', value, t.valueBufferSize);
     t.update(key, 0, value, 0, flags);
   }
 
@@ -98,7 +106,8 @@ export class MemoryMap implements BpfMap {
   updateBatch(keys: Buffer, values: Buffer, count: number, flags: UpdateFlagValue = UpdateFlag.ANY): void {
     const t = this.#live();
     if (count === 0) return;
-    const { keySize: ks, valueSize: vs } = t.info;
+    const ks = t.info.keySize;
+    const vs = t.valueBufferSize;
     const op = 'map update batch';
     checkBatch(op, keys, values, count, ks, vs);
     if (flags !== UpdateFlag.ANY) throw new BatchError(op, Errno.EINVAL, 0);
@@ -175,7 +184,7 @@ class MemoryCursor implements BatchCursor {
     const info = map.info();
     this.#capacity = Number.isFinite(batchSize) ? Math.max(1, Math.floor(batchSize)) : DEFAULT_BATCH;
     this.#keys = Buffer.allocUnsafe(this.#capacity * info.keySize);
-    this.#values = Buffer.allocUnsafe(this.#capacity * info.valueSize);
+    this.#values = Buffer.allocUnsafe(this.#capacity * map.valueBufferSize);
   }
 
   nextAsync(): Promise<Batch | null> {
@@ -189,7 +198,7 @@ class MemoryCursor implements BatchCursor {
       const step = this.#step;
       t.readBatch(step, this.#keys, this.#values, this.#capacity);
       if (step.need > 0) {
-        this.#grow(step.need, t.info);
+        this.#grow(step.need, t);
         continue;
       }
       if (step.done) this.#done = true;
@@ -197,17 +206,17 @@ class MemoryCursor implements BatchCursor {
         return {
           count: step.count,
           keys: this.#keys.subarray(0, step.count * t.info.keySize),
-          values: this.#values.subarray(0, step.count * t.info.valueSize),
+          values: this.#values.subarray(0, step.count * t.valueBufferSize),
         };
       }
     }
     return null;
   }
 
-  #grow(need: number, info: LiveMapInfo): void {
+  #grow(need: number, t: MemoryTable): void {
     while (this.#capacity < need) this.#capacity *= 2;
-    this.#keys = Buffer.allocUnsafe(this.#capacity * info.keySize);
-    this.#values = Buffer.allocUnsafe(this.#capacity * info.valueSize);
+    this.#keys = Buffer.allocUnsafe(this.#capacity * t.info.keySize);
+    this.#values = Buffer.allocUnsafe(this.#capacity * t.valueBufferSize);
   }
 
   close(): void {
@@ -268,6 +277,7 @@ function validateSpec(spec: MapSpec): LiveMapInfo {
       if (spec.keySize > MAX_HASH_KEY) fail(Errno.E2BIG, `key size ${spec.keySize} > ${MAX_HASH_KEY}`);
       break;
     case MapType.ARRAY:
+    case MapType.PERCPU_ARRAY:
       if (spec.keySize !== 4) fail(Errno.EINVAL, 'array keys are u32');
       if (flags !== 0) fail(Errno.EINVAL, `flags ${flags}`);
       break;
@@ -310,8 +320,8 @@ function newTable(spec: MapSpec, shape: LiveMapInfo): MemoryTable {
   const info = Object.freeze({ ...shape, id: nextMapId() });
   try {
     const table: MemoryTable =
-      spec.type === MapType.ARRAY
-        ? new ArrayTable(info)
+      spec.type === MapType.ARRAY || spec.type === MapType.PERCPU_ARRAY
+        ? new ArrayTable(info, possibleCpus())
         : spec.type === MapType.ARRAY_OF_MAPS
           ? new MapArrayTable(info, spec.innerSpec!, tableById)
           : new HashTable(info);

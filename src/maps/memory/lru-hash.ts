@@ -80,6 +80,9 @@ function bucketCountFor(maxEntries: number): number {
 export class HashTable implements MemoryTable {
   readonly info: LiveMapInfo;
   readonly supportsDeleteBatch = true;
+  get valueBufferSize(): number {
+    return this.info.valueSize;
+  }
   /** Bytes preallocated for this table (keys, values and every index array). */
   readonly byteSize: number;
 

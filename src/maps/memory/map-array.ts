@@ -27,6 +27,7 @@ export interface InnerShape {
  */
 export class MapArrayTable implements MemoryTable {
   readonly supportsDeleteBatch = true;
+  readonly valueBufferSize = 4;
   readonly #slots: (MemoryTable | undefined)[];
   #used = 0;
 

@@ -26,6 +26,9 @@ export interface BatchStep {
  */
 export interface MemoryTable {
   readonly info: LiveMapInfo;
+  /** Bytes of a value in lookup/update/readBatch buffers: info.valueSize, or one copy per
+   *  possible CPU for per-CPU maps (BpfMap.valueBufferSize). */
+  readonly valueBufferSize: number;
   /** Copies the value of the key at key[koff, koff+keySize) into out[ooff...]; false when absent. */
   lookup(key: Buffer, koff: number, out: Buffer, ooff: number): boolean;
   /** bpf_map_update_elem semantics, including the errno order of the kernel's checks. */

@@ -1,0 +1,211 @@
+/**
+ * Bench "datapath": what bpf/ct_datapath.bpf.c costs per packet, measured by the kernel
+ * itself (BPF_PROG_TEST_RUN's `duration`) over crafted IPv4 TCP frames, beside the empty
+ * TC program `ctmap_layout_noop` (bpf/.output/ctmap_layout.bpf.o) run the same way, and
+ * beside bpf/ct_floor.bpf.c, the least work Cilium's lookup order implies (two lookups,
+ * one insert on a miss) on a map of the same size.
+ *
+ * The maps are the daemon's: the global CT maps at their default sizes, the per-cluster
+ * outer maps and the side maps, created and pinned in a private bpffs directory with the
+ * daemon's own code, and the datapath is loaded over them with the daemon's loader.
+ *
+ * Two methods, each applied to the baseline too (see bench/RESULTS.md):
+ * - repeat: one test run executes the program REPEAT times back to back on the same
+ *   packet; the kernel reports the average. Used for hits, where every repetition does
+ *   the same work.
+ * - single: CREATES test runs of repeat=1, each on a new flow (the source port, and the
+ *   source address every 60000 flows, or on every packet, change in place in the packet
+ *   buffer), summing the kernel's durations. Used for creates, where a repeat would hit
+ *   the entry the first repetition created. Each run's duration includes the kernel's
+ *   per-run overhead (one clock read, bh disable/enable), which the baseline taken the
+ *   same way also pays.
+ */
+import * as path from 'node:path';
+import pino from 'pino';
+import { CtDatapath } from '../src/datapath/loader';
+import { datapathSettingsFrom } from '../src/datapath/settings';
+import { DatapathSideMaps } from '../src/datapath/side-maps';
+import { BpfObject, BpfProgram, SK_BUFF_CTX, TestRunContext } from '../src/maps/bpf';
+import { globalCtMapSpec, clusterOuterCtMapSpec } from '../src/maps/ctmap/spec';
+import { kernelBackend } from '../src/maps/kernel';
+import { parseConfig } from '../src/server/config';
+import { TCP_FLAGS, ip, tcp } from '../test/helpers/frames';
+import { BenchContext, BenchSection, HarnessError, Measured, Measurement, REPO_ROOT, machineInfo, markdownTable, measureRounds, privateBpffsDir } from './lib';
+
+/** Repetitions per test run for the repeat method. */
+const REPEAT = 1_000_000;
+/** New flows (test runs of repeat=1) per measured run of the single method. */
+const CREATES = 20_000;
+const NOOP_OBJECT = path.join(REPO_ROOT, 'bpf/.output/ctmap_layout.bpf.o');
+const NOOP_PROGRAM = 'ctmap_layout_noop';
+const FLOOR_OBJECT = path.join(REPO_ROOT, 'bpf/.output/ct_floor.bpf.o');
+const TC_ACT_OK = 0;
+/** Offsets in the IPv4 TCP frame: source address and source port. */
+const SADDR = 14 + 12;
+const SPORT = 14 + 20;
+
+interface Row {
+  readonly m: Measured;
+  readonly method: 'repeat' | 'single';
+  readonly target?: number;
+  readonly note: string;
+}
+
+export const datapathBench: BenchSection = {
+  name: 'datapath',
+  title: 'Conntrack datapath: kernel ns per packet (BPF_PROG_TEST_RUN) vs an empty TC program',
+
+  async run(ctx: BenchContext) {
+    const root = privateBpffsDir(ctx);
+    const flags = parseConfig(['--bpf-root', root], {});
+    const cfg = {
+      bpfRoot: root,
+      enableIPv4: flags.enableIpv4,
+      enableIPv6: flags.enableIpv6,
+      ctTcpMax: flags.bpfCtGlobalTcpMax,
+      ctAnyMax: flags.bpfCtGlobalAnyMax,
+      distributedLru: flags.bpfDistributedLru,
+      clusterIdMax: flags.maxConnectedClusters,
+    };
+    // What the daemon would pin at start, made with its own code.
+    for (const family of ['ipv4', 'ipv6'] as const) {
+      for (const kind of ['tcp', 'any'] as const) {
+        for (const spec of [globalCtMapSpec(cfg, family, kind), clusterOuterCtMapSpec(cfg, family, kind)]) {
+          const map = kernelBackend.create(spec);
+          ctx.cleanup.add(`close ${spec.name}`, () => map.close());
+        }
+      }
+    }
+    const side = DatapathSideMaps.open(kernelBackend, root, datapathSettingsFrom(flags), pino({ level: 'silent' }));
+    ctx.cleanup.add('close side maps', () => side.close());
+    const dp = CtDatapath.load({ bpfRoot: root });
+    ctx.cleanup.add('close datapath', () => dp.close());
+    const noopObj = BpfObject.open(NOOP_OBJECT);
+    ctx.cleanup.add('close noop object', () => noopObj.close());
+    const noop = noopObj.program(NOOP_PROGRAM);
+    noopObj.load([noop]);
+    const floorObj = BpfObject.open(FLOOR_OBJECT);
+    ctx.cleanup.add('close floor object', () => floorObj.close());
+    floorObj.map('ct_floor_ct4').setMaxEntries(cfg.ctTcpMax);
+    const floor = floorObj.program('ct_floor');
+    floorObj.load([floor]);
+
+    const run = new TestRunContext(SK_BUFF_CTX.size, 256);
+    ctx.cleanup.add('free test run', () => run.close());
+    const once = (prog: BpfProgram, repeat: number): number => {
+      run.repeat = repeat;
+      if (prog.testRun(run) !== TC_ACT_OK) throw new HarnessError(`${prog.name}: verdict is not TC_ACT_OK`);
+      return run.duration;
+    };
+
+    // The established flow: 192.0.2.1:40000 -> 198.51.100.2:80, SYN out, SYN-ACK and ACK in.
+    const out = (sport: number, f: number): Buffer => ip('192.0.2.1', '198.51.100.2', 6, tcp(sport, 80, f));
+    const back = (f: number): Buffer => ip('198.51.100.2', '192.0.2.1', 6, tcp(80, 40000, f));
+    const { SYN, ACK } = TCP_FLAGS;
+    for (const [prog, frame] of [
+      [dp.egress, out(40000, SYN)],
+      [dp.ingress, back(SYN | ACK)],
+      [dp.ingress, back(ACK)],
+      [floor, out(40000, SYN)],
+    ] as const) {
+      run.setPacket(frame);
+      once(prog, 1);
+    }
+    const established = side.counters();
+    if (established.creates !== 1n || established.hits_reply !== 2n) throw new HarnessError(`set-up: ${JSON.stringify(established, (_, v) => String(v))}`);
+
+    /** The repeat method: one test run of REPEAT repetitions of `frame`. */
+    const repeated = (prog: BpfProgram, frame: Buffer, counter?: 'hits_established' | 'hits_reply'): (() => Promise<{ ms: number; extra: Record<string, number> }>) => async () => {
+      run.setPacket(frame);
+      const before = counter && side.counters()[counter];
+      const t0 = process.hrtime.bigint();
+      const ns = once(prog, REPEAT);
+      const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+      if (counter && side.counters()[counter] - before! !== BigInt(REPEAT)) throw new HarnessError(`${prog.name}: not every repetition was a ${counter}`);
+      return { ms, extra: { ns } };
+    };
+
+    /** Flows of the single method so far: each gets its own (source address, port). */
+    let flows = 0;
+    /**
+     * The single method: CREATES test runs of repeat=1, each on a new flow: a new source
+     * port (and source address every 60000 flows), or with `newPair` a new source address
+     * every packet (198.18.0.0/15 and up), so that the pair's RELATED entry is new too.
+     */
+    const single = (prog: BpfProgram, counter?: 'creates', newPair = false): (() => Promise<{ ms: number; extra: Record<string, number> }>) => async () => {
+      run.setPacket(out(1024, SYN));
+      const before = counter && side.counters()[counter];
+      let sum = 0;
+      const t0 = process.hrtime.bigint();
+      for (let i = 0; i < CREATES; i++, flows++) {
+        if (newPair) {
+          run.data.writeUInt32BE((0xc6120000 + flows) >>> 0, SADDR);
+        } else {
+          run.data.writeUInt16BE(1024 + (flows % 60000), SPORT);
+          run.data.writeUInt32BE((0xc0000200 + 1 + Math.floor(flows / 60000)) >>> 0, SADDR);
+        }
+        sum += once(prog, 1);
+      }
+      const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+      if (counter && side.counters()[counter] - before! !== BigInt(CREATES)) throw new HarnessError(`${prog.name}: not every packet created a flow`);
+      return { ms, extra: { ns: sum / CREATES } };
+    };
+
+    const measurements: Measurement[] = [
+      { label: 'empty TC program (ctmap_layout_noop)', run: repeated(noop, out(40000, ACK)) },
+      { label: 'floor: two lookups, the second hits (ct_floor)', run: repeated(floor, out(40000, ACK)) },
+      { label: 'hit: established flow, egress ACK', run: repeated(dp.egress, out(40000, ACK), 'hits_established') },
+      { label: 'hit: reply, ingress ACK', run: repeated(dp.ingress, back(ACK), 'hits_reply') },
+      { label: 'empty TC program (ctmap_layout_noop)', run: single(noop) },
+      { label: 'floor: two lookups miss, one insert (ct_floor)', run: single(floor) },
+      { label: 'create: new flow, egress SYN', run: single(dp.egress, 'creates') },
+      { label: 'create: new flow of a new address pair', run: single(dp.egress, 'creates', true) },
+    ];
+    ctx.progress(`datapath: repeat ${REPEAT.toLocaleString('en-US')} per run; ${CREATES.toLocaleString('en-US')} single runs per create run`);
+    const [baseRepeat, floorHit, hitFwd, hitReply, baseSingle, floorCreate, create, createPair] = await measureRounds(ctx, measurements);
+    const fill = side.counters().creates;
+
+    const rows: Row[] = [
+      { m: baseRepeat, method: 'repeat', note: 'baseline: the kernel loop around an empty program' },
+      { m: floorHit, method: 'repeat', note: 'the kernel\'s hash lookups alone: reverse misses, forward hits; nothing parsed, nothing written' },
+      { m: hitFwd, method: 'repeat', target: 100, note: 'reverse lookup misses, forward lookup hits (ESTABLISHED); lifetime, flags seen, report time and packets/bytes updated, counters' },
+      { m: hitReply, method: 'repeat', note: 'reverse lookup hits (REPLY): one lookup' },
+      { m: baseSingle, method: 'single', note: 'baseline: one test run per packet, kernel durations summed' },
+      { m: floorCreate, method: 'single', note: 'the kernel\'s hash and LRU work alone: both lookups miss, one insert' },
+      {
+        m: create,
+        method: 'single',
+        target: 400,
+        note: 'both lookups miss; flow entry inserted; the pair\'s RELATED entry found and kept; a new flow every packet',
+      },
+      { m: createPair, method: 'single', note: 'as above, and the RELATED entry inserted too (a new address pair every packet)' },
+    ];
+    const base = (r: Row): Measured => (r.method === 'repeat' ? baseRepeat : baseSingle);
+    const ns = (m: Measured): string => m.extra.ns.toFixed(1);
+    const table = markdownTable(
+      ['measurement', 'method', 'ns/packet (median)', 'baseline ns', 'net of baseline', 'target', 'result', 'runs', 'notes'],
+      rows.map((r) => [
+        r.m.label,
+        r.method === 'repeat' ? `repeat ${REPEAT.toLocaleString('en-US')}` : `${CREATES.toLocaleString('en-US')} × repeat 1`,
+        ns(r.m),
+        r.m === base(r) ? '—' : ns(base(r)),
+        r.m === base(r) ? '—' : (r.m.extra.ns - base(r).extra.ns).toFixed(1),
+        r.target ? `≤ ${r.target} ns` : '—',
+        r.target ? (r.m.extra.ns <= r.target ? 'PASS' : 'MISS') : '—',
+        String(r.m.samples.length),
+        r.note,
+      ]),
+    );
+    const info = machineInfo();
+    const markdown = [
+      `Latest run: ${new Date().toISOString()} — \`make bench\` (this section alone: \`node dist/bench/run.js datapath\`).`,
+      '',
+      `- Machine: ${info.cpu}, ${info.nproc} CPUs, ${info.memory}; ${info.kernel}; Node ${info.node}.`,
+      `- Maps: the daemon's defaults (cilium_ct4_global ${cfg.ctTcpMax.toLocaleString('en-US')} entries, any ${cfg.ctAnyMax.toLocaleString('en-US')}), created and pinned by ctmapd's own code; datapath loaded by src/datapath/loader; ct_floor's map sized like cilium_ct4_global. The datapath created ${fill.toLocaleString('en-US')} flows in all (no LRU eviction).`,
+      `- Packet: Ethernet + IPv4 + TCP, ${out(40000, ACK).length} bytes. ns/packet is the median over the measured runs of the kernel's figure (repeat: its average over ${REPEAT.toLocaleString('en-US')} repetitions; single: the sum of ${CREATES.toLocaleString('en-US')} durations / ${CREATES.toLocaleString('en-US')}). Targets apply to ns/packet as measured, baseline included.`,
+      '',
+      table,
+    ].join('\n');
+    return { text: `${this.title}\n\n${table}\n`, markdown };
+  },
+};

@@ -13,6 +13,9 @@
  * - repeat: one test run executes the program REPEAT times back to back on the same
  *   packet; the kernel reports the average. Used for hits, where every repetition does
  *   the same work.
+ * - repeat, creates: the bench build of the datapath (CT_BENCH_NEW_FLOW_EACH_RUN) varies
+ *   the source port per repetition itself, so one test run of REPEAT_CREATES repetitions
+ *   creates that many flows back to back; each run gets a new source address.
  * - single: CREATES test runs of repeat=1, each on a new flow (the source port, and the
  *   source address every 60000 flows, or on every packet, change in place in the packet
  *   buffer), summing the kernel's durations. Used for creates, where a repeat would hit
@@ -36,6 +39,14 @@ import { BenchContext, BenchSection, HarnessError, Measured, Measurement, REPO_R
 const REPEAT = 1_000_000;
 /** New flows (test runs of repeat=1) per measured run of the single method. */
 const CREATES = 20_000;
+/**
+ * New flows per test run of the repeat method on the bench build: under 65,536 so the
+ * build's port counter never repeats a flow within a run, and small enough that every
+ * run together stays far below the TCP map's size (no LRU eviction in any figure).
+ */
+const REPEAT_CREATES = 25_000;
+/** The datapath built with CT_BENCH_NEW_FLOW_EACH_RUN (bpf/Makefile). */
+const BENCH_OBJECT = path.join(REPO_ROOT, 'bpf/.output/ct_datapath_bench.bpf.o');
 const NOOP_OBJECT = path.join(REPO_ROOT, 'bpf/.output/ctmap_layout.bpf.o');
 const NOOP_PROGRAM = 'ctmap_layout_noop';
 const FLOOR_OBJECT = path.join(REPO_ROOT, 'bpf/.output/ct_floor.bpf.o');
@@ -80,6 +91,8 @@ export const datapathBench: BenchSection = {
     ctx.cleanup.add('close side maps', () => side.close());
     const dp = CtDatapath.load({ bpfRoot: root });
     ctx.cleanup.add('close datapath', () => dp.close());
+    const benchDp = CtDatapath.load({ bpfRoot: root, objectPath: BENCH_OBJECT });
+    ctx.cleanup.add('close bench datapath', () => benchDp.close());
     const noopObj = BpfObject.open(NOOP_OBJECT);
     ctx.cleanup.add('close noop object', () => noopObj.close());
     const noop = noopObj.program(NOOP_PROGRAM);
@@ -151,6 +164,21 @@ export const datapathBench: BenchSection = {
       return { ms, extra: { ns: sum / CREATES } };
     };
 
+    /** Test runs of the repeat-creates method so far: each gets its own source address. */
+    let createRuns = 0;
+    /** The repeat method on the bench build: REPEAT_CREATES new flows back to back. */
+    const repeatedCreates = async (): Promise<{ ms: number; extra: Record<string, number> }> => {
+      const frame = out(1024, SYN);
+      frame.writeUInt32BE((0x64400001 + createRuns++) >>> 0, SADDR); // 100.64.0.0/10: no other flow uses it
+      run.setPacket(frame);
+      const before = side.counters().creates;
+      const t0 = process.hrtime.bigint();
+      const ns = once(benchDp.egress, REPEAT_CREATES);
+      const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+      if (side.counters().creates - before !== BigInt(REPEAT_CREATES)) throw new HarnessError('bench build: not every repetition created a flow');
+      return { ms, extra: { ns } };
+    };
+
     const measurements: Measurement[] = [
       { label: 'empty TC program (ctmap_layout_noop)', run: repeated(noop, out(40000, ACK)) },
       { label: 'floor: two lookups, the second hits (ct_floor)', run: repeated(floor, out(40000, ACK)) },
@@ -160,9 +188,10 @@ export const datapathBench: BenchSection = {
       { label: 'floor: two lookups miss, one insert (ct_floor)', run: single(floor) },
       { label: 'create: new flow, egress SYN', run: single(dp.egress, 'creates') },
       { label: 'create: new flow of a new address pair', run: single(dp.egress, 'creates', true) },
+      { label: 'create: new flow every repetition (bench build)', run: repeatedCreates },
     ];
     ctx.progress(`datapath: repeat ${REPEAT.toLocaleString('en-US')} per run; ${CREATES.toLocaleString('en-US')} single runs per create run`);
-    const [baseRepeat, floorHit, hitFwd, hitReply, baseSingle, floorCreate, create, createPair] = await measureRounds(ctx, measurements);
+    const [baseRepeat, floorHit, hitFwd, hitReply, baseSingle, floorCreate, create, createPair, createRepeat] = await measureRounds(ctx, measurements);
     const fill = side.counters().creates;
 
     const rows: Row[] = [
@@ -179,6 +208,12 @@ export const datapathBench: BenchSection = {
         note: 'both lookups miss; flow entry inserted; the pair\'s RELATED entry found and kept; a new flow every packet',
       },
       { m: createPair, method: 'single', note: 'as above, and the RELATED entry inserted too (a new address pair every packet)' },
+      {
+        m: createRepeat,
+        method: 'repeat',
+        target: 400,
+        note: `the datapath built with CT_BENCH_NEW_FLOW_EACH_RUN: ${REPEAT_CREATES.toLocaleString('en-US')} new flows back to back per test run (source port XORed with a counter in the program), no syscall between packets`,
+      },
     ];
     const base = (r: Row): Measured => (r.method === 'repeat' ? baseRepeat : baseSingle);
     const ns = (m: Measured): string => m.extra.ns.toFixed(1);
@@ -186,7 +221,11 @@ export const datapathBench: BenchSection = {
       ['measurement', 'method', 'ns/packet (median)', 'baseline ns', 'net of baseline', 'target', 'result', 'runs', 'notes'],
       rows.map((r) => [
         r.m.label,
-        r.method === 'repeat' ? `repeat ${REPEAT.toLocaleString('en-US')}` : `${CREATES.toLocaleString('en-US')} × repeat 1`,
+        r.m === createRepeat
+          ? `repeat ${REPEAT_CREATES.toLocaleString('en-US')}`
+          : r.method === 'repeat'
+            ? `repeat ${REPEAT.toLocaleString('en-US')}`
+            : `${CREATES.toLocaleString('en-US')} × repeat 1`,
         ns(r.m),
         r.m === base(r) ? '—' : ns(base(r)),
         r.m === base(r) ? '—' : (r.m.extra.ns - base(r).extra.ns).toFixed(1),

@@ -4,7 +4,8 @@
  * creates and pins (ctmap-facts §1-3). Semantics follow Cilium's bpf/lib/conntrack.h as
  * walked through in seed 002 (ct_lookup4/6, __ct_lookup, ct_create4/6,
  * ct_update_timeout): reverse direction first so REPLY and RELATED take precedence, then
- * the forward direction, then create. It only observes: the verdict is always TC_ACT_OK.
+ * the forward direction, then create. It only observes: the verdict is always TC_ACT_UNSPEC,
+ * so tc goes on to the next filter on the hook as if this one were not there.
  * A packet is tracked in the global maps, or in a remote cluster's inner maps when a
  * cluster id is configured or carried in skb->mark (ct_cluster_id, ct_process_cluster).
  *
@@ -743,7 +744,7 @@ static __always_inline int ct_handle(struct __sk_buff *skb, int dir)
 	eth = ct_hdr(skb, 0, sizeof(*eth), &buf);
 	if (!eth) {
 		STAT_INC(st, malformed);
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	}
 	proto = eth->h_proto;
 	if (proto == bpf_htons(ETH_P_IP) && ctmapd_config.enable_ipv4)
@@ -752,7 +753,7 @@ static __always_inline int ct_handle(struct __sk_buff *skb, int dir)
 		ct6(skb, dir, ct_cluster_id(skb), st);
 	else
 		STAT_INC(st, skipped);
-	return TC_ACT_OK;
+	return TC_ACT_UNSPEC;
 }
 
 SEC("tc")

@@ -24,8 +24,8 @@
  * Handle and priority are left to the kernel on a first attach, so the datapath never
  * collides with a filter already there: the kernel takes 49152 (0xc000), or one below the
  * lowest priority in use above 32768. Filters with the usual explicit low priorities (tc's
- * and Cilium's 1) therefore run first; this matters because the programs end
- * classification with TC_ACT_OK, so a filter behind them would never run. A repeated
+ * and Cilium's 1) therefore run first. The programs return TC_ACT_UNSPEC, so a filter
+ * behind them still runs: the datapath observes and never ends classification. A repeated
  * attach replaces its own filter in place (BPF_TC_F_REPLACE: no window without
  * conntrack). The qdisc claim is made before any filter is attached and dropped whenever
  * none of the record's filters is left: when in doubt, a qdisc is left behind rather

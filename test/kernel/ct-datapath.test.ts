@@ -48,7 +48,8 @@ const TCP_LIFETIME = 8000;
 const NONTCP_LIFETIME = 60;
 const CLOSE_TIMEOUT = 10;
 
-const TC_ACT_OK = 0;
+/** The datapath only observes: tc goes on to the next filter. */
+const TC_ACT_UNSPEC = -1;
 
 const FIN = 0x01;
 const SYN = 0x02;
@@ -161,7 +162,7 @@ async function withDatapath(t: TestContext, body: (env: Env) => void, opts: Data
     const exec = (p: import('../../src/maps/bpf').BpfProgram, frame: Buffer, mark = 0): void => {
       r.setPacket(frame);
       r.ctx.writeUInt32LE(mark, bpf.SK_BUFF_CTX.markOffset);
-      assert.equal(p.testRun(r), TC_ACT_OK, 'verdict');
+      assert.equal(p.testRun(r), TC_ACT_UNSPEC, 'verdict');
     };
     const mapOf = (family: Family, kind: CtKind, clusterId = 0): BpfMap => {
       const m = maps.get(`${family}/${kind}/${clusterId}`);

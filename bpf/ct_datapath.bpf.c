@@ -325,10 +325,21 @@ static __always_inline bool __ct_lookup(void *map, void *tuple, const struct ct_
 		}
 		break;
 	case ACTION_CLOSE:
-		if (dir == CT_INGRESS)
+		/*
+		 * An RST before both sides' SYNs were seen (a refused or aborted handshake)
+		 * closes both sides at once, as Cilium does since 1.15 ("RST and have not
+		 * seen both SYNs"): nothing will come from the other side to close its half,
+		 * and the entry would otherwise sit on the SYN timeout. Anything else closes
+		 * the packet's own side (seed 002). flags_seen already holds this packet's flags.
+		 */
+		if ((p->tcp_flags & TCP_RST) && !((e->tx_flags_seen & TCP_SYN) && (e->rx_flags_seen & TCP_SYN))) {
 			e->rx_closing = 1;
-		else
 			e->tx_closing = 1;
+		} else if (dir == CT_INGRESS) {
+			e->rx_closing = 1;
+		} else {
+			e->tx_closing = 1;
+		}
 		STAT_INC(st, closes);
 		if (!ct_entry_alive(e))
 			__ct_update_timeout(e, CT_CLOSE_TIMEOUT, dir, p->tcp_flags);

@@ -32,6 +32,8 @@ const UDP_PAYLOAD = 64;
 const ETH = 14;
 /** A Linux SYN's TCP header: 20 bytes plus MSS, SACK_PERM, timestamps and window scale. */
 const TCP_HDR_SYN = 40;
+/** A TCP header without options (Linux's RST answering a SYN). */
+const TCP_HDR = 20;
 const UDP_HDR = 8;
 const ICMP_HDR = 8;
 /** ping's default 56 data bytes + the 8-byte echo header. */
@@ -147,6 +149,25 @@ function expectFamily(fam: Fam, a: NetnsSide, b: NetnsSide, res: Record<string, 
       lastRx: window(r),
     });
   }
+  // Refused: SYN out, RST+ACK back. Only one SYN was seen, so the RST closes both sides.
+  const refused = res[`tcp-refused${fam}`];
+  assert.equal(refused.detail, 'ECONNREFUSED');
+  assert.equal(linkPackets(refused), 2, `tcp-refused IPv${fam}: SYN and RST on the link`);
+  assert.equal(linkBytes(refused), 2 * (ETH + ip) + TCP_HDR_SYN + TCP_HDR, `tcp-refused IPv${fam}: bytes on the link`);
+  out.push({
+    label: `tcp-refused IPv${fam}`,
+    family: fam,
+    kind: 'MAP_KIND_TCP',
+    key: { daddr: A, saddr: B, sport: refused.localPort, dport: CLOSED_PORT, nexthdr: 6, flags: TUPLE_OUT },
+    packets: 2,
+    bytes: linkBytes(refused),
+    flags: CLOSED,
+    txFlagsSeen: TCP_SYN,
+    rxFlagsSeen: TCP_RST | TCP_ACK,
+    lifetime: window(refused, CLOSE_TIMEOUT),
+    lastTx: window(refused),
+    lastRx: window(refused),
+  });
   const udp = res[`udp${fam}`];
   assert.equal(linkBytes(udp), 2 * udpLen, `udp IPv${fam}: request and response on the link`);
   out.push({
@@ -319,6 +340,7 @@ test('datapath e2e: TCP, UDP, ICMP over IPv4 and IPv6 between namespaces, throug
     return [
       { kind: 'tcp-fin', host, port: TCP_PORT, dev: a.dev, payload: TCP_PAYLOAD },
       { kind: 'tcp-rst', host, port: TCP_PORT, dev: a.dev, payload: TCP_PAYLOAD },
+      { kind: 'tcp-refused', host, port: CLOSED_PORT, dev: a.dev },
       { kind: 'udp', host, port: UDP_PORT, dev: a.dev, payload: UDP_PAYLOAD },
       { kind: 'ping', host, id: pingId(fam), dev: a.dev },
       // Last from A to B: its first packet writes the A -> B RELATED entry the error then hits.
@@ -389,9 +411,9 @@ test('datapath e2e: TCP, UDP, ICMP over IPv4 and IPv6 between namespaces, throug
   const stats = updates.at(-1).stats;
   const perMap = Object.fromEntries(stats.maps.map((m: any) => [`${m.map.family}/${m.map.kind}`, { alive: Number(m.alive), deleted: Number(m.deleted) }]));
   assert.deepEqual(perMap, {
-    'FAMILY_IPV4/MAP_KIND_TCP': { alive: 0, deleted: 2 },
+    'FAMILY_IPV4/MAP_KIND_TCP': { alive: 0, deleted: 3 },
     'FAMILY_IPV4/MAP_KIND_ANY': { alive: 6, deleted: 0 },
-    'FAMILY_IPV6/MAP_KIND_TCP': { alive: 0, deleted: 2 },
+    'FAMILY_IPV6/MAP_KIND_TCP': { alive: 0, deleted: 3 },
     'FAMILY_IPV6/MAP_KIND_ANY': { alive: 6, deleted: 0 },
   });
   const left = await collect(client, 'DumpEntries', {});

@@ -22,6 +22,7 @@ import * as net from 'node:net';
 
 export type Step =
   | { kind: 'tcp-fin' | 'tcp-rst'; host: string; port: number; dev: string; payload: number }
+  | { kind: 'tcp-refused'; host: string; port: number; dev: string }
   | { kind: 'udp'; host: string; port: number; dev: string; payload: number }
   | { kind: 'udp-closed'; host: string; port: number; dev: string; payload: number }
   | { kind: 'ping'; host: string; id: number; dev: string };
@@ -99,6 +100,22 @@ function tcpFlow(step: Extract<Step, { kind: 'tcp-fin' | 'tcp-rst' }>): Promise<
   });
 }
 
+/**
+ * A connect to a port nobody listens on: SYN out, RST+ACK back, ECONNREFUSED. The local
+ * port is chosen here, because a refused socket is closed before it could be asked.
+ */
+function tcpRefused(step: Extract<Step, { kind: 'tcp-refused' }>): Promise<{ localPort: number; detail: string }> {
+  const localPort = 40000 + Math.floor(Math.random() * 20000);
+  return new Promise((resolve, reject) => {
+    const sock = net.connect({ host: step.host, port: step.port, localPort });
+    sock.on('connect', () => reject(new Error(`tcp-refused ${step.host}:${step.port}: connected`)));
+    sock.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'ECONNREFUSED') resolve({ localPort, detail: 'ECONNREFUSED' });
+      else reject(err);
+    });
+  });
+}
+
 function udpFlow(step: Extract<Step, { kind: 'udp' | 'udp-closed' }>): Promise<{ localPort: number; detail: string }> {
   return new Promise((resolve, reject) => {
     const sock = dgram.createSocket(step.host.includes(':') ? 'udp6' : 'udp4');
@@ -140,6 +157,9 @@ async function runSteps(steps: Step[]): Promise<void> {
       case 'tcp-fin':
       case 'tcp-rst':
         r = await tcpFlow(step);
+        break;
+      case 'tcp-refused':
+        r = await tcpRefused(step);
         break;
       case 'udp':
       case 'udp-closed':

@@ -363,6 +363,19 @@ for (const fam of FAMILIES) {
       });
     });
 
+    test('an RST answering a SYN (refused connection) closes both sides on the close timeout', async (t) => {
+      await withDatapath(t, (env) => {
+        const key = fwdKey(a, 40004, b, 23, IPPROTO.TCP, TupleFlag.OUT);
+        env.egress(ip(a, b, IPPROTO.TCP, tcp(40004, 23, SYN)));
+        const s = around(() => env.ingress(ip(b, a, IPPROTO.TCP, tcp(23, 40004, RST | ACK))));
+        const e = env.entry(family, 'tcp', key)!;
+        assert.equal(e.flags, flagsOf('RxClosing', 'TxClosing', 'SeenNonSyn'), 'both sides closed: only one SYN was seen');
+        assert.deepEqual({ tx: e.txFlagsSeen, rx: e.rxFlagsSeen }, { tx: SYN, rx: RST | ACK });
+        s.expect(e.lifetime, CLOSE_TIMEOUT, 'refused');
+        assert.equal(env.stats().closes, 1);
+      });
+    });
+
     test('UDP request and response share one entry on the non-TCP lifetime', async (t) => {
       await withDatapath(t, (env) => {
         const req = ip(a, b, IPPROTO.UDP, udp(5353, 53), fam.ext);

@@ -37,6 +37,22 @@ export class CtmapError extends Error {
   }
 }
 
+/**
+ * A command line that cannot run (exitCode 2; `field` = the flag, e.g. "--dev") or a
+ * request for help (exitCode 0; the message is the help text for stdout). The daemon's
+ * flags and the ctmap CLI both throw it; their entry points print and exit.
+ */
+export class UsageError extends CtmapError {
+  override name = 'UsageError';
+  constructor(
+    message: string,
+    readonly exitCode: 0 | 2,
+    flag?: string,
+  ) {
+    super('invalid-argument', message, { field: flag });
+  }
+}
+
 /** INVALID_ARGUMENT naming the field: "<field>: <problem>". */
 export function invalidArgument(field: string, problem: string): CtmapError {
   return new CtmapError('invalid-argument', `${field}: ${problem}`, { field });

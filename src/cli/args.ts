@@ -9,7 +9,7 @@
  */
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import * as path from 'node:path';
-import { CtmapError } from '../errors';
+import { UsageError } from '../errors';
 
 /** What the daemon uses without flags (src/server/config.ts). */
 export const DEFAULT_BPF_ROOT = '/sys/fs/bpf';
@@ -30,15 +30,8 @@ export type CliCommand =
  * Bad usage (exitCode 2; `field` = the flag, e.g. "--dev") or a help request (exitCode 0;
  * the message is the help text for stdout).
  */
-export class CliUsageError extends CtmapError {
+export class CliUsageError extends UsageError {
   override name = 'CliUsageError';
-  constructor(
-    message: string,
-    readonly exitCode: 0 | 2,
-    flag?: string,
-  ) {
-    super('invalid-argument', message, { field: flag });
-  }
 }
 
 // --- value parsers: commander reports "option '--x <v>' argument 'y' is invalid. <message>" ---

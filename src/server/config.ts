@@ -5,7 +5,7 @@
  * same validation, and every error names the flag.
  */
 import { Command, CommanderError, Option } from 'commander';
-import { CtmapError } from '../errors';
+import { UsageError } from '../errors';
 
 export type BackendChoice = 'auto' | 'kernel' | 'memory';
 export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal';
@@ -58,15 +58,8 @@ export interface Config {
  * A configuration problem (exitCode 2, `field` = the flag) or a request for help
  * (exitCode 0, `message` = the help text to print on stdout).
  */
-export class ConfigError extends CtmapError {
+export class ConfigError extends UsageError {
   override name = 'ConfigError';
-  constructor(
-    message: string,
-    readonly exitCode: 0 | 2,
-    flag?: string,
-  ) {
-    super('invalid-argument', message, { field: flag });
-  }
 }
 
 /** Every map size must lie in [1024, 16Mi] (facts §1). */

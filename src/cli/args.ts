@@ -23,6 +23,7 @@ export type CliCommand =
   | { readonly kind: 'datapath-attach'; readonly dev: string; readonly netns?: string; readonly bpfRoot: string; readonly clusterId: number; readonly json: boolean }
   | { readonly kind: 'datapath-detach'; readonly dev: string; readonly netns?: string; readonly bpfRoot: string; readonly json: boolean }
   | { readonly kind: 'datapath-status'; readonly netns?: string; readonly bpfRoot: string; readonly json: boolean }
+  | { readonly kind: 'datapath-reattach'; readonly netns?: string; readonly bpfRoot: string; readonly json: boolean }
   | { readonly kind: 'ct-list'; readonly socket: string; readonly family?: Family; readonly clusterId: number }
   | { readonly kind: 'gc-run'; readonly socket: string; readonly family?: Family; readonly time?: number };
 
@@ -95,6 +96,8 @@ programs pinned with their tc handle and priority, and whether it created the cl
 qdisc). detach removes exactly those filters (checked by program id), then the clsact
 qdisc only if attach created it and nothing else is attached; other tc filters on the
 device are never touched. Attaching again replaces ctmap's own filters in place.
+reattach does that for every attachment recorded in the namespace (ctmapd runs it after
+a map migration, so that the programs use the new maps).
 
 --netns NAME runs the command inside /run/netns/NAME with nsenter --net (not
 ip netns exec, which would remount /sys and hide the bpffs under /sys/fs/bpf).
@@ -170,6 +173,15 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCo
     .addOption(json())
     .action((o) => {
       result = { kind: 'datapath-status', netns: o.netns, bpfRoot: o.bpfRoot, json: !!o.json };
+    });
+  datapath
+    .command('reattach')
+    .description('load the datapath again over the maps now pinned, in place of every attachment ctmap recorded in the namespace')
+    .addOption(netns())
+    .addOption(bpfRoot())
+    .addOption(json())
+    .action((o) => {
+      result = { kind: 'datapath-reattach', netns: o.netns, bpfRoot: o.bpfRoot, json: !!o.json };
     });
 
   const ct = program.command('ct').description('read the CT maps through the daemon');

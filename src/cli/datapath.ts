@@ -1,5 +1,5 @@
 /**
- * `ctmap datapath attach | detach | status`: runs src/datapath/attach.ts in the target
+ * `ctmap datapath attach | detach | status | reattach`: runs src/datapath/attach.ts in the target
  * network namespace and prints what happened. `--netns NAME` re-executes this same
  * command under `nsenter --net=/run/netns/NAME`: only the network namespace changes, so
  * the bpffs mounted under /sys/fs/bpf stays visible (`ip netns exec` would remount /sys
@@ -91,6 +91,11 @@ function datapathCommand(attach: typeof import('../datapath/attach'), cmd: Datap
     case 'datapath-detach': {
       const r = attach.detachDatapath({ bpfRoot: cmd.bpfRoot, dev: cmd.dev });
       return cmd.json ? `${JSON.stringify(r)}\n` : formatDetach(r, where, cmd.bpfRoot);
+    }
+    case 'datapath-reattach': {
+      const r = attach.reattachDatapaths(cmd.bpfRoot);
+      if (cmd.json) return `${JSON.stringify(r)}\n`;
+      return r.length === 0 ? `nothing to reattach${where}\n` : r.map((a) => formatAttach(a, where)).join('');
     }
     case 'datapath-status': {
       const r = attach.datapathStatus(cmd.bpfRoot);

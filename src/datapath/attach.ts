@@ -11,6 +11,7 @@
  *       ingress_h<handle>_p<priority>   the attached ct_ingress program, pinned
  *       egress_h<handle>_p<priority>    the attached ct_egress program, pinned
  *       clsact/                         empty directory: attach created the clsact qdisc
+ *       cluster<N>/                     empty directory: attached with --cluster-id N (none: 0)
  *
  * bpffs holds only pins and directories (and refuses names with a dot), so the facts are
  * names: the pin says where the filter was put, the directory says the qdisc is ours.
@@ -75,6 +76,8 @@ function recordDir(bpfRoot: string, netns: number, ifindex: number): string {
 
 const PIN_NAME = /^(ingress|egress)_h(\d+)_p(\d+)$/;
 const QDISC_MARK = 'clsact';
+/** `cluster<N>`: the cluster id the programs were attached with, so a reattach keeps it. */
+const CLUSTER_MARK = /^cluster(\d+)$/;
 
 function pinName(direction: TcDirection, ref: { handle: number; priority: number }): string {
   return `${direction}_h${ref.handle}_p${ref.priority}`;
@@ -95,6 +98,8 @@ interface OwnershipRecord {
   readonly exists: boolean;
   readonly hooks: OwnedHook[];
   readonly ownsQdisc: boolean;
+  /** The cluster id the programs were attached with (0: the global maps). */
+  readonly clusterId: number;
   /** Leftovers of an attach that died between pin and rename. */
   readonly pending: string[];
 }
@@ -104,7 +109,7 @@ function readRecord(dir: string): OwnershipRecord {
   try {
     names = fs.readdirSync(dir);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { dir, exists: false, hooks: [], ownsQdisc: false, pending: [] };
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { dir, exists: false, hooks: [], ownsQdisc: false, clusterId: 0, pending: [] };
     throw err;
   }
   const hooks: OwnedHook[] = [];
@@ -118,7 +123,8 @@ function readRecord(dir: string): OwnershipRecord {
       pending.push(pin);
     }
   }
-  return { dir, exists: true, hooks, ownsQdisc: names.includes(QDISC_MARK), pending };
+  const cluster = names.map((n) => CLUSTER_MARK.exec(n)).find((m) => m !== null);
+  return { dir, exists: true, hooks, ownsQdisc: names.includes(QDISC_MARK), clusterId: cluster ? Number(cluster[1]) : 0, pending };
 }
 
 function pinnedProgId(pin: string): number {
@@ -259,7 +265,7 @@ export function attachDatapath(o: AttachOptions): AttachResult {
   const droppedStaleRecord = rec.exists && live.size === 0;
   if (droppedStaleRecord) {
     removeRecord(rec, o.bpfRoot);
-    rec = { dir, exists: false, hooks: [], ownsQdisc: false, pending: [] };
+    rec = { dir, exists: false, hooks: [], ownsQdisc: false, clusterId: 0, pending: [] };
   }
 
   const dp = CtDatapath.load({ bpfRoot: o.bpfRoot, settings: o.settings, objectPath: o.objectPath });
@@ -285,6 +291,8 @@ export function attachDatapath(o: AttachOptions): AttachResult {
       fs.renameSync(pending, final); // replaces the old pin when handle and priority are the same
       for (const h of rec.hooks) if (h.direction === direction && h.pin !== final) unpinQuiet(h.pin);
     }
+    for (const name of fs.readdirSync(dir)) if (CLUSTER_MARK.test(name)) fs.rmdirSync(path.join(dir, name));
+    if (dp.settings.clusterId !== 0) fs.mkdirSync(path.join(dir, `cluster${dp.settings.clusterId}`));
   } catch (err) {
     rollBack(ifindex, dir, hooks, createdQdisc, o.bpfRoot);
     throw err;
@@ -396,6 +404,36 @@ export function detachDatapath(o: DatapathTarget): DetachResult {
   return { ...base, attached: true, hooks, qdisc, otherFilters };
 }
 
+/**
+ * Loads the datapath again over the maps now pinned and puts it in place of every
+ * attachment ctmap recorded in this network namespace (same handle, priority and cluster
+ * id: BPF_TC_F_REPLACE, no moment without conntrack). A map migration calls this (through
+ * src/datapath/reloader.ts) once the new maps are pinned, so that no program keeps
+ * writing the old ones. Records whose filters are all gone or whose device vanished are
+ * skipped (attach and detach prune them). Throws what attachDatapath throws; attachments
+ * before the failing one stay reattached.
+ */
+export function reattachDatapaths(bpfRoot: string): AttachResult[] {
+  const nsDir = path.join(datapathRecordsDir(bpfRoot), `net${currentNetns()}`);
+  let names: string[];
+  try {
+    names = fs.readdirSync(nsDir).sort();
+  } catch {
+    return [];
+  }
+  const out: AttachResult[] = [];
+  for (const name of names) {
+    const m = /^if(\d+)$/.exec(name);
+    if (!m) continue;
+    const ifindex = Number(m[1]);
+    const dev = ifIndexToName(ifindex);
+    const rec = readRecord(path.join(nsDir, name));
+    if (dev === undefined || !rec.hooks.some((h) => hookState(ifindex, h) === 'ours')) continue;
+    out.push(attachDatapath({ bpfRoot, dev, settings: { clusterId: rec.clusterId } }));
+  }
+  return out;
+}
+
 export interface StatusRecord {
   readonly netns: number;
   /** Name under /run/netns, when the namespace has one. */
@@ -405,6 +443,7 @@ export interface StatusRecord {
   readonly ifindex: number;
   readonly dev?: string;
   readonly ownsQdisc: boolean;
+  readonly clusterId: number;
   readonly hooks: ReadonlyArray<OwnedHook & { readonly state?: 'ours' | 'gone' | 'foreign' }>;
 }
 
@@ -437,6 +476,7 @@ export function datapathStatus(bpfRoot: string): StatusRecord[] {
         ifindex,
         dev: isHere ? ifIndexToName(ifindex) : undefined,
         ownsQdisc: rec.ownsQdisc,
+        clusterId: rec.clusterId,
         hooks: rec.hooks.map((h) => (isHere ? { ...h, state: ifIndexToName(ifindex) ? hookState(ifindex, h) : 'gone' } : h)),
       });
     }

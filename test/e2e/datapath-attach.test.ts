@@ -158,7 +158,23 @@ test('ctmap datapath attach/detach: own filters only, in place on re-attach, for
   const c7 = attach('--cluster-id', '7');
   assert.equal(c7.settings.clusterId, 7);
   assert.match(ctmapOk(['datapath', 'attach', ...base, '--cluster-id', '7']), /tracking into the CT maps of cluster 7/);
+  // reattach (what a map migration runs) keeps the spot and the cluster id, with new programs.
+  const before = ctmapOk(['datapath', 'status', ...base.filter((a, i) => i < 2 || (i >= 4 && i < 6)), '--json']);
+  const re = ctmapOk(['datapath', 'reattach', '--netns', a.ns, '--bpf-root', bpf.root, '--json']);
+  assert.equal(re.length, 1);
+  assert.equal(re[0].settings.clusterId, 7, 'the cluster id survives a reattach');
+  assert.deepEqual(
+    re[0].hooks.map((h: any) => [h.direction, h.handle, h.priority, h.replaced]).sort(),
+    before[0].hooks.map((h: any) => [h.direction, h.handle, h.priority, true]).sort(),
+    'same handle and priority, replaced in place',
+  );
+  for (const h of re[0].hooks) {
+    assert.notEqual(h.progId, before[0].hooks.find((b: any) => b.direction === h.direction).progId, 'a new program');
+    assert.match(show(h.direction), bpfLine(h.direction, h));
+  }
+  assert.match(ctmapOk(['datapath', 'reattach', '--netns', a.ns, '--bpf-root', bpf.root]), /tracking into the CT maps of cluster 7/);
   detach();
+  assert.match(ctmapOk(['datapath', 'reattach', '--netns', a.ns, '--bpf-root', bpf.root]), /^nothing to reattach/);
 
   // --- 7. errors: exit 2 naming the flag, exit 1 without the daemon's maps; nothing left behind ---
   const noDev = ctmap(['datapath', 'attach', '--netns', a.ns, '--dev', 'nosuch0', '--bpf-root', bpf.root]);

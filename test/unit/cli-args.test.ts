@@ -117,6 +117,12 @@ describe('ctmap datapath detach / status', () => {
       json: false,
     });
     assert.deepEqual(parseCli(['datapath', 'status', '--json'], {}), { kind: 'datapath-status', netns: undefined, bpfRoot: '/sys/fs/bpf', json: true });
+    assert.deepEqual(parseCli(['datapath', 'reattach', '--netns', 'blue', '--bpf-root', '/b'], {}), {
+      kind: 'datapath-reattach',
+      netns: 'blue',
+      bpfRoot: '/b',
+      json: false,
+    });
     usage(['datapath', 'detach'], '--dev');
     usage(['datapath', 'detach', '--dev', 'eth0', '--cluster-id', '1'], '--cluster-id');
   });

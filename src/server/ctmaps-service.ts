@@ -10,6 +10,7 @@ import { CT_ENTRY_SIZE } from '../maps/ctmap/codec';
 import { MapRef } from '../maps/ctmap/spec';
 import { FLUSH_TIME } from '../maps/ctmap/gc/engine';
 import type { GCRunner } from '../maps/ctmap/gc/runner';
+import type { MigrationReport } from '../maps/lifecycle';
 import {
   CtEntryMsg,
   CtKeyMsg,
@@ -18,6 +19,7 @@ import {
   MapRefMsg,
   entryMsg,
   mapInfoMsg,
+  mapMigrationMsg,
   mapRefMsg,
   parseDumpFilter,
   parseEntry,
@@ -60,7 +62,19 @@ class BatchSizer {
  * is published as a GC event and takes its SNAT mapping with it, and the flush waits for
  * passes already running over those maps. Without it, Flush deletes in batches, silently.
  */
-export function ctMapsService(tables: CtTables, log: Logger, shutdown: AbortSignal, gc?: GCRunner): grpc.UntypedServiceImplementation {
+/**
+ * The CTMaps service over `tables`. `migrations`: what this start did to pinned maps
+ * (ActiveMaps reports them); `gc`: Flush runs through it when given.
+ */
+export function ctMapsService(
+  tables: CtTables,
+  log: Logger,
+  shutdown: AbortSignal,
+  gc?: GCRunner,
+  migrations: readonly MigrationReport[] = [],
+): grpc.UntypedServiceImplementation {
+  // The latest report per pin: a rolled-back migration is followed by the one that completed.
+  const lastByPin = new Map(migrations.map((m) => [m.pinPath, m]));
   /** Streams the selected maps batch by batch; `emit` turns one batch into messages. */
   async function dump(
     req: DumpRequest,
@@ -81,7 +95,8 @@ export function ctMapsService(tables: CtTables, log: Logger, shutdown: AbortSign
 
   return {
     ActiveMaps: unary(log, 'CTMaps/ActiveMaps', async (req: { with_counts?: boolean }) => ({
-      maps: tables.active().map((t) => mapInfoMsg(mapRefMsg(t.ref), t.map, req.with_counts ? t.map.count() : undefined)),
+      maps: tables.active().map((t) => mapInfoMsg(mapRefMsg(t.ref), t.map, req.with_counts ? t.map.count() : undefined, lastByPin.get(t.map.spec.pinPath ?? ''))),
+      migrations: migrations.map(mapMigrationMsg),
     }), shutdown),
 
     DumpEntries: serverStream(log, 'CTMaps/DumpEntries', async (req: DumpRequest, writer: StreamWriter<Buffer>, ctx) => {

@@ -8,6 +8,7 @@ import type { MembershipSource } from '../cluster/membership-types';
 import { ConfigDirSource } from '../cluster/sources/config-dir';
 import { ensureBpffs } from '../maps/bpffs';
 import { selectBackend } from '../maps/backend';
+import { DatapathReloader, MapLifecycle, MigrationHooks, MigrationReport } from '../maps/lifecycle';
 import { FLUSH_TIME, GCEngine } from '../maps/ctmap/gc/engine';
 import { GCRunner } from '../maps/ctmap/gc/runner';
 import { GCScheduler } from '../maps/ctmap/gc/scheduler';
@@ -29,8 +30,21 @@ import type { Logger } from './logger';
 import { services } from './proto';
 import { ServerHandle, startServer } from './server';
 
+/** What a caller embedding the daemon may plug in (bin/ctmapd passes test hooks only). */
+export interface DaemonOptions {
+  /**
+   * Moves the datapath onto migrated maps between the pin swap and the delta copy (see
+   * DatapathReloader). Default: nothing to reload.
+   */
+  readonly reloader?: DatapathReloader;
+  /** Test-only: observe, slow down or stop migrations at chosen steps. */
+  readonly migrationHooks?: MigrationHooks;
+}
+
 export interface Daemon {
   readonly backend: MapBackend;
+  /** What this start did to pinned maps whose attributes changed (empty when nothing did). */
+  readonly migrations: readonly MigrationReport[];
   readonly tables: CtTables;
   readonly nat: NatTables;
   readonly clusters: ClusterCtMaps;
@@ -44,7 +58,13 @@ export interface Daemon {
   stop(graceMs?: number): Promise<void>;
 }
 
-export async function startDaemon(config: Config, log: Logger): Promise<Daemon> {
+/**
+ * Starts the daemon: backend, bpffs, maps (migrating pinned maps whose attributes changed,
+ * finishing or undoing migrations a crash interrupted), services, SERVING. Rejects with
+ * what went wrong (a CtmapError for configuration and map problems); everything opened by
+ * then is closed again and pins are left recoverable.
+ */
+export async function startDaemon(config: Config, log: Logger, opts: DaemonOptions = {}): Promise<Daemon> {
   const backend = selectBackend(config.backend, log);
   if (backend.name === 'kernel') ensureBpffs(config.bpfRoot, log);
   const mapsConfig = {
@@ -56,11 +76,19 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
     distributedLru: config.bpfDistributedLru,
     clusterIdMax: config.maxConnectedClusters,
   };
-  const tables = CtTables.open(backend, mapsConfig, log);
+  const lifecycle = new MapLifecycle({ backend, log, allowRecreate: config.allowMapRecreate, reloader: opts.reloader, hooks: opts.migrationHooks });
+  let tables: CtTables;
   let nat: NatTables;
   try {
-    nat = NatTables.open(backend, { ...mapsConfig, natMax: natGlobalMax(config) }, log);
+    tables = await CtTables.open(lifecycle, mapsConfig);
   } catch (err) {
+    lifecycle.abandon();
+    throw err;
+  }
+  try {
+    nat = await NatTables.open(lifecycle, { ...mapsConfig, natMax: natGlobalMax(config) });
+  } catch (err) {
+    lifecycle.abandon();
     tables.close();
     throw err;
   }
@@ -78,8 +106,9 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
       const result = await gc.run({ refs, filter: { removeExpired: true, time: FLUSH_TIME } });
       return result.maps.reduce((n, m) => n + m.deleted, 0);
     };
-    clusters = ClusterCtMaps.open(backend, { ...mapsConfig, natMax: natGlobalMax(config) }, tables, nat, flushThroughGC, log);
+    clusters = await ClusterCtMaps.open(backend, lifecycle, { ...mapsConfig, natMax: natGlobalMax(config) }, tables, nat, flushThroughGC, log);
   } catch (err) {
+    lifecycle.abandon();
     engine.close();
     coupling.close();
     deleter.close();
@@ -87,8 +116,23 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
     tables.close();
     throw err;
   }
-  const membership = new Membership(clusters, log.child({ component: 'membership' }));
   const metrics = new CtmapdMetrics();
+  try {
+    // Reloader, delta copies, `_old` pins removed: every map is final before anything is served.
+    await lifecycle.complete();
+  } catch (err) {
+    lifecycle.abandon();
+    clusters.close();
+    engine.close();
+    coupling.close();
+    deleter.close();
+    nat.close();
+    tables.close();
+    throw err;
+  }
+  const migrations = lifecycle.reports();
+  metrics.recordMigrations(migrations);
+  const membership = new Membership(clusters, log.child({ component: 'membership' }));
   // Periodic passes remove expired entries (facts §6); every pass, scheduled or asked
   // for over gRPC, feeds the Cilium metrics.
   const scheduler = new GCScheduler({
@@ -134,7 +178,7 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
       log,
       shutdown,
       services: [
-        { definition: ctMapsDefinition(services().CTMaps.service), implementation: ctMapsService(tables, log, shutdown.signal, gc) },
+        { definition: ctMapsDefinition(services().CTMaps.service), implementation: ctMapsService(tables, log, shutdown.signal, gc, migrations) },
         { definition: natMapsDefinition(), implementation: natMapsService(nat, tables, log, shutdown.signal) },
         { definition: services().ClusterCTMaps.service, implementation: clusterCtMapsService(membership, log, shutdown.signal) },
         {
@@ -191,6 +235,7 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
   let stopping: Promise<void> | undefined;
   return {
     backend,
+    migrations,
     tables,
     nat,
     clusters,

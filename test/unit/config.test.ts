@@ -27,6 +27,7 @@ describe('parseConfig', () => {
       bpfCtGlobalTcpMax: 524288,
       bpfCtGlobalAnyMax: 262144,
       bpfDistributedLru: false,
+      allowMapRecreate: false,
       maxConnectedClusters: 255,
       clustermeshReconcileGrace: 600,
       clustermeshEtcdGrace: 300,

@@ -1,0 +1,38 @@
+/**
+ * Issue 6 on kernel maps: a daemon restarted with a new map size or flags migrates every
+ * map it owns (global CT, SNAT, per-cluster inner maps; outer maps rebuilt), checked with
+ * bpftool independently of ctmapd's code. See test/helpers/migration-suite.ts.
+ */
+import { execFileSync } from 'node:child_process';
+import { test } from 'node:test';
+import { kernelTier, privateBpfRoot } from '../helpers/kernel';
+import { migrationSuite } from '../helpers/migration-suite';
+
+function bpftoolJson(args: string[]): any {
+  return JSON.parse(execFileSync('bpftool', ['-j', ...args], { stdio: ['ignore', 'pipe', 'pipe'] }).toString());
+}
+
+test('kernel: grow 64 Ki -> 128 Ki keeps 60 k entries byte-identical; shrink to 32 Ki keeps the 32 Ki latest; flags and SNAT size migrate', async (t) => {
+  if (!kernelTier(t)) return;
+  const bpf = privateBpfRoot();
+  t.after(bpf.cleanup);
+  const { kernelBackend } = require('../../src/maps/kernel') as typeof import('../../src/maps/kernel');
+  await migrationSuite(t, {
+    backend: kernelBackend,
+    flags: ['--backend', 'kernel', '--bpf-root', bpf.root],
+    bpfRoot: bpf.root,
+    show(pin) {
+      const s = bpftoolJson(['map', 'show', 'pinned', pin]);
+      return { maxEntries: s.max_entries, flags: s.flags, id: s.id };
+    },
+    slot(outerPin, id) {
+      const key = [id & 0xff, (id >> 8) & 0xff, 0, 0].map(String);
+      try {
+        const out = bpftoolJson(['map', 'lookup', 'pinned', outerPin, 'key', ...key]);
+        return Buffer.from((out.value as string[]).map((b) => parseInt(b, 16))).readUInt32LE(0);
+      } catch {
+        return undefined; // bpftool exits non-zero for an empty slot
+      }
+    },
+  });
+});

@@ -6,7 +6,7 @@ import { ClusterCtMaps } from '../cluster/cluster-maps';
 import { Membership } from '../cluster/membership';
 import type { MembershipSource } from '../cluster/membership-types';
 import { ConfigDirSource } from '../cluster/sources/config-dir';
-import { ensureBpffs } from '../maps/bpffs';
+import { ensureBpffs, ensurePinDir } from '../maps/bpffs';
 import { selectBackend } from '../maps/backend';
 import { DatapathReloader, MapLifecycle, MigrationHooks, MigrationReport } from '../maps/lifecycle';
 import { FLUSH_TIME, GCEngine } from '../maps/ctmap/gc/engine';
@@ -18,7 +18,7 @@ import { CtTables } from '../maps/ctmap/tables';
 import { NatCoupling } from '../maps/nat/coupling';
 import { purgeOrphanNatEntries } from '../maps/nat/purge';
 import { NatTables } from '../maps/nat/tables';
-import { MapRef, refLabel } from '../maps/ctmap/spec';
+import { MapRef, globalsDir, refLabel } from '../maps/ctmap/spec';
 import type { MapBackend } from '../maps/types';
 import { Config, natGlobalMax } from './config';
 import { clusterCtMapsService } from './clusterctmaps-service';
@@ -66,7 +66,10 @@ export interface Daemon {
  */
 export async function startDaemon(config: Config, log: Logger, opts: DaemonOptions = {}): Promise<Daemon> {
   const backend = selectBackend(config.backend, log);
-  if (backend.name === 'kernel') ensureBpffs(config.bpfRoot, log);
+  if (backend.name === 'kernel') {
+    ensureBpffs(config.bpfRoot, log);
+    ensurePinDir(globalsDir(config.bpfRoot));
+  }
   const mapsConfig = {
     bpfRoot: config.bpfRoot,
     enableIPv4: config.enableIpv4,

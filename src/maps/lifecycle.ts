@@ -81,10 +81,14 @@ export interface DatapathReloader {
   reload(maps: readonly SwappedMap[]): Promise<void>;
 }
 
-/** The default: no datapath attached by ctmapd (issue 5 attaches one; the lead wires its reloader). */
+/**
+ * The default while ctmapd attaches no datapath of its own: nothing to move. Programs that
+ * others loaded keep the maps they hold; the delta copy carries over what they wrote up to
+ * the moment it reads the old map.
+ */
 export const noDatapathReloader: DatapathReloader = {
   async reload(): Promise<void> {
-    // Nothing holds the old maps but ctmapd itself.
+    // No datapath of ours to reload.
   },
 };
 

@@ -169,3 +169,42 @@ export async function migrationSuite(t: TestContext, probe: MigrationBackendProb
   const natReport = active.migrations.find((m: any) => m.name === 'cilium_snat_v4_external');
   assert.deepEqual([natReport.entries_copied, natReport.entries_dropped], ['3000', '0']);
 }
+
+/**
+ * A pinned CT map with another value size: the daemon refuses to start (naming the map,
+ * the difference and the flag) and leaves it alone; with --allow-map-recreate it replaces
+ * it with an empty map of the configured layout and reports the loss.
+ */
+export async function recreateSuite(t: TestContext, probe: MigrationBackendProbe): Promise<void> {
+  const tcp4 = path.join(probe.bpfRoot, 'tc', 'globals', 'cilium_ct4_global');
+  const sock = tempDir();
+  t.after(sock.cleanup);
+  const foreign = probe.backend.create({ name: 'cilium_ct4_global', type: MapType.LRU_HASH, keySize: KEY4, valueSize: 48, maxEntries: 65536, flags: 0, pinPath: tcp4 });
+  const value = Buffer.alloc(48);
+  for (let i = 0; i < 100; i++) foreign.update(keyOf(i), value);
+  const id = probe.show(tcp4).id;
+  foreign.close();
+  const flags = [...probe.flags, '--enable-ipv6=false', '--bpf-ct-global-tcp-max', '65536', '--bpf-ct-global-any-max', '4096', '--bpf-nat-global-max', '8192'];
+
+  await assert.rejects(startTestDaemon(sock.dir, flags), (err: any) => {
+    assert.equal(err.code, 'failed-precondition');
+    assert.match(err.message, /cilium_ct4_global/);
+    assert.match(err.message, /value_size 48 -> 56/);
+    assert.match(err.message, /--allow-map-recreate/);
+    return true;
+  });
+  assert.equal(probe.show(tcp4).id, id, 'the refused map is left as it was');
+  assert.ok(!probe.backend.pinnedInfo(`${tcp4}_old`) && !probe.backend.pinnedInfo(`${tcp4}_new`));
+
+  const d = await startTestDaemon(sock.dir, [...flags, '--allow-map-recreate']);
+  t.after(() => d.stop());
+  const client = ctClient(d.address);
+  t.after(() => client.close());
+  const active = await call(client, 'ActiveMaps', { with_counts: true });
+  const info = active.maps.find((m: any) => m.name === 'cilium_ct4_global');
+  assert.deepEqual([info.value_size, info.entries, info.migration.outcome, info.migration.entries_dropped], [56, '0', 'OUTCOME_RECREATED', '100']);
+  assert.notEqual(probe.show(tcp4).id, id);
+  const warning = d.logs.lines.find((l) => l.level === 50 && /RECREATED/.test(String(l.msg)));
+  assert.ok(warning, 'the loss is logged as an error');
+  assert.match(warning.msg, /ALL 100 ENTRIES ARE LOST/);
+}

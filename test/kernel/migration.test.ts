@@ -1,26 +1,24 @@
 /**
  * Issue 6 on kernel maps: a daemon restarted with a new map size or flags migrates every
  * map it owns (global CT, SNAT, per-cluster inner maps; outer maps rebuilt), checked with
- * bpftool independently of ctmapd's code. See test/helpers/migration-suite.ts.
+ * bpftool independently of ctmapd's code; a map of another layout is refused, or recreated
+ * with --allow-map-recreate. See test/helpers/migration-suite.ts.
  */
 import { execFileSync } from 'node:child_process';
 import { test } from 'node:test';
 import { kernelTier, privateBpfRoot } from '../helpers/kernel';
-import { migrationSuite } from '../helpers/migration-suite';
+import { MigrationBackendProbe, migrationSuite, recreateSuite } from '../helpers/migration-suite';
 
 function bpftoolJson(args: string[]): any {
   return JSON.parse(execFileSync('bpftool', ['-j', ...args], { stdio: ['ignore', 'pipe', 'pipe'] }).toString());
 }
 
-test('kernel: grow 64 Ki -> 128 Ki keeps 60 k entries byte-identical; shrink to 32 Ki keeps the 32 Ki latest; flags and SNAT size migrate', async (t) => {
-  if (!kernelTier(t)) return;
-  const bpf = privateBpfRoot();
-  t.after(bpf.cleanup);
+function kernelProbe(root: string): MigrationBackendProbe {
   const { kernelBackend } = require('../../src/maps/kernel') as typeof import('../../src/maps/kernel');
-  await migrationSuite(t, {
+  return {
     backend: kernelBackend,
-    flags: ['--backend', 'kernel', '--bpf-root', bpf.root],
-    bpfRoot: bpf.root,
+    flags: ['--backend', 'kernel', '--bpf-root', root],
+    bpfRoot: root,
     show(pin) {
       const s = bpftoolJson(['map', 'show', 'pinned', pin]);
       return { maxEntries: s.max_entries, flags: s.flags, id: s.id };
@@ -34,5 +32,17 @@ test('kernel: grow 64 Ki -> 128 Ki keeps 60 k entries byte-identical; shrink to 
         return undefined; // bpftool exits non-zero for an empty slot
       }
     },
-  });
+  };
+}
+
+test('kernel: grow 64 Ki -> 128 Ki keeps 60 k entries byte-identical; shrink to 32 Ki keeps the 32 Ki latest; flags and SNAT size migrate', async (t) => {
+  if (!kernelTier(t)) return;
+  const bpf = privateBpfRoot(t);
+  await migrationSuite(t, kernelProbe(bpf.root));
+});
+
+test('kernel: a map of another value size is refused; --allow-map-recreate replaces it and reports the loss', async (t) => {
+  if (!kernelTier(t)) return;
+  const bpf = privateBpfRoot(t);
+  await recreateSuite(t, kernelProbe(bpf.root));
 });

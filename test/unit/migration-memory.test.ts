@@ -1,19 +1,19 @@
 /**
- * Issue 6's migration suite on the memory backend: its in-process pins survive a daemon
+ * Issue 6's migration suites on the memory backend: its in-process pins survive a daemon
  * restart inside one process, and a migration there behaves as on the kernel (see
  * test/helpers/migration-suite.ts).
  */
 import { test } from 'node:test';
 import { memoryBackend, pinnedPaths } from '../../src/maps/memory';
 import { MapType } from '../../src/maps/types';
-import { migrationSuite } from '../helpers/migration-suite';
+import { MigrationBackendProbe, migrationSuite, recreateSuite } from '../helpers/migration-suite';
 
-test('memory: grow keeps 60 k entries byte-identical; shrink keeps the 32 Ki latest; flags and SNAT size migrate', async (t) => {
-  const root = `/memory-migration-${process.pid}`;
+function memoryProbe(t: { after(fn: () => void): void }, name: string): MigrationBackendProbe {
+  const root = `/memory-${name}-${process.pid}`;
   t.after(() => {
     for (const p of pinnedPaths()) if (p.startsWith(`${root}/`)) memoryBackend.unpin(p);
   });
-  await migrationSuite(t, {
+  return {
     backend: memoryBackend,
     flags: ['--backend', 'memory', '--bpf-root', root],
     bpfRoot: root,
@@ -33,5 +33,13 @@ test('memory: grow keeps 60 k entries byte-identical; shrink keeps the 32 Ki lat
         outer.close();
       }
     },
-  });
+  };
+}
+
+test('memory: grow keeps 60 k entries byte-identical; shrink keeps the 32 Ki latest; flags and SNAT size migrate', async (t) => {
+  await migrationSuite(t, memoryProbe(t, 'migration'));
+});
+
+test('memory: a map of another value size is refused; --allow-map-recreate replaces it and reports the loss', async (t) => {
+  await recreateSuite(t, memoryProbe(t, 'recreate'));
 });

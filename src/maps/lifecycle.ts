@@ -333,6 +333,16 @@ export class MapLifecycle implements MapOpener {
     }
     // Past the commit point: the map at P is complete; carry over what it lacks.
     this.#backend.unpin(newPin);
+    if (oldInfo.keySize !== liveInfo.keySize || oldInfo.valueSize !== liveInfo.valueSize) {
+      // Not a state ctmapd leaves (it migrates only between equal layouts): someone pinned
+      // these by hand. Its entries cannot be carried over.
+      if (!this.#allowRecreate) {
+        throw new CtmapError('failed-precondition', `${oldPin} (key/value ${oldInfo.keySize}/${oldInfo.valueSize} B) cannot be merged into ${pin} (${liveInfo.keySize}/${liveInfo.valueSize} B); remove it, or start with --allow-map-recreate to drop it`);
+      }
+      this.#backend.unpin(oldPin);
+      this.#log.error({ map: spec.name, pin: oldPin }, `WARNING: ${oldPin} has another layout than ${pin}: removed with its entries (--allow-map-recreate)`);
+      return;
+    }
     const old = this.#backend.open({ ...spec, pinPath: oldPin, maxEntries: oldInfo.maxEntries, flags: oldInfo.flags });
     const fresh = this.#backend.open(spec);
     try {

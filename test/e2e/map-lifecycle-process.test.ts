@@ -22,9 +22,15 @@ type KernelModule = typeof import('../../src/maps/kernel');
 
 function setup(t: TestContext) {
   const bpf = privateBpfRoot();
-  t.after(bpf.cleanup);
   const sock = tempDir();
-  t.after(sock.cleanup);
+  // One hook, in this order: every daemon killed before its pins and sockets are removed
+  // (a daemon left running by a failure could otherwise pin into a directory being removed).
+  const kills: Array<() => Promise<void>> = [];
+  t.after(async () => {
+    for (const kill of kills) await kill();
+    sock.cleanup();
+    bpf.cleanup();
+  });
   const { kernelBackend } = require('../../src/maps/kernel') as KernelModule;
   const tcp4 = path.join(bpf.root, 'tc/globals/cilium_ct4_global');
   const withMap = <T>(fn: (m: BpfMap) => T): T => {
@@ -39,7 +45,7 @@ function setup(t: TestContext) {
   let n = 0;
   const spawn = (tcpMax: number, env: Record<string, string> = {}): DaemonChild =>
     spawnDaemon(
-      (fn) => t.after(fn),
+      (fn) => kills.push(fn),
       path.join(sock.dir, `d${n++}.sock`),
       ['--backend', 'kernel', '--bpf-root', bpf.root, '--enable-ipv6=false', '--bpf-ct-global-tcp-max', String(tcpMax), '--bpf-ct-global-any-max', '4096', '--bpf-nat-global-max', '8192'],
       env,

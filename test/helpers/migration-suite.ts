@@ -168,6 +168,10 @@ export async function migrationSuite(t: TestContext, probe: MigrationBackendProb
   assert.equal(outcomes.get('cilium_per_cluster_ct_tcp4'), 'OUTCOME_RECREATED');
   const natReport = active.migrations.find((m: any) => m.name === 'cilium_snat_v4_external');
   assert.deepEqual([natReport.entries_copied, natReport.entries_dropped], ['3000', '0']);
+  client?.close();
+  client = undefined;
+  await d!.stop();
+  d = undefined;
 }
 
 /**
@@ -199,12 +203,17 @@ export async function recreateSuite(t: TestContext, probe: MigrationBackendProbe
   const d = await startTestDaemon(sock.dir, [...flags, '--allow-map-recreate']);
   t.after(() => d.stop());
   const client = ctClient(d.address);
-  t.after(() => client.close());
-  const active = await call(client, 'ActiveMaps', { with_counts: true });
+  let active: any;
+  try {
+    active = await call(client, 'ActiveMaps', { with_counts: true });
+  } finally {
+    client.close();
+  }
   const info = active.maps.find((m: any) => m.name === 'cilium_ct4_global');
   assert.deepEqual([info.value_size, info.entries, info.migration.outcome, info.migration.entries_dropped], [56, '0', 'OUTCOME_RECREATED', '100']);
   assert.notEqual(probe.show(tcp4).id, id);
   const warning = d.logs.lines.find((l) => l.level === 50 && /RECREATED/.test(String(l.msg)));
   assert.ok(warning, 'the loss is logged as an error');
   assert.match(warning.msg, /ALL 100 ENTRIES ARE LOST/);
+  await d.stop();
 }

@@ -220,6 +220,24 @@ describe('MapLifecycle', () => {
     map.close();
   });
 
+  test('a failure before the swap (here: thrown at a copied batch) is undone at once; the old map stays live', async (t) => {
+    const { pin, spec } = setup(t);
+    const old = await lifecycle().open(spec(16384), rank);
+    fillEntries(old, 10_000);
+    const failing = lifecycle({
+      hooks: {
+        step: (s) => {
+          if (s === 'copy-batch') throw new Error('disk on fire');
+        },
+      },
+    });
+    await assert.rejects(failing.open(spec(32768), rank), /disk on fire/);
+    assert.deepEqual(pins(pin), { live: true, old: false, fresh: false });
+    assert.equal(memoryBackend.pinnedInfo(pin)?.id, old.info().id);
+    assert.deepEqual(checkEntries(old, 10_000), { count: 10_000, foreign: 0, wrongValue: 0 });
+    old.close();
+  });
+
   test('a live pin removed by hand mid-migration: the `_old` pin is restored as the live map', async (t) => {
     const { pin, spec } = setup(t);
     const old = await lifecycle().open(spec(4096), rank);

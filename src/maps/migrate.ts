@@ -5,11 +5,13 @@
  *
  * Only the calling process writes the new map until its pin is swapped in, so the bulk copy
  * knows exactly what it wrote. What it read is remembered as 64-bit fingerprints of
- * (key, value) — 16 bytes per entry at most, not a second copy of the map — so the delta
- * pass can tell, for each entry of the old map, whether it changed since it was copied,
- * and, for the same key in the new map, whether the value there is still the copied one
- * (then the old map's newer value wins) or was written since the swap (then it is newer
- * still and is kept).
+ * (key, value) — 8 bytes per entry, plus an index of about as much built only when the
+ * old map did change; not a second copy of the map — so the delta pass can tell, for each
+ * entry of the old map, whether it changed since it was copied, and, for the same key in
+ * the new map, whether the value there is still the copied one (then the old map's newer
+ * value wins) or was written since the swap (then it is newer still and is kept). A write
+ * into a new map that is full (a shrink) follows LRU semantics like any write into a live
+ * full map: the kernel may evict to make room.
  */
 import * as zlib from 'node:zlib';
 import { BpfSyscallError, Errno } from './bpf/errors';

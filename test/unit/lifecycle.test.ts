@@ -11,6 +11,7 @@ import { describe, test } from 'node:test';
 import { CtmapError } from '../../src/errors';
 import { ctEntryRank } from '../../src/maps/ctmap/tables';
 import { MapLifecycle, MigrationHooks, MigrationStep, SwappedMap, newPinPath, oldPinPath } from '../../src/maps/lifecycle';
+import { openOrCreate } from '../../src/maps/open';
 import { memoryBackend, pinnedPaths } from '../../src/maps/memory';
 import { MapSpec, MapType } from '../../src/maps/types';
 import { KEY4, VALUE, checkEntries, fillEntries, keyOf, valueOf } from '../helpers/migration';
@@ -252,5 +253,20 @@ describe('MapLifecycle', () => {
     assert.deepEqual(lc.reports().map((r) => r.outcome), ['rolled-back']);
     old.close();
     map.close();
+  });
+
+  test('openOrCreate (clusters joining at run time) refuses a mismatched pin and a pending migration instead of recreating', async (t) => {
+    const { pin, spec } = setup(t);
+    const m = await lifecycle().open(spec(4096), rank);
+    fillEntries(m, 10);
+    assert.throws(() => openOrCreate(memoryBackend, spec(8192), silentLog), (err: unknown) => err instanceof CtmapError && err.code === 'failed-precondition' && /max_entries 4096 -> 8192/.test(err.message));
+    memoryBackend.pin(m, oldPinPath(pin));
+    assert.throws(() => openOrCreate(memoryBackend, spec(4096), silentLog), /interrupted migration/);
+    memoryBackend.unpin(oldPinPath(pin));
+    const again = openOrCreate(memoryBackend, spec(4096), silentLog);
+    assert.equal(again.outcome, 'reused');
+    assert.equal(again.map.count(), 10);
+    again.map.close();
+    m.close();
   });
 });

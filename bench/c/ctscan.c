@@ -11,6 +11,7 @@
  *   ctscan gc <pin> <time> [batch]
  *   ctscan gc-each <pin> <time> [batch]
  *   ctscan gc-after <pin> <time> [batch]
+ *   ctscan copy <src-pin> <dst-pin> <max_entries> [batch]
  *
  * gc is a GC pass the plain-libbpf way: walk with LOOKUP_BATCH, collect the entries whose
  * lifetime < time, remove them with one DELETE_BATCH per scanned batch (no re-check: an
@@ -19,6 +20,11 @@
  * whole map first and then deletes all candidates in DELETE_BATCH calls of `batch` keys:
  * the deletes find cold caches, as a delete of a candidate list collected earlier does.
  * All three report the whole pass and the time spent in the delete syscalls alone.
+ *
+ * copy is a resize the plain-libbpf way, the baseline of ctmapd's map migration: create a
+ * map like <src> (type, key/value size, flags) with <max_entries>, pin it at <dst>, then
+ * walk <src> with LOOKUP_BATCH and write each batch with UPDATE_BATCH. No pin swap, no
+ * delta pass, no CPU placement: the bare kernel work of a copy.
  *
  * The parent directory of <pin> must exist on a bpffs. Errors go to stderr, exit status 1.
  */
@@ -56,7 +62,8 @@ static void usage(void)
 		"       ctscan delete-all <pin> [batch]\n"
 		"       ctscan gc <pin> <time> [batch]\n"
 		"       ctscan gc-each <pin> <time> [batch]\n"
-		"       ctscan gc-after <pin> <time> [batch]\n");
+		"       ctscan gc-after <pin> <time> [batch]\n"
+		"       ctscan copy <src-pin> <dst-pin> <max_entries> [batch]\n");
 	exit(2);
 }
 
@@ -415,6 +422,68 @@ static int cmd_gc(const char *pin, __u32 time, __u32 batch, enum gc_mode mode)
 	return 0;
 }
 
+/*
+ * Creates the destination (timed with the copy: a migration has to create its map too),
+ * then copies batch by batch. Prints entries copied, the whole time and the copy alone.
+ */
+static int cmd_copy(const char *src, const char *dst, __u32 max_entries, __u32 batch)
+{
+	LIBBPF_OPTS(bpf_map_batch_opts, opts);
+	unsigned char in[TOKEN_MAX], out[TOKEN_MAX];
+	struct ipv4_ct_tuple *keys = malloc(batch * sizeof(*keys));
+	struct ct_entry *vals = malloc(batch * sizeof(*vals));
+	struct bpf_map_info info;
+	__u64 copied = 0, start, copy_start, t;
+	bool first = true;
+	int sfd = open_ct4(src, &info), dfd;
+
+	start = now_ns();
+	{
+		LIBBPF_OPTS(bpf_map_create_opts, copts, .map_flags = info.map_flags);
+
+		dfd = bpf_map_create(info.type, info.name, info.key_size, info.value_size,
+				     max_entries, &copts);
+		if (dfd < 0)
+			die("create map", errno);
+		if (bpf_obj_pin(dfd, dst))
+			die("pin map", errno);
+	}
+	copy_start = now_ns();
+	for (;;) {
+		__u32 count = batch;
+		int err;
+
+		if (!keys || !vals)
+			die("alloc", ENOMEM);
+		err = bpf_map_lookup_batch(sfd, first ? NULL : in, out, keys, vals, &count, &opts);
+		err = err ? errno : 0;
+		if (err && err != ENOENT && err != ENOSPC)
+			die("lookup batch", err);
+		if (count) {
+			__u32 n = count;
+
+			if (bpf_map_update_batch(dfd, keys, vals, &n, &opts))
+				die("update batch", errno);
+			copied += n;
+		}
+		if (err == ENOENT)
+			break;
+		memcpy(in, out, sizeof(in));
+		first = false;
+		if (err == ENOSPC) {
+			batch *= 2;
+			keys = realloc(keys, batch * sizeof(*keys));
+			vals = realloc(vals, batch * sizeof(*vals));
+		}
+	}
+	t = now_ns();
+	printf("{\"copied\":%" PRIu64 ",\"ns\":%" PRIu64 ",\"copy_ns\":%" PRIu64 ",\"batch\":%u}\n",
+	       (uint64_t)copied, (uint64_t)(t - start), (uint64_t)(t - copy_start), batch);
+	free(keys);
+	free(vals);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 3)
@@ -449,6 +518,14 @@ int main(int argc, char **argv)
 		return cmd_gc(argv[2], time, batch,
 			      !strcmp(argv[1], "gc") ? GC_BATCH :
 			      !strcmp(argv[1], "gc-each") ? GC_EACH : GC_AFTER);
+	}
+	if (!strcmp(argv[1], "copy") && (argc == 5 || argc == 6)) {
+		__u64 max = parse_num(argv[4], "max_entries");
+		__u64 batch = argc == 6 ? parse_num(argv[5], "batch") : DEFAULT_BATCH;
+
+		if (max == 0 || max > UINT32_MAX || batch == 0 || batch > (1u << 24))
+			usage();
+		return cmd_copy(argv[2], argv[3], max, batch);
 	}
 	usage();
 	return 2;

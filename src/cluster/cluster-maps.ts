@@ -14,7 +14,9 @@
  *   it), then the maps unregistered, closed and unpinned.
  */
 import type { Logger } from 'pino';
-import { openOrCreate } from '../maps/open';
+import { Errno, isErrno } from '../maps/bpf/errors';
+import type { MapLifecycle } from '../maps/lifecycle';
+import { newPinPath, oldPinPath, openOrCreate } from '../maps/open';
 import type { Family } from '../maps/ctmap/addr';
 import {
   CtKind,
@@ -25,9 +27,9 @@ import {
   clusterOuterCtMapSpec,
   validateClusterId,
 } from '../maps/ctmap/spec';
-import type { CtTables } from '../maps/ctmap/tables';
+import { CtTables, ctEntryRank } from '../maps/ctmap/tables';
 import { NatMapsConfig, clusterInnerNatMapSpec, clusterOuterNatMapSpec } from '../maps/nat/spec';
-import type { NatTables } from '../maps/nat/tables';
+import { NatTables, natEntryRank } from '../maps/nat/tables';
 import type { BpfMap, MapBackend, MapSpec } from '../maps/types';
 
 export type ClusterMapsConfig = CtMapsConfig & NatMapsConfig;
@@ -72,18 +74,41 @@ export class ClusterCtMaps {
   }
 
   /**
-   * Opens (or creates) the outer maps of the enabled families (Cilium's OpenOrCreate), then
-   * picks up the clusters whose inner maps are still pinned from an earlier run: they are
-   * registered and their slots rewritten (an outer map recreated for a new
-   * --max-connected-clusters starts empty). Such clusters are "pinned but unclaimed" until
-   * a source claims them; see Membership's reconcile.
+   * Opens the outer maps of the enabled families through `lifecycle` (created when absent;
+   * replaced, as derived maps, when their size or their inner-map template changed), then
+   * picks up the clusters whose inner maps are still pinned from an earlier run (or whose
+   * migration a crash interrupted): their inner maps are opened through `lifecycle` too
+   * (migrated when the global map of their type changed), registered, and their slots
+   * rewritten (a replaced outer map starts empty). Such clusters are "pinned but unclaimed"
+   * until a source claims them; see Membership's reconcile. Call lifecycle.complete()
+   * afterwards (migrations' delta copies).
    */
-  static open(backend: MapBackend, cfg: ClusterMapsConfig, ct: CtTables, nat: NatTables, flush: FlushMaps, log: Logger): ClusterCtMaps {
+  static async open(
+    backend: MapBackend,
+    lifecycle: MapLifecycle,
+    cfg: ClusterMapsConfig,
+    ct: CtTables,
+    nat: NatTables,
+    flush: FlushMaps,
+    log: Logger,
+  ): Promise<ClusterCtMaps> {
     const self = new ClusterCtMaps(backend, cfg, ct, nat, flush, log.child({ component: 'cluster-maps' }));
+    const pinned = (pin: string) => backend.pinnedInfo(pin) ?? backend.pinnedInfo(oldPinPath(pin)) ?? backend.pinnedInfo(newPinPath(pin));
     try {
-      self.#ensureOuters();
+      await self.#openOuters(lifecycle);
       for (let id = 1; id <= self.clusterIdMax; id++) {
-        if (self.#innerSpecs(id).some((s) => backend.pinnedInfo(s.pinPath!))) self.#createSync(id);
+        if (!self.#innerSpecs(id).some((s) => pinned(s.pinPath!))) continue;
+        const cluster: ClusterMaps = { clusterId: id, ct: [], nat: [] };
+        try {
+          for (const family of self.#families) {
+            for (const kind of KINDS) cluster.ct.push({ ref: { family, kind, clusterId: id }, map: await lifecycle.open(clusterInnerCtMapSpec(cfg, family, kind, id), { rank: ctEntryRank }) });
+            cluster.nat.push({ family, map: await lifecycle.open(clusterInnerNatMapSpec(cfg, family, id), { rank: natEntryRank }) });
+          }
+        } catch (err) {
+          for (const m of [...cluster.ct.map((c) => c.map), ...cluster.nat.map((n) => n.map)]) m.close();
+          throw err;
+        }
+        self.#register(cluster, new Set());
       }
     } catch (err) {
       self.close();
@@ -210,6 +235,48 @@ export class ClusterCtMaps {
     this.#outers.length = 0;
   }
 
+  /**
+   * Start-up: the outer maps through the lifecycle. An outer map only holds references to
+   * inner maps ctmapd rewrites, so a stale one is replaced, never migrated. Its inner-map
+   * template is invisible in the map's info, so it is probed: a map built from the current
+   * inner spec is written into slot 0 (cluster id 0 is never a cluster: the slot is unused)
+   * and removed again; EINVAL means the template (e.g. its flags) changed.
+   */
+  async #openOuters(lifecycle: MapLifecycle): Promise<void> {
+    for (const family of this.#families) {
+      for (const kind of [...KINDS, undefined]) {
+        const spec = kind ? clusterOuterCtMapSpec(this.cfg, family, kind) : clusterOuterNatMapSpec(this.cfg, family);
+        let map = await lifecycle.open(spec, { rank: () => 0, derived: true });
+        try {
+          if (!this.#acceptsInner(map, spec.innerSpec!)) {
+            map.close();
+            map = lifecycle.replace(spec, 'inner map template differs (type, key/value size or flags)');
+          }
+        } catch (err) {
+          map.close();
+          throw err;
+        }
+        this.#outers.push({ family, kind, map });
+      }
+    }
+  }
+
+  #acceptsInner(outer: BpfMap, inner: MapSpec): boolean {
+    // Hash maps' map-in-map check ignores max_entries: a small probe says the same.
+    const probe = this.backend.create({ ...inner, name: 'ctmapd_probe', maxEntries: Math.min(inner.maxEntries, 1024), pinPath: undefined });
+    const slot0 = u32(0);
+    try {
+      outer.update(slot0, u32(probe.outerSlotValue()));
+      outer.delete(slot0);
+      return true;
+    } catch (err) {
+      if (isErrno(err, Errno.EINVAL)) return false;
+      throw err;
+    } finally {
+      probe.close();
+    }
+  }
+
   /** Opens (or creates) the outer maps of the enabled families that are not open. */
   #ensureOuters(): void {
     for (const family of this.#families) {
@@ -226,6 +293,7 @@ export class ClusterCtMaps {
     return families.flatMap((family) => [...KINDS.map((kind) => clusterInnerCtMapSpec(this.cfg, family, kind, id)), clusterInnerNatMapSpec(this.cfg, family, id)]);
   }
 
+  /** A cluster joining while the daemon runs: its inner maps opened or created synchronously. */
   #createSync(id: number): ClusterMaps {
     const cluster: ClusterMaps = { clusterId: id, ct: [], nat: [] };
     const created = new Set<BpfMap>();
@@ -236,25 +304,46 @@ export class ClusterCtMaps {
     };
     try {
       for (const family of this.#families) {
-        for (const kind of KINDS) {
-          const ref: MapRef = { family, kind, clusterId: id };
-          const map = open(clusterInnerCtMapSpec(this.cfg, family, kind, id));
-          cluster.ct.push({ ref, map });
-          this.ct.add({ ref, map });
-        }
-        const map = open(clusterInnerNatMapSpec(this.cfg, family, id));
-        cluster.nat.push({ family, map });
-        this.nat.add({ ref: { family, clusterId: id }, map });
+        for (const kind of KINDS) cluster.ct.push({ ref: { family, kind, clusterId: id }, map: open(clusterInnerCtMapSpec(this.cfg, family, kind, id)) });
+        cluster.nat.push({ family, map: open(clusterInnerNatMapSpec(this.cfg, family, id)) });
+      }
+    } catch (err) {
+      for (const m of [...cluster.ct.map((c) => c.map), ...cluster.nat.map((n) => n.map)]) {
+        m.close();
+        if (created.has(m) && m.spec.pinPath) this.backend.unpin(m.spec.pinPath);
+      }
+      throw err;
+    }
+    return this.#register(cluster, created);
+  }
+
+  /**
+   * Adds a cluster's opened inner maps to the CT and NAT tables and writes its slots. On
+   * failure leaves nothing half-joined: slots emptied, maps unregistered and closed, and
+   * the maps in `created` unpinned (pinned maps that were reused keep their entries).
+   */
+  #register(cluster: ClusterMaps, created: Set<BpfMap>): ClusterMaps {
+    const added: ClusterMaps = { clusterId: cluster.clusterId, ct: [], nat: [] };
+    try {
+      for (const c of cluster.ct) {
+        this.ct.add(c);
+        added.ct.push(c);
+      }
+      for (const n of cluster.nat) {
+        this.nat.add({ ref: { family: n.family, clusterId: cluster.clusterId }, map: n.map });
+        added.nat.push(n);
       }
       this.#writeSlots(cluster);
     } catch (err) {
-      // Leave nothing half-joined: slots emptied, maps unregistered and closed, and the
-      // maps this call created unpinned (pinned maps it reused keep their entries).
-      this.#clearSlots(id);
-      this.#release(cluster, (m) => created.has(m));
+      this.#clearSlots(cluster.clusterId);
+      this.#release(added, (m) => created.has(m));
+      for (const m of [...cluster.ct.map((c) => c.map), ...cluster.nat.map((n) => n.map)]) {
+        m.close();
+        if (created.has(m) && m.spec.pinPath) this.backend.unpin(m.spec.pinPath);
+      }
       throw err;
     }
-    this.#clusters.set(id, cluster);
+    this.#clusters.set(cluster.clusterId, cluster);
     return cluster;
   }
 

@@ -56,14 +56,12 @@ import {
   tcQuery,
 } from '../maps/bpf/tc';
 import { CtDatapath } from './loader';
+import { datapathRecordsDir } from './records';
 import type { DatapathSettings } from './settings';
 
 export const TC_DIRECTIONS: readonly TcDirection[] = ['ingress', 'egress'];
 
-/** Where ownership records live: <bpf-root>/ctmapd/datapath. */
-export function datapathRecordsDir(bpfRoot: string): string {
-  return path.join(bpfRoot, 'ctmapd', 'datapath');
-}
+export { datapathRecordsDir } from './records';
 
 /** The inode of this process's network namespace (what `ls -iL /proc/self/ns/net` shows). */
 export function currentNetns(): number {

@@ -20,9 +20,11 @@ export function isBpffs(dir: string): boolean {
 }
 
 /**
- * Makes sure `root` is on bpffs: mounts bpffs on it when it is missing or an empty
- * directory. Throws failed-precondition when that is not possible or `root` holds
- * something else.
+ * Makes sure `root` is on bpffs (issue 6, item 4): mounts bpffs on it when it is missing or
+ * an empty directory, as Cilium's agent does for /sys/fs/bpf. Throws failed-precondition,
+ * naming --bpf-root and what to do, when `root` is a non-empty directory on another
+ * filesystem (its pins would not outlive the process, and mounting over it would hide its
+ * files) or when mounting is not permitted (not root / no CAP_SYS_ADMIN).
  */
 export function ensureBpffs(root: string, log: Logger): void {
   if (isBpffs(root)) return;
@@ -38,4 +40,14 @@ export function ensureBpffs(root: string, log: Logger): void {
   }
   if (!isBpffs(root)) throw new CtmapError('failed-precondition', `--bpf-root ${root}: mounted bpffs but statfs does not report it`);
   log.info({ bpfRoot: root }, 'mounted bpffs');
+}
+
+/**
+ * Makes sure the pin directory `dir` (under a bpf-root already checked by ensureBpffs)
+ * exists and is on bpffs too: something else mounted there would take pins it cannot
+ * keep. Throws failed-precondition naming the directory.
+ */
+export function ensurePinDir(dir: string): void {
+  fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
+  if (!isBpffs(dir)) throw new CtmapError('failed-precondition', `pin directory ${dir} is not on a bpf filesystem (another filesystem is mounted there); unmount it or choose another --bpf-root`);
 }

@@ -154,6 +154,18 @@ export interface BpfMap {
 
 export type BackendName = 'kernel' | 'memory';
 
+/**
+ * One part of a plan to fill a fresh, empty map without the backend evicting anything:
+ * write at most `limit` new entries with the calling thread placed on `cpu` (undefined:
+ * wherever it runs). A kernel LRU map hands out its free slots through per-CPU lists and
+ * evicts before it is full when they run dry (see src/maps/kernel/placement.ts), so how
+ * many entries fit depends on where they are written from.
+ */
+export interface FillShare {
+  readonly cpu?: number;
+  readonly limit: number;
+}
+
 /** Creates, opens and removes pinned maps for one backend. */
 export interface MapBackend {
   readonly name: BackendName;
@@ -165,4 +177,31 @@ export interface MapBackend {
   unpin(pinPath: string): boolean;
   /** Attributes of the map pinned at pinPath, without keeping it open; undefined if absent. */
   pinnedInfo(pinPath: string): LiveMapInfo | undefined;
+  /**
+   * Pins an open map of this backend at a second path (it stays pinned where it was).
+   * Throws already-exists (EEXIST) when pinPath is taken.
+   */
+  pin(map: BpfMap, pinPath: string): void;
+  /**
+   * Moves the pin at `from` to `to` in one atomic step, replacing what `to` held: a reader
+   * of `to` finds the old map or the new one, never nothing. Throws not-found (ENOENT)
+   * when nothing is pinned at `from`.
+   */
+  rename(from: string, to: string): void;
+  /**
+   * max_entries the map created from `spec` will report: the kernel rounds an LRU map with
+   * BPF_F_NO_COMMON_LRU to a multiple of the possible CPUs; otherwise spec.maxEntries.
+   */
+  effectiveMaxEntries(spec: MapSpec): number;
+  /**
+   * How to fill a fresh map created from `spec` to capacity without evictions: shares
+   * whose limits sum to the most entries that can be written without the backend dropping
+   * any (may be less than max_entries). Run each share under onCpu(share.cpu).
+   */
+  fillPlan(spec: MapSpec): FillShare[];
+  /**
+   * Places the calling thread on `cpu` (undefined: no change) until the returned restore
+   * function is called. Throws when the thread cannot be placed there.
+   */
+  onCpu(cpu: number | undefined): () => void;
 }

@@ -24,6 +24,8 @@ export interface Config {
   readonly bpfCtGlobalTcpMax: number;
   readonly bpfCtGlobalAnyMax: number;
   readonly bpfDistributedLru: boolean;
+  /** Replace (emptied) pinned maps whose key/value layout changed instead of refusing to start. */
+  readonly allowMapRecreate: boolean;
   /** Max entries of the SNAT maps; undefined = Cilium's default, 2/3 of the CT maps (natGlobalMax). */
   readonly bpfNatGlobalMax?: number;
   /** Fixed GC interval in seconds; undefined = adaptive (facts §6). */
@@ -92,6 +94,12 @@ const FLAGS: readonly Flag[] = [
   flag('bpf-ct-global-tcp-max', 'bpfCtGlobalTcpMax', 'max entries of the TCP CT maps', 524288, integer(MAP_SIZE_MIN, MAP_SIZE_MAX)),
   flag('bpf-ct-global-any-max', 'bpfCtGlobalAnyMax', 'max entries of the non-TCP CT maps', 262144, integer(MAP_SIZE_MIN, MAP_SIZE_MAX)),
   boolFlag('bpf-distributed-lru', 'bpfDistributedLru', 'create LRU maps with BPF_F_NO_COMMON_LRU (per-CPU LRU lists)', false),
+  boolFlag(
+    'allow-map-recreate',
+    'allowMapRecreate',
+    'when a pinned map has another key or value size (or type) than configured, which migration cannot carry over, drop its entries and recreate it instead of refusing to start',
+    false,
+  ),
   flag('bpf-nat-global-max', 'bpfNatGlobalMax', 'max entries of the SNAT maps (default: 2/3 of tcp-max + any-max)', undefined, integer(MAP_SIZE_MIN, MAP_SIZE_MAX)),
   flag('conntrack-gc-interval', 'conntrackGcInterval', 'fixed interval between CT GC passes, seconds (default: adaptive, 10 s .. 12 h)', undefined, integer(1, U32_MAX)),
   flag('conntrack-gc-max-interval', 'conntrackGcMaxInterval', 'upper bound of the adaptive CT GC interval, seconds (default: 12 h)', undefined, integer(10, U32_MAX)),

@@ -10,6 +10,7 @@ import { Family } from '../maps/ctmap/addr';
 import { CtEntry, CtKey, checkUint, entryFlagNames, validateEntry, validateKey } from '../maps/ctmap/codec';
 import { DumpFilter } from '../maps/ctmap/tables';
 import { CtKind, MapRef } from '../maps/ctmap/spec';
+import type { MigrationReport } from '../maps/lifecycle';
 import type { BpfMap } from '../maps/types';
 
 export interface MapRefMsg {
@@ -175,8 +176,31 @@ export function parseDumpFilter(msg: DumpFilterMsg | null | undefined): DumpFilt
   return filter;
 }
 
-/** A MapInfo message: `ref` as MapRefMsg (a CT map's, or a NAT map's with kind unspecified). */
-export function mapInfoMsg(ref: MapRefMsg, map: BpfMap, entries?: number): object {
+/** A MapMigration message. */
+export function mapMigrationMsg(r: MigrationReport): object {
+  return {
+    name: r.name,
+    pin_path: r.pinPath,
+    outcome: `OUTCOME_${r.outcome.toUpperCase().replace('-', '_')}`,
+    mismatches: [...r.mismatches],
+    from_max_entries: r.fromMaxEntries,
+    to_max_entries: r.toMaxEntries,
+    from_flags: r.fromFlags,
+    to_flags: r.toFlags,
+    entries_seen: String(r.entriesSeen),
+    entries_copied: String(r.entriesCopied),
+    entries_dropped: String(r.entriesDropped),
+    delta_written: String(r.deltaWritten),
+    delta_kept_newer: String(r.deltaKeptNewer),
+    duration_ms: r.durationMs,
+  };
+}
+
+/**
+ * A MapInfo message: `ref` as MapRefMsg (a CT map's, or a NAT map's with kind
+ * unspecified); `migration`: what this start did to the map, if anything.
+ */
+export function mapInfoMsg(ref: MapRefMsg, map: BpfMap, entries?: number, migration?: MigrationReport): object {
   const spec = map.spec;
   return {
     ref,
@@ -188,6 +212,7 @@ export function mapInfoMsg(ref: MapRefMsg, map: BpfMap, entries?: number): objec
     flags: spec.flags,
     backend: map.backend,
     entries: String(entries ?? 0),
+    migration: migration ? mapMigrationMsg(migration) : null,
   };
 }
 

@@ -11,6 +11,7 @@ import { CT_ENTRY_SIZE } from '../maps/ctmap/codec';
 import { MapRef } from '../maps/ctmap/spec';
 import { FLUSH_TIME } from '../maps/ctmap/gc/engine';
 import type { GCRunner } from '../maps/ctmap/gc/runner';
+import type { MigrationReport } from '../maps/lifecycle';
 import {
   CtEntryMsg,
   CtKeyMsg,
@@ -20,6 +21,7 @@ import {
   MapRefMsg,
   entryMsg,
   mapInfoMsg,
+  mapMigrationMsg,
   mapRefMsg,
   parseDumpFilter,
   parseEntry,
@@ -66,7 +68,8 @@ export interface DatapathCountersSource {
  * `gc`, Flush is a GC pass with time 2^32-1 as in Cilium (facts §6): every removed entry
  * is published as a GC event and takes its SNAT mapping with it, and the flush waits for
  * passes already running over those maps. Without it, Flush deletes in batches, silently.
- * With `datapath`, ActiveMaps reports its counters, read at each call.
+ * With `datapath`, ActiveMaps reports its counters, read at each call. `migrations`: what
+ * this start did to pinned maps (ActiveMaps reports them).
  */
 export function ctMapsService(
   tables: CtTables,
@@ -74,7 +77,10 @@ export function ctMapsService(
   shutdown: AbortSignal,
   gc?: GCRunner,
   datapath?: DatapathCountersSource,
+  migrations: readonly MigrationReport[] = [],
 ): grpc.UntypedServiceImplementation {
+  // The latest report per pin: a rolled-back migration is followed by the one that completed.
+  const lastByPin = new Map(migrations.map((m) => [m.pinPath, m]));
   /** Streams the selected maps batch by batch; `emit` turns one batch into messages. */
   async function dump(
     req: DumpRequest,
@@ -95,8 +101,9 @@ export function ctMapsService(
 
   return {
     ActiveMaps: unary(log, 'CTMaps/ActiveMaps', async (req: { with_counts?: boolean }) => ({
-      maps: tables.active().map((t) => mapInfoMsg(mapRefMsg(t.ref), t.map, req.with_counts ? t.map.count() : undefined)),
+      maps: tables.active().map((t) => mapInfoMsg(mapRefMsg(t.ref), t.map, req.with_counts ? t.map.count() : undefined, lastByPin.get(t.map.spec.pinPath ?? ''))),
       datapath: datapath ? datapathStatsMsg(datapath.counters()) : null,
+      migrations: migrations.map(mapMigrationMsg),
     }), shutdown),
 
     DumpEntries: serverStream(log, 'CTMaps/DumpEntries', async (req: DumpRequest, writer: StreamWriter<Buffer>, ctx) => {

@@ -7,9 +7,11 @@ import { Membership } from '../cluster/membership';
 import type { MembershipSource } from '../cluster/membership-types';
 import { ConfigDirSource } from '../cluster/sources/config-dir';
 import { datapathSettingsFrom } from '../datapath/settings';
+import { AttachedDatapathReloader } from '../datapath/reloader';
 import { DatapathSideMaps } from '../datapath/side-maps';
-import { ensureBpffs } from '../maps/bpffs';
+import { ensureBpffs, ensurePinDir } from '../maps/bpffs';
 import { selectBackend } from '../maps/backend';
+import { DatapathReloader, MapLifecycle, MigrationHooks, MigrationReport } from '../maps/lifecycle';
 import { FLUSH_TIME, GCEngine } from '../maps/ctmap/gc/engine';
 import { GCRunner } from '../maps/ctmap/gc/runner';
 import { GCScheduler } from '../maps/ctmap/gc/scheduler';
@@ -19,7 +21,8 @@ import { CtTables } from '../maps/ctmap/tables';
 import { NatCoupling } from '../maps/nat/coupling';
 import { purgeOrphanNatEntries } from '../maps/nat/purge';
 import { NatTables } from '../maps/nat/tables';
-import { MapRef, refLabel } from '../maps/ctmap/spec';
+import type { Family } from '../maps/ctmap/addr';
+import { MapRef, globalsDir, refLabel } from '../maps/ctmap/spec';
 import type { MapBackend } from '../maps/types';
 import { Config, natGlobalMax } from './config';
 import { clusterCtMapsService } from './clusterctmaps-service';
@@ -31,8 +34,22 @@ import type { Logger } from './logger';
 import { services } from './proto';
 import { ServerHandle, startServer } from './server';
 
+/** What a caller embedding the daemon may plug in (bin/ctmapd passes test hooks only). */
+export interface DaemonOptions {
+  /**
+   * Moves the datapath onto migrated maps between the pin swap and the delta copy (see
+   * DatapathReloader). Default: on kernel maps, every datapath `ctmap datapath attach`
+   * recorded is reattached (src/datapath/reloader.ts); on the memory backend, nothing.
+   */
+  readonly reloader?: DatapathReloader;
+  /** Test-only: observe, slow down or stop migrations at chosen steps. */
+  readonly migrationHooks?: MigrationHooks;
+}
+
 export interface Daemon {
   readonly backend: MapBackend;
+  /** What this start did to pinned maps whose attributes changed (empty when nothing did). */
+  readonly migrations: readonly MigrationReport[];
   readonly tables: CtTables;
   readonly nat: NatTables;
   readonly clusters: ClusterCtMaps;
@@ -48,9 +65,18 @@ export interface Daemon {
   stop(graceMs?: number): Promise<void>;
 }
 
-export async function startDaemon(config: Config, log: Logger): Promise<Daemon> {
+/**
+ * Starts the daemon: backend, bpffs, maps (migrating pinned maps whose attributes changed,
+ * finishing or undoing migrations a crash interrupted), services, SERVING. Rejects with
+ * what went wrong (a CtmapError for configuration and map problems); everything opened by
+ * then is closed again and pins are left recoverable.
+ */
+export async function startDaemon(config: Config, log: Logger, opts: DaemonOptions = {}): Promise<Daemon> {
   const backend = selectBackend(config.backend, log);
-  if (backend.name === 'kernel') ensureBpffs(config.bpfRoot, log);
+  if (backend.name === 'kernel') {
+    ensureBpffs(config.bpfRoot, log);
+    ensurePinDir(globalsDir(config.bpfRoot));
+  }
   const mapsConfig = {
     bpfRoot: config.bpfRoot,
     enableIPv4: config.enableIpv4,
@@ -60,55 +86,64 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
     distributedLru: config.bpfDistributedLru,
     clusterIdMax: config.maxConnectedClusters,
   };
-  const tables = CtTables.open(backend, mapsConfig, log);
-  let nat: NatTables;
-  try {
-    nat = NatTables.open(backend, { ...mapsConfig, natMax: natGlobalMax(config) }, log);
-  } catch (err) {
-    tables.close();
+  // Kernel maps: datapaths ctmap attached are moved onto migrated maps before the delta copy.
+  const reloader = opts.reloader ?? (backend.name === 'kernel' ? new AttachedDatapathReloader(config.bpfRoot, log.child({ component: 'datapath' })) : undefined);
+  const lifecycle = new MapLifecycle({ backend, log, allowRecreate: config.allowMapRecreate, reloader, hooks: opts.migrationHooks });
+  // What is open so far, closed in reverse order if the start fails; the pins stay
+  // (a migration past its commit point resumes at the next start).
+  const opened: Array<{ close(): void }> = [];
+  const failStart = (err: unknown): never => {
+    lifecycle.abandon();
+    for (const o of opened.reverse()) o.close();
     throw err;
-  }
-  const deleter = conditionalDeleter(backend, log);
-  const engine = new GCEngine(deleter, log);
-  const families = [...new Set(tables.active().map((t) => t.ref.family))];
-  // Every deleted CT entry takes its SNAT mapping with it (facts §6, NatMapNext4/6).
-  const coupling = new NatCoupling(nat, families.map((f) => engine.batches(f)), log);
-  const gc = new GCRunner(tables, engine, coupling);
-  let clusters: ClusterCtMaps;
+  };
+  let tables!: CtTables;
+  let nat!: NatTables;
+  let clusters!: ClusterCtMaps;
+  let datapath!: DatapathSideMaps;
+  let deleter!: ConditionalDeleter;
+  let engine!: GCEngine;
+  let coupling!: NatCoupling;
+  let gc!: GCRunner;
+  let families: Family[] = [];
   try {
+    tables = await CtTables.open(lifecycle, mapsConfig);
+    opened.push(tables);
+    nat = await NatTables.open(lifecycle, { ...mapsConfig, natMax: natGlobalMax(config) });
+    opened.push(nat);
+    deleter = conditionalDeleter(backend, log);
+    opened.push(deleter);
+    engine = new GCEngine(deleter, log);
+    opened.push(engine);
+    families = [...new Set(tables.active().map((t) => t.ref.family))];
+    // Every deleted CT entry takes its SNAT mapping with it (facts §6, NatMapNext4/6).
+    coupling = new NatCoupling(nat, families.map((f) => engine.batches(f)), log);
+    opened.push(coupling); // closed before the NAT maps
+    gc = new GCRunner(tables, engine, coupling);
     // A leaving cluster's entries go through the GC: events for Observe, SNAT pairs removed.
     const flushThroughGC = async (refs: MapRef[]): Promise<number> => {
       if (refs.length === 0) return 0;
       const result = await gc.run({ refs, filter: { removeExpired: true, time: FLUSH_TIME } });
       return result.maps.reduce((n, m) => n + m.deleted, 0);
     };
-    clusters = ClusterCtMaps.open(backend, { ...mapsConfig, natMax: natGlobalMax(config) }, tables, nat, flushThroughGC, log);
-  } catch (err) {
-    engine.close();
-    coupling.close();
-    deleter.close();
-    nat.close();
-    tables.close();
-    throw err;
-  }
-  let datapath: DatapathSideMaps;
-  try {
+    clusters = await ClusterCtMaps.open(backend, lifecycle, { ...mapsConfig, natMax: natGlobalMax(config) }, tables, nat, flushThroughGC, log);
+    opened.push(clusters);
     // The datapath's counters and settings: a datapath loaded later counts into these
-    // maps and runs with these flags (src/datapath/side-maps.ts).
+    // maps and runs with these flags (src/datapath/side-maps.ts). Opened before the
+    // migrations complete: their reloader loads the datapath, which needs them.
     datapath = DatapathSideMaps.open(backend, config.bpfRoot, datapathSettingsFrom(config), log.child({ component: 'datapath' }));
+    opened.push(datapath);
+    // Reloader, delta copies, `_old` pins removed: every map is final before anything is served.
+    await lifecycle.complete();
   } catch (err) {
-    clusters.close();
-    engine.close();
-    coupling.close();
-    deleter.close();
-    nat.close();
-    tables.close();
-    throw err;
+    failStart(err);
   }
-  const membership = new Membership(clusters, log.child({ component: 'membership' }));
   const metrics = new CtmapdMetrics();
   // Read at each scrape; nothing once the maps are closed at shutdown.
   metrics.setDatapathSource(() => (datapath.closed ? undefined : datapath.counters()));
+  const migrations = lifecycle.reports();
+  metrics.recordMigrations(migrations);
+  const membership = new Membership(clusters, log.child({ component: 'membership' }));
   // Periodic passes remove expired entries (facts §6); every pass, scheduled or asked
   // for over gRPC, feeds the Cilium metrics.
   const scheduler = new GCScheduler({
@@ -155,7 +190,7 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
       log,
       shutdown,
       services: [
-        { definition: ctMapsDefinition(services().CTMaps.service), implementation: ctMapsService(tables, log, shutdown.signal, gc, datapath) },
+        { definition: ctMapsDefinition(services().CTMaps.service), implementation: ctMapsService(tables, log, shutdown.signal, gc, datapath, migrations) },
         { definition: natMapsDefinition(), implementation: natMapsService(nat, tables, log, shutdown.signal) },
         { definition: services().ClusterCTMaps.service, implementation: clusterCtMapsService(membership, log, shutdown.signal) },
         {
@@ -212,6 +247,7 @@ export async function startDaemon(config: Config, log: Logger): Promise<Daemon> 
   let stopping: Promise<void> | undefined;
   return {
     backend,
+    migrations,
     tables,
     nat,
     clusters,

@@ -15,6 +15,7 @@ import type { DatapathCounters } from '../datapath/side-maps';
 import type { Family } from '../maps/ctmap/addr';
 import { CT_DATAPATH_STATS_COUNTERS } from '../maps/ctmap/layout';
 import type { GCRunResult } from '../maps/ctmap/gc/types';
+import type { MigrationReport } from '../maps/lifecycle';
 import type { CtKind } from '../maps/ctmap/spec';
 import type { Logger } from './logger';
 
@@ -92,6 +93,18 @@ export class CtmapdMetrics {
       for (const event of CT_DATAPATH_STATS_COUNTERS) this.#datapathEvents.inc({ event }, Number(counters[event]));
     },
   });
+  readonly #migrations = new Counter({
+    name: 'ctmapd_map_migrations_total',
+    help: 'Pinned maps migrated, resumed, rolled back or recreated at start because their attributes differed from the configuration, by map and outcome',
+    labelNames: ['map', 'outcome'] as const,
+    registers: [this.registry],
+  });
+  readonly #migrationEntries = new Counter({
+    name: 'ctmapd_map_migration_entries_total',
+    help: 'Entries of migrated maps: copied into the new map, or dropped because the new map is smaller (lowest lifetime first) or, with --allow-map-recreate, recreated',
+    labelNames: ['map', 'status'] as const,
+    registers: [this.registry],
+  });
 
   /** With defaultMetrics (the default), also collects prom-client's process_* and nodejs_* metrics. */
   constructor(opts: { defaultMetrics?: boolean } = {}) {
@@ -138,6 +151,19 @@ export class CtmapdMetrics {
    */
   setDatapathSource(source: () => DatapathCounters | undefined): void {
     this.#datapathSource = source;
+  }
+
+  /**
+   * Records the migrations of a start: migrations_total += 1 per report (outcome label as
+   * in the report, "-" as "_"), and its copied / dropped entries added to the entries
+   * counter of that map (created at 0 so a migration that dropped nothing shows 0).
+   */
+  recordMigrations(reports: readonly MigrationReport[]): void {
+    for (const r of reports) {
+      this.#migrations.inc({ map: r.name, outcome: r.outcome.replace('-', '_') });
+      this.#migrationEntries.inc({ map: r.name, status: 'copied' }, r.entriesCopied);
+      this.#migrationEntries.inc({ map: r.name, status: 'dropped' }, r.entriesDropped);
+    }
   }
 
   /** Adds `count` (>= 0) key fallbacks of a pass over the maps of `family`/`kind`. */

@@ -268,6 +268,49 @@ export function runContract(name: string, makeBackend: () => ContractEnv): void 
       assert.equal(h.backend.unpin(h.pinPath('never-pinned')), false);
     });
 
+    // Issue 6 (migration) re-pins the live map as <pin>_old and swaps a new map in by rename.
+    it('pin() pins an open map at a second path; both paths reach the same entries', (h) => {
+      const spec = h.spec(MapType.LRU_HASH, { pinPath: h.pinPath('first') });
+      const m = h.create(spec);
+      m.update(keyOf(1), valueOf(1));
+      h.backend.pin(m, h.pinPath('second'));
+      const second = h.open({ ...spec, pinPath: h.pinPath('second') });
+      assert.ok(second);
+      assert.equal(second.info().id, m.info().id);
+      assert.deepEqual(second.lookup(keyOf(1)), valueOf(1));
+      throwsErrno(() => h.backend.pin(m, h.pinPath('second')), Errno.EEXIST, 'already-exists', 'pin on a taken path');
+      // Unpinning one path keeps the other.
+      assert.equal(h.backend.unpin(spec.pinPath!), true);
+      assert.equal(h.backend.pinnedInfo(h.pinPath('second'))?.id, m.info().id);
+      second.close();
+      m.close();
+    });
+
+    it('rename() moves a pin, replacing the map pinned at the target in one step', (h) => {
+      const live = h.spec(MapType.LRU_HASH, { name: 'live', pinPath: h.pinPath('live') });
+      const next = h.spec(MapType.LRU_HASH, { name: 'next', maxEntries: 512, pinPath: h.pinPath('live_new') });
+      const a = h.create(live);
+      const b = h.create(next);
+      b.update(keyOf(2), valueOf(2));
+      h.backend.rename(next.pinPath!, live.pinPath!);
+      assert.equal(h.backend.pinnedInfo(next.pinPath!), undefined, 'nothing left at the source');
+      const now = h.open(live);
+      assert.ok(now);
+      assert.equal(now.info().id, b.info().id);
+      assert.equal(now.info().maxEntries, 512);
+      assert.deepEqual(now.lookup(keyOf(2)), valueOf(2));
+      // The replaced map lives on through its handle.
+      a.update(keyOf(1), valueOf(1));
+      assert.deepEqual(a.lookup(keyOf(1)), valueOf(1));
+      // Renaming onto a free path works too; renaming nothing is not-found.
+      h.backend.rename(live.pinPath!, h.pinPath('elsewhere'));
+      assert.equal(h.backend.pinnedInfo(h.pinPath('elsewhere'))?.id, b.info().id);
+      throwsErrno(() => h.backend.rename(h.pinPath('absent'), live.pinPath!), Errno.ENOENT, 'not-found', 'rename of nothing');
+      now.close();
+      a.close();
+      b.close();
+    });
+
     // ---- single elements --------------------------------------------------------------------
 
     for (const type of [MapType.HASH, MapType.LRU_HASH]) {

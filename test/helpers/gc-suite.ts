@@ -41,7 +41,7 @@ export function gcEngineSuite(name: string, setup: () => GcSuiteEnv | undefined)
   const open = () => {
     const env = setup();
     if (!env) return undefined;
-    const tables = CtTables.open(env.backend, { bpfRoot: env.bpfRoot, enableIPv4: true, enableIPv6: true, ctTcpMax: 16384, ctAnyMax: 4096, distributedLru: false }, silent);
+    const tables = CtTables.openSync(env.backend, { bpfRoot: env.bpfRoot, enableIPv4: true, enableIPv6: true, ctTcpMax: 16384, ctAnyMax: 4096, distributedLru: false }, silent);
     const deleter = env.deleter();
     const engine = new GCEngine(deleter, silent);
     return {

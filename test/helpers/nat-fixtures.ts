@@ -33,8 +33,8 @@ export function openTables(backend: MapBackend, opts: { root?: string; ipv4?: bo
   const root = opts.root ?? `/memory-test/nat-${process.pid}-${randomBytes(4).toString('hex')}`;
   const size = opts.size ?? 4096;
   const base = { bpfRoot: root, enableIPv4: opts.ipv4 ?? true, enableIPv6: opts.ipv6 ?? true, distributedLru: opts.distributedLru ?? false };
-  const ct = CtTables.open(backend, { ...base, ctTcpMax: size, ctAnyMax: size }, silentLog);
-  const nat = NatTables.open(backend, { ...base, natMax: size }, silentLog);
+  const ct = CtTables.openSync(backend, { ...base, ctTcpMax: size, ctAnyMax: size }, silentLog);
+  const nat = NatTables.openSync(backend, { ...base, natMax: size }, silentLog);
   return {
     ct,
     nat,

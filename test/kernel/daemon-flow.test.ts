@@ -1,7 +1,8 @@
 /**
  * Issue 2 "must show" on real kernel maps: records written over gRPC are byte-exact in
  * bpftool's dump of the pinned map; every RPC agrees; a restart keeps the entries of an
- * unchanged pinned map; a changed size is logged and (until migration exists) recreated.
+ * unchanged pinned map; a changed size is logged and migrated (test/kernel/migration.test.ts
+ * covers migration in depth).
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -90,11 +91,15 @@ test('kernel backend: CTMaps flow, bpftool byte-exact, restart keeps entries', a
   client.close();
   await d.stop();
 
-  // A size change is logged with what differs; for now the map is recreated (issue 6: migrate).
+  // A size change is logged with what differs, and the map migrated (issue 6).
   d = await startTestDaemon(sock.dir, [...flags.slice(0, -4), '--bpf-ct-global-tcp-max', '131072', '--bpf-ct-global-any-max', '32768']);
-  const warn = d.logs.find(/attributes differ/);
+  const warn = d.logs.find(/attributes differ from the configuration: migrating/);
   assert.ok(warn, 'mismatch warning logged');
   assert.deepEqual(warn!.mismatches, ['max_entries 65536 -> 131072']);
+  assert.deepEqual(
+    d.daemon.migrations.map((m) => [m.name, m.outcome]),
+    [['cilium_ct4_global', 'migrated'], ['cilium_ct6_global', 'migrated'], ['cilium_snat_v4_external', 'migrated'], ['cilium_snat_v6_external', 'migrated']],
+  );
   assert.equal(JSON.parse(execFileSync('bpftool', ['-j', 'map', 'show', 'pinned', pin]).toString()).max_entries, 131072);
   await d.stop();
 });

@@ -27,6 +27,7 @@ describe('parseConfig', () => {
       bpfCtGlobalTcpMax: 524288,
       bpfCtGlobalAnyMax: 262144,
       bpfDistributedLru: false,
+      allowMapRecreate: false,
       maxConnectedClusters: 255,
       clustermeshReconcileGrace: 600,
       clustermeshEtcdGrace: 300,
@@ -87,6 +88,9 @@ describe('parseConfig', () => {
     assert.equal(parseConfig(['--enable-ipv4'], { CTMAPD_ENABLE_IPV4: 'false' }).enableIpv4, true);
     assert.equal(parseConfig(['--bpf-distributed-lru'], {}).bpfDistributedLru, true);
     assert.equal(parseConfig(['--bpf-distributed-lru=1'], {}).bpfDistributedLru, true);
+    assert.equal(parseConfig(['--allow-map-recreate'], {}).allowMapRecreate, true);
+    assert.equal(parseConfig([], { CTMAPD_ALLOW_MAP_RECREATE: 'true' }).allowMapRecreate, true);
+    rejects(['--allow-map-recreate=sometimes'], '--allow-map-recreate');
     rejects(['--enable-ipv4=maybe'], '--enable-ipv4');
   });
 

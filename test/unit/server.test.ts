@@ -27,6 +27,7 @@ const MAP_INFO = {
   flags: 0,
   backend: 'memory',
   entries: '0',
+  migration: null,
 };
 
 function record(i: number) {

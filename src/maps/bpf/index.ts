@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BatchError, BpfSyscallError, Errno } from './errors';
-import { batchOpts, mapCreateOpts, native } from './libbpf';
+import { batchOpts, lastErrno, mapCreateOpts, native } from './libbpf';
 
 export { BatchError, BpfSyscallError, Errno, isErrno } from './errors';
 
@@ -100,6 +100,49 @@ export function unpin(pinPath: string): boolean {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
     throw err;
   }
+}
+
+/**
+ * Moves a pin with rename(2), replacing whatever is pinned at `to` in one atomic step (bpffs
+ * supports rename within one mount): a reader of `to` sees the old object or the new one,
+ * never nothing. Throws BpfSyscallError ENOENT when nothing is pinned at `from`.
+ */
+export function renamePin(from: string, to: string): void {
+  try {
+    fs.renameSync(from, to);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    throw new BpfSyscallError(`rename pin ${from} -> ${to}`, -(e.errno ?? -Errno.EINVAL), e.code);
+  }
+}
+
+// cpu_set_t of glibc: 1024 bits.
+const CPU_SET_BYTES = 128;
+
+/**
+ * The CPUs the calling thread may run on (sched_getaffinity(0)), ascending. Throws
+ * BpfSyscallError with the errno on failure.
+ */
+export function threadAffinity(): number[] {
+  const mask = Buffer.alloc(CPU_SET_BYTES);
+  if (native.schedGetaffinity(0, CPU_SET_BYTES, mask) < 0) throw new BpfSyscallError('sched_getaffinity', lastErrno());
+  const cpus: number[] = [];
+  for (let i = 0; i < CPU_SET_BYTES * 8; i++) if (mask[i >> 3] & (1 << (i & 7))) cpus.push(i);
+  return cpus;
+}
+
+/**
+ * Restricts the calling thread (for Node: the JS thread, not the libuv pool) to `cpus`
+ * (sched_setaffinity(0)). Per-CPU kernel state, such as an LRU map's per-CPU free lists,
+ * is then that of those CPUs. Throws BpfSyscallError (EINVAL: no allowed CPU in the set).
+ */
+export function setThreadAffinity(cpus: readonly number[]): void {
+  const mask = Buffer.alloc(CPU_SET_BYTES);
+  for (const c of cpus) {
+    if (!Number.isInteger(c) || c < 0 || c >= CPU_SET_BYTES * 8) throw new BpfSyscallError(`sched_setaffinity cpu ${c}`, Errno.EINVAL);
+    mask[c >> 3] |= 1 << (c & 7);
+  }
+  if (native.schedSetaffinity(0, CPU_SET_BYTES, mask) < 0) throw new BpfSyscallError(`sched_setaffinity [${cpus.join(',')}]`, lastErrno());
 }
 
 export interface MapInfo {

@@ -72,7 +72,24 @@ export const native = {
     opts: Buffer | null,
   ) => number,
   close: libc.func('int close(int fd)') as (fd: number) => number,
+  // pid 0 = the calling thread (not the process): only the JS thread is placed, libuv's
+  // pool threads keep their own masks. Return -1 and set errno (read with koffi.errno()).
+  schedGetaffinity: libc.func('int sched_getaffinity(int pid, size_t cpusetsize, void *mask)') as (
+    pid: number,
+    size: number,
+    mask: Buffer,
+  ) => number,
+  schedSetaffinity: libc.func('int sched_setaffinity(int pid, size_t cpusetsize, const void *mask)') as (
+    pid: number,
+    size: number,
+    mask: Buffer,
+  ) => number,
 };
+
+/** errno of the last failed libc call on this thread (libbpf returns -errno itself). */
+export function lastErrno(): number {
+  return koffi.errno();
+}
 
 type BatchLookupFn = {
   (fd: number, inBatch: Buffer | null, outBatch: Buffer, keys: Buffer, values: Buffer, count: Uint32Array, opts: Buffer | null): number;

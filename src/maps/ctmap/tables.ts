@@ -5,10 +5,11 @@
 import type { Logger } from 'pino';
 import { CtmapError, invalidArgument, notFound } from '../../errors';
 import { PackedWrite, writeAllOrNothing } from '../batch-write';
+import type { MapOpener } from '../lifecycle';
 import { openOrCreate } from '../open';
 import { BatchCursor, BpfMap, MapBackend } from '../types';
 import { Family, addressBytes } from './addr';
-import { CT_ENTRY_SIZE, CtEntry, CtKey, decodeEntry, encodeEntry, encodeKey, keyLayout } from './codec';
+import { CT_ENTRY_SIZE, CtEntry, CtKey, decodeEntry, encodeEntry, encodeKey, entryLifetime, keyLayout } from './codec';
 import { IPPROTO } from './layout';
 import { CtKind, CtMapsConfig, DEFAULT_CLUSTER_ID_MAX, MapRef, globalCtMapRefs, globalCtMapSpec, refKey, refLabel, validateClusterId } from './spec';
 
@@ -32,6 +33,9 @@ export interface DumpFilter {
   /** Matches dport or sport. */
   port?: number;
 }
+
+/** A CT entry's migration rank: its lifetime (a shrunk map keeps the latest-expiring entries). */
+export const ctEntryRank = (values: Buffer, off: number): number => entryLifetime(values, off);
 
 export class CtTables {
   readonly #tables = new Map<string, CtTable>();
@@ -62,14 +66,33 @@ export class CtTables {
     return t;
   }
 
-  /** Opens (or creates) the global CT maps of the enabled families. */
-  static open(backend: MapBackend, cfg: CtMapsConfig, log: Logger): CtTables {
+  /**
+   * Opens (or creates, or migrates: see MapLifecycle) the global CT maps of the enabled
+   * families through `opener`. Throws what the opener throws; maps opened before a failure
+   * are closed first.
+   */
+  static async open(opener: MapOpener, cfg: CtMapsConfig): Promise<CtTables> {
     const tables: CtTable[] = [];
     try {
       for (const ref of globalCtMapRefs(cfg)) {
-        const { map } = openOrCreate(backend, globalCtMapSpec(cfg, ref.family, ref.kind), log);
+        const map = await opener.open(globalCtMapSpec(cfg, ref.family, ref.kind), { rank: ctEntryRank });
         tables.push({ ref, map });
       }
+    } catch (err) {
+      for (const t of tables) t.map.close();
+      throw err;
+    }
+    return new CtTables(tables, cfg.clusterIdMax ?? DEFAULT_CLUSTER_ID_MAX);
+  }
+
+  /**
+   * Synchronous open for maps that need no migration (tests, embedded use): openOrCreate
+   * semantics, so a pinned map with other attributes is refused, never recreated.
+   */
+  static openSync(backend: MapBackend, cfg: CtMapsConfig, log: Logger): CtTables {
+    const tables: CtTable[] = [];
+    try {
+      for (const ref of globalCtMapRefs(cfg)) tables.push({ ref, map: openOrCreate(backend, globalCtMapSpec(cfg, ref.family, ref.kind), log).map });
     } catch (err) {
       for (const t of tables) t.map.close();
       throw err;

@@ -3,6 +3,7 @@
  * to pin). Batch operations need Linux >= 5.6 for hash maps.
  */
 import * as bpf from '../bpf';
+import { effectiveMaxEntries, fillPlan, onCpu } from './placement';
 import {
   Batch,
   BatchCursor,
@@ -294,6 +295,19 @@ export const kernelBackend: MapBackend = {
       fd.close();
     }
   },
+
+  pin(map: BpfMap, pinPath: string): void {
+    if (!(map instanceof KernelMap)) throw new bpf.BpfSyscallError(`obj pin ${pinPath}`, bpf.Errno.EINVAL, 'not a kernel map');
+    bpf.objPin(map.fd, pinPath);
+  },
+
+  rename(from: string, to: string): void {
+    bpf.renamePin(from, to);
+  },
+
+  effectiveMaxEntries,
+  fillPlan,
+  onCpu,
 };
 
 function createFd(spec: MapSpec): bpf.Fd {

@@ -20,6 +20,7 @@ import {
   BatchCursor,
   BpfMap,
   DeleteBatchResult,
+  FillShare,
   LiveMapInfo,
   MapBackend,
   MapFlag,
@@ -341,7 +342,8 @@ function newTable(spec: MapSpec, shape: LiveMapInfo): MemoryTable {
  * pinned tables process-wide: open(spec) returns a new handle onto the table pinned at
  * spec.pinPath (undefined when none); create(spec) throws already-exists (EEXIST) when
  * spec.pinPath is taken, before allocating anything; unpin removes the registry entry only
- * (open handles keep the table); pinnedInfo reports the pinned table's info.
+ * (open handles keep the table); pinnedInfo reports the pinned table's info; pin and
+ * rename move registry entries (one synchronous step: atomic for every reader).
  */
 export const memoryBackend: MapBackend = {
   name: 'memory',
@@ -367,6 +369,35 @@ export const memoryBackend: MapBackend = {
 
   pinnedInfo(pinPath: string): LiveMapInfo | undefined {
     return pins.get(pinKey(pinPath))?.info;
+  },
+
+  pin(map: BpfMap, pinPath: string): void {
+    if (!(map instanceof MemoryMap)) throw new BpfSyscallError(`obj pin ${pinPath}`, Errno.EINVAL, 'not a memory map');
+    const key = pinKey(pinPath);
+    if (pins.has(key)) throw new BpfSyscallError(`obj pin ${pinPath}`, Errno.EEXIST);
+    pins.set(key, map.table);
+  },
+
+  rename(from: string, to: string): void {
+    const table = pins.get(pinKey(from));
+    if (!table) throw new BpfSyscallError(`rename pin ${from} -> ${to}`, Errno.ENOENT);
+    pins.set(pinKey(to), table);
+    if (pinKey(to) !== pinKey(from)) pins.delete(pinKey(from));
+  },
+
+  /** The memory backend keeps exactly what it is asked for. */
+  effectiveMaxEntries(spec: MapSpec): number {
+    return spec.maxEntries;
+  },
+
+  /** Eviction is exact here (lru-hash.ts): a fresh map holds max_entries, written from anywhere. */
+  fillPlan(spec: MapSpec): FillShare[] {
+    return [{ limit: spec.maxEntries }];
+  },
+
+  /** No per-CPU state: nothing to place. */
+  onCpu(): () => void {
+    return () => undefined;
   },
 };
 

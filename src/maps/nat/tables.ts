@@ -9,12 +9,13 @@
 import type { Logger } from 'pino';
 import { CtmapError, invalidArgument, notFound } from '../../errors';
 import { writeAllOrNothing } from '../batch-write';
+import type { MapOpener } from '../lifecycle';
 import { openOrCreate } from '../open';
 import { Batch, BatchCursor, BpfMap, MapBackend } from '../types';
 import type { Family } from '../ctmap/addr';
 import { CtKey, encodeKey, validateKey } from '../ctmap/codec';
 import { DEFAULT_CLUSTER_ID_MAX, validateClusterId } from '../ctmap/spec';
-import { NatEntry, encodeNatEntry, validateNatEntry } from './codec';
+import { NatEntry, encodeNatEntry, natEntryCreated, validateNatEntry } from './codec';
 import { NatMapRef, NatMapsConfig, globalNatMapRefs, globalNatMapSpec, natRefKey, natRefLabel } from './spec';
 
 export interface NatTable {
@@ -29,6 +30,9 @@ export interface NatRecordInput {
   key: CtKey;
   entry: NatEntry;
 }
+
+/** A SNAT entry's migration rank: when it was created (a shrunk map keeps the newest mappings). */
+export const natEntryRank = (values: Buffer, off: number): number => natEntryCreated(values, off);
 
 export class NatTables {
   readonly #tables = new Map<string, NatTable>();
@@ -57,17 +61,32 @@ export class NatTables {
   }
 
   /**
-   * Opens (or creates, pinned under <bpf-root>/tc/globals) the global NAT maps of the
-   * enabled families, with openOrCreate's attribute check. Throws what the backend throws;
-   * maps opened before a failure are closed first.
+   * Opens (or creates, pinned under <bpf-root>/tc/globals, or migrates: see MapLifecycle)
+   * the global NAT maps of the enabled families through `opener`. Throws what the opener
+   * throws; maps opened before a failure are closed first.
    */
-  static open(backend: MapBackend, cfg: NatMapsConfig, log: Logger): NatTables {
+  static async open(opener: MapOpener, cfg: NatMapsConfig): Promise<NatTables> {
     const tables: NatTable[] = [];
     try {
       for (const ref of globalNatMapRefs(cfg)) {
-        const { map } = openOrCreate(backend, globalNatMapSpec(cfg, ref.family), log);
+        const map = await opener.open(globalNatMapSpec(cfg, ref.family), { rank: natEntryRank });
         tables.push({ ref, map });
       }
+    } catch (err) {
+      for (const t of tables) t.map.close();
+      throw err;
+    }
+    return new NatTables(tables, cfg.clusterIdMax ?? DEFAULT_CLUSTER_ID_MAX);
+  }
+
+  /**
+   * Synchronous open for maps that need no migration (tests, embedded use): openOrCreate
+   * semantics, so a pinned map with other attributes is refused, never recreated.
+   */
+  static openSync(backend: MapBackend, cfg: NatMapsConfig, log: Logger): NatTables {
+    const tables: NatTable[] = [];
+    try {
+      for (const ref of globalNatMapRefs(cfg)) tables.push({ ref, map: openOrCreate(backend, globalNatMapSpec(cfg, ref.family), log).map });
     } catch (err) {
       for (const t of tables) t.map.close();
       throw err;

@@ -1,0 +1,110 @@
+/**
+ * The daemon's DatapathReloader (src/maps/lifecycle.ts): after a migration swapped the
+ * pins, every datapath ctmap attached (`ctmap datapath attach`, recorded under
+ * <bpf-root>/ctmapd/datapath) is loaded again over the maps now pinned and replaces its
+ * own tc filters in place, so no program keeps writing the old maps once the delta copy
+ * runs (issue 6: "keep the old map open until datapath programs reference the new one").
+ * Cilium instead drops the map and its entries (seed 000).
+ *
+ * Attachments live in other network namespaces, and a process can only talk tc to its own,
+ * so each namespace gets `ctmap datapath reattach` run inside it with
+ * `nsenter --net=<namespace>` (only the network namespace changes: bpffs stays visible).
+ * A namespace is found by its inode among /run/netns (what `ip netns` names) and the
+ * namespaces of running processes.
+ */
+import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { promisify } from 'node:util';
+import type { Logger } from 'pino';
+import { CtmapError } from '../errors';
+import type { DatapathReloader, SwappedMap } from '../maps/lifecycle';
+import { datapathRecordsDir } from './records';
+
+const run = promisify(execFile);
+
+/** bin/ctmap (compiled to dist/src/datapath/). */
+const CTMAP_BIN = path.resolve(__dirname, '../../../bin/ctmap');
+
+/**
+ * How long the old programs may still be running on another CPU after their filter was
+ * replaced: tc frees a replaced program after an RCU grace period, and a packet in flight
+ * finishes within microseconds. Waiting this long before the delta copy reads the old maps
+ * leaves a wide margin.
+ */
+const IN_FLIGHT_MS = 50;
+
+export class AttachedDatapathReloader implements DatapathReloader {
+  constructor(
+    private readonly bpfRoot: string,
+    private readonly log: Logger,
+  ) {}
+
+  /**
+   * Reattaches every recorded datapath, namespace by namespace. Resolves once all have
+   * been replaced. A namespace that no longer exists is skipped (its devices, filters and
+   * programs went with it). Rejects when a reattach fails: the migration stays past its
+   * commit point and the next start retries (lifecycle.ts).
+   */
+  async reload(maps: readonly SwappedMap[]): Promise<void> {
+    const namespaces = recordedNamespaces(this.bpfRoot);
+    if (namespaces.length === 0) return;
+    const names = maps.map((m) => m.name);
+    for (const inode of namespaces) {
+      const nsPath = findNetns(inode);
+      if (!nsPath) {
+        this.log.warn({ netns: inode }, 'datapath reattach: network namespace is gone; its attachments went with it');
+        continue;
+      }
+      try {
+        const { stdout } = await run('nsenter', [`--net=${nsPath}`, '--', process.execPath, CTMAP_BIN, 'datapath', 'reattach', '--bpf-root', this.bpfRoot, '--json'], {
+          maxBuffer: 16 << 20,
+        });
+        const results = JSON.parse(stdout) as Array<{ dev: string; hooks: Array<{ direction: string; progId: number }> }>;
+        for (const r of results) {
+          this.log.info({ netns: nsPath, dev: r.dev, progIds: r.hooks.map((h) => h.progId), maps: names }, 'datapath reattached over the migrated maps');
+        }
+      } catch (err) {
+        const stderr = (err as { stderr?: string }).stderr?.trim();
+        throw new CtmapError('internal', `datapath reattach in ${nsPath} failed: ${stderr || String(err)}`, { cause: err });
+      }
+    }
+    await new Promise((resolve) => setTimeout(resolve, IN_FLIGHT_MS));
+  }
+}
+
+/** Inodes of the network namespaces that have attachment records. */
+function recordedNamespaces(bpfRoot: string): number[] {
+  try {
+    return fs
+      .readdirSync(datapathRecordsDir(bpfRoot))
+      .map((n) => /^net(\d+)$/.exec(n))
+      .filter((m): m is RegExpExecArray => m !== null)
+      .map((m) => Number(m[1]));
+  } catch {
+    return [];
+  }
+}
+
+/** A path that opens the network namespace with this inode, or undefined. */
+function findNetns(inode: number): string | undefined {
+  const candidates: string[] = ['/proc/self/ns/net'];
+  try {
+    for (const name of fs.readdirSync('/run/netns')) candidates.push(path.join('/run/netns', name));
+  } catch {
+    // no named namespaces
+  }
+  try {
+    for (const pid of fs.readdirSync('/proc')) if (/^\d+$/.test(pid)) candidates.push(`/proc/${pid}/ns/net`);
+  } catch {
+    // no procfs
+  }
+  for (const c of candidates) {
+    try {
+      if (fs.statSync(c).ino === inode) return c;
+    } catch {
+      // gone while looking
+    }
+  }
+  return undefined;
+}

@@ -9,6 +9,10 @@
  *     client does.
  *   {"mode":"flows", "steps":[...]}
  *     runs the steps one after the other and prints one JSON line per step.
+ *   {"mode":"hold", "host":H, "port":P}
+ *     one TCP connection kept open: prints {"localPort":N} once connected, then for each
+ *     stdin line "send <n>" writes n bytes and prints "echoed <n>" once they came back;
+ *     "close" ends it (FIN) and prints "closed" when the server closed too.
  *
  * Every step reports the CT clock (CLOCK_MONOTONIC seconds, as ctNow()) just before its
  * first and just after its last packet, and the namespace's own counters around it: TCP
@@ -201,9 +205,48 @@ async function serve(addresses: string[], tcpPort: number, udpPort: number): Pro
   process.stdout.write('ready\n');
 }
 
+/** See "hold" in the file comment. */
+async function hold(host: string, port: number): Promise<void> {
+  const sock = net.connect({ host, port });
+  await new Promise<void>((resolve, reject) => {
+    sock.once('connect', resolve);
+    sock.once('error', reject);
+  });
+  process.stdout.write(`${JSON.stringify({ localPort: sock.localPort })}\n`);
+  let want = 0;
+  let got = 0;
+  sock.on('data', (d) => {
+    got += d.length;
+    if (want > 0 && got >= want) {
+      process.stdout.write(`echoed ${got}\n`);
+      want = 0;
+      got = 0;
+    }
+  });
+  sock.on('close', () => {
+    process.stdout.write('closed\n');
+    process.exit(0);
+  });
+  let pending = '';
+  process.stdin.on('data', (d) => {
+    pending += d;
+    for (let nl = pending.indexOf('\n'); nl >= 0; nl = pending.indexOf('\n')) {
+      const line = pending.slice(0, nl).trim();
+      pending = pending.slice(nl + 1);
+      const m = /^send (\d+)$/.exec(line);
+      if (m) {
+        want = Number(m[1]);
+        sock.write(Buffer.alloc(want, 'H'));
+      } else if (line === 'close') {
+        sock.end();
+      }
+    }
+  });
+}
+
 if (require.main === module) {
   const cfg = JSON.parse(process.argv[2]);
-  const run = cfg.mode === 'serve' ? serve(cfg.addresses, cfg.tcpPort, cfg.udpPort) : runSteps(cfg.steps);
+  const run = cfg.mode === 'serve' ? serve(cfg.addresses, cfg.tcpPort, cfg.udpPort) : cfg.mode === 'hold' ? hold(cfg.host, cfg.port) : runSteps(cfg.steps);
   run.catch((err) => {
     process.stderr.write(`netns-traffic: ${err instanceof Error ? err.stack : String(err)}\n`);
     process.exit(1);

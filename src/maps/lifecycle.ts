@@ -219,19 +219,13 @@ export class MapLifecycle implements MapOpener {
   async open(spec: MapSpec, opts: MapOpenOptions): Promise<BpfMap> {
     if (!spec.pinPath) return this.#backend.create(spec);
     await this.#recover(spec, opts);
-    const live = this.#backend.open(spec);
-    if (!live) {
+    const pinned = this.#openPinned(spec);
+    if (!pinned) {
       const map = this.#backend.create(spec);
       this.#log.info({ map: spec.name, pin: spec.pinPath, maxEntries: spec.maxEntries }, 'created map');
       return map;
     }
-    let info: LiveMapInfo;
-    try {
-      info = live.info();
-    } catch (err) {
-      live.close();
-      throw err;
-    }
+    const { live, info } = pinned;
     const mismatches = attributeMismatches(info, { ...spec, maxEntries: this.#backend.effectiveMaxEntries(spec) });
     if (mismatches.length === 0) {
       this.#log.info({ map: spec.name, pin: spec.pinPath, maxEntries: info.maxEntries }, 'reusing pinned map');
@@ -258,16 +252,21 @@ export class MapLifecycle implements MapOpener {
    * template). Returns the new map.
    */
   replace(spec: MapSpec, why: string): BpfMap {
+    const pinned = this.#openPinned(spec);
+    if (!pinned) return this.#backend.create(spec);
+    return this.#replace(spec, pinned.live, pinned.info, [why], true);
+  }
+
+  /** The map pinned at spec.pinPath with what the kernel says of it; undefined when none. */
+  #openPinned(spec: MapSpec): { live: BpfMap; info: LiveMapInfo } | undefined {
     const live = this.#backend.open(spec);
-    if (!live) return this.#backend.create(spec);
-    let info: LiveMapInfo;
+    if (!live) return undefined;
     try {
-      info = live.info();
+      return { live, info: live.info() };
     } catch (err) {
       live.close();
       throw err;
     }
-    return this.#replace(spec, live, info, [why], true);
   }
 
   /**

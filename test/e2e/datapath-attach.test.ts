@@ -20,18 +20,14 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { call, serviceClient, tempDir } from '../helpers/grpc';
-import { ctmap, ctmapOk, datapathE2eTier, startDaemonProcess } from '../helpers/datapath-e2e';
+import { cleanupScope, ctmap, ctmapOk, datapathE2eTier, startDaemonProcess } from '../helpers/datapath-e2e';
 import { privateBpfRoot } from '../helpers/kernel';
 import { createVethPair, inNetns } from '../helpers/netns';
 import { services } from '../../src/server/proto';
 
 test('ctmap datapath attach/detach: own filters only, in place on re-attach, foreign filters and qdiscs survive', { timeout: 60_000 }, async (t) => {
   if (!datapathE2eTier(t, ['ip', 'tc', 'nsenter'])) return;
-  const cleanups: Array<() => unknown> = [];
-  const scope = { after: (fn: () => unknown) => cleanups.unshift(fn) };
-  t.after(async () => {
-    for (const fn of cleanups) await Promise.resolve().then(fn).catch((err) => process.stderr.write(`cleanup: ${err}\n`));
-  });
+  const scope = cleanupScope(t);
   const bpf = privateBpfRoot(scope);
   const tmp = tempDir();
   scope.after(tmp.cleanup);

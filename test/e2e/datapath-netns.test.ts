@@ -17,7 +17,7 @@ import { test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { ctNow } from '../../src/maps/ctmap/format';
 import { services } from '../../src/server/proto';
-import { ctmapOk, datapathE2eTier, startDaemonProcess } from '../helpers/datapath-e2e';
+import { cleanupScope, ctmapOk, datapathE2eTier, startDaemonProcess } from '../helpers/datapath-e2e';
 import { Client, call, collect, tempDir } from '../helpers/grpc';
 import { privateBpfRoot } from '../helpers/kernel';
 import { createVethPair, inNetns, NetnsSide, waitQuiet } from '../helpers/netns';
@@ -299,11 +299,7 @@ test('datapath e2e: TCP, UDP, ICMP over IPv4 and IPv6 between namespaces, throug
   if (!datapathE2eTier(t)) return;
   // One cleanup, in reverse order of creation whatever failed: clients, traffic
   // processes, namespaces, daemon, socket dir, pins.
-  const cleanups: Array<() => unknown> = [];
-  const scope = { after: (fn: () => unknown) => cleanups.unshift(fn) };
-  t.after(async () => {
-    for (const fn of cleanups) await Promise.resolve().then(fn).catch((err) => process.stderr.write(`cleanup: ${err}\n`));
-  });
+  const scope = cleanupScope(t);
   const procs: ChildProcess[] = [];
   const bpf = privateBpfRoot(scope);
   const tmp = tempDir();

@@ -13,7 +13,7 @@ import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { services } from '../../src/server/proto';
-import { ctmapOk, datapathE2eTier, startDaemonProcess } from '../helpers/datapath-e2e';
+import { cleanupScope, ctmapOk, datapathE2eTier, startDaemonProcess } from '../helpers/datapath-e2e';
 import { call, serviceClient, tempDir } from '../helpers/grpc';
 import { privateBpfRoot } from '../helpers/kernel';
 import { createVethPair, inNetns, waitQuiet } from '../helpers/netns';
@@ -65,11 +65,7 @@ function lineReader(child: ChildProcess): () => Promise<string> {
 
 test('seed 000: a live TCP connection across a TCP map resize and a restart keeps its CT entry and counters', { timeout: 90_000 }, async (t) => {
   if (!datapathE2eTier(t, ['ip', 'tc', 'nsenter', 'bpftool'])) return;
-  const cleanups: Array<() => unknown> = [];
-  const scope = { after: (fn: () => unknown) => cleanups.unshift(fn) };
-  t.after(async () => {
-    for (const fn of cleanups) await Promise.resolve().then(fn).catch((err) => process.stderr.write(`cleanup: ${err}\n`));
-  });
+  const scope = cleanupScope(t);
   const bpf = privateBpfRoot(scope);
   const tmp = tempDir();
   scope.after(tmp.cleanup);

@@ -101,3 +101,17 @@ export function ctmapOk(args: readonly string[]): any {
   if (r.status !== 0) throw new Error(`ctmap ${args.join(' ')}: exit ${r.status}: ${r.stderr}${r.stdout}`);
   return args.includes('--json') ? JSON.parse(r.stdout) : r.stdout;
 }
+
+/**
+ * One cleanup stack for a test: `scope.after(fn)` registers, and when the test ends (also
+ * on failure) the functions run in reverse order of registration, each awaited, a failing
+ * one reported on stderr without stopping the rest (namespaces, daemons and pins must all
+ * go).
+ */
+export function cleanupScope(t: { after(fn: () => unknown): void }): { after(fn: () => unknown): void } {
+  const cleanups: Array<() => unknown> = [];
+  t.after(async () => {
+    for (const fn of cleanups) await Promise.resolve().then(fn).catch((err) => process.stderr.write(`cleanup: ${err}\n`));
+  });
+  return { after: (fn) => void cleanups.unshift(fn) };
+}

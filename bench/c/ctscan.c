@@ -249,6 +249,27 @@ static int cmd_fill(const char *pin, __u64 n, __u32 seed)
 }
 
 /*
+ * After a LOOKUP_BATCH (or LOOKUP_AND_DELETE_BATCH) call that returned errno `err` (0,
+ * ENOENT or ENOSPC): false at the end of the map; otherwise the cursor moves on (`out`
+ * becomes the next `in`) and, when a hash bucket did not fit (ENOSPC), the key and value
+ * buffers double. Returns whether to call again.
+ */
+static bool batch_next(int err, unsigned char *in, const unsigned char *out, bool *first, __u32 *batch,
+		       struct ipv4_ct_tuple **keys, struct ct_entry **vals)
+{
+	if (err == ENOENT)
+		return false;
+	memcpy(in, out, TOKEN_MAX);
+	*first = false;
+	if (err == ENOSPC) {
+		*batch *= 2;
+		*keys = realloc(*keys, *batch * sizeof(**keys));
+		*vals = realloc(*vals, *batch * sizeof(**vals));
+	}
+	return true;
+}
+
+/*
  * Walks the whole map with LOOKUP_BATCH (or LOOKUP_AND_DELETE_BATCH), summing packets
  * so the reads cannot be optimised away. ENOSPC means one hash bucket holds more than
  * the buffer: grow and resume from the same token. ENOENT marks the end, possibly with
@@ -281,15 +302,8 @@ static void walk(int fd, __u32 batch, bool del, __u64 *entries, __u64 *sum)
 		for (__u32 j = 0; j < count; j++)
 			*sum += vals[j].packets;
 		*entries += count;
-		if (err == ENOENT)
+		if (!batch_next(err, in, out, &first, &batch, &keys, &vals))
 			break;
-		memcpy(in, out, sizeof(in));
-		first = false;
-		if (err == ENOSPC) {
-			batch *= 2;
-			keys = realloc(keys, batch * sizeof(*keys));
-			vals = realloc(vals, batch * sizeof(*vals));
-		}
 	}
 	free(keys);
 	free(vals);
@@ -390,18 +404,11 @@ static int cmd_gc(const char *pin, __u32 time, __u32 batch, enum gc_mode mode)
 						   : delete_keys_batch(fd, cand, ncand);
 			del_ns += now_ns() - t;
 		}
-		if (err == ENOENT)
+		if (!batch_next(err, in, out, &first, &batch, &keys, &vals))
 			break;
-		memcpy(in, out, sizeof(in));
-		first = false;
-		if (err == ENOSPC) {
-			batch *= 2;
-			keys = realloc(keys, batch * sizeof(*keys));
-			vals = realloc(vals, batch * sizeof(*vals));
-			if (mode != GC_AFTER) {
-				cand_cap = batch;
-				cand = realloc(cand, cand_cap * sizeof(*cand));
-			}
+		if (err == ENOSPC && mode != GC_AFTER) {
+			cand_cap = batch;
+			cand = realloc(cand, cand_cap * sizeof(*cand));
 		}
 	}
 	if (mode == GC_AFTER) {
@@ -466,15 +473,8 @@ static int cmd_copy(const char *src, const char *dst, __u32 max_entries, __u32 b
 				die("update batch", errno);
 			copied += n;
 		}
-		if (err == ENOENT)
+		if (!batch_next(err, in, out, &first, &batch, &keys, &vals))
 			break;
-		memcpy(in, out, sizeof(in));
-		first = false;
-		if (err == ENOSPC) {
-			batch *= 2;
-			keys = realloc(keys, batch * sizeof(*keys));
-			vals = realloc(vals, batch * sizeof(*vals));
-		}
 	}
 	t = now_ns();
 	printf("{\"copied\":%" PRIu64 ",\"ns\":%" PRIu64 ",\"copy_ns\":%" PRIu64 ",\"batch\":%u}\n",

@@ -16,7 +16,7 @@ node_modules/.package-lock.json: package.json package-lock.json
 	@touch $@
 
 build: deps node_modules/.package-lock.json
-	npx tsc -p tsconfig.json
+	rm -rf dist && npx tsc -p tsconfig.json
 	$(MAKE) -s -C bpf
 	$(MAKE) -s -C bench/c
 

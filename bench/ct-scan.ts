@@ -12,7 +12,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { services } from '../src/server/proto';
+import { services } from '../src/api/proto';
 import {
   BenchContext,
   BenchSection,

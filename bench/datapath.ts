@@ -28,10 +28,10 @@ import pino from 'pino';
 import { CtDatapath } from '../src/datapath/loader';
 import { datapathSettingsFrom } from '../src/datapath/settings';
 import { DatapathSideMaps } from '../src/datapath/side-maps';
-import { BpfObject, BpfProgram, SK_BUFF_CTX, TestRunContext } from '../src/maps/bpf';
+import { BpfObject, BpfProgram, SK_BUFF_CTX, TestRunContext } from '../src/sys';
 import { globalCtMapSpec, clusterOuterCtMapSpec } from '../src/maps/ctmap/spec';
 import { kernelBackend } from '../src/maps/kernel';
-import { parseConfig } from '../src/server/config';
+import { parseConfig } from '../src/config/config';
 import { TCP_FLAGS, ip, tcp } from '../test/helpers/frames';
 import { BenchContext, BenchSection, HarnessError, Measured, Measurement, REPO_ROOT, machineInfo, markdownTable, measureRounds, privateBpffsDir } from './lib';
 

@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { kernelBackend } from '../src/maps/kernel';
 import { MapType, MapSpec } from '../src/maps/types';
-import { services } from '../src/server/proto';
+import { services } from '../src/api/proto';
 import {
   BenchContext,
   BenchSection,

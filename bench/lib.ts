@@ -12,7 +12,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { services } from '../src/server/proto';
+import { services } from '../src/api/proto';
 
 /** Repository root: this file runs as dist/bench/lib.js. */
 export const REPO_ROOT = path.resolve(__dirname, '../..');

@@ -4,7 +4,7 @@
  * hint when the daemon is not reachable.
  */
 import * as grpc from '@grpc/grpc-js';
-import { services } from '../server/proto';
+import { services } from '../api/proto';
 import type { CliCommand, Family } from './args';
 import type { Io } from './datapath';
 

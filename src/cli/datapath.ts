@@ -8,13 +8,12 @@
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { CTMAP_BIN } from '../config/paths';
 import type { AttachResult, DetachResult, StatusRecord } from '../datapath/attach';
 import { CliUsageError, type CliCommand } from './args';
 
 type DatapathCommand = Extract<CliCommand, { kind: `datapath-${string}` }>;
 
-/** bin/ctmap, re-executed inside a namespace (compiled to dist/src/cli/). */
-const CTMAP_BIN = path.resolve(__dirname, '../../../bin/ctmap');
 /** Set on the re-executed child: it must find itself in the namespace, or fail (no loop). */
 const REEXEC_ENV = 'CTMAP_NETNS_REEXEC';
 /** Set to 1 (tests): fail when a bpf fd or object is still open after the command. */
@@ -74,7 +73,7 @@ export function runDatapath(cmd: DatapathCommand, argv: readonly string[], env: 
  */
 function reportLeaks(env: NodeJS.ProcessEnv, io: Io): boolean {
   if (env[CHECK_LEAKS_ENV] !== '1') return false;
-  const bpf = require('../maps/bpf') as typeof import('../maps/bpf');
+  const bpf = require('../sys') as typeof import('../sys');
   const fds = bpf.openFdCount();
   const objects = bpf.openObjectCount();
   if (fds === 0 && objects === 0) return false;

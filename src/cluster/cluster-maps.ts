@@ -14,10 +14,10 @@
  *   it), then the maps unregistered, closed and unpinned.
  */
 import type { Logger } from 'pino';
-import { Errno, isErrno } from '../maps/bpf/errors';
+import { Errno, isErrno } from '../maps/errors';
 import type { MapLifecycle } from '../maps/lifecycle';
 import { newPinPath, oldPinPath, openOrCreate } from '../maps/open';
-import type { Family } from '../maps/ctmap/addr';
+import type { Family } from '../maps/addr';
 import {
   CtKind,
   CtMapsConfig,

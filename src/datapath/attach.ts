@@ -39,14 +39,12 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CtmapError } from '../errors';
-import * as bpf from '../maps/bpf';
+import * as bpf from '../sys';
 import {
   TcDirection,
   TcFilterRef,
   ifIndexToName,
   ifNameToIndex,
-  pinProgram,
-  progInfo,
   tcAttach,
   tcDetach,
   tcHasClsact,
@@ -54,7 +52,7 @@ import {
   tcHookDestroy,
   tcListFilters,
   tcQuery,
-} from '../maps/bpf/tc';
+} from '../link';
 import { CtDatapath } from './loader';
 import { datapathRecordsDir } from './records';
 import type { DatapathSettings } from './settings';
@@ -129,7 +127,7 @@ function pinnedProgId(pin: string): number {
   let fd: bpf.Fd | undefined;
   try {
     fd = bpf.objGet(pin);
-    return fd ? progInfo(fd).id : 0;
+    return fd ? bpf.progInfo(fd).id : 0;
   } catch {
     return 0;
   } finally {
@@ -282,7 +280,7 @@ export function attachDatapath(o: AttachOptions): AttachResult {
       // Pinned before it is attached, so a crash leaves at worst an unattached pin.
       const pending = path.join(dir, `${direction}_new`);
       unpinQuiet(pending);
-      pinProgram(prog.fd, pending);
+      bpf.pinProgram(prog.fd, pending);
       const ref = tcAttach(ifindex, direction, prog.fd, old ? { handle: old.handle, priority: old.priority, replace: true } : {});
       hooks.push({ direction, ...ref, replaced: old !== undefined });
       const final = path.join(dir, pinName(direction, ref));

@@ -17,9 +17,10 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { bpfObjectPath } from '../config/paths';
 import { CtmapError } from '../errors';
-import * as bpf from '../maps/bpf';
-import { BpfObject, BpfProgram } from '../maps/bpf/program';
+import * as bpf from '../sys';
+import { BpfObject, BpfProgram } from '../sys/object';
 import { globalsDir } from '../maps/ctmap/spec';
 import { attributeMismatches } from '../maps/open';
 import type { MapSpec } from '../maps/types';
@@ -34,11 +35,8 @@ import {
 } from './settings';
 import { datapathSideMapSpecs } from './side-maps';
 
-/** Compiled to dist/src/datapath/: the repo root is three levels up. */
-const REPO_ROOT = path.resolve(__dirname, '../../..');
-
 /** Where `make -C bpf` puts the object. */
-export const CT_DATAPATH_OBJECT = path.join(REPO_ROOT, 'bpf/.output/ct_datapath.bpf.o');
+export const CT_DATAPATH_OBJECT = bpfObjectPath('ct_datapath.bpf.o');
 
 /** The programs of the object, by hook. */
 export const CT_DATAPATH_PROGRAMS = { ingress: 'ct_ingress', egress: 'ct_egress' } as const;

@@ -17,14 +17,13 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import type { Logger } from 'pino';
+import { CTMAP_BIN } from '../config/paths';
 import { CtmapError } from '../errors';
 import type { DatapathReloader, SwappedMap } from '../maps/lifecycle';
 import { datapathRecordsDir } from './records';
 
 const run = promisify(execFile);
 
-/** bin/ctmap (compiled to dist/src/datapath/). */
-const CTMAP_BIN = path.resolve(__dirname, '../../../bin/ctmap');
 
 /**
  * How long the old programs may still be running on another CPU after their filter was

@@ -6,7 +6,7 @@
 import { invalidArgument } from '../errors';
 import { CT_DATAPATH_CONFIG } from '../maps/ctmap/layout';
 import { CLUSTER_ID_MAX_VALUES, clusterOuterMapName } from '../maps/ctmap/spec';
-import { parseConfig, type Config } from '../server/config';
+import { parseConfig, type Config } from '../config/config';
 
 /** The global CT maps the object declares, by family (facts §1 names). */
 export const CT_DATAPATH_FAMILY_MAPS = {

@@ -14,7 +14,7 @@
  * full map: the kernel may evict to make room.
  */
 import * as zlib from 'node:zlib';
-import { BpfSyscallError, Errno } from './bpf/errors';
+import { BpfSyscallError, Errno } from './errors';
 import { BatchCursor, BpfMap, FillShare, MapBackend, UpdateFlag } from './types';
 
 /**

@@ -9,9 +9,9 @@ import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
 import { ReflectionService } from '@grpc/reflection';
 import { CtmapError } from '../errors';
-import type { Config } from './config';
-import type { Logger } from './logger';
-import { reflectionPackageDefinition } from './proto';
+import type { Config } from '../config/config';
+import type { Logger } from 'pino';
+import { reflectionPackageDefinition } from '../api/proto';
 
 /** One service to serve: its definition (e.g. services().CTMaps.service) and handlers. */
 export interface ServiceRegistration {

@@ -18,7 +18,7 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import { describe, test } from 'node:test';
-import { BatchError, BpfSyscallError, Errno } from '../../src/maps/bpf/errors';
+import { BatchError, BpfSyscallError, Errno } from '../../src/maps/errors';
 import { BpfMap, MapBackend, MapFlag, MapSpec, MapType, MapTypeValue, UpdateFlag } from '../../src/maps/types';
 
 /** What runContract needs from a backend under test; makeBackend is called once per test. */

@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
-import { packageDefinition, services } from '../../src/server/proto';
+import { packageDefinition, services } from '../../src/api/proto';
 import { kernelTier, privateBpfRoot } from '../helpers/kernel';
 import { tempDir } from '../helpers/grpc';
 

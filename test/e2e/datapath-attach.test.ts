@@ -23,7 +23,7 @@ import { call, serviceClient, tempDir } from '../helpers/grpc';
 import { cleanupScope, ctmap, ctmapOk, datapathE2eTier, startDaemonProcess } from '../helpers/datapath-e2e';
 import { privateBpfRoot } from '../helpers/kernel';
 import { createVethPair, inNetns } from '../helpers/netns';
-import { services } from '../../src/server/proto';
+import { services } from '../../src/api/proto';
 
 test('ctmap datapath attach/detach: own filters only, in place on re-attach, foreign filters and qdiscs survive', { timeout: 60_000 }, async (t) => {
   if (!datapathE2eTier(t, ['ip', 'tc', 'nsenter'])) return;

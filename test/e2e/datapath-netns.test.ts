@@ -16,7 +16,7 @@ import * as path from 'node:path';
 import { test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { ctNow } from '../../src/maps/ctmap/format';
-import { services } from '../../src/server/proto';
+import { services } from '../../src/api/proto';
 import { cleanupScope, ctmapOk, datapathE2eTier, startDaemonProcess } from '../helpers/datapath-e2e';
 import { Client, call, collect, tempDir } from '../helpers/grpc';
 import { privateBpfRoot } from '../helpers/kernel';

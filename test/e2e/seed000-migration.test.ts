@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { test } from 'node:test';
-import { services } from '../../src/server/proto';
+import { services } from '../../src/api/proto';
 import { cleanupScope, ctmapOk, datapathE2eTier, startDaemonProcess } from '../helpers/datapath-e2e';
 import { call, serviceClient, tempDir } from '../helpers/grpc';
 import { privateBpfRoot } from '../helpers/kernel';

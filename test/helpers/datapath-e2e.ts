@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { TestContext } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
-import { services } from '../../src/server/proto';
+import { services } from '../../src/api/proto';
 import { kernelTier } from './kernel';
 import { haveTool } from './netns';
 

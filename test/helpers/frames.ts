@@ -3,7 +3,7 @@
  * IPv4 / IPv6 (with optional extension headers) carrying TCP, UDP or ICMP(v6). Checksums
  * are left 0: the datapath does not verify them.
  */
-import { writeAddress } from '../../src/maps/ctmap/addr';
+import { writeAddress } from '../../src/maps/addr';
 
 /** TCP flag bits (byte 13 of the header). */
 export const TCP_FLAGS = { FIN: 0x01, SYN: 0x02, RST: 0x04, ACK: 0x10 } as const;

@@ -8,9 +8,9 @@ import * as path from 'node:path';
 import { Writable } from 'node:stream';
 import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
-import { parseConfig } from '../../src/server/config';
-import { Daemon, startDaemon } from '../../src/server/daemon';
-import { services } from '../../src/server/proto';
+import { parseConfig } from '../../src/config/config';
+import { Daemon, startDaemon } from '../../src/daemon/daemon';
+import { services } from '../../src/api/proto';
 
 export type Client = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
 

@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import type { TestContext } from 'node:test';
 
 type KernelModule = typeof import('../../src/maps/kernel');
-type BpfModule = typeof import('../../src/maps/bpf');
+type BpfModule = typeof import('../../src/sys');
 
 /** statfs f_type of bpffs (BPF_FS_MAGIC in linux/magic.h). */
 export const BPF_FS_MAGIC = 0xcafe4a11;
@@ -119,7 +119,7 @@ export function privateBpfRoot(t?: { after(fn: () => void): void }, base: string
 
 /** Number of fds currently open through src/maps/bpf (loads it: kernel tier only). */
 export function bpfFdCount(): number {
-  return (require('../../src/maps/bpf') as BpfModule).openFdCount();
+  return (require('../../src/sys') as BpfModule).openFdCount();
 }
 
 /**

@@ -11,7 +11,7 @@ import type { TestContext } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import type { BpfMap, MapBackend } from '../../src/maps/types';
 import { MapType } from '../../src/maps/types';
-import { services } from '../../src/server/proto';
+import { services } from '../../src/api/proto';
 import { Client, TestDaemon, call, ctClient, startTestDaemon, tempDir } from './grpc';
 import { KEY4, VALUE, checkEntries, fillEntries, keyOf, latestLifetimes } from './migration';
 

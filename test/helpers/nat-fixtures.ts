@@ -6,7 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import pino from 'pino';
-import type { Family } from '../../src/maps/ctmap/addr';
+import type { Family } from '../../src/maps/addr';
 import { CtKey, decodeKey, encodeEntry, encodeKey, keySize } from '../../src/maps/ctmap/codec';
 import type { GCEvent } from '../../src/maps/ctmap/gc/types';
 import { CtEntryFlag, IPPROTO } from '../../src/maps/ctmap/layout';

@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { memoryBackend, pinnedPaths } from '../../src/maps/memory';
-import { services } from '../../src/server/proto';
+import { services } from '../../src/api/proto';
 import { Client, call, startTestDaemon, tempDir } from '../helpers/grpc';
 import { etcdTier, startEtcd } from '../helpers/etcd';
 import { waitUntil } from '../helpers/wait';

@@ -14,7 +14,7 @@ import type { ClaimOwner, ClaimVia, MembershipSink } from '../../src/cluster/mem
 import { ConfigDirSource } from '../../src/cluster/sources/config-dir';
 import { EtcdClusterWatcher, parseClusterConfig } from '../../src/cluster/sources/etcd-cluster';
 import { looksLikeEtcdConfig, parseEtcdConfig, type EtcdConfig } from '../../src/cluster/sources/etcd-config';
-import { createLogger, type Logger } from '../../src/server/logger';
+import { createLogger, type Logger } from '../../src/daemon/logger';
 import { etcdTier, startEtcd, type EtcdServer } from '../helpers/etcd';
 import { waitUntil } from '../helpers/wait';
 

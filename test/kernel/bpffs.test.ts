@@ -14,8 +14,8 @@ import { TestContext, test } from 'node:test';
 import pino from 'pino';
 import { CtmapError } from '../../src/errors';
 import { ensureBpffs, isBpffs } from '../../src/maps/bpffs';
-import { parseConfig } from '../../src/server/config';
-import { startDaemon } from '../../src/server/daemon';
+import { parseConfig } from '../../src/config/config';
+import { startDaemon } from '../../src/daemon/daemon';
 import { LogSink, tempDir } from '../helpers/grpc';
 import { kernelTier, privateBpfRoot } from '../helpers/kernel';
 

@@ -14,8 +14,8 @@ import { DeleteMode, DeleteStatus } from '../../src/maps/ctmap/gc/types';
 import { BpfMap, MapFlag, MapType, MapTypeValue } from '../../src/maps/types';
 
 type KernelModule = typeof import('../../src/maps/kernel');
-type DeleterModule = typeof import('../../src/maps/kernel/conditional-delete');
-type BpfModule = typeof import('../../src/maps/bpf');
+type DeleterModule = typeof import('../../src/maps/ctmap/gc/kernel-deleter');
+type BpfModule = typeof import('../../src/sys');
 
 /** Compiled to dist/test/kernel/, three levels below the repo root. */
 const OBJ = path.resolve(__dirname, '../../..', 'bpf/.output/ct_gc.bpf.o');
@@ -59,7 +59,7 @@ interface Env {
   readonly bpf: BpfModule;
   readonly root: string;
   map(f: Fam, n: number, opts?: { flags?: number; type?: number; maxEntries?: number }): BpfMap;
-  deleter(): import('../../src/maps/kernel/conditional-delete').KernelConditionalDeleter;
+  deleter(): import('../../src/maps/ctmap/gc/kernel-deleter').KernelConditionalDeleter;
 }
 
 let mapSeq = 0;
@@ -71,8 +71,8 @@ let mapSeq = 0;
 async function withEnv(t: TestContext, body: (env: Env) => void | Promise<void>): Promise<void> {
   if (!kernelTier(t)) return;
   const kernel = require('../../src/maps/kernel') as KernelModule;
-  const mod = require('../../src/maps/kernel/conditional-delete') as DeleterModule;
-  const bpf = require('../../src/maps/bpf') as BpfModule;
+  const mod = require('../../src/maps/ctmap/gc/kernel-deleter') as DeleterModule;
+  const bpf = require('../../src/sys') as BpfModule;
   const { root, cleanup } = privateBpfRoot();
   const fds = bpfFdCount();
   const objs = bpf.openObjectCount();
@@ -135,7 +135,7 @@ if (!kernelTierDecision().run) {
 } else {
   describe('in-kernel conditional delete (ct_gc.bpf.o)', () => {
     test('area and ctx offsets match the BTF of ct_gc.bpf.o', () => {
-      const { CT_GC_AREA, CT_GC_ARGS, CT_GC_MAX_RECS } = require('../../src/maps/kernel/conditional-delete') as DeleterModule;
+      const { CT_GC_AREA, CT_GC_ARGS, CT_GC_MAX_RECS } = require('../../src/maps/ctmap/gc/kernel-deleter') as DeleterModule;
       const area = structLayoutFromBtf(OBJ, 'ct_gc_area');
       assert.equal(area.size, CT_GC_AREA.size, 'sizeof(struct ct_gc_area)');
       assert.deepEqual(area.fields.keys, { offset: CT_GC_AREA.keys, size: CT_GC_MAX_RECS * 38 });

@@ -11,15 +11,15 @@
  * Kernel tier: root or CAP_BPF, bpftool, and a built bpf/ (make -C bpf).
  */
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import path from 'node:path';
 import { describe, test, TestContext } from 'node:test';
 import { execFileSync } from 'node:child_process';
 import { assertNoFdLeak, bpfFdCount, kernelTier, privateBpfRoot } from '../helpers/kernel';
 import { eth, icmp, ip, quote, tcp, udp } from '../helpers/frames';
-import { Family } from '../../src/maps/ctmap/addr';
+import { Family } from '../../src/maps/addr';
 import { CtEntry, CtKey, decodeEntry, encodeEntry, encodeKey } from '../../src/maps/ctmap/codec';
 import { ctNow } from '../../src/maps/ctmap/format';
+import { possibleCpus } from '../../src/sys/cpus';
 import { CT_DATAPATH_STATS, CT_DATAPATH_STATS_COUNTERS, CtEntryFlag, IPPROTO, TupleFlag } from '../../src/maps/ctmap/layout';
 import { CtKind, CtMapsConfig, clusterInnerCtMapSpec, clusterOuterCtMapSpec, globalCtMapSpec, globalsDir } from '../../src/maps/ctmap/spec';
 import {
@@ -31,12 +31,12 @@ import {
   type DatapathSettings,
 } from '../../src/datapath/settings';
 import { DatapathSideMaps, datapathSideMapSpecs } from '../../src/datapath/side-maps';
-import { parseConfig } from '../../src/server/config';
+import { parseConfig } from '../../src/config/config';
 import type { BpfMap } from '../../src/maps/types';
 import pino from 'pino';
 
 type KernelModule = typeof import('../../src/maps/kernel');
-type BpfModule = typeof import('../../src/maps/bpf');
+type BpfModule = typeof import('../../src/sys');
 type LoaderModule = typeof import('../../src/datapath/loader');
 
 const SILENT = pino({ level: 'silent' });
@@ -87,16 +87,6 @@ interface DatapathOptions {
   readonly clusters?: readonly number[];
 }
 
-function possibleCpus(): number {
-  // "0-7" or "0,2-3": the per-CPU value array has one slot per possible CPU.
-  const text = fs.readFileSync('/sys/devices/system/cpu/possible', 'utf8').trim();
-  return Math.max(
-    ...text.split(',').map((r) => {
-      const [a, b] = r.split('-').map(Number);
-      return (b ?? a) + 1;
-    }),
-  );
-}
 
 /**
  * Loads the datapath with the loader (src/datapath/) over fresh CT maps and the daemon's
@@ -108,7 +98,7 @@ function possibleCpus(): number {
 async function withDatapath(t: TestContext, body: (env: Env) => void, opts: DatapathOptions = {}): Promise<void> {
   if (!kernelTier(t)) return;
   const kernel = require('../../src/maps/kernel') as KernelModule;
-  const bpf = require('../../src/maps/bpf') as BpfModule;
+  const bpf = require('../../src/sys') as BpfModule;
   const { CtDatapath } = require('../../src/datapath/loader') as LoaderModule;
   const { root, cleanup } = privateBpfRoot();
   const fds = bpfFdCount();
@@ -127,9 +117,9 @@ async function withDatapath(t: TestContext, body: (env: Env) => void, opts: Data
   /** `${family}/${kind}/${clusterId}` -> map; outer maps under `${family}/${kind}/outer`. */
   const maps = new Map<string, BpfMap>();
   let side: import('../../src/datapath/side-maps').DatapathSideMaps | undefined;
-  let stats: import('../../src/maps/bpf').Fd | undefined;
+  let stats: import('../../src/sys').Fd | undefined;
   let datapath: import('../../src/datapath/loader').CtDatapath | undefined;
-  let run: import('../../src/maps/bpf').TestRunContext | undefined;
+  let run: import('../../src/sys').TestRunContext | undefined;
   try {
     for (const family of ['ipv4', 'ipv6'] as const) {
       for (const kind of ['tcp', 'any'] as const) {
@@ -159,7 +149,7 @@ async function withDatapath(t: TestContext, body: (env: Env) => void, opts: Data
     const r = run;
     const ncpu = possibleCpus();
     const statsFd = stats;
-    const exec = (p: import('../../src/maps/bpf').BpfProgram, frame: Buffer, mark = 0): void => {
+    const exec = (p: import('../../src/sys').BpfProgram, frame: Buffer, mark = 0): void => {
       r.setPacket(frame);
       r.ctx.writeUInt32LE(mark, bpf.SK_BUFF_CTX.markOffset);
       assert.equal(p.testRun(r), TC_ACT_UNSPEC, 'verdict');
@@ -747,7 +737,7 @@ describe('ct_datapath loader preconditions', () => {
   /** A private bpf-root with what `setup` pins; the loader's error (it must fail), then cleanup and leak checks. */
   async function loadError(t: TestContext, setup: (root: string, keep: (c: { close(): void }) => void) => void, settings?: Partial<DatapathSettings>): Promise<any> {
     if (!kernelTier(t)) return undefined;
-    const bpf = require('../../src/maps/bpf') as BpfModule;
+    const bpf = require('../../src/sys') as BpfModule;
     const { CtDatapath } = require('../../src/datapath/loader') as LoaderModule;
     const { root, cleanup } = privateBpfRoot();
     const fds = bpfFdCount();

@@ -15,10 +15,10 @@ import { Client, call, ctClient, startTestDaemon, tempDir } from '../helpers/grp
 import { kernelTier, privateBpfRoot } from '../helpers/kernel';
 import { clusterIdMark } from '../../src/datapath/settings';
 import { CT_DATAPATH_STATS_COUNTERS } from '../../src/maps/ctmap/layout';
-import { services } from '../../src/server/proto';
+import { services } from '../../src/api/proto';
 
 type LoaderModule = typeof import('../../src/datapath/loader');
-type BpfModule = typeof import('../../src/maps/bpf');
+type BpfModule = typeof import('../../src/sys');
 
 function bpftoolJson(args: string[]): any {
   return JSON.parse(execFileSync('bpftool', ['-j', ...args], { stdio: ['ignore', 'pipe', 'pipe'] }).toString());
@@ -109,7 +109,7 @@ function scrapeEvents(body: string): Record<string, string> {
 test('kernel: packets through the datapath over the daemon\'s maps show in ActiveMaps and /metrics, exactly', async (t) => {
   if (!kernelTier(t)) return;
   const { CtDatapath } = require('../../src/datapath/loader') as LoaderModule;
-  const bpfm = require('../../src/maps/bpf') as BpfModule;
+  const bpfm = require('../../src/sys') as BpfModule;
   const bpf = privateBpfRoot();
   t.after(bpf.cleanup);
   const sock = tempDir();

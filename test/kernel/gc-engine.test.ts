@@ -18,7 +18,7 @@ if (kernelTierDecision().run) {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const { kernelBackend } = require('../../src/maps/kernel') as typeof import('../../src/maps/kernel');
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const { kernelConditionalDeleter } = require('../../src/maps/kernel/conditional-delete') as typeof import('../../src/maps/kernel/conditional-delete');
+    const { kernelConditionalDeleter } = require('../../src/maps/ctmap/gc/kernel-deleter') as typeof import('../../src/maps/ctmap/gc/kernel-deleter');
     const { root, cleanup } = privateBpfRoot();
     return { backend: kernelBackend, bpfRoot: root, deleter: () => kernelConditionalDeleter(), cleanup };
   });

@@ -5,8 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { natMapsDefinition } from '../../src/server/natmaps-service';
-import { services } from '../../src/server/proto';
+import { natMapsDefinition } from '../../src/server/services/natmaps';
+import { services } from '../../src/api/proto';
 import { call, collect, ctClient, serviceClient, startTestDaemon, tempDir } from '../helpers/grpc';
 import { kernelTier, privateBpfRoot } from '../helpers/kernel';
 import { dsrKey, keyId, snatPair } from '../helpers/nat-fixtures';

@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { BpfMap, FillShare, MapBackend, MapSpec } from '../../src/maps/types';
+import { possibleCpus } from '../../src/sys/cpus';
 import { MapFlag, MapType } from '../../src/maps/types';
 import { assertNoFdLeak, bpfFdCount, kernelTier } from '../helpers/kernel';
 
@@ -54,10 +55,10 @@ test('kernel LRU: a fresh map filled by its fill plan keeps every entry; past th
   if (!kernelTier(t)) return;
   const { kernelBackend } = require('../../src/maps/kernel') as KernelModule;
   const placement = require('../../src/maps/kernel/placement') as PlacementModule;
-  const { threadAffinity } = require('../../src/maps/bpf') as typeof import('../../src/maps/bpf');
+  const { threadAffinity } = require('../../src/sys') as typeof import('../../src/sys');
   const fds = bpfFdCount();
   const affinity = threadAffinity();
-  const cpus = placement.possibleCpuCount();
+  const cpus = possibleCpus();
 
   const cases: Array<{ what: string; spec: MapSpec; want: number }> = [
     // A multiple of the refill size: exactly full, from one CPU.

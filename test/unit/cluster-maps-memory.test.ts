@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { memoryBackend, pinnedPaths } from '../../src/maps/memory';
 import { MapType } from '../../src/maps/types';
-import { services } from '../../src/server/proto';
+import { services } from '../../src/api/proto';
 import { clusterSuite } from '../helpers/cluster-suite';
 import { Client, call, rejectsWith, startTestDaemon, tempDir } from '../helpers/grpc';
 

@@ -1,6 +1,6 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { ConfigError, MAP_SIZE_MAX, MAP_SIZE_MIN, envName, parseConfig } from '../../src/server/config';
+import { ConfigError, MAP_SIZE_MAX, MAP_SIZE_MIN, envName, parseConfig } from '../../src/config/config';
 
 /** Asserts parseConfig rejects with exit code 2 and a message naming `flag`. */
 function rejects(argv: string[], flag: string, env: NodeJS.ProcessEnv = {}): ConfigError {

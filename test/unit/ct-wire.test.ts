@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { Family } from '../../src/maps/ctmap/addr';
+import { Family } from '../../src/maps/addr';
 import { CT_ENTRY_SIZE, decodeEntry, decodeKey, keySize } from '../../src/maps/ctmap/codec';
 import { MapRef } from '../../src/maps/ctmap/spec';
-import { entryMsg, mapRefMsg } from '../../src/server/ct-proto';
-import { WireWriter, mapRefBody, writeCtRecord } from '../../src/server/ct-wire';
-import { services } from '../../src/server/proto';
+import { entryMsg, mapRefMsg } from '../../src/api/ct-proto';
+import { WireWriter, mapRefBody, writeCtRecord } from '../../src/api/ct-wire';
+import { services } from '../../src/api/proto';
 
 // A small deterministic PRNG so failures reproduce.
 function rng(seed: number): () => number {

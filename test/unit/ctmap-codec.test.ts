@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { addressBytes, addressFamily, formatIPv6 } from '../../src/maps/ctmap/addr';
+import { addressBytes, addressFamily, formatIPv6 } from '../../src/maps/addr';
 import { decodeEntry, decodeKey, encodeEntry, encodeKey, entryFlagNames, validateEntry, validateKey } from '../../src/maps/ctmap/codec';
 import { formatEntryLine } from '../../src/maps/ctmap/format';
 import { CtmapError } from '../../src/errors';

@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import * as fs from 'node:fs';
 import {
   CT_DATAPATH_CONFIG_MAP,
   CT_DATAPATH_STATS_MAP,
@@ -18,9 +19,9 @@ import {
 import { datapathSideMapSpecs, sumDatapathStats } from '../../src/datapath/side-maps';
 import { CT_DATAPATH_STATS_COUNTERS } from '../../src/maps/ctmap/layout';
 import { memoryBackend } from '../../src/maps/memory';
-import { cpuListCount, possibleCpus } from '../../src/maps/possible-cpus';
+import { parseCpuList, possibleCpus } from '../../src/sys/cpus';
 import { MapType } from '../../src/maps/types';
-import { parseConfig } from '../../src/server/config';
+import { parseConfig } from '../../src/config/config';
 import { call, ctClient, startTestDaemon, tempDir } from '../helpers/grpc';
 
 test('settings: flags -> struct ct_datapath_config bytes -> settings', () => {
@@ -64,12 +65,15 @@ test('clusterIdMark encodes as Cilium does (bits spelled out)', () => {
   assert.throws(() => clusterIdMark(256, 255), /cluster-id: 256 is out of range/);
 });
 
-test('possible CPUs are read as libbpf reads them: highest index + 1', () => {
-  assert.equal(cpuListCount('0'), 1);
-  assert.equal(cpuListCount('0-1\n'), 2);
-  assert.equal(cpuListCount('0,2-3'), 4);
-  assert.equal(cpuListCount('0-3,8-11'), 12);
-  assert.equal(cpuListCount('x'), undefined);
+test('possible CPUs are counted as libbpf counts them: every listed CPU, also on a sparse mask', () => {
+  assert.deepEqual(parseCpuList('0'), [0]);
+  assert.deepEqual(parseCpuList('0-1\n'), [0, 1]);
+  // Sparse masks: libbpf_num_possible_cpus() sums the ranges (3 and 8), not highest + 1.
+  assert.deepEqual(parseCpuList('0,2-3'), [0, 2, 3]);
+  assert.equal(parseCpuList('0-3,8-11')?.length, 8);
+  assert.equal(parseCpuList('x'), undefined);
+  assert.equal(parseCpuList('3-1'), undefined);
+  assert.equal(possibleCpus(), parseCpuList(fs.readFileSync('/sys/devices/system/cpu/possible', 'latin1'))?.length);
 });
 
 test('sumDatapathStats adds every CPU\'s copy, counter by counter', () => {

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
-import { services } from '../../src/server/proto';
+import { services } from '../../src/api/proto';
 import { call, collect, ctClient, rejectsWith, startTestDaemon, tempDir } from '../helpers/grpc';
 import { waitUntil } from '../helpers/wait';
 

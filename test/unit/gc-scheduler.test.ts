@@ -1,9 +1,9 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import type { Family } from '../../src/maps/ctmap/addr';
+import type { Family } from '../../src/maps/addr';
 import { GCScheduler, type GCPassReason, type GCSchedulerOptions, type SchedulerClock } from '../../src/maps/ctmap/gc/scheduler';
 import type { GCRunResult } from '../../src/maps/ctmap/gc/types';
-import { createLogger } from '../../src/server/logger';
+import { createLogger } from '../../src/daemon/logger';
 
 const T0 = Date.UTC(2025, 0, 1); // virtual Unix ms at construction
 const S = 1000;

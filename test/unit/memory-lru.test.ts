@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
-import { BpfSyscallError, Errno } from '../../src/maps/bpf/errors';
+import { BpfSyscallError, Errno } from '../../src/maps/errors';
 import { HashTable, MemoryMap, memoryBackend, pinnedPaths } from '../../src/maps/memory';
 import { MapFlag, MapSpec, MapType, MapTypeValue, UpdateFlag } from '../../src/maps/types';
 

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import * as http from 'node:http';
 import { CtmapError } from '../../src/errors';
 import type { GCRunResult } from '../../src/maps/ctmap/gc/types';
-import { createLogger } from '../../src/server/logger';
+import { createLogger } from '../../src/daemon/logger';
 import {
   CtmapdMetrics,
   defaultMetrics,
@@ -13,7 +13,7 @@ import {
   recordNatPurge,
   startMetricsServer,
   type MetricsServer,
-} from '../../src/server/metrics';
+} from '../../src/daemon/metrics';
 
 function memoryLogger() {
   const lines: Array<Record<string, any>> = [];

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { CtmapError } from '../../src/errors';
-import type { Family } from '../../src/maps/ctmap/addr';
+import type { Family } from '../../src/maps/addr';
 import { NatEntry, decodeNatEntry, encodeNatEntry, natValueSize, validateNatEntry } from '../../src/maps/nat/codec';
 import { globalNatMapRefs, globalNatMapSpec, natMapName } from '../../src/maps/nat/spec';
 import { MapFlag, MapType } from '../../src/maps/types';

@@ -12,10 +12,10 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import * as descriptor from 'protobufjs/ext/descriptor';
 import { CtmapError } from '../../src/errors';
-import { createLogger, type Logger } from '../../src/server/logger';
-import { PROTO_LOADER_OPTIONS, services } from '../../src/server/proto';
+import { createLogger, type Logger } from '../../src/daemon/logger';
+import { PROTO_LOADER_OPTIONS, services } from '../../src/api/proto';
 import { startServer, type ServerHandle } from '../../src/server/server';
-import { ABORT, serverStream, unary } from '../../src/server/status';
+import { ABORT, serverStream, unary } from '../../src/server/call-boundary';
 
 const MAP_INFO = {
   ref: { family: 'FAMILY_IPV4', kind: 'MAP_KIND_TCP', cluster_id: 0 },

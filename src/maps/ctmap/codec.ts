@@ -8,7 +8,7 @@
  * rev_nat and nat_port are big-endian in the map and host numbers here.
  */
 import { invalidArgument } from '../../errors';
-import { Family, addressFamily, formatAddress, writeAddress } from './addr';
+import { Family, addressFamily, formatAddress, writeAddress } from '../addr';
 import { CT_ENTRY, CT_ENTRY_BACKEND_ID_OFFSET, CT_ENTRY_FLAG_NAMES, CT_KEY4, CT_KEY6, StructLayout } from './layout';
 
 export interface CtKey {

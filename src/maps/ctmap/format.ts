@@ -3,7 +3,7 @@
  * nexthdr 0 skipped, the address swap undone (src = key.daddr, dst = key.saddr), ports by
  * their key names in host order, IPv6 as [addr]:port.
  */
-import { Family, formatAddress } from './addr';
+import { Family, formatAddress } from '../addr';
 import { CT_ENTRY_BACKEND_ID_OFFSET, CT_ENTRY, IPPROTO, TupleFlag } from './layout';
 import { entryFlagNames } from './codec';
 import { keyLayout } from './codec';

@@ -5,7 +5,7 @@
 import * as path from 'node:path';
 import { invalidArgument } from '../../errors';
 import { MapFlag, MapSpec, MapType } from '../types';
-import { Family } from './addr';
+import { Family } from '../addr';
 import { CT_ENTRY_SIZE, keySize } from './codec';
 
 export type CtKind = 'tcp' | 'any';

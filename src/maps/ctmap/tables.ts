@@ -8,7 +8,7 @@ import { PackedWrite, writeAllOrNothing } from '../batch-write';
 import type { MapOpener } from '../lifecycle';
 import { openOrCreate } from '../open';
 import { BatchCursor, BpfMap, MapBackend } from '../types';
-import { Family, addressBytes } from './addr';
+import { Family, addressBytes } from '../addr';
 import { CT_ENTRY_SIZE, CtEntry, CtKey, decodeEntry, encodeEntry, encodeKey, entryLifetime, keyLayout } from './codec';
 import { IPPROTO } from './layout';
 import { CtKind, CtMapsConfig, DEFAULT_CLUSTER_ID_MAX, MapRef, globalCtMapRefs, globalCtMapSpec, refKey, refLabel, validateClusterId } from './spec';

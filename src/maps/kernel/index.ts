@@ -2,7 +2,8 @@
  * The kernel backend: real BPF maps, pinned in bpffs. Needs root or CAP_BPF (+CAP_SYS_ADMIN
  * to pin). Batch operations need Linux >= 5.6 for hash maps.
  */
-import * as bpf from '../bpf';
+import * as bpf from '../../sys';
+import { possibleCpus } from '../../sys/cpus';
 import { effectiveMaxEntries, fillPlan, onCpu } from './placement';
 import {
   Batch,
@@ -29,7 +30,7 @@ export class KernelMap implements BpfMap {
     readonly spec: MapSpec,
     readonly fd: bpf.Fd,
   ) {
-    this.valueBufferSize = userValueSize(spec.type, spec.valueSize, bpf.numPossibleCpus());
+    this.valueBufferSize = userValueSize(spec.type, spec.valueSize, possibleCpus());
   }
 
   #inflight = 0;

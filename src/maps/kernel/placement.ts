@@ -21,39 +21,17 @@
  * smaller of both bounds.) A BPF_F_NO_COMMON_LRU map gives each possible CPU its own list
  * of max / possible entries and never lends them: it fills only from every CPU in turn.
  */
-import * as fs from 'node:fs';
-import * as bpf from '../bpf';
+import * as bpf from '../../sys';
+import { possibleCpuList, possibleCpus } from '../../sys/cpus';
 import { FillShare, MapFlag, MapSpec, MapType } from '../types';
 
 /** kernel/bpf/bpf_lru_list.h LOCAL_FREE_TARGET: nodes a CPU takes from the global free list at once. */
 export const LOCAL_FREE_TARGET = 128;
 
-let possible: number | undefined;
-
-/**
- * num_possible_cpus(): the count in /sys/devices/system/cpu/possible ("0-1", "0-3,8-11").
- * Falls back to the CPUs this thread may use when the file cannot be read.
- */
-export function possibleCpuCount(): number {
-  if (possible !== undefined) return possible;
-  try {
-    const text = fs.readFileSync('/sys/devices/system/cpu/possible', 'latin1').trim();
-    let n = 0;
-    for (const part of text.split(',')) {
-      const [a, b] = part.split('-').map(Number);
-      n += b === undefined ? 1 : b - a + 1;
-    }
-    possible = n > 0 ? n : bpf.threadAffinity().length;
-  } catch {
-    possible = bpf.threadAffinity().length;
-  }
-  return possible;
-}
-
 /** max_entries the kernel reports for `spec` (htab_map_alloc rounds per-CPU LRU maps). */
 export function effectiveMaxEntries(spec: MapSpec): number {
   if (spec.type !== MapType.LRU_HASH || !(spec.flags & MapFlag.NO_COMMON_LRU)) return spec.maxEntries;
-  const cpus = possibleCpuCount();
+  const cpus = possibleCpus();
   const up = Math.ceil(spec.maxEntries / cpus) * cpus;
   // The kernel rounds down instead when rounding up would overflow u32.
   return up > 0xffffffff ? Math.floor(spec.maxEntries / cpus) * cpus : up;
@@ -66,8 +44,9 @@ export function effectiveMaxEntries(spec: MapSpec): number {
  */
 export function fillPlan(spec: MapSpec): FillShare[] {
   if (spec.type !== MapType.LRU_HASH) return [{ limit: spec.maxEntries }];
-  const cpus = possibleCpuCount();
-  const usable = bpf.threadAffinity().filter((c) => c < cpus);
+  const cpus = possibleCpus();
+  const possible = new Set(possibleCpuList());
+  const usable = bpf.threadAffinity().filter((c) => possible.has(c));
   if (spec.flags & MapFlag.NO_COMMON_LRU) {
     const share = Math.floor(effectiveMaxEntries(spec) / cpus);
     return usable.map((cpu) => ({ cpu, limit: share }));

@@ -5,7 +5,7 @@
  * rounded up to 8 bytes: the layout user space sees from the kernel, stored as it is.
  * Nothing runs "on a CPU" here, so the copies are only ever written from user space.
  */
-import { BpfSyscallError, Errno } from '../bpf/errors';
+import { BpfSyscallError, Errno } from '../errors';
 import { LiveMapInfo, UpdateFlag, userValueSize } from '../types';
 import { BatchStep, MemoryTable, checkUpdateFlags, copyBytes } from './table';
 

@@ -14,7 +14,7 @@
  * libbpf/koffi cannot.
  */
 import * as path from 'node:path';
-import { BatchError, BpfSyscallError, Errno } from '../bpf/errors';
+import { BatchError, BpfSyscallError, Errno } from '../errors';
 import {
   Batch,
   BatchCursor,
@@ -32,7 +32,7 @@ import {
 import { ArrayTable } from './array';
 import { HashTable } from './lru-hash';
 import { MapArrayTable } from './map-array';
-import { possibleCpus } from '../possible-cpus';
+import { possibleCpus } from '../../sys/cpus';
 import { BatchStep, MemoryTable, nextMapId } from './table';
 
 export { ArrayTable } from './array';

@@ -14,7 +14,7 @@
  * the free list, so nothing has to be initialised per slot at creation.
  */
 import { randomBytes } from 'node:crypto';
-import { BpfSyscallError, Errno } from '../bpf/errors';
+import { BpfSyscallError, Errno } from '../errors';
 import { LiveMapInfo, MapType, UpdateFlag } from '../types';
 import { BatchStep, MemoryTable, bytesEqual, checkUpdateFlags, copyBytes } from './table';
 

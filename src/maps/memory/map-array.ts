@@ -4,7 +4,7 @@
  * written with the inner map's handle value (the kernel takes an fd; here the table id,
  * see BpfMap.outerSlotValue) and reads back as the inner map's id.
  */
-import { BpfSyscallError, Errno } from '../bpf/errors';
+import { BpfSyscallError, Errno } from '../errors';
 import { LiveMapInfo, UpdateFlag } from '../types';
 import { BatchStep, MemoryTable, checkUpdateFlags } from './table';
 

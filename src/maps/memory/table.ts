@@ -3,7 +3,7 @@
  * table contract the handle in index.ts drives, and allocation-free byte helpers.
  * Not part of the public surface: import memoryBackend from ./index instead.
  */
-import { BpfSyscallError, Errno } from '../bpf/errors';
+import { BpfSyscallError, Errno } from '../errors';
 import { LiveMapInfo } from '../types';
 
 /** Reusable in/out state of one batch read (see MemoryTable.readBatch). */

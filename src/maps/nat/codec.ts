@@ -9,7 +9,7 @@
  * big-endian in the map and a host number here. Padding is written as zeros.
  */
 import { invalidArgument } from '../../errors';
-import { Family, addressFamily, formatAddress, writeAddress } from '../ctmap/addr';
+import { Family, addressFamily, formatAddress, writeAddress } from '../addr';
 import { checkUint } from '../ctmap/codec';
 import type { StructLayout } from '../ctmap/layout';
 import { NAT_ENTRY4, NAT_ENTRY6 } from './layout';

@@ -17,7 +17,7 @@
  */
 import type { Logger } from 'pino';
 import type { Observable, Subscription } from 'rxjs';
-import type { Family } from '../ctmap/addr';
+import type { Family } from '../addr';
 import { CT_ENTRY_SIZE, keyLayout } from '../ctmap/codec';
 import type { GCEventBatch } from '../ctmap/gc/events';
 import { DeleteStatus, GCEvent } from '../ctmap/gc/types';

@@ -17,7 +17,7 @@
  *   delete a mapping on an unreadable CT map.
  */
 import { CtmapError } from '../../errors';
-import type { Family } from '../ctmap/addr';
+import type { Family } from '../addr';
 import { keyLayout } from '../ctmap/codec';
 import { CT_ENTRY, CtEntryFlag, IPPROTO, TupleFlag } from '../ctmap/layout';
 import type { BpfMap } from '../types';

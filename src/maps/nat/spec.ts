@@ -4,7 +4,7 @@
  */
 import * as path from 'node:path';
 import { MapFlag, MapSpec, MapType } from '../types';
-import type { Family } from '../ctmap/addr';
+import type { Family } from '../addr';
 import { keySize } from '../ctmap/codec';
 import { CtMapsConfig, clusterInnerSpecFor, clusterOuterSpecFor, globalsDir } from '../ctmap/spec';
 import { natValueSize } from './codec';

@@ -12,7 +12,7 @@ import { writeAllOrNothing } from '../batch-write';
 import type { MapOpener } from '../lifecycle';
 import { openOrCreate } from '../open';
 import { Batch, BatchCursor, BpfMap, MapBackend } from '../types';
-import type { Family } from '../ctmap/addr';
+import type { Family } from '../addr';
 import { CtKey, encodeKey, validateKey } from '../ctmap/codec';
 import { DEFAULT_CLUSTER_ID_MAX, validateClusterId } from '../ctmap/spec';
 import { NatEntry, encodeNatEntry, natEntryCreated, validateNatEntry } from './codec';

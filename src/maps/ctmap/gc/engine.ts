@@ -9,7 +9,7 @@
  */
 import { Observable, Subject, mergeMap } from 'rxjs';
 import type { Logger } from 'pino';
-import { Family, addressBytes } from '../addr';
+import { Family, addressBytes } from '../../addr';
 import { CT_ENTRY_SIZE, keyLayout } from '../codec';
 import { CT_ENTRY } from '../layout';
 import { ctNow } from '../format';

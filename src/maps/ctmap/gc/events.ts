@@ -6,7 +6,7 @@
  * object, one Subject emission and one callback per deleted entry (≈190 ns each, a fifth
  * of a 1 Mi-entry pass).
  */
-import type { Family } from '../addr';
+import type { Family } from '../../addr';
 import { CT_ENTRY_SIZE, keyLayout } from '../codec';
 import type { MapRef } from '../spec';
 import { DeleteStatus, GCEvent } from './types';

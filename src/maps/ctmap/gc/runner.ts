@@ -3,7 +3,7 @@
  * scheduled pass and a Run request never scan the same family at once, so counts stay
  * exact), and adds up what the NAT coupling removed while the pass ran.
  */
-import { Family } from '../addr';
+import { Family } from '../../addr';
 import { MapRef } from '../spec';
 import { CtTable, CtTables } from '../tables';
 import { GCEngine, GCRunOptions } from './engine';

@@ -13,7 +13,7 @@
  */
 import type { Logger } from 'pino';
 import { CtmapError } from '../../../errors';
-import type { Family } from '../addr';
+import type { Family } from '../../addr';
 import { initialInterval, maxIntervalSeconds, nextInterval } from './interval';
 import type { GCRunResult } from './types';
 

@@ -3,7 +3,7 @@
  * by the engine, the NAT coupling, the scheduler and the gRPC service.
  */
 import type { BpfMap } from '../../types';
-import type { Family } from '../addr';
+import type { Family } from '../../addr';
 import type { MapRef } from '../spec';
 
 /** Which entries a pass removes. Neither criterion set: the pass only counts (and emits). */

@@ -4,17 +4,17 @@
  * gRPC statuses (INVALID_ARGUMENT names the request field).
  */
 import * as grpc from '@grpc/grpc-js';
-import { CtmapError, invalidArgument } from '../errors';
-import type { Family } from '../maps/ctmap/addr';
-import { checkUint, decodeKey } from '../maps/ctmap/codec';
-import type { CtTables } from '../maps/ctmap/tables';
-import { NatEntry, decodeNatEntry } from '../maps/nat/codec';
-import { purgeOrphanNatEntries } from '../maps/nat/purge';
-import type { NatRecordInput, NatTables } from '../maps/nat/tables';
-import { CtKeyMsg, familyEnum, parseFamily, parseKey } from './ct-proto';
-import type { Logger } from './logger';
-import { packageDefinition } from './proto';
-import { StreamWriter, serverStream, unary } from './status';
+import { CtmapError, invalidArgument } from '../../errors';
+import type { Family } from '../../maps/addr';
+import { checkUint, decodeKey } from '../../maps/ctmap/codec';
+import type { CtTables } from '../../maps/ctmap/tables';
+import { NatEntry, decodeNatEntry } from '../../maps/nat/codec';
+import { purgeOrphanNatEntries } from '../../maps/nat/purge';
+import type { NatRecordInput, NatTables } from '../../maps/nat/tables';
+import { CtKeyMsg, familyEnum, parseFamily, parseKey } from '../../api/ct-proto';
+import type { Logger } from 'pino';
+import { packageDefinition } from '../../api/proto';
+import { StreamWriter, serverStream, unary } from '../call-boundary';
 
 /** NatEntry as proto-loader presents it (created as a decimal string). */
 export interface NatEntryMsg {

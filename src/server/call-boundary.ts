@@ -6,7 +6,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { CtmapError, type ErrorCode } from '../errors';
-import { rpcLogger, type Logger } from './logger';
+import type { Logger } from 'pino';
 
 /** CtmapError code -> gRPC status code. */
 export const GRPC_STATUS: Readonly<Record<ErrorCode, grpc.status>> = Object.freeze({
@@ -197,7 +197,7 @@ function callContext(
     shutdown?.removeEventListener('abort', onShutdown);
     clearTimeout(timer);
   };
-  return { ctx: { signal: ac.signal, log: rpcLogger(base, name, call.getPeer()) }, release };
+  return { ctx: { signal: ac.signal, log: base.child({ method: name, peer: call.getPeer() }) }, release };
 }
 
 function flowControlled<Res>(

@@ -21,19 +21,16 @@
  * 6.18) and root or CAP_BPF.
  */
 import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { CtmapError } from '../../errors';
-import * as bpf from '../bpf';
-import { CT_ENTRY, CT_KEY4, CT_KEY6 } from '../ctmap/layout';
-import { ConditionalDeleter, DeleteMode, DeleteStatus } from '../ctmap/gc/types';
-import { BpfMap, MapType, UpdateFlag } from '../types';
-import { KernelMap } from './index';
-
-/** Compiled to dist/src/maps/kernel/: the repo root is four levels up. */
-const REPO_ROOT = path.resolve(__dirname, '../../../..');
+import { bpfObjectPath } from '../../../config/paths';
+import { CtmapError } from '../../../errors';
+import * as bpf from '../../../sys';
+import { CT_ENTRY, CT_KEY4, CT_KEY6 } from '../layout';
+import { ConditionalDeleter, DeleteMode, DeleteStatus } from './types';
+import { BpfMap, MapType, UpdateFlag } from '../../types';
+import { KernelMap } from '../../kernel';
 
 /** Where `make -C bpf` puts the object. */
-export const CT_GC_OBJECT = path.join(REPO_ROOT, 'bpf/.output/ct_gc.bpf.o');
+export const CT_GC_OBJECT = bpfObjectPath('ct_gc.bpf.o');
 
 /** CT_GC_MAX_RECS in bpf/ct_gc.bpf.c: records per program run. */
 export const CT_GC_MAX_RECS = 4096;

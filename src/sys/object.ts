@@ -12,84 +12,12 @@
  * the call it is passed to.
  */
 import koffi from 'koffi';
-import { BpfSyscallError, Errno } from './errors';
-import type { Fd } from './index';
-import { native as bpfNative } from './libbpf';
+import { BpfSyscallError, Errno, check } from './errors';
+import type { Fd } from './fd';
+import { Ptr, TEST_RUN_OPTS, lastErrno, native } from './native';
 
-const lib = koffi.load('libbpf.so.1');
-const libc = koffi.load('libc.so.6');
 
-/** Opaque libbpf pointers (struct bpf_object *, struct bpf_map *, struct bpf_program *). */
-type Ptr = bigint;
 
-const native = {
-  openFile: lib.func('void *bpf_object__open_file(const char *path, const void *opts)') as (path: string, opts: null) => Ptr | null,
-  load: lib.func('int bpf_object__load(void *obj)') as (obj: Ptr) => number,
-  close: lib.func('void bpf_object__close(void *obj)') as (obj: Ptr) => void,
-  findMap: lib.func('void *bpf_object__find_map_by_name(const void *obj, const char *name)') as (obj: Ptr, name: string) => Ptr | null,
-  findProgram: lib.func('void *bpf_object__find_program_by_name(const void *obj, const char *name)') as (
-    obj: Ptr,
-    name: string,
-  ) => Ptr | null,
-  mapReuseFd: lib.func('int bpf_map__reuse_fd(void *map, int fd)') as (map: Ptr, fd: number) => number,
-  mapSetInitialValue: lib.func('int bpf_map__set_initial_value(void *map, const void *data, size_t size)') as (
-    map: Ptr,
-    data: Buffer,
-    size: number,
-  ) => number,
-  mapSetMaxEntries: lib.func('int bpf_map__set_max_entries(void *map, uint32_t max_entries)') as (map: Ptr, max: number) => number,
-  mapFd: lib.func('int bpf_map__fd(const void *map)') as (map: Ptr) => number,
-  mapValueSize: lib.func('uint32_t bpf_map__value_size(const void *map)') as (map: Ptr) => number,
-  mapKeySize: lib.func('uint32_t bpf_map__key_size(const void *map)') as (map: Ptr) => number,
-  mapMaxEntries: lib.func('uint32_t bpf_map__max_entries(const void *map)') as (map: Ptr) => number,
-  mapFlags: lib.func('uint32_t bpf_map__map_flags(const void *map)') as (map: Ptr) => number,
-  mapType: lib.func('int bpf_map__type(const void *map)') as (map: Ptr) => number,
-  programFd: lib.func('int bpf_program__fd(const void *prog)') as (prog: Ptr) => number,
-  programSetAutoload: lib.func('int bpf_program__set_autoload(void *prog, bool autoload)') as (prog: Ptr, on: boolean) => number,
-  programSetLogBuf: lib.func('int bpf_program__set_log_buf(void *prog, void *buf, size_t size)') as (
-    prog: Ptr,
-    buf: Ptr,
-    size: number,
-  ) => number,
-  testRun: lib.func('int bpf_prog_test_run_opts(int prog_fd, void *opts)') as (fd: number, opts: Ptr) => number,
-  mmap: libc.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)') as (
-    addr: null,
-    length: number,
-    prot: number,
-    flags: number,
-    fd: number,
-    offset: number,
-  ) => Ptr | null,
-  munmap: libc.func('int munmap(void *addr, size_t length)') as (addr: Ptr, length: number) => number,
-};
-
-/** struct bpf_test_run_opts, libbpf 1.1 layout (/usr/include/bpf/bpf.h); `sz` = its size. */
-const TestRunOpts = koffi.struct('ctmapd_bpf_test_run_opts', {
-  sz: 'size_t',
-  data_in: 'void *',
-  data_out: 'void *',
-  data_size_in: 'uint32_t',
-  data_size_out: 'uint32_t',
-  ctx_in: 'void *',
-  ctx_out: 'void *',
-  ctx_size_in: 'uint32_t',
-  ctx_size_out: 'uint32_t',
-  retval: 'uint32_t',
-  repeat: 'int',
-  duration: 'uint32_t',
-  flags: 'uint32_t',
-  cpu: 'uint32_t',
-  batch_size: 'uint32_t',
-});
-const OPTS_SIZE = koffi.sizeof(TestRunOpts);
-const OPTS_DATA_IN = koffi.offsetof(TestRunOpts, 'data_in');
-const OPTS_DATA_SIZE_IN = koffi.offsetof(TestRunOpts, 'data_size_in');
-const OPTS_DATA_SIZE_OUT = koffi.offsetof(TestRunOpts, 'data_size_out');
-const OPTS_CTX_IN = koffi.offsetof(TestRunOpts, 'ctx_in');
-const OPTS_CTX_SIZE_IN = koffi.offsetof(TestRunOpts, 'ctx_size_in');
-const OPTS_RETVAL = koffi.offsetof(TestRunOpts, 'retval');
-const OPTS_REPEAT = koffi.offsetof(TestRunOpts, 'repeat');
-const OPTS_DURATION = koffi.offsetof(TestRunOpts, 'duration');
 
 /**
  * struct __sk_buff (uapi linux/bpf.h, 192 bytes since Linux 5.x): the test-run ctx of a
@@ -225,7 +153,7 @@ export class BpfProgram {
    */
   get id(): number {
     const info = Buffer.alloc(8); // struct bpf_prog_info: u32 type, u32 id, ...
-    check(`bpf prog info ${this.name}`, bpfNative.objGetInfoByFd(this.fd, info, new Uint32Array([info.length])));
+    check(`bpf prog info ${this.name}`, native.objGetInfoByFd(this.fd, info, new Uint32Array([info.length])));
     return info.readUInt32LE(4);
   }
 
@@ -241,7 +169,7 @@ export class BpfProgram {
   testRun(run: TestRunContext): number {
     const fd = this.fd;
     check(`bpf prog test run ${this.name}`, native.testRun(fd, run.optsPtr));
-    return run.opts.readInt32LE(OPTS_RETVAL);
+    return run.opts.readInt32LE(TEST_RUN_OPTS.retval);
   }
 }
 
@@ -272,14 +200,14 @@ export class TestRunContext {
     if (!Number.isInteger(dataCapacity) || dataCapacity < 0 || dataCapacity > 0xffff) {
       throw new BpfSyscallError(`test run packet of ${dataCapacity} bytes (at most 65535)`, Errno.EINVAL);
     }
-    this.#mem = new NativeMemory(OPTS_SIZE + ctxSize + dataCapacity);
-    this.opts = this.#mem.buffer.subarray(0, OPTS_SIZE);
-    this.ctx = this.#mem.buffer.subarray(OPTS_SIZE, OPTS_SIZE + ctxSize);
-    this.data = this.#mem.buffer.subarray(OPTS_SIZE + ctxSize);
-    this.opts.writeBigUInt64LE(BigInt(OPTS_SIZE), 0);
-    if (ctxSize > 0) this.opts.writeBigUInt64LE(this.#mem.ptr + BigInt(OPTS_SIZE), OPTS_CTX_IN);
-    this.opts.writeUInt32LE(ctxSize, OPTS_CTX_SIZE_IN);
-    if (dataCapacity > 0) this.opts.writeBigUInt64LE(this.#mem.ptr + BigInt(OPTS_SIZE + ctxSize), OPTS_DATA_IN);
+    this.#mem = new NativeMemory(TEST_RUN_OPTS.size + ctxSize + dataCapacity);
+    this.opts = this.#mem.buffer.subarray(0, TEST_RUN_OPTS.size);
+    this.ctx = this.#mem.buffer.subarray(TEST_RUN_OPTS.size, TEST_RUN_OPTS.size + ctxSize);
+    this.data = this.#mem.buffer.subarray(TEST_RUN_OPTS.size + ctxSize);
+    this.opts.writeBigUInt64LE(BigInt(TEST_RUN_OPTS.size), 0);
+    if (ctxSize > 0) this.opts.writeBigUInt64LE(this.#mem.ptr + BigInt(TEST_RUN_OPTS.size), TEST_RUN_OPTS.ctx_in);
+    this.opts.writeUInt32LE(ctxSize, TEST_RUN_OPTS.ctx_size_in);
+    if (dataCapacity > 0) this.opts.writeBigUInt64LE(this.#mem.ptr + BigInt(TEST_RUN_OPTS.size + ctxSize), TEST_RUN_OPTS.data_in);
     openObjects++;
   }
 
@@ -288,10 +216,10 @@ export class TestRunContext {
     if (!Number.isInteger(length) || length < 0 || length > this.dataCapacity) {
       throw new BpfSyscallError(`test run packet of ${length} bytes (capacity ${this.dataCapacity})`, Errno.EINVAL);
     }
-    this.opts.writeUInt32LE(length, OPTS_DATA_SIZE_IN);
+    this.opts.writeUInt32LE(length, TEST_RUN_OPTS.data_size_in);
     // libbpf writes the last run's output size back into the opts; left there, it would cap
     // the next run's output and a longer packet would fail with ENOSPC.
-    this.opts.writeUInt32LE(0, OPTS_DATA_SIZE_OUT);
+    this.opts.writeUInt32LE(0, TEST_RUN_OPTS.data_size_out);
   }
 
   /**
@@ -301,11 +229,11 @@ export class TestRunContext {
    */
   set repeat(n: number) {
     if (!Number.isInteger(n) || n < 0 || n > 0x7fffffff) throw new BpfSyscallError(`test run repeat ${n}`, Errno.EINVAL);
-    this.opts.writeInt32LE(n, OPTS_REPEAT);
+    this.opts.writeInt32LE(n, TEST_RUN_OPTS.repeat);
   }
 
   get repeat(): number {
-    return this.opts.readInt32LE(OPTS_REPEAT);
+    return this.opts.readInt32LE(TEST_RUN_OPTS.repeat);
   }
 
   /**
@@ -315,7 +243,7 @@ export class TestRunContext {
    * ktime reads), so compare it with an empty program's figure taken the same way.
    */
   get duration(): number {
-    return this.opts.readUInt32LE(OPTS_DURATION);
+    return this.opts.readUInt32LE(TEST_RUN_OPTS.duration);
   }
 
   /** Copies `packet` into `data` and sets its length. */
@@ -359,8 +287,8 @@ export class BpfObject {
    * BPF object libbpf understands).
    */
   static open(path: string): BpfObject {
-    const ptr = native.openFile(path, null);
-    if (ptr === null || ptr === 0n) throw new BpfSyscallError(`bpf object open ${path}`, koffi.errno() || Errno.EINVAL);
+    const ptr = native.objectOpenFile(path, null);
+    if (ptr === null || ptr === 0n) throw new BpfSyscallError(`bpf object open ${path}`, lastErrno());
     return new BpfObject(path, ptr);
   }
 
@@ -403,7 +331,7 @@ export class BpfObject {
       check(`bpf program set log buf ${p.name}`, native.programSetLogBuf(p.ptr, mem.ptr, LOG_SIZE));
       return { name: p.name, mem };
     });
-    const ret = native.load(obj);
+    const ret = native.objectLoad(obj);
     try {
       if (ret < 0) {
         const log = logs
@@ -423,7 +351,7 @@ export class BpfObject {
 
   close(): void {
     if (this.#ptr === null) return;
-    native.close(this.#ptr);
+    native.objectClose(this.#ptr);
     this.#ptr = null;
     for (const mem of this.#logs) mem.free();
     openObjects--;
@@ -457,7 +385,7 @@ export class MappedMap {
   static map(fd: Fd, length: number, writable = true): MappedMap {
     const prot = PROT_READ | (writable ? PROT_WRITE : 0);
     const addr = native.mmap(null, length, prot, MAP_SHARED, fd.value, 0);
-    if (addr === null || addr === MAP_FAILED) throw new BpfSyscallError(`mmap ${fd.what}`, koffi.errno() || Errno.EINVAL);
+    if (addr === null || addr === MAP_FAILED) throw new BpfSyscallError(`mmap ${fd.what}`, lastErrno());
     return new MappedMap(addr, length);
   }
 
@@ -471,9 +399,4 @@ export class MappedMap {
     this.#addr = null;
     openObjects--;
   }
-}
-
-function check(op: string, ret: number): number {
-  if (ret < 0) throw new BpfSyscallError(op, -ret);
-  return ret;
 }

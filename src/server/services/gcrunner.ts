@@ -5,19 +5,19 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { merge } from 'rxjs';
-import { invalidArgument } from '../errors';
-import { Family, addressFamily } from '../maps/ctmap/addr';
-import { SCAN_BATCH } from '../maps/ctmap/gc/engine';
-import { GCRunner } from '../maps/ctmap/gc/runner';
-import { ctNow } from '../maps/ctmap/format';
-import { GCEvent, GCFilter, GCRunResult } from '../maps/ctmap/gc/types';
-import { MapRef } from '../maps/ctmap/spec';
-import { CtmapError } from '../errors';
-import { familyEnum, mapRefMsg, MapRefMsg, parseFamily, parseMapRefs } from './ct-proto';
-import { WireWriter, acceptEncodedResponses, mapRefBody, writeCtRecord } from './ct-wire';
-import { BoundedQueue } from './bounded-queue';
-import type { Logger } from './logger';
-import { StreamWriter, serverStream, unary } from './status';
+import { invalidArgument } from '../../errors';
+import { Family, addressFamily } from '../../maps/addr';
+import { SCAN_BATCH } from '../../maps/ctmap/gc/engine';
+import { GCRunner } from '../../maps/ctmap/gc/runner';
+import { ctNow } from '../../maps/ctmap/format';
+import { GCEvent, GCFilter, GCRunResult } from '../../maps/ctmap/gc/types';
+import { MapRef } from '../../maps/ctmap/spec';
+import { CtmapError } from '../../errors';
+import { familyEnum, mapRefMsg, MapRefMsg, parseFamily, parseMapRefs } from '../../api/ct-proto';
+import { WireWriter, acceptEncodedResponses, mapRefBody, writeCtRecord } from '../../api/ct-wire';
+import { BoundedQueue } from '../bounded-queue';
+import type { Logger } from 'pino';
+import { StreamWriter, serverStream, unary } from '../call-boundary';
 
 /** What the service needs of the scheduler (src/maps/ctmap/gc/scheduler.ts). */
 export interface GCSchedulerPort {

@@ -5,13 +5,13 @@
  * WatchMembership.
  */
 import type * as grpc from '@grpc/grpc-js';
-import type { ClusterMaps } from '../cluster/cluster-maps';
-import type { Membership, MembershipEvent } from '../cluster/membership';
-import { checkUint } from '../maps/ctmap/codec';
-import { BoundedQueue } from './bounded-queue';
-import { familyEnum, mapInfoMsg, mapRefMsg } from './ct-proto';
-import type { Logger } from './logger';
-import { StreamWriter, serverStream, unary } from './status';
+import type { ClusterMaps } from '../../cluster/cluster-maps';
+import type { Membership, MembershipEvent } from '../../cluster/membership';
+import { checkUint } from '../../maps/ctmap/codec';
+import { BoundedQueue } from '../bounded-queue';
+import { familyEnum, mapInfoMsg, mapRefMsg } from '../../api/ct-proto';
+import type { Logger } from 'pino';
+import { StreamWriter, serverStream, unary } from '../call-boundary';
 
 /** Events a WatchMembership subscriber may fall behind by before it is told what it lost. */
 const WATCH_BUFFER = 1024;

@@ -10,7 +10,7 @@
  * as protobufjs does.
  */
 import type * as grpc from '@grpc/grpc-js';
-import { Family, formatIPv6 } from '../maps/ctmap/addr';
+import { Family, formatIPv6 } from '../maps/addr';
 import { entryFlagNames, keyLayout } from '../maps/ctmap/codec';
 import { CT_ENTRY, CT_ENTRY_BACKEND_ID_OFFSET } from '../maps/ctmap/layout';
 import { MapRef, refKey } from '../maps/ctmap/spec';

@@ -21,18 +21,18 @@ import { CtTables } from '../maps/ctmap/tables';
 import { NatCoupling } from '../maps/nat/coupling';
 import { purgeOrphanNatEntries } from '../maps/nat/purge';
 import { NatTables } from '../maps/nat/tables';
-import type { Family } from '../maps/ctmap/addr';
+import type { Family } from '../maps/addr';
 import { MapRef, globalsDir, refLabel } from '../maps/ctmap/spec';
 import type { MapBackend } from '../maps/types';
-import { Config, natGlobalMax } from './config';
-import { clusterCtMapsService } from './clusterctmaps-service';
-import { ctMapsDefinition, ctMapsService } from './ctmaps-service';
-import { gcRunnerDefinition, gcRunnerService } from './gcrunner-service';
-import { natMapsDefinition, natMapsService } from './natmaps-service';
+import { Config, natGlobalMax } from '../config/config';
+import { clusterCtMapsService } from '../server/services/clusterctmaps';
+import { ctMapsDefinition, ctMapsService } from '../server/services/ctmaps';
+import { gcRunnerDefinition, gcRunnerService } from '../server/services/gcrunner';
+import { natMapsDefinition, natMapsService } from '../server/services/natmaps';
 import { CtmapdMetrics, MetricsServer, startMetricsServer } from './metrics';
 import type { Logger } from './logger';
-import { services } from './proto';
-import { ServerHandle, startServer } from './server';
+import { services } from '../api/proto';
+import { ServerHandle, startServer } from '../server/server';
 
 /** What a caller embedding the daemon may plug in (bin/ctmapd passes test hooks only). */
 export interface DaemonOptions {
@@ -281,7 +281,7 @@ function conditionalDeleter(backend: MapBackend, log: Logger): ConditionalDelete
   if (backend.name !== 'kernel') return new UserspaceConditionalDeleter();
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const mod = require('../maps/kernel/conditional-delete') as { kernelConditionalDeleter(): ConditionalDeleter };
+    const mod = require('../maps/ctmap/gc/kernel-deleter') as { kernelConditionalDeleter(): ConditionalDeleter };
     const deleter = mod.kernelConditionalDeleter();
     log.info('gc: candidates are re-checked and deleted in the kernel (ct_gc BPF program)');
     return deleter;

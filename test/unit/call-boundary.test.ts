@@ -3,8 +3,8 @@ import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import * as grpc from '@grpc/grpc-js';
 import { CtmapError, invalidArgument, type ErrorCode } from '../../src/errors';
-import { createLogger } from '../../src/server/logger';
-import { ABORT, GRPC_STATUS, toGrpcStatus, unary, type CallContext } from '../../src/server/status';
+import { createLogger } from '../../src/daemon/logger';
+import { ABORT, GRPC_STATUS, toGrpcStatus, unary, type CallContext } from '../../src/server/call-boundary';
 
 /** A logger writing parsed records into `lines`, so tests assert on what was logged. */
 function memoryLogger() {

@@ -9,6 +9,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import * as protobuf from 'protobufjs';
 import * as descriptor from 'protobufjs/ext/descriptor';
 import { protoPath as healthProtoPath } from 'grpc-health-check';
+import { PROTO_ROOT } from '../config/paths';
 import { CtmapError } from '../errors';
 
 /** The proto-loader options of every load in ctmapd. */
@@ -24,12 +25,9 @@ export const PROTO_LOADER_OPTIONS: Readonly<protoLoader.Options> = Object.freeze
 export const CTMAPS_SERVICE = 'ctmap.v1.CTMaps';
 export const HEALTH_SERVICE = 'grpc.health.v1.Health';
 
-/**
- * Directory holding ctmapd's own protos (`ctmap/v1/ctmap.proto`). Resolved from the
- * compiled location dist/src/server/, three levels below the repository root.
- */
+/** Directory holding ctmapd's own protos (`ctmap/v1/ctmap.proto`). */
 export function protoRoot(): string {
-  return path.resolve(__dirname, '../../../proto');
+  return PROTO_ROOT;
 }
 
 // The health proto ships with grpc-health-check as <root>/health/v1/health.proto; the

@@ -4,7 +4,7 @@
  * there), so the cause is in the log even though it is never sent to a client.
  */
 import pino from 'pino';
-import type { LogFormat, LogLevel } from './config';
+import type { LogFormat, LogLevel } from '../config/config';
 
 export type Logger = pino.Logger;
 
@@ -26,11 +26,6 @@ export function createLogger(level: LogLevel, destination?: LogDestination, form
     },
     format === 'pretty' ? prettyStream(dest) : dest,
   );
-}
-
-/** A child logger for one RPC: every line carries `method` (e.g. "CTMaps/Lookup") and `peer`. */
-export function rpcLogger(base: Logger, method: string, peer: string): Logger {
-  return base.child({ method, peer });
 }
 
 const LEVEL_NAMES: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' };

@@ -3,15 +3,15 @@
  * Errors thrown here are CtmapErrors; unary()/serverStream() map them to gRPC statuses.
  */
 import * as grpc from '@grpc/grpc-js';
-import type { DatapathCounters } from '../datapath/side-maps';
-import { invalidArgument } from '../errors';
-import { ctNow, formatEntryLine } from '../maps/ctmap/format';
-import { CtTables, DumpBatch, DumpCursor, countEntries } from '../maps/ctmap/tables';
-import { CT_ENTRY_SIZE } from '../maps/ctmap/codec';
-import { MapRef } from '../maps/ctmap/spec';
-import { FLUSH_TIME } from '../maps/ctmap/gc/engine';
-import type { GCRunner } from '../maps/ctmap/gc/runner';
-import type { MigrationReport } from '../maps/lifecycle';
+import type { DatapathCounters } from '../../datapath/side-maps';
+import { invalidArgument } from '../../errors';
+import { ctNow, formatEntryLine } from '../../maps/ctmap/format';
+import { CtTables, DumpBatch, DumpCursor, countEntries } from '../../maps/ctmap/tables';
+import { CT_ENTRY_SIZE } from '../../maps/ctmap/codec';
+import { MapRef } from '../../maps/ctmap/spec';
+import { FLUSH_TIME } from '../../maps/ctmap/gc/engine';
+import type { GCRunner } from '../../maps/ctmap/gc/runner';
+import type { MigrationReport } from '../../maps/lifecycle';
 import {
   CtEntryMsg,
   CtKeyMsg,
@@ -28,10 +28,10 @@ import {
   parseKey,
   parseMapRef,
   parseMapRefs,
-} from './ct-proto';
-import { WireWriter, acceptEncodedResponses, mapRefBody, writeCtRecord } from './ct-wire';
-import type { Logger } from './logger';
-import { StreamWriter, serverStream, unary } from './status';
+} from '../../api/ct-proto';
+import { WireWriter, acceptEncodedResponses, mapRefBody, writeCtRecord } from '../../api/ct-wire';
+import type { Logger } from 'pino';
+import { StreamWriter, serverStream, unary } from '../call-boundary';
 
 interface DumpRequest {
   maps?: MapRefMsg[];

@@ -4,7 +4,7 @@
  */
 import { CtmapError } from '../errors';
 import type { MigrationHooks, MigrationStep } from '../maps/lifecycle';
-import { configOrExit } from './config';
+import { configOrExit } from '../config/config';
 import { startDaemon } from './daemon';
 import { Logger, createLogger } from './logger';
 

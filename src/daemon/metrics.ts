@@ -12,7 +12,7 @@ import * as net from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { CtmapError, invalidArgument } from '../errors';
 import type { DatapathCounters } from '../datapath/side-maps';
-import type { Family } from '../maps/ctmap/addr';
+import type { Family } from '../maps/addr';
 import { CT_DATAPATH_STATS_COUNTERS } from '../maps/ctmap/layout';
 import type { GCRunResult } from '../maps/ctmap/gc/types';
 import type { MigrationReport } from '../maps/lifecycle';

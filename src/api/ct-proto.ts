@@ -6,7 +6,7 @@
 import type { DatapathCounter, DatapathCounters } from '../datapath/side-maps';
 import { invalidArgument } from '../errors';
 import { CT_DATAPATH_STATS_COUNTERS } from '../maps/ctmap/layout';
-import { Family } from '../maps/ctmap/addr';
+import { Family } from '../maps/addr';
 import { CtEntry, CtKey, checkUint, entryFlagNames, validateEntry, validateKey } from '../maps/ctmap/codec';
 import { DumpFilter } from '../maps/ctmap/tables';
 import { CtKind, MapRef } from '../maps/ctmap/spec';

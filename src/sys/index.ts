@@ -5,48 +5,13 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { BatchError, BpfSyscallError, Errno } from './errors';
-import { batchOpts, lastErrno, mapCreateOpts, native } from './libbpf';
+import { BatchError, BpfSyscallError, Errno, check } from './errors';
+import { Fd } from './fd';
+import { batchOpts, lastErrno, mapCreateOpts, native } from './native';
 
 export { BatchError, BpfSyscallError, Errno, isErrno } from './errors';
+export { Fd, openFdCount } from './fd';
 
-let openFds = 0;
-
-/** Number of fds opened through this module and not yet closed (leak checks in tests). */
-export function openFdCount(): number {
-  return openFds;
-}
-
-/** An owned file descriptor. close() is idempotent; using a closed Fd throws. */
-export class Fd {
-  #fd: number;
-
-  constructor(fd: number, readonly what: string) {
-    this.#fd = fd;
-    openFds++;
-  }
-
-  get value(): number {
-    if (this.#fd < 0) throw new BpfSyscallError(`${this.what}: use after close`, Errno.EBADF);
-    return this.#fd;
-  }
-
-  get closed(): boolean {
-    return this.#fd < 0;
-  }
-
-  close(): void {
-    if (this.#fd < 0) return;
-    native.close(this.#fd);
-    this.#fd = -1;
-    openFds--;
-  }
-}
-
-function check(op: string, ret: number, hint?: string): number {
-  if (ret < 0) throw new BpfSyscallError(op, -ret, hint);
-  return ret;
-}
 
 export interface CreateMapParams {
   type: number;
@@ -64,18 +29,6 @@ export function createMap(p: CreateMapParams): Fd {
   const opts = mapCreateOpts(p.flags, p.innerMapFd?.value ?? 0);
   const fd = check(`map create ${p.name}`, native.mapCreate(p.type, p.name, p.keySize, p.valueSize, p.maxEntries, opts));
   return new Fd(fd, `map ${p.name}`);
-}
-
-let possibleCpuCount: number | undefined;
-
-/**
- * libbpf_num_possible_cpus(): the number of possible CPUs (/sys/devices/system/cpu/possible),
- * which sizes the user-space values of per-CPU maps. Cached, as libbpf caches it.
- * Throws BpfSyscallError when sysfs cannot be read.
- */
-export function numPossibleCpus(): number {
-  possibleCpuCount ??= check('libbpf num possible cpus', native.numPossibleCpus());
-  return possibleCpuCount;
 }
 
 /** BPF_OBJ_GET: opens a pinned object. Returns undefined when nothing is pinned at path. */
@@ -296,4 +249,30 @@ export function deleteBatch(fd: Fd, keys: Buffer, count: number): void {
 }
 
 // BPF objects and programs (libbpf object API, BPF_PROG_TEST_RUN, mmap of map values).
-export { BpfObject, BpfObjectMap, BpfProgram, MappedMap, SK_BUFF_CTX, TestRunContext, openObjectCount } from './program';
+export { BpfObject, BpfObjectMap, BpfProgram, MappedMap, SK_BUFF_CTX, TestRunContext, openObjectCount } from './object';
+
+export interface ProgInfo {
+  readonly type: number;
+  readonly id: number;
+  readonly name: string;
+}
+
+/** BPF_OBJ_GET_INFO_BY_FD for a program (struct bpf_prog_info: type, id, name). */
+export function progInfo(fd: Fd | number): ProgInfo {
+  const info = Buffer.alloc(232);
+  const len = new Uint32Array([info.length]);
+  check('prog info', native.objGetInfoByFd(typeof fd === 'number' ? fd : fd.value, info, len));
+  // name[BPF_OBJ_NAME_LEN] at offset 64 (after tag, lengths, pointers, load time, uid, map ids).
+  const nameBytes = info.subarray(64, 80);
+  const nul = nameBytes.indexOf(0);
+  return { type: info.readUInt32LE(0), id: info.readUInt32LE(4), name: nameBytes.subarray(0, nul < 0 ? 16 : nul).toString('latin1') };
+}
+
+/**
+ * BPF_OBJ_PIN of a program fd someone else owns (a BpfProgram's): the pin keeps the
+ * program loaded after that owner closes it. The parent directory must exist on bpffs.
+ * Throws BpfSyscallError (EEXIST: something is pinned there already).
+ */
+export function pinProgram(progFd: number, pinPath: string): void {
+  check(`obj pin ${pinPath}`, native.objPin(progFd, pinPath));
+}

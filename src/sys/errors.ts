@@ -1,4 +1,4 @@
-import { CtmapError, ErrorCode } from '../../errors';
+import { CtmapError, ErrorCode } from '../errors';
 
 /** errno values the map layer distinguishes (x86_64 / generic Linux numbering). */
 export const Errno = {
@@ -76,4 +76,14 @@ export class BatchError extends BpfSyscallError {
   constructor(op: string, errno: number, readonly processed: number) {
     super(op, errno, `after ${processed} entries`);
   }
+}
+
+/**
+ * The one errno check of the native layer: libbpf >= 1.0 returns -errno from its
+ * int-returning calls. Returns `ret` when it is not negative, else throws
+ * BpfSyscallError(op, -ret, hint).
+ */
+export function check(op: string, ret: number, hint?: string): number {
+  if (ret < 0) throw new BpfSyscallError(op, -ret, hint);
+  return ret;
 }

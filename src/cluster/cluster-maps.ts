@@ -18,15 +18,9 @@ import { Errno, isErrno } from '../maps/errors';
 import type { MapLifecycle } from '../maps/lifecycle';
 import { newPinPath, oldPinPath, openOrCreate } from '../maps/open';
 import type { Family } from '../maps/addr';
-import {
-  CtKind,
-  CtMapsConfig,
-  DEFAULT_CLUSTER_ID_MAX,
-  MapRef,
-  clusterInnerCtMapSpec,
-  clusterOuterCtMapSpec,
-  validateClusterId,
-} from '../maps/ctmap/spec';
+import { CtKind, CtMapsConfig, MapRef, clusterInnerCtMapSpec, clusterOuterCtMapSpec } from '../maps/ctmap/spec';
+import { DEFAULT_CLUSTER_ID_MAX } from '../config/defaults';
+import { validateClusterId } from '../maps/cluster-spec';
 import { CtTables, ctEntryRank } from '../maps/ctmap/tables';
 import { NatMapsConfig, clusterInnerNatMapSpec, clusterOuterNatMapSpec } from '../maps/nat/spec';
 import { NatTables, natEntryRank } from '../maps/nat/tables';

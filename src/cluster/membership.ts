@@ -16,7 +16,7 @@
 import { Observable, Subject } from 'rxjs';
 import type { Logger } from 'pino';
 import { CtmapError } from '../errors';
-import { validateClusterId } from '../maps/ctmap/spec';
+import { validateClusterId } from '../maps/cluster-spec';
 import type { ClusterCtMaps } from './cluster-maps';
 import type { ClaimOwner, ClaimVia, MembershipSink, MembershipSource } from './membership-types';
 

@@ -6,6 +6,9 @@
  */
 import { Command, CommanderError, Option } from 'commander';
 import { UsageError } from '../errors';
+import { CLUSTER_ID_MAX_VALUES, DEFAULT_CLUSTER_ID_MAX, DEFAULT_CT_ANY_MAX, DEFAULT_CT_TCP_MAX, MAP_SIZE_MAX, MAP_SIZE_MIN } from './defaults';
+
+export { MAP_SIZE_MAX, MAP_SIZE_MIN } from './defaults';
 
 export type BackendChoice = 'auto' | 'kernel' | 'memory';
 export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal';
@@ -64,9 +67,6 @@ export class ConfigError extends UsageError {
   override name = 'ConfigError';
 }
 
-/** Every map size must lie in [1024, 16Mi] (facts §1). */
-export const MAP_SIZE_MIN = 1024;
-export const MAP_SIZE_MAX = 16 * 1024 * 1024;
 const U32_MAX = 0xffff_ffff;
 // sun_path is 108 bytes including the terminating NUL.
 const SOCKET_PATH_MAX = 107;
@@ -91,8 +91,8 @@ const FLAGS: readonly Flag[] = [
   flag('listen', 'listen', 'also listen on TCP HOST:PORT (insecure; off by default)', undefined, hostPort),
   boolFlag('enable-ipv4', 'enableIpv4', 'manage the IPv4 CT maps', true),
   boolFlag('enable-ipv6', 'enableIpv6', 'manage the IPv6 CT maps', true),
-  flag('bpf-ct-global-tcp-max', 'bpfCtGlobalTcpMax', 'max entries of the TCP CT maps', 524288, integer(MAP_SIZE_MIN, MAP_SIZE_MAX)),
-  flag('bpf-ct-global-any-max', 'bpfCtGlobalAnyMax', 'max entries of the non-TCP CT maps', 262144, integer(MAP_SIZE_MIN, MAP_SIZE_MAX)),
+  flag('bpf-ct-global-tcp-max', 'bpfCtGlobalTcpMax', 'max entries of the TCP CT maps', DEFAULT_CT_TCP_MAX, integer(MAP_SIZE_MIN, MAP_SIZE_MAX)),
+  flag('bpf-ct-global-any-max', 'bpfCtGlobalAnyMax', 'max entries of the non-TCP CT maps', DEFAULT_CT_ANY_MAX, integer(MAP_SIZE_MIN, MAP_SIZE_MAX)),
   boolFlag('bpf-distributed-lru', 'bpfDistributedLru', 'create LRU maps with BPF_F_NO_COMMON_LRU (per-CPU LRU lists)', false),
   boolFlag(
     'allow-map-recreate',
@@ -104,7 +104,7 @@ const FLAGS: readonly Flag[] = [
   flag('conntrack-gc-interval', 'conntrackGcInterval', 'fixed interval between CT GC passes, seconds (default: adaptive, 10 s .. 12 h)', undefined, integer(1, U32_MAX)),
   flag('conntrack-gc-max-interval', 'conntrackGcMaxInterval', 'upper bound of the adaptive CT GC interval, seconds (default: 12 h)', undefined, integer(10, U32_MAX)),
   flag('metrics-listen', 'metricsListen', 'serve Prometheus metrics on HOST:PORT /metrics (off by default)', undefined, hostPort),
-  flag('max-connected-clusters', 'maxConnectedClusters', 'ClusterIDMax: 255 or 511 (sizes the per-cluster outer maps)', 255, oneOfIntegers([255, 511])),
+  flag('max-connected-clusters', 'maxConnectedClusters', 'ClusterIDMax: 255 or 511 (sizes the per-cluster outer maps)', DEFAULT_CLUSTER_ID_MAX, oneOfIntegers(CLUSTER_ID_MAX_VALUES)),
   flag('clustermesh-config', 'clustermeshConfig', 'clustermesh config directory: one etcd config file per remote cluster, named after it (off by default)', undefined, absolutePath),
   seconds('clustermesh-reconcile-grace', 'clustermeshReconcileGrace', 'after every clustermesh source has synced, wait this long before removing per-cluster maps no source claims', 600),
   seconds('clustermesh-etcd-grace', 'clustermeshEtcdGrace', "how long a remote cluster's etcd may be unreachable before the cluster leaves", 300),

@@ -16,13 +16,14 @@ import { FLUSH_TIME, GCEngine } from '../maps/ctmap/gc/engine';
 import { GCRunner } from '../maps/ctmap/gc/runner';
 import { GCScheduler } from '../maps/ctmap/gc/scheduler';
 import { ConditionalDeleter } from '../maps/ctmap/gc/types';
-import { UserspaceConditionalDeleter } from '../maps/ctmap/gc/userspace-deleter';
+import { conditionalDeleter } from '../maps/ctmap/gc/deleter';
 import { CtTables } from '../maps/ctmap/tables';
 import { NatCoupling } from '../maps/nat/coupling';
 import { purgeOrphanNatEntries } from '../maps/nat/purge';
 import { NatTables } from '../maps/nat/tables';
 import type { Family } from '../maps/addr';
-import { MapRef, globalsDir, refLabel } from '../maps/ctmap/spec';
+import { MapRef, refLabel } from '../maps/ctmap/spec';
+import { globalsDir } from '../maps/cluster-spec';
 import type { MapBackend } from '../maps/types';
 import { Config, natGlobalMax } from '../config/config';
 import { clusterCtMapsService } from '../server/services/clusterctmaps';
@@ -111,7 +112,7 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
     opened.push(tables);
     nat = await NatTables.open(lifecycle, { ...mapsConfig, natMax: natGlobalMax(config) });
     opened.push(nat);
-    deleter = conditionalDeleter(backend, log);
+    deleter = await conditionalDeleter(backend, log);
     opened.push(deleter);
     engine = new GCEngine(deleter, log);
     opened.push(engine);
@@ -270,23 +271,4 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
       return stopping;
     },
   };
-}
-
-/**
- * The GC re-check: in the kernel (bpf/ct_gc.bpf.o through BPF_PROG_TEST_RUN) for kernel
- * maps, in process for the memory backend, and in process for kernel maps too (logged)
- * when the BPF object cannot be loaded.
- */
-function conditionalDeleter(backend: MapBackend, log: Logger): ConditionalDeleter {
-  if (backend.name !== 'kernel') return new UserspaceConditionalDeleter();
-  try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const mod = require('../maps/ctmap/gc/kernel-deleter') as { kernelConditionalDeleter(): ConditionalDeleter };
-    const deleter = mod.kernelConditionalDeleter();
-    log.info('gc: candidates are re-checked and deleted in the kernel (ct_gc BPF program)');
-    return deleter;
-  } catch (err) {
-    log.warn({ err }, 'gc: in-kernel re-check unavailable; re-checking in process (a small race window remains)');
-    return new UserspaceConditionalDeleter();
-  }
 }

@@ -21,7 +21,7 @@ import { bpfObjectPath } from '../config/paths';
 import { CtmapError } from '../errors';
 import * as bpf from '../sys';
 import { BpfObject, BpfProgram } from '../sys/object';
-import { globalsDir } from '../maps/ctmap/spec';
+import { globalsDir } from '../maps/cluster-spec';
 import { attributeMismatches } from '../maps/open';
 import type { MapSpec } from '../maps/types';
 import {

@@ -5,7 +5,8 @@
  */
 import { invalidArgument } from '../errors';
 import { CT_DATAPATH_CONFIG } from '../maps/ctmap/layout';
-import { CLUSTER_ID_MAX_VALUES, clusterOuterMapName } from '../maps/ctmap/spec';
+import { clusterOuterMapName } from '../maps/ctmap/spec';
+import { CLUSTER_ID_MAX_VALUES } from '../config/defaults';
 import { parseConfig, type Config } from '../config/config';
 
 /** The global CT maps the object declares, by family (facts §1 names). */

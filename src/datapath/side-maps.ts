@@ -16,7 +16,7 @@
 import * as path from 'node:path';
 import type { Logger } from 'pino';
 import { CT_DATAPATH_CONFIG, CT_DATAPATH_STATS, CT_DATAPATH_STATS_COUNTERS } from '../maps/ctmap/layout';
-import { globalsDir } from '../maps/ctmap/spec';
+import { globalsDir } from '../maps/cluster-spec';
 import { openOrCreate } from '../maps/open';
 import { BpfMap, MapBackend, MapSpec, MapType } from '../maps/types';
 import { CT_DATAPATH_CONFIG_MAP, CT_DATAPATH_STATS_MAP, DatapathSettings, decodeDatapathSettings, encodeDatapathSettings } from './settings';

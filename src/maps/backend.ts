@@ -6,13 +6,11 @@
  */
 import type { Logger } from 'pino';
 import { CtmapError } from '../errors';
+import type { BackendChoice } from '../config/config';
 import type { MapBackend } from './types';
-
-export type BackendChoice = 'auto' | 'kernel' | 'memory';
 
 function loadKernel(): { backend: MapBackend } | { reason: string } {
   try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
     const kernel = require('./kernel') as typeof import('./kernel');
     const probe = kernel.probeKernel();
     return probe.ok ? { backend: kernel.kernelBackend } : { reason: `bpf() not permitted: ${probe.reason}` };
@@ -22,7 +20,6 @@ function loadKernel(): { backend: MapBackend } | { reason: string } {
 }
 
 function memory(): MapBackend {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
   return (require('./memory') as typeof import('./memory')).memoryBackend;
 }
 

@@ -15,7 +15,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
-import { ctNow } from '../../src/maps/ctmap/format';
+import { ctNow } from '../../src/maps/clock';
 import { services } from '../../src/api/proto';
 import { cleanupScope, ctmapOk, datapathE2eTier, startDaemonProcess } from '../helpers/datapath-e2e';
 import { Client, call, collect, tempDir } from '../helpers/grpc';

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import pino from 'pino';
 import { decodeKey, encodeEntry, encodeKey } from '../../src/maps/ctmap/codec';
-import { ctNow } from '../../src/maps/ctmap/format';
+import { ctNow } from '../../src/maps/clock';
 import { FLUSH_TIME, GCEngine } from '../../src/maps/ctmap/gc/engine';
 import { ConditionalDeleter, GCEvent } from '../../src/maps/ctmap/gc/types';
 import { CtTable, CtTables } from '../../src/maps/ctmap/tables';

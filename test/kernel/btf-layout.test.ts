@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 import * as ctLayout from '../../src/maps/ctmap/layout';
+import type { StructLayout } from '../../src/maps/layout';
 import * as natLayout from '../../src/maps/nat/layout';
 import { structLayoutFromBtf } from '../helpers/btf';
 
@@ -19,8 +20,8 @@ const REPO_ROOT = path.resolve(__dirname, '../../..');
 const OBJ = path.join(REPO_ROOT, 'bpf/.output/ctmap_layout.bpf.o');
 const HEADER = path.join(REPO_ROOT, 'bpf/ctmap.h');
 
-function isStructLayout(v: unknown): v is ctLayout.StructLayout {
-  const o = v as Partial<ctLayout.StructLayout> | null;
+function isStructLayout(v: unknown): v is StructLayout {
+  const o = v as Partial<StructLayout> | null;
   return (
     typeof o === 'object' && o !== null && typeof o.cName === 'string' &&
     typeof o.size === 'number' && typeof o.fields === 'object'

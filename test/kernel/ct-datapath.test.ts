@@ -18,10 +18,11 @@ import { assertNoFdLeak, bpfFdCount, kernelTier, privateBpfRoot } from '../helpe
 import { eth, icmp, ip, quote, tcp, udp } from '../helpers/frames';
 import { Family } from '../../src/maps/addr';
 import { CtEntry, CtKey, decodeEntry, encodeEntry, encodeKey } from '../../src/maps/ctmap/codec';
-import { ctNow } from '../../src/maps/ctmap/format';
+import { ctNow } from '../../src/maps/clock';
 import { possibleCpus } from '../../src/sys/cpus';
 import { CT_DATAPATH_STATS, CT_DATAPATH_STATS_COUNTERS, CtEntryFlag, IPPROTO, TupleFlag } from '../../src/maps/ctmap/layout';
-import { CtKind, CtMapsConfig, clusterInnerCtMapSpec, clusterOuterCtMapSpec, globalCtMapSpec, globalsDir } from '../../src/maps/ctmap/spec';
+import { CtKind, CtMapsConfig, clusterInnerCtMapSpec, clusterOuterCtMapSpec, globalCtMapSpec } from '../../src/maps/ctmap/spec';
+import { globalsDir } from '../../src/maps/cluster-spec';
 import {
   CT_DATAPATH_CLUSTER_MAPS,
   CT_DATAPATH_FAMILY_MAPS,

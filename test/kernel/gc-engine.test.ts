@@ -9,22 +9,18 @@ import { test } from 'node:test';
 
 if (kernelTierDecision().run) {
   gcEngineSuite('kernel backend, userspace re-check', () => {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
     const { kernelBackend } = require('../../src/maps/kernel') as typeof import('../../src/maps/kernel');
     const { root, cleanup } = privateBpfRoot();
     return { backend: kernelBackend, bpfRoot: root, deleter: () => new UserspaceConditionalDeleter(), cleanup };
   });
   gcEngineSuite('kernel backend, in-kernel re-check (ct_gc BPF program)', () => {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
     const { kernelBackend } = require('../../src/maps/kernel') as typeof import('../../src/maps/kernel');
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const { kernelConditionalDeleter } = require('../../src/maps/ctmap/gc/kernel-deleter') as typeof import('../../src/maps/ctmap/gc/kernel-deleter');
+    const { KernelConditionalDeleter } = require('../../src/maps/ctmap/gc/kernel-deleter') as typeof import('../../src/maps/ctmap/gc/kernel-deleter');
     const { root, cleanup } = privateBpfRoot();
-    return { backend: kernelBackend, bpfRoot: root, deleter: () => kernelConditionalDeleter(), cleanup };
+    return { backend: kernelBackend, bpfRoot: root, deleter: () => new KernelConditionalDeleter(), cleanup };
   });
 } else {
   test('kernel backend: GC engine', (t) => {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
     (require('../helpers/kernel') as typeof import('../helpers/kernel')).kernelTier(t);
   });
 }

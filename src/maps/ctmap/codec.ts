@@ -9,7 +9,8 @@
  */
 import { invalidArgument } from '../../errors';
 import { Family, addressFamily, formatAddress, writeAddress } from '../addr';
-import { CT_ENTRY, CT_ENTRY_BACKEND_ID_OFFSET, CT_ENTRY_FLAG_NAMES, CT_KEY4, CT_KEY6, StructLayout } from './layout';
+import { CT_ENTRY, CT_ENTRY_BACKEND_ID_OFFSET, CT_ENTRY_FLAG_NAMES, CT_KEY4, CT_KEY6 } from './layout';
+import { StructLayout } from '../layout';
 
 export interface CtKey {
   daddr: string;

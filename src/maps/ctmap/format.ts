@@ -10,10 +10,6 @@ import { keyLayout } from './codec';
 
 const E = CT_ENTRY.fields;
 
-/** CT clock: CLOCK_MONOTONIC seconds, the clock bpf_ktime_get_ns() reads. */
-export function ctNow(): number {
-  return Number(process.hrtime.bigint() / 1_000_000_000n);
-}
 
 function protoName(nexthdr: number): string {
   switch (nexthdr) {

@@ -4,19 +4,7 @@
  * offset here against the BTF of the object compiled from bpf/ctmap.h, the way Cilium's
  * pkg/alignchecker does.
  */
-
-export interface FieldLayout {
-  readonly offset: number;
-  readonly size: number;
-}
-
-export interface StructLayout {
-  /** The C struct name in bpf/ctmap.h. */
-  readonly cName: string;
-  readonly size: number;
-  /** C member name -> offset/size. */
-  readonly fields: Readonly<Record<string, FieldLayout>>;
-}
+import type { StructLayout } from '../layout';
 
 /** struct ipv4_ct_tuple (14 bytes, packed). */
 export const CT_KEY4: StructLayout = {

@@ -3,7 +3,7 @@
  * Pure functions of the configuration; nothing here touches a backend.
  */
 import * as path from 'node:path';
-import { invalidArgument } from '../../errors';
+import { clusterInnerSpecFor, clusterOuterSpecFor, globalsDir } from '../cluster-spec';
 import { MapFlag, MapSpec, MapType } from '../types';
 import { Family } from '../addr';
 import { CT_ENTRY_SIZE, keySize } from './codec';
@@ -16,13 +16,6 @@ export interface MapRef {
   kind: CtKind;
   clusterId: number;
 }
-
-/** Valid sizes of every CT/NAT map (facts §1). */
-export const MIN_MAP_ENTRIES = 1024;
-export const MAX_MAP_ENTRIES = 16 * 1024 * 1024;
-
-export const DEFAULT_CT_TCP_MAX = 524288;
-export const DEFAULT_CT_ANY_MAX = 262144;
 
 export interface CtMapsConfig {
   bpfRoot: string;
@@ -40,10 +33,6 @@ export function globalMapName(family: Family, kind: CtKind): string {
   return kind === 'tcp' ? `cilium_ct${v}_global` : `cilium_ct_any${v}_global`;
 }
 
-/** Where Cilium pins its global maps: <bpffs>/tc/globals. */
-export function globalsDir(bpfRoot: string): string {
-  return path.join(bpfRoot, 'tc', 'globals');
-}
 
 export function refKey(ref: MapRef): string {
   return `${ref.family}/${ref.kind}/${ref.clusterId}`;
@@ -80,9 +69,6 @@ export function globalCtMapRefs(cfg: Pick<CtMapsConfig, 'enableIPv4' | 'enableIP
 
 // ---- per-cluster CT maps (facts §1; Cilium's PerClusterCTMapper) ----------------------------
 
-/** --max-connected-clusters: 255 (default) or 511; ClusterIDMax equals it. */
-export const CLUSTER_ID_MAX_VALUES = [255, 511] as const;
-export const DEFAULT_CLUSTER_ID_MAX = 255;
 
 /** `cilium_per_cluster_ct_tcp4` … `cilium_per_cluster_ct_any6` (Cilium's ClusterOuterMapName). */
 export function clusterOuterMapName(family: Family, kind: CtKind): string {
@@ -94,29 +80,6 @@ export function clusterInnerMapName(family: Family, kind: CtKind, clusterId: num
   return `${clusterOuterMapName(family, kind)}_${clusterId}`;
 }
 
-/**
- * A per-cluster outer map named `name` whose inner maps look like `global`: ARRAY_OF_MAPS
- * indexed by cluster id, ClusterIDMax+1 slots (slot 0 stays empty: cluster 0 is the
- * global map), its template the global map's spec (map-in-map compares type, key/value
- * size and flags, not max_entries). Shared by the CT and SNAT outer maps.
- */
-export function clusterOuterSpecFor(global: MapSpec, name: string, bpfRoot: string, clusterIdMax = DEFAULT_CLUSTER_ID_MAX): MapSpec {
-  return {
-    name,
-    type: MapType.ARRAY_OF_MAPS,
-    keySize: 4,
-    valueSize: 4,
-    maxEntries: clusterIdMax + 1,
-    flags: 0,
-    innerSpec: { ...global, pinPath: undefined },
-    pinPath: path.join(globalsDir(bpfRoot), name),
-  };
-}
-
-/** A cluster's inner map: `global`'s spec under the name `name` (`<outer>_<id>`). */
-export function clusterInnerSpecFor(global: MapSpec, name: string, bpfRoot: string): MapSpec {
-  return { ...global, name, pinPath: path.join(globalsDir(bpfRoot), name) };
-}
 
 /** The CT outer map of (family, kind). */
 export function clusterOuterCtMapSpec(cfg: CtMapsConfig, family: Family, kind: CtKind): MapSpec {
@@ -128,12 +91,3 @@ export function clusterInnerCtMapSpec(cfg: CtMapsConfig, family: Family, kind: C
   return clusterInnerSpecFor(globalCtMapSpec(cfg, family, kind), clusterInnerMapName(family, kind, clusterId), cfg.bpfRoot);
 }
 
-/**
- * Checks a remote cluster id: 1..clusterIdMax (0 is the global maps, not a cluster).
- * INVALID_ARGUMENT naming `field` otherwise.
- */
-export function validateClusterId(id: number, clusterIdMax: number, field: string): void {
-  if (!Number.isInteger(id) || id < 1 || id > clusterIdMax) {
-    throw invalidArgument(field, `cluster id ${id} is out of range: valid ids are 1..${clusterIdMax} (0 is the global maps; --max-connected-clusters sets the maximum)`);
-  }
-}

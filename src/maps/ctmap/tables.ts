@@ -11,7 +11,9 @@ import { BatchCursor, BpfMap, MapBackend } from '../types';
 import { Family, addressBytes } from '../addr';
 import { CT_ENTRY_SIZE, CtEntry, CtKey, decodeEntry, encodeEntry, encodeKey, entryLifetime, keyLayout } from './codec';
 import { IPPROTO } from './layout';
-import { CtKind, CtMapsConfig, DEFAULT_CLUSTER_ID_MAX, MapRef, globalCtMapRefs, globalCtMapSpec, refKey, refLabel, validateClusterId } from './spec';
+import { CtKind, CtMapsConfig, MapRef, globalCtMapRefs, globalCtMapSpec, refKey, refLabel } from './spec';
+import { DEFAULT_CLUSTER_ID_MAX } from '../../config/defaults';
+import { validateClusterId } from '../cluster-spec';
 
 export interface CtTable {
   readonly ref: MapRef;

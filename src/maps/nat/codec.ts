@@ -11,7 +11,7 @@
 import { invalidArgument } from '../../errors';
 import { Family, addressFamily, formatAddress, writeAddress } from '../addr';
 import { checkUint } from '../ctmap/codec';
-import type { StructLayout } from '../ctmap/layout';
+import type { StructLayout } from '../layout';
 import { NAT_ENTRY4, NAT_ENTRY6 } from './layout';
 
 /** The value of one SNAT entry (proto NatEntry). */

@@ -3,7 +3,7 @@
  * (CT_KEY4 / CT_KEY6). Checked against bpf/ctmap.h by test/kernel/btf-layout.test.ts.
  * Padding members are left out: the codecs write into zeroed buffers.
  */
-import type { StructLayout } from '../ctmap/layout';
+import type { StructLayout } from '../layout';
 
 /** struct ipv4_nat_entry (40 bytes). */
 export const NAT_ENTRY4: StructLayout = {

@@ -6,7 +6,8 @@ import * as path from 'node:path';
 import { MapFlag, MapSpec, MapType } from '../types';
 import type { Family } from '../addr';
 import { keySize } from '../ctmap/codec';
-import { CtMapsConfig, clusterInnerSpecFor, clusterOuterSpecFor, globalsDir } from '../ctmap/spec';
+import { CtMapsConfig } from '../ctmap/spec';
+import { clusterInnerSpecFor, clusterOuterSpecFor, globalsDir } from '../cluster-spec';
 import { natValueSize } from './codec';
 
 /**

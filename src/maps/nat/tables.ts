@@ -14,7 +14,8 @@ import { openOrCreate } from '../open';
 import { Batch, BatchCursor, BpfMap, MapBackend } from '../types';
 import type { Family } from '../addr';
 import { CtKey, encodeKey, validateKey } from '../ctmap/codec';
-import { DEFAULT_CLUSTER_ID_MAX, validateClusterId } from '../ctmap/spec';
+import { DEFAULT_CLUSTER_ID_MAX } from '../../config/defaults';
+import { validateClusterId } from '../cluster-spec';
 import { NatEntry, encodeNatEntry, natEntryCreated, validateNatEntry } from './codec';
 import { NatMapRef, NatMapsConfig, globalNatMapRefs, globalNatMapSpec, natRefKey, natRefLabel } from './spec';
 

@@ -5,7 +5,8 @@
 import * as grpc from '@grpc/grpc-js';
 import type { DatapathCounters } from '../../datapath/side-maps';
 import { invalidArgument } from '../../errors';
-import { ctNow, formatEntryLine } from '../../maps/ctmap/format';
+import { formatEntryLine } from '../../maps/ctmap/format';
+import { ctNow } from '../../maps/clock';
 import { CtTables, DumpBatch, DumpCursor, countEntries } from '../../maps/ctmap/tables';
 import { CT_ENTRY_SIZE } from '../../maps/ctmap/codec';
 import { MapRef } from '../../maps/ctmap/spec';

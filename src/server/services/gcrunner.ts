@@ -9,7 +9,7 @@ import { invalidArgument } from '../../errors';
 import { Family, addressFamily } from '../../maps/addr';
 import { SCAN_BATCH } from '../../maps/ctmap/gc/engine';
 import { GCRunner } from '../../maps/ctmap/gc/runner';
-import { ctNow } from '../../maps/ctmap/format';
+import { ctNow } from '../../maps/clock';
 import { GCEvent, GCFilter, GCRunResult } from '../../maps/ctmap/gc/types';
 import { MapRef } from '../../maps/ctmap/spec';
 import { CtmapError } from '../../errors';

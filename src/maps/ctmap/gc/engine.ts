@@ -12,7 +12,7 @@ import type { Logger } from 'pino';
 import { Family, addressBytes } from '../../addr';
 import { CT_ENTRY_SIZE, keyLayout } from '../codec';
 import { CT_ENTRY } from '../layout';
-import { ctNow } from '../format';
+import { ctNow } from '../../clock';
 import { CtTable } from '../tables';
 import { MapRef } from '../spec';
 import { GCEventBatch, eventsOf } from './events';

@@ -413,12 +413,3 @@ function programErrorHint(ret: number): string {
       return 'unexpected program return';
   }
 }
-
-/**
- * The in-kernel ConditionalDeleter with the default object path, loaded for LRU CT maps
- * without flags (others load on first use). Throws as the KernelConditionalDeleter
- * constructor does; the daemon then falls back to the in-process deleter.
- */
-export function kernelConditionalDeleter(opts?: KernelConditionalDeleterOptions): KernelConditionalDeleter {
-  return new KernelConditionalDeleter(opts);
-}

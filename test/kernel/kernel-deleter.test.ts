@@ -100,7 +100,7 @@ async function withEnv(t: TestContext, body: (env: Env) => void | Promise<void>)
       return m;
     },
     deleter() {
-      const d = mod.kernelConditionalDeleter();
+      const d = new mod.KernelConditionalDeleter();
       owned.push(d);
       return d;
     },
@@ -325,7 +325,7 @@ if (!kernelTierDecision().run) {
     test('a missing object says how to build it', (t) =>
       withEnv(t, (env) => {
         assert.throws(
-          () => env.mod.kernelConditionalDeleter({ objectPath: path.join(env.root, 'nope.bpf.o') }),
+          () => new env.mod.KernelConditionalDeleter({ objectPath: path.join(env.root, 'nope.bpf.o') }),
           (err: Error & { code?: string }) => err.code === 'failed-precondition' && /make -C bpf/.test(err.message),
         );
       }));

@@ -9,15 +9,15 @@
  */
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import * as path from 'node:path';
+import { envName } from '../config/config';
+import { CLUSTER_ID_MAX_VALUES, DEFAULT_BPF_ROOT, DEFAULT_SOCKET } from '../config/defaults';
 import { UsageError } from '../errors';
+import type { Family } from '../maps/addr';
 
-/** What the daemon uses without flags (src/server/config.ts). */
-export const DEFAULT_BPF_ROOT = '/sys/fs/bpf';
-export const DEFAULT_SOCKET = '/run/ctmapd/ctmapd.sock';
+export type { Family } from '../maps/addr';
+
 /** Cluster ids of the datapath: 0 = the global maps, else 1..ClusterIDMax (at most 511). */
-export const CLUSTER_ID_MAX = 511;
-
-export type Family = 'ipv4' | 'ipv6';
+export const CLUSTER_ID_MAX = Math.max(...CLUSTER_ID_MAX_VALUES);
 
 export type CliCommand =
   | { readonly kind: 'datapath-attach'; readonly dev: string; readonly netns?: string; readonly bpfRoot: string; readonly clusterId: number; readonly json: boolean }
@@ -117,8 +117,8 @@ Examples:
 export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCommand {
   let out = '';
   let result: CliCommand | undefined;
-  const bpfRootDefault = env.CTMAPD_BPF_ROOT || DEFAULT_BPF_ROOT;
-  const socketDefault = env.CTMAPD_SOCKET || DEFAULT_SOCKET;
+  const bpfRootDefault = env[envName('bpf-root')] || DEFAULT_BPF_ROOT;
+  const socketDefault = env[envName('socket')] || DEFAULT_SOCKET;
 
   const program = new Command('ctmap')
     .description('Command-line client of ctmapd: attach the conntrack datapath, read and collect the CT maps.')

@@ -6,7 +6,20 @@
  */
 import { Command, CommanderError, Option } from 'commander';
 import { UsageError } from '../errors';
-import { CLUSTER_ID_MAX_VALUES, DEFAULT_CLUSTER_ID_MAX, DEFAULT_CT_ANY_MAX, DEFAULT_CT_TCP_MAX, MAP_SIZE_MAX, MAP_SIZE_MIN } from './defaults';
+import {
+  CLUSTER_ID_MAX_VALUES,
+  CT_TIMEOUT_DEFAULTS as CT,
+  DEFAULT_BPF_ROOT,
+  DEFAULT_CLUSTER_ID_MAX,
+  DEFAULT_CT_ANY_MAX,
+  DEFAULT_CT_TCP_MAX,
+  DEFAULT_MONITOR_AGGREGATION_INTERVAL,
+  DEFAULT_SOCKET,
+  GC_MAX_INTERVAL_SECONDS,
+  GC_MIN_INTERVAL_SECONDS,
+  MAP_SIZE_MAX,
+  MAP_SIZE_MIN,
+} from './defaults';
 
 export { MAP_SIZE_MAX, MAP_SIZE_MIN } from './defaults';
 
@@ -86,8 +99,8 @@ interface Flag {
 
 const FLAGS: readonly Flag[] = [
   flag('backend', 'backend', 'map backend: auto picks kernel where bpf() is permitted, else memory', 'auto', oneOf(['auto', 'kernel', 'memory'])),
-  flag('bpf-root', 'bpfRoot', 'bpffs mount point; maps are pinned under <bpf-root>/tc/globals', '/sys/fs/bpf', absolutePath),
-  flag('socket', 'socket', 'unix socket path of the gRPC server', '/run/ctmapd/ctmapd.sock', socketPath),
+  flag('bpf-root', 'bpfRoot', 'bpffs mount point; maps are pinned under <bpf-root>/tc/globals', DEFAULT_BPF_ROOT, absolutePath),
+  flag('socket', 'socket', 'unix socket path of the gRPC server', DEFAULT_SOCKET, socketPath),
   flag('listen', 'listen', 'also listen on TCP HOST:PORT (insecure; off by default)', undefined, hostPort),
   boolFlag('enable-ipv4', 'enableIpv4', 'manage the IPv4 CT maps', true),
   boolFlag('enable-ipv6', 'enableIpv6', 'manage the IPv6 CT maps', true),
@@ -101,21 +114,21 @@ const FLAGS: readonly Flag[] = [
     false,
   ),
   flag('bpf-nat-global-max', 'bpfNatGlobalMax', 'max entries of the SNAT maps (default: 2/3 of tcp-max + any-max)', undefined, integer(MAP_SIZE_MIN, MAP_SIZE_MAX)),
-  flag('conntrack-gc-interval', 'conntrackGcInterval', 'fixed interval between CT GC passes, seconds (default: adaptive, 10 s .. 12 h)', undefined, integer(1, U32_MAX)),
-  flag('conntrack-gc-max-interval', 'conntrackGcMaxInterval', 'upper bound of the adaptive CT GC interval, seconds (default: 12 h)', undefined, integer(10, U32_MAX)),
+  flag('conntrack-gc-interval', 'conntrackGcInterval', `fixed interval between CT GC passes, seconds (default: adaptive, ${GC_MIN_INTERVAL_SECONDS} s .. ${GC_MAX_INTERVAL_SECONDS / 3600} h)`, undefined, integer(1, U32_MAX)),
+  flag('conntrack-gc-max-interval', 'conntrackGcMaxInterval', `upper bound of the adaptive CT GC interval, seconds (default: ${GC_MAX_INTERVAL_SECONDS / 3600} h)`, undefined, integer(GC_MIN_INTERVAL_SECONDS, U32_MAX)),
   flag('metrics-listen', 'metricsListen', 'serve Prometheus metrics on HOST:PORT /metrics (off by default)', undefined, hostPort),
   flag('max-connected-clusters', 'maxConnectedClusters', 'ClusterIDMax: 255 or 511 (sizes the per-cluster outer maps)', DEFAULT_CLUSTER_ID_MAX, oneOfIntegers(CLUSTER_ID_MAX_VALUES)),
   flag('clustermesh-config', 'clustermeshConfig', 'clustermesh config directory: one etcd config file per remote cluster, named after it (off by default)', undefined, absolutePath),
   seconds('clustermesh-reconcile-grace', 'clustermeshReconcileGrace', 'after every clustermesh source has synced, wait this long before removing per-cluster maps no source claims', 600),
   seconds('clustermesh-etcd-grace', 'clustermeshEtcdGrace', "how long a remote cluster's etcd may be unreachable before the cluster leaves", 300),
-  seconds('bpf-ct-timeout-regular-tcp', 'bpfCtTimeoutRegularTcp', 'lifetime of established TCP entries', 8000),
-  seconds('bpf-ct-timeout-regular-any', 'bpfCtTimeoutRegularAny', 'lifetime of non-TCP entries', 60),
-  seconds('bpf-ct-timeout-service-tcp', 'bpfCtTimeoutServiceTcp', 'lifetime of TCP service entries', 8000),
-  seconds('bpf-ct-timeout-service-any', 'bpfCtTimeoutServiceAny', 'lifetime of non-TCP service entries', 60),
-  seconds('bpf-ct-timeout-service-tcp-grace', 'bpfCtTimeoutServiceTcpGrace', 'grace period before a closing TCP service connection is rebalanced', 60),
-  seconds('bpf-ct-timeout-regular-tcp-syn', 'bpfCtTimeoutRegularTcpSyn', 'lifetime of TCP entries that have only seen a SYN', 60),
-  seconds('bpf-ct-timeout-regular-tcp-fin', 'bpfCtTimeoutRegularTcpFin', 'lifetime of closing TCP entries', 10),
-  seconds('monitor-aggregation-interval', 'monitorAggregationInterval', 'minimum interval between monitor reports of one connection', 5),
+  seconds('bpf-ct-timeout-regular-tcp', 'bpfCtTimeoutRegularTcp', 'lifetime of established TCP entries', CT.regularTcp),
+  seconds('bpf-ct-timeout-regular-any', 'bpfCtTimeoutRegularAny', 'lifetime of non-TCP entries', CT.regularAny),
+  seconds('bpf-ct-timeout-service-tcp', 'bpfCtTimeoutServiceTcp', 'lifetime of TCP service entries', CT.serviceTcp),
+  seconds('bpf-ct-timeout-service-any', 'bpfCtTimeoutServiceAny', 'lifetime of non-TCP service entries', CT.serviceAny),
+  seconds('bpf-ct-timeout-service-tcp-grace', 'bpfCtTimeoutServiceTcpGrace', 'grace period before a closing TCP service connection is rebalanced', CT.serviceTcpGrace),
+  seconds('bpf-ct-timeout-regular-tcp-syn', 'bpfCtTimeoutRegularTcpSyn', 'lifetime of TCP entries that have only seen a SYN', CT.regularTcpSyn),
+  seconds('bpf-ct-timeout-regular-tcp-fin', 'bpfCtTimeoutRegularTcpFin', 'lifetime of closing TCP entries', CT.regularTcpFin),
+  seconds('monitor-aggregation-interval', 'monitorAggregationInterval', 'minimum interval between monitor reports of one connection', DEFAULT_MONITOR_AGGREGATION_INTERVAL),
   flag('log-level', 'logLevel', 'trace, debug, info, warn, error or fatal', 'info', oneOf(['trace', 'debug', 'info', 'warn', 'error', 'fatal'])),
   flag('log-format', 'logFormat', 'json, or pretty for one human-readable line per record', 'json', oneOf(['json', 'pretty'])),
 ];

@@ -14,3 +14,28 @@ export const MAP_SIZE_MAX = 16 * 1024 * 1024;
 /** --bpf-ct-global-tcp-max and --bpf-ct-global-any-max (Cilium's defaults). */
 export const DEFAULT_CT_TCP_MAX = 524288;
 export const DEFAULT_CT_ANY_MAX = 262144;
+
+/** Where the daemon pins (bpffs) and listens (unix socket) without flags. */
+export const DEFAULT_BPF_ROOT = '/sys/fs/bpf';
+export const DEFAULT_SOCKET = '/run/ctmapd/ctmapd.sock';
+
+/**
+ * CT lifetimes in seconds (facts §5, Cilium's --bpf-ct-timeout-* defaults) and
+ * --monitor-aggregation-interval. The datapath gets them through its .rodata settings
+ * (src/datapath/settings.ts), never from a copy in bpf/.
+ */
+export const CT_TIMEOUT_DEFAULTS = Object.freeze({
+  regularTcp: 8000,
+  regularAny: 60,
+  serviceTcp: 8000,
+  serviceAny: 60,
+  serviceTcpGrace: 60,
+  regularTcpSyn: 60,
+  regularTcpFin: 10,
+});
+export const DEFAULT_MONITOR_AGGREGATION_INTERVAL = 5;
+
+/** The adaptive GC interval (facts §6): first pass after 5 min, never below 10 s, at most 12 h. */
+export const GC_INITIAL_INTERVAL_SECONDS = 5 * 60;
+export const GC_MIN_INTERVAL_SECONDS = 10;
+export const GC_MAX_INTERVAL_SECONDS = 12 * 60 * 60;

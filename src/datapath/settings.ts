@@ -7,7 +7,8 @@ import { invalidArgument } from '../errors';
 import { CT_DATAPATH_CONFIG } from '../maps/ctmap/layout';
 import { clusterOuterMapName } from '../maps/ctmap/spec';
 import { CLUSTER_ID_MAX_VALUES } from '../config/defaults';
-import { parseConfig, type Config } from '../config/config';
+import type { Config } from '../config/config';
+import { CT_TIMEOUT_DEFAULTS, DEFAULT_CLUSTER_ID_MAX, DEFAULT_MONITOR_AGGREGATION_INTERVAL } from '../config/defaults';
 
 /** The global CT maps the object declares, by family (facts §1 names). */
 export const CT_DATAPATH_FAMILY_MAPS = {
@@ -84,7 +85,18 @@ export function datapathSettingsFrom(
 }
 
 /** The settings of a daemon started without flags (facts §5 defaults, both families). */
-export const DEFAULT_DATAPATH_SETTINGS: DatapathSettings = Object.freeze(datapathSettingsFrom(parseConfig([], {})));
+export const DEFAULT_DATAPATH_SETTINGS: DatapathSettings = Object.freeze(
+  datapathSettingsFrom({
+    bpfCtTimeoutRegularTcp: CT_TIMEOUT_DEFAULTS.regularTcp,
+    bpfCtTimeoutRegularAny: CT_TIMEOUT_DEFAULTS.regularAny,
+    bpfCtTimeoutRegularTcpSyn: CT_TIMEOUT_DEFAULTS.regularTcpSyn,
+    bpfCtTimeoutRegularTcpFin: CT_TIMEOUT_DEFAULTS.regularTcpFin,
+    monitorAggregationInterval: DEFAULT_MONITOR_AGGREGATION_INTERVAL,
+    enableIpv4: true,
+    enableIpv6: true,
+    maxConnectedClusters: DEFAULT_CLUSTER_ID_MAX,
+  }),
+);
 
 /**
  * Checks what the C side relies on. Throws CtmapError invalid-argument naming the setting:

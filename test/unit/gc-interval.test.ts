@@ -1,14 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import {
-  GC_INITIAL_INTERVAL_SECONDS,
-  GC_MAX_INTERVAL_SECONDS,
-  GC_MIN_INTERVAL_SECONDS,
-  initialInterval,
-  maxIntervalSeconds,
-  nextInterval,
-  type IntervalInput,
-} from '../../src/maps/ctmap/gc/interval';
+import { initialInterval, maxIntervalSeconds, nextInterval, type IntervalInput } from '../../src/maps/ctmap/gc/interval';
+import { GC_INITIAL_INTERVAL_SECONDS, GC_MAX_INTERVAL_SECONDS, GC_MIN_INTERVAL_SECONDS } from '../../src/config/defaults';
 
 interface Vector {
   readonly name: string;

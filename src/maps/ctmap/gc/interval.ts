@@ -3,12 +3,12 @@
  * scheduler and its tests agree on one definition. All durations are in seconds.
  */
 
-/** Interval before the first pass has taught us anything: 5 min. */
-export const GC_INITIAL_INTERVAL_SECONDS = 5 * 60;
-/** Never collect more often than every 10 s, however full the maps are. */
-export const GC_MIN_INTERVAL_SECONDS = 10;
-/** Default upper bound for LRU maps (LRU eviction keeps them usable between passes): 12 h. */
-export const GC_MAX_INTERVAL_SECONDS = 12 * 60 * 60;
+import { GC_INITIAL_INTERVAL_SECONDS, GC_MAX_INTERVAL_SECONDS, GC_MIN_INTERVAL_SECONDS } from '../../../config/defaults';
+
+// Cilium's bounds (config/defaults.ts): the interval before the first pass has taught us
+// anything (5 min), the floor (never collect more often than every 10 s, however full the
+// maps are) and the default upper bound for LRU maps (12 h: LRU eviction keeps them usable
+// between passes).
 
 /** Above this deleted/max_entries ratio the maps filled up too much: shorten the interval. */
 const SHRINK_ABOVE = 0.25;

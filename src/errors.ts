@@ -1,6 +1,6 @@
 /**
  * The one error type of ctmapd. Every layer throws a CtmapError (or a subclass) with a
- * code; the gRPC boundary (src/server/status.ts) is the only place that turns the code into
+ * code; the gRPC boundary (src/server/call-boundary.ts) is the only place that turns the code into
  * a gRPC status. The `cause` is logged there, never sent to the client.
  */
 

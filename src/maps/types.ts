@@ -112,7 +112,7 @@ export interface DeleteBatchResult {
 }
 
 /**
- * A live map. Every method throws a CtmapError (see src/maps/bpf/errors.ts for the errno
+ * A live map. Every method throws a CtmapError (see src/maps/errors.ts for the errno
  * mapping): not-found, already-exists, resource-exhausted (full / batch too small),
  * permission-denied, failed-precondition (not supported).
  */

@@ -1,12 +1,10 @@
 /**
- * BPF objects and programs: koffi bindings for the part of libbpf's object API ctmapd
- * needs (open an ELF object, hand it maps the daemon created, load it, run a program with
- * BPF_PROG_TEST_RUN) and for mmap() of BPF_F_MMAPABLE maps. Part of the native boundary
- * (src/maps/bpf/): nothing outside this directory imports koffi.
+ * BPF objects and programs over the part of libbpf's object API ctmapd needs (open an ELF
+ * object, hand it maps the daemon created, load it, run a program with BPF_PROG_TEST_RUN)
+ * and mmap() of BPF_F_MMAPABLE maps; the bindings are in ./native.ts.
  *
- * libbpf >= 1.0 conventions: pointer-returning APIs return NULL and set errno (read here
- * with koffi.errno(), which koffi captures right after the call); int-returning ones return
- * -errno. Pointers are BigInts in koffi 3. Memory libbpf or the kernel reads after the call
+ * libbpf >= 1.0 conventions: pointer-returning APIs return NULL and set errno (lastErrno());
+ * int-returning ones return -errno (check()). Memory libbpf or the kernel reads after the call
  * that handed it over (log buffers, the test-run ctx whose address sits inside the opts
  * struct) comes from koffi.alloc: a Node Buffer passed as a pointer is only valid during
  * the call it is passed to.

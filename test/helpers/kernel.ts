@@ -4,7 +4,7 @@
  * CTMAPD_REQUIRE_KERNEL=1 (CI on a privileged runner) it fails instead, so a broken probe can
  * never silently turn the kernel tier off.
  *
- * src/maps/kernel and src/maps/bpf load koffi and libbpf.so.1 at import time, so they are
+ * src/maps/kernel and src/sys load koffi and libbpf.so.1 at import time, so they are
  * required lazily: on a machine without libbpf this module still loads and reports why.
  */
 import { AssertionError } from 'node:assert';
@@ -117,13 +117,13 @@ export function privateBpfRoot(t?: { after(fn: () => void): void }, base: string
   return { root, cleanup };
 }
 
-/** Number of fds currently open through src/maps/bpf (loads it: kernel tier only). */
+/** Number of fds currently open through src/sys (loads it: kernel tier only). */
 export function bpfFdCount(): number {
   return (require('../../src/sys') as BpfModule).openFdCount();
 }
 
 /**
- * Asserts that no fd opened through src/maps/bpf is still open beyond `baseline` (take it
+ * Asserts that no fd opened through src/sys is still open beyond `baseline` (take it
  * with bpfFdCount() before the code under test). Throws AssertionError naming the leak.
  */
 export function assertNoFdLeak(baseline = 0, what = 'test'): void {

@@ -1,5 +1,5 @@
 /**
- * The in-kernel GC re-check (bpf/ct_gc.bpf.c via src/maps/kernel/conditional-delete.ts) on
+ * The in-kernel GC re-check (bpf/ct_gc.bpf.c via src/maps/ctmap/gc/kernel-deleter.ts) on
  * real CT maps in a private bpffs directory. The read-then-delete race of Cilium #46298 is
  * driven deterministically: entries are "scanned" (chosen as candidates from the values
  * written), then some are refreshed with a plain update, then deleteIf runs; exactly the

@@ -7,10 +7,10 @@
  * Pins: a process-wide registry path -> table stands in for bpffs, so create() then open()
  * share one table, and a pinned table outlives its handles. ARRAY_OF_MAPS is supported
  * (map-array.ts); HASH_OF_MAPS is not (create throws EOPNOTSUPP). PERCPU_ARRAY keeps one
- * copy of each value per possible CPU (possible-cpus.ts), the user-space layout of the
+ * copy of each value per possible CPU (src/sys/cpus.ts), the user-space layout of the
  * kernel's per-CPU maps.
  *
- * Must not import src/maps/bpf/index.ts or libbpf.ts: this backend has to load where
+ * Must not import src/sys/index.ts or src/sys/native.ts: this backend has to load where
  * libbpf/koffi cannot.
  */
 import * as path from 'node:path';

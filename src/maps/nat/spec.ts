@@ -12,7 +12,7 @@ import { natValueSize } from './codec';
 
 /**
  * What the NAT maps depend on. `natMax` is --bpf-nat-global-max, already defaulted
- * (src/server/config.ts natGlobalMax: 2/3 of the CT maps, within [1024, 16Mi]); the other
+ * (src/config/config.ts natGlobalMax: 2/3 of the CT maps, within [1024, 16Mi]); the other
  * fields are the CT maps' own, so the daemon can pass `{ ...ctConfig, natMax }`.
  */
 export interface NatMapsConfig extends Pick<CtMapsConfig, 'bpfRoot' | 'enableIPv4' | 'enableIPv6' | 'distributedLru' | 'clusterIdMax'> {

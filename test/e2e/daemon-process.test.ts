@@ -62,10 +62,8 @@ async function reflectionList(address: string, version: 'v1' | 'v1alpha'): Promi
 
 test('bin/ctmapd: serving, reflection, socket mode, clean SIGTERM shutdown keeping pins', async (t) => {
   if (!kernelTier(t)) return;
-  const bpf = privateBpfRoot();
-  t.after(bpf.cleanup);
-  const tmp = tempDir();
-  t.after(tmp.cleanup);
+  const bpf = privateBpfRoot(t);
+  const tmp = tempDir(t);
   const socket = path.join(tmp.dir, 'run/ctmapd.sock');
   const child = spawn(process.execPath, [bin, '--bpf-root', bpf.root, '--socket', socket, '--bpf-ct-global-tcp-max', '65536', '--bpf-ct-global-any-max', '32768'], {
     stdio: ['ignore', 'pipe', 'pipe'],

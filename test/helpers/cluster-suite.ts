@@ -55,8 +55,7 @@ const until = (cond: () => boolean, what: string): Promise<void> => waitUntil(co
 export async function clusterSuite(t: TestContext, probe: ClusterBackendProbe): Promise<void> {
   const globals = path.join(probe.bpfRoot, 'tc', 'globals');
   const pin = (name: string) => path.join(globals, name);
-  const sock = tempDir();
-  t.after(sock.cleanup);
+  const sock = tempDir(t);
   const flags = [...probe.flags, '--bpf-ct-global-tcp-max', '4096', '--bpf-ct-global-any-max', '2048', '--bpf-nat-global-max', '2048'];
   let d = await startTestDaemon(sock.dir, flags);
   t.after(() => d.stop());

@@ -75,10 +75,12 @@ export interface TestDaemon {
   stop(): Promise<void>;
 }
 
-/** A temp directory for sockets, removed by the returned cleanup. */
-export function tempDir(): { dir: string; cleanup(): void } {
+/** A temp directory for sockets, removed by the returned cleanup (registered on `t` when given). */
+export function tempDir(t?: { after(fn: () => void): void }): { dir: string; cleanup(): void } {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ctmapd-test-'));
-  return { dir, cleanup: () => fs.rmSync(dir, { recursive: true, force: true }) };
+  const cleanup = (): void => fs.rmSync(dir, { recursive: true, force: true });
+  t?.after(cleanup);
+  return { dir, cleanup };
 }
 
 /** Starts a daemon in this process on a unix socket in `sockDir` with extra flags. */

@@ -71,8 +71,7 @@ export async function migrationSuite(t: TestContext, probe: MigrationBackendProb
   const tcp4 = pin('cilium_ct4_global');
   const inner7 = pin('cilium_per_cluster_ct_tcp4_7');
   const snat4 = pin('cilium_snat_v4_external');
-  const sock = tempDir();
-  t.after(sock.cleanup);
+  const sock = tempDir(t);
   const open = (p: string, valueSize = VALUE): BpfMap => {
     const m = probe.backend.open({ name: 'probe', type: MapType.LRU_HASH, keySize: KEY4, valueSize, maxEntries: 1, flags: 0, pinPath: p });
     if (!m) throw new Error(`${p} is not pinned`);
@@ -181,8 +180,7 @@ export async function migrationSuite(t: TestContext, probe: MigrationBackendProb
  */
 export async function recreateSuite(t: TestContext, probe: MigrationBackendProbe): Promise<void> {
   const tcp4 = path.join(probe.bpfRoot, 'tc', 'globals', 'cilium_ct4_global');
-  const sock = tempDir();
-  t.after(sock.cleanup);
+  const sock = tempDir(t);
   const foreign = probe.backend.create({ name: 'cilium_ct4_global', type: MapType.LRU_HASH, keySize: KEY4, valueSize: 48, maxEntries: 65536, flags: 0, pinPath: tcp4 });
   const value = Buffer.alloc(48);
   for (let i = 0; i < 100; i++) foreign.update(keyOf(i), value);

@@ -25,8 +25,7 @@ const KEY = `cilium/cluster-config/${CLUSTER}`;
 test('clustermesh through the daemon: etcd key and config directory drive join, move and leave', async (t) => {
   if (!etcdTier(t)) return;
   const etcd = await startEtcd(t);
-  const tmp = tempDir();
-  t.after(tmp.cleanup);
+  const tmp = tempDir(t);
   const meshDir = path.join(tmp.dir, 'clustermesh');
   fs.mkdirSync(meshDir);
   const root = `/memory-mesh-${process.pid}`;

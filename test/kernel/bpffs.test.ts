@@ -106,8 +106,7 @@ test('bpffs: where mounting is not permitted, the failure says so', (t) => {
 
 test('daemon: refuses a bpf-root not on bpffs, and a pin directory with another filesystem mounted on it', async (t) => {
   if (!kernelTier(t)) return;
-  const sock = tempDir();
-  t.after(sock.cleanup);
+  const sock = tempDir(t);
   const start = (root: string) => startDaemon(parseConfig(['--backend', 'kernel', '--bpf-root', root, '--socket', path.join(sock.dir, 'd.sock')], {}), pino({ level: 'silent' }));
 
   const plain = plainDir(t);

@@ -14,8 +14,7 @@ function bpftoolJson(args: string[]): any {
 
 test('kernel: per-cluster CT maps: create, outer slots, per-cluster entries and GC, leave, restart, cleanup', async (t) => {
   if (!kernelTier(t)) return;
-  const bpf = privateBpfRoot();
-  t.after(bpf.cleanup);
+  const bpf = privateBpfRoot(t);
   await clusterSuite(t, {
     flags: ['--backend', 'kernel', '--bpf-root', bpf.root],
     bpfRoot: bpf.root,

@@ -51,10 +51,8 @@ function bpftoolDump(pin: string): Map<string, string> {
 
 test('kernel backend: CTMaps flow, bpftool byte-exact, restart keeps entries', async (t) => {
   if (!kernelTier(t)) return;
-  const bpf = privateBpfRoot();
-  t.after(bpf.cleanup);
-  const sock = tempDir();
-  t.after(sock.cleanup);
+  const bpf = privateBpfRoot(t);
+  const sock = tempDir(t);
   const flags = ['--backend', 'kernel', '--bpf-root', bpf.root, '--bpf-ct-global-tcp-max', '65536', '--bpf-ct-global-any-max', '32768'];
 
   let d = await startTestDaemon(sock.dir, flags);

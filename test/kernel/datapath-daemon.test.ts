@@ -33,10 +33,8 @@ function slot0(pin: string): Buffer {
 test('kernel: the daemon pins the datapath side maps; the config follows its flags across restarts; the loader reads it', async (t) => {
   if (!kernelTier(t)) return;
   const { CtDatapath } = require('../../src/datapath/loader') as LoaderModule;
-  const bpf = privateBpfRoot();
-  t.after(bpf.cleanup);
-  const sock = tempDir();
-  t.after(sock.cleanup);
+  const bpf = privateBpfRoot(t);
+  const sock = tempDir(t);
   const globals = path.join(bpf.root, 'tc/globals');
   const base = ['--backend', 'kernel', '--bpf-root', bpf.root, '--bpf-ct-global-tcp-max', '4096', '--bpf-ct-global-any-max', '4096'];
 
@@ -110,10 +108,8 @@ test('kernel: packets through the datapath over the daemon\'s maps show in Activ
   if (!kernelTier(t)) return;
   const { CtDatapath } = require('../../src/datapath/loader') as LoaderModule;
   const bpfm = require('../../src/sys') as BpfModule;
-  const bpf = privateBpfRoot();
-  t.after(bpf.cleanup);
-  const sock = tempDir();
-  t.after(sock.cleanup);
+  const bpf = privateBpfRoot(t);
+  const sock = tempDir(t);
   const d = await startTestDaemon(sock.dir, [
     '--backend', 'kernel', '--bpf-root', bpf.root, '--bpf-ct-global-tcp-max', '4096', '--bpf-ct-global-any-max', '4096',
     '--metrics-listen', '127.0.0.1:0',

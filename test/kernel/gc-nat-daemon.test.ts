@@ -24,10 +24,8 @@ function natRecord(r: { key: CtKey; entry: { addr: string; port: number; created
 
 test('GC removes the SNAT pairs of deleted CT entries; orphan purge counts exactly (kernel)', async (t) => {
   if (!kernelTier(t)) return;
-  const bpf = privateBpfRoot();
-  t.after(bpf.cleanup);
-  const sock = tempDir();
-  t.after(sock.cleanup);
+  const bpf = privateBpfRoot(t);
+  const sock = tempDir(t);
   const d = await startTestDaemon(sock.dir, ['--backend', 'kernel', '--bpf-root', bpf.root, '--bpf-ct-global-tcp-max', '8192', '--bpf-ct-global-any-max', '8192', '--enable-ipv6=false']);
   t.after(() => d.stop());
   const ct = ctClient(d.address);

@@ -57,8 +57,7 @@ test('kernel: NAT maps pinned with facts §1 attributes; entries byte-exact; pur
   if (!kernelTier(t)) return;
   const backend = kernelBackend();
   const fds = bpfFdCount();
-  const bpf = privateBpfRoot();
-  t.after(bpf.cleanup);
+  const bpf = privateBpfRoot(t);
 
   let tables = openTables(backend, { root: bpf.root, size: 4096 });
   try {
@@ -124,8 +123,7 @@ test('kernel: NAT maps pinned with facts §1 attributes; entries byte-exact; pur
 test('kernel: distributed LRU creates the NAT maps with BPF_F_NO_COMMON_LRU', (t) => {
   if (!kernelTier(t)) return;
   const fds = bpfFdCount();
-  const bpf = privateBpfRoot();
-  t.after(bpf.cleanup);
+  const bpf = privateBpfRoot(t);
   const tables = openTables(kernelBackend(), { root: bpf.root, size: 8192, ipv4: true, ipv6: false, distributedLru: true });
   try {
     const show = bpftool('map', 'show', 'pinned', path.join(bpf.root, 'tc/globals/cilium_snat_v4_external'));

@@ -44,8 +44,7 @@ test('memory: --max-connected-clusters=511 sizes the outer maps 512 and takes id
   t.after(() => {
     for (const p of pinnedPaths()) if (p.startsWith(`${root}/`)) memoryBackend.unpin(p);
   });
-  const sock = tempDir();
-  t.after(sock.cleanup);
+  const sock = tempDir(t);
   const d = await startTestDaemon(sock.dir, ['--backend', 'memory', '--bpf-root', root, '--max-connected-clusters', '511', '--bpf-ct-global-tcp-max', '2048', '--bpf-ct-global-any-max', '1024']);
   t.after(() => d.stop());
   const cc = new (services().ClusterCTMaps)(d.address, grpc.credentials.createInsecure()) as unknown as Client;

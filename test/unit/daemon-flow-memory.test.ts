@@ -7,8 +7,7 @@ import { runCtFlow, runDeleteAndFlush } from '../helpers/ct-flow';
 import { ctClient, startTestDaemon, tempDir } from '../helpers/grpc';
 
 test('memory backend: CTMaps flow over gRPC', async (t) => {
-  const sock = tempDir();
-  t.after(sock.cleanup);
+  const sock = tempDir(t);
   const d = await startTestDaemon(sock.dir, ['--backend', 'memory', '--bpf-root', `/memory-test/${process.pid}`, '--bpf-ct-global-tcp-max', '65536', '--bpf-ct-global-any-max', '32768']);
   t.after(() => d.stop());
   const client = ctClient(d.address);

@@ -90,8 +90,7 @@ test('sumDatapathStats adds every CPU\'s copy, counter by counter', () => {
 });
 
 test('memory backend: the daemon pins both side maps, writes its flags, and rewrites them at a restart', async (t) => {
-  const sock = tempDir();
-  t.after(sock.cleanup);
+  const sock = tempDir(t);
   const root = `/memory-test/side-${process.pid}`;
   const specs = datapathSideMapSpecs(root);
   assert.deepEqual([specs.stats.pinPath, specs.config.pinPath], [`${root}/tc/globals/${CT_DATAPATH_STATS_MAP}`, `${root}/tc/globals/${CT_DATAPATH_CONFIG_MAP}`]);
@@ -122,8 +121,7 @@ test('memory backend: the daemon pins both side maps, writes its flags, and rewr
 });
 
 test('memory backend: ActiveMaps and /metrics show the stats map\'s counters, zeros until written', async (t) => {
-  const sock = tempDir();
-  t.after(sock.cleanup);
+  const sock = tempDir(t);
   const root = `/memory-test/stats-${process.pid}`;
   const d = await startTestDaemon(sock.dir, ['--backend', 'memory', '--bpf-root', root, '--bpf-ct-global-tcp-max', '4096', '--bpf-ct-global-any-max', '4096', '--metrics-listen', '127.0.0.1:0']);
   t.after(() => d.stop());

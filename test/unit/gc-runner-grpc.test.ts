@@ -34,8 +34,7 @@ async function countTcp4(client: any): Promise<number> {
 }
 
 test('GCRunner over gRPC: Run, emit_kept, bad input, Observe with a slow subscriber', async (t) => {
-  const sock = tempDir();
-  t.after(sock.cleanup);
+  const sock = tempDir(t);
   const d = await startTestDaemon(sock.dir, ['--backend', 'memory', '--bpf-root', `/memory-gcrpc-${process.pid}`, '--bpf-ct-global-tcp-max', '65536', '--bpf-ct-global-any-max', '4096', '--metrics-listen', '127.0.0.1:0']);
   t.after(() => d.stop());
   const ct = ctClient(d.address);

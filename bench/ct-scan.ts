@@ -237,27 +237,16 @@ async function countOnce(client: grpc.Client, req: object): Promise<number> {
 }
 
 /**
- * Reads a server stream to its end on a bare client with an identity deserializer; each
- * message is counted by `records` from its bytes. Resolves once both the stream has ended
- * and the status is OK (a status may arrive while messages still sit in the buffer).
+ * Reads `stream` to its end, handing each message to `onData`. Resolves once both the
+ * stream has ended and the status is OK (a status may arrive while messages still sit in
+ * the buffer); rejects on a stream error.
  */
-function rawStream(
-  client: grpc.Client,
-  method: grpc.MethodDefinition<object, unknown>,
-  req: object,
-  records: (msg: Buffer) => number,
-): Promise<{ records: number; messages: number; bytes: number }> {
+function readToEnd<T>(stream: grpc.ClientReadableStream<T>, onData: (msg: T) => void): Promise<void> {
   return new Promise((resolve, reject) => {
-    const out = { records: 0, messages: 0, bytes: 0 };
-    const stream = client.makeServerStreamRequest<object, Buffer>(method.path, method.requestSerialize, (b: Buffer) => b, req);
     let ended = false;
     let ok = false;
-    const done = () => ended && ok && resolve(out);
-    stream.on('data', (msg: Buffer) => {
-      out.messages++;
-      out.bytes += msg.length;
-      out.records += records(msg);
-    });
+    const done = () => ended && ok && resolve();
+    stream.on('data', onData);
     stream.on('error', reject);
     stream.on('status', (s: grpc.StatusObject) => {
       ok = s.code === grpc.status.OK;
@@ -270,29 +259,35 @@ function rawStream(
   });
 }
 
-/** DumpEntriesBatched on the proto-loader client: every record becomes a JS object. */
-function decodedStream(client: grpc.Client, req: object): Promise<{ records: number; messages: number }> {
-  return new Promise((resolve, reject) => {
-    const out = { records: 0, messages: 0 };
-    const fn = (client as unknown as Record<string, (r: object) => grpc.ClientReadableStream<{ records: unknown[] }>>).DumpEntriesBatched;
-    const stream = fn.call(client, req);
-    let ended = false;
-    let ok = false;
-    const done = () => ended && ok && resolve(out);
-    stream.on('data', (msg) => {
-      out.messages++;
-      out.records += msg.records.length;
-    });
-    stream.on('error', reject);
-    stream.on('status', (s: grpc.StatusObject) => {
-      ok = s.code === grpc.status.OK;
-      done();
-    });
-    stream.on('end', () => {
-      ended = true;
-      done();
-    });
+/**
+ * A server stream on a bare client with an identity deserializer; each message is counted
+ * by `records` from its bytes.
+ */
+async function rawStream(
+  client: grpc.Client,
+  method: grpc.MethodDefinition<object, unknown>,
+  req: object,
+  records: (msg: Buffer) => number,
+): Promise<{ records: number; messages: number; bytes: number }> {
+  const out = { records: 0, messages: 0, bytes: 0 };
+  const stream = client.makeServerStreamRequest<object, Buffer>(method.path, method.requestSerialize, (b: Buffer) => b, req);
+  await readToEnd(stream, (msg) => {
+    out.messages++;
+    out.bytes += msg.length;
+    out.records += records(msg);
   });
+  return out;
+}
+
+/** DumpEntriesBatched on the proto-loader client: every record becomes a JS object. */
+async function decodedStream(client: grpc.Client, req: object): Promise<{ records: number; messages: number }> {
+  const out = { records: 0, messages: 0 };
+  const fn = (client as unknown as Record<string, (r: object) => grpc.ClientReadableStream<{ records: unknown[] }>>).DumpEntriesBatched;
+  await readToEnd(fn.call(client, req), (msg) => {
+    out.messages++;
+    out.records += msg.records.length;
+  });
+  return out;
 }
 
 /** Records per second in millions, "3.2 M". */

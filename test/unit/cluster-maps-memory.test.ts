@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { memoryBackend, pinnedPaths } from '../../src/maps/memory';
-import { MapType } from '../../src/maps/types';
+import { memoryOuterSlot } from '../helpers/memory';
 import { services } from '../../src/api/proto';
 import { clusterSuite } from '../helpers/cluster-suite';
 import { Client, call, rejectsWith, startTestDaemon, tempDir } from '../helpers/grpc';
@@ -20,17 +20,7 @@ test('memory: per-cluster CT maps: create, outer slots, per-cluster entries and 
     flags: ['--backend', 'memory', '--bpf-root', root],
     bpfRoot: root,
     pinned: (p) => memoryBackend.pinnedInfo(p) !== undefined,
-    slot(outerPin, id) {
-      const outer = memoryBackend.open({ name: 'probe', type: MapType.ARRAY_OF_MAPS, keySize: 4, valueSize: 4, maxEntries: 1, flags: 0, pinPath: outerPin });
-      if (!outer) throw new Error(`${outerPin} is not pinned`);
-      try {
-        const key = Buffer.alloc(4);
-        key.writeUInt32LE(id, 0);
-        return outer.lookup(key)?.readUInt32LE(0);
-      } finally {
-        outer.close();
-      }
-    },
+    slot: memoryOuterSlot,
     mapId(p) {
       const info = memoryBackend.pinnedInfo(p);
       if (!info) throw new Error(`${p} is not pinned`);

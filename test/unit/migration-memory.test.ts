@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test';
 import { memoryBackend, pinnedPaths } from '../../src/maps/memory';
-import { MapType } from '../../src/maps/types';
+import { memoryOuterSlot } from '../helpers/memory';
 import { MigrationBackendProbe, migrationSuite, recreateSuite } from '../helpers/migration-suite';
 
 function memoryProbe(t: { after(fn: () => void): void }, name: string): MigrationBackendProbe {
@@ -22,17 +22,7 @@ function memoryProbe(t: { after(fn: () => void): void }, name: string): Migratio
       if (!info) throw new Error(`${pin} is not pinned`);
       return { maxEntries: info.maxEntries, flags: info.flags, id: info.id };
     },
-    slot(outerPin, id) {
-      const outer = memoryBackend.open({ name: 'probe', type: MapType.ARRAY_OF_MAPS, keySize: 4, valueSize: 4, maxEntries: 1, flags: 0, pinPath: outerPin });
-      if (!outer) throw new Error(`${outerPin} is not pinned`);
-      try {
-        const key = Buffer.alloc(4);
-        key.writeUInt32LE(id, 0);
-        return outer.lookup(key)?.readUInt32LE(0);
-      } finally {
-        outer.close();
-      }
-    },
+    slot: memoryOuterSlot,
   };
 }
 

@@ -15,7 +15,8 @@ import * as grpc from '@grpc/grpc-js';
 import { services } from '../src/api/proto';
 
 /** Repository root: this file runs as dist/bench/lib.js. */
-export const REPO_ROOT = path.resolve(__dirname, '../..');
+export { REPO_ROOT } from '../src/config/paths';
+import { CTMAPD_BIN, REPO_ROOT } from '../src/config/paths';
 /** The source file the sections write into (not the copy under dist/). */
 export const RESULTS_FILE = path.join(REPO_ROOT, 'bench', 'RESULTS.md');
 /** The C/libbpf baseline, built by `make build` (bench/c/Makefile). */
@@ -215,7 +216,7 @@ export interface DaemonProcess {
  */
 export function spawnDaemon(ctx: BenchContext, socket: string, args: readonly string[]): DaemonProcess {
   const nodeFlags = ctx.cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', ctx.cpuProfDir] : [];
-  const child = spawn(process.execPath, [...nodeFlags, path.join(REPO_ROOT, 'bin', 'ctmapd'), ...args, '--socket', socket], {
+  const child = spawn(process.execPath, [...nodeFlags, CTMAPD_BIN, ...args, '--socket', socket], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   if (child.pid === undefined) throw new HarnessError('ctmapd: spawn failed');

@@ -3,6 +3,7 @@
  * health SERVING, lists its services through reflection (what grpcurl does), and stops
  * cleanly on SIGTERM keeping its pins. Also the command line's help and bad-flag exits.
  */
+import { CTMAPD_BIN } from '../../src/config/paths';
 import assert from 'node:assert/strict';
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -13,8 +14,7 @@ import { packageDefinition, services } from '../../src/api/proto';
 import { kernelTier, privateBpfRoot } from '../helpers/kernel';
 import { tempDir } from '../helpers/grpc';
 
-const repo = path.resolve(__dirname, '../../..');
-const bin = path.join(repo, 'bin/ctmapd');
+const bin = CTMAPD_BIN;
 
 async function healthStatus(address: string, service = ''): Promise<string> {
   const Health = services().Health;

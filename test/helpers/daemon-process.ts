@@ -3,10 +3,10 @@
  * moments): its JSON log lines are collected as they arrive, and the process is SIGKILLed
  * at the end of the test whatever happened.
  */
+import { CTMAPD_BIN } from '../../src/config/paths';
 import { ChildProcess, spawn } from 'node:child_process';
-import * as path from 'node:path';
 
-const BIN = path.resolve(__dirname, '../../../bin/ctmapd');
+const BIN = CTMAPD_BIN;
 
 export interface DaemonChild {
   readonly child: ChildProcess;

@@ -3,6 +3,7 @@
  * built BPF object), bin/ctmapd as a child process on a private bpf-root and socket, and
  * bin/ctmap runs.
  */
+import { CTMAPD_BIN, CTMAP_BIN, REPO_ROOT, bpfObjectPath } from '../../src/config/paths';
 import { ChildProcess, SpawnSyncReturns, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -12,10 +13,7 @@ import { services } from '../../src/api/proto';
 import { kernelTier } from './kernel';
 import { haveTool } from './netns';
 
-export const REPO = path.resolve(__dirname, '../../..');
-export const CTMAPD_BIN = path.join(REPO, 'bin/ctmapd');
-export const CTMAP_BIN = path.join(REPO, 'bin/ctmap');
-export const DATAPATH_OBJECT = path.join(REPO, 'bpf/.output/ct_datapath.bpf.o');
+const DATAPATH_OBJECT = bpfObjectPath('ct_datapath.bpf.o');
 
 /**
  * kernelTier(t), plus what the datapath e2e tests need: ip, tc, nsenter, ping and the
@@ -25,7 +23,7 @@ export const DATAPATH_OBJECT = path.join(REPO, 'bpf/.output/ct_datapath.bpf.o');
 export function datapathE2eTier(t: Pick<TestContext, 'skip'>, tools: readonly string[] = ['ip', 'tc', 'nsenter', 'ping']): boolean {
   if (!kernelTier(t)) return false;
   const missing = tools.filter((tool) => !haveTool(tool));
-  if (!fs.existsSync(DATAPATH_OBJECT)) missing.push(`${path.relative(REPO, DATAPATH_OBJECT)} (make -C bpf)`);
+  if (!fs.existsSync(DATAPATH_OBJECT)) missing.push(`${path.relative(REPO_ROOT, DATAPATH_OBJECT)} (make -C bpf)`);
   if (missing.length === 0) return true;
   const reason = `datapath e2e needs ${missing.join(', ')}${tools.includes('ping') ? ' (scripts/install-deps.sh installs iputils-ping)' : ''}`;
   if (process.env.CTMAPD_REQUIRE_KERNEL === '1') throw new Error(`kernel tier required (CTMAPD_REQUIRE_KERNEL=1) but cannot run: ${reason}`);

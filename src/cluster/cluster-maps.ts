@@ -22,7 +22,8 @@ import { CtKind, CtMapsConfig, MapRef, clusterInnerCtMapSpec, clusterOuterCtMapS
 import { DEFAULT_CLUSTER_ID_MAX } from '../config/defaults';
 import { validateClusterId } from '../maps/cluster-spec';
 import { CtTables, ctEntryRank } from '../maps/ctmap/tables';
-import { NatMapsConfig, clusterInnerNatMapSpec, clusterOuterNatMapSpec } from '../maps/nat/spec';
+import { NatMapRef, NatMapsConfig, clusterInnerNatMapSpec, clusterOuterNatMapSpec } from '../maps/nat/spec';
+import { MapToOpen, RegisteredMap, openMaps } from '../maps/registry';
 import { NatTables, natEntryRank } from '../maps/nat/tables';
 import type { BpfMap, MapBackend, MapSpec } from '../maps/types';
 
@@ -47,6 +48,9 @@ export interface ClusterMaps {
 }
 
 const KINDS: readonly CtKind[] = ['tcp', 'any'];
+
+/** What identifies an inner map: a CT map ref (with its kind) or a SNAT map ref. */
+type InnerRef = MapRef | NatMapRef;
 
 export class ClusterCtMaps {
   readonly clusterIdMax: number;
@@ -91,18 +95,9 @@ export class ClusterCtMaps {
     try {
       await self.#openOuters(lifecycle);
       for (let id = 1; id <= self.clusterIdMax; id++) {
-        if (!self.#innerSpecs(id).some((s) => pinned(s.pinPath!))) continue;
-        const cluster: ClusterMaps = { clusterId: id, ct: [], nat: [] };
-        try {
-          for (const family of self.#families) {
-            for (const kind of KINDS) cluster.ct.push({ ref: { family, kind, clusterId: id }, map: await lifecycle.open(clusterInnerCtMapSpec(cfg, family, kind, id), { rank: ctEntryRank }) });
-            cluster.nat.push({ family, map: await lifecycle.open(clusterInnerNatMapSpec(cfg, family, id), { rank: natEntryRank }) });
-          }
-        } catch (err) {
-          for (const m of [...cluster.ct.map((c) => c.map), ...cluster.nat.map((n) => n.map)]) m.close();
-          throw err;
-        }
-        self.#register(cluster, new Set());
+        const inner = self.#innerMaps(id);
+        if (!inner.some((m) => pinned(m.spec.pinPath!))) continue;
+        self.#register(clusterMaps(id, await openMaps(inner, lifecycle)), new Set());
       }
     } catch (err) {
       self.close();
@@ -282,33 +277,34 @@ export class ClusterCtMaps {
     }
   }
 
-  /** Inner map specs of cluster `id` for `families` (default: the enabled ones), CT then SNAT. */
-  #innerSpecs(id: number, families: readonly Family[] = this.#families): MapSpec[] {
-    return families.flatMap((family) => [...KINDS.map((kind) => clusterInnerCtMapSpec(this.cfg, family, kind, id)), clusterInnerNatMapSpec(this.cfg, family, id)]);
+  /** Inner maps of cluster `id` for `families` (default: the enabled ones): per family, CT then SNAT. */
+  #innerMaps(id: number, families: readonly Family[] = this.#families): MapToOpen<InnerRef>[] {
+    return families.flatMap((family) => [
+      ...KINDS.map((kind) => ({ ref: { family, kind, clusterId: id }, spec: clusterInnerCtMapSpec(this.cfg, family, kind, id), rank: ctEntryRank })),
+      { ref: { family, clusterId: id }, spec: clusterInnerNatMapSpec(this.cfg, family, id), rank: natEntryRank },
+    ]);
+  }
+
+  /** The specs of #innerMaps. */
+  #innerSpecs(id: number, families?: readonly Family[]): MapSpec[] {
+    return this.#innerMaps(id, families).map((m) => m.spec);
   }
 
   /** A cluster joining while the daemon runs: its inner maps opened or created synchronously. */
   #createSync(id: number): ClusterMaps {
-    const cluster: ClusterMaps = { clusterId: id, ct: [], nat: [] };
+    const opened: RegisteredMap<InnerRef>[] = [];
     const created = new Set<BpfMap>();
-    const open = (spec: MapSpec): BpfMap => {
-      const r = openOrCreate(this.backend, spec, this.log);
-      if (r.outcome !== 'reused') created.add(r.map);
-      return r.map;
-    };
     try {
-      for (const family of this.#families) {
-        for (const kind of KINDS) cluster.ct.push({ ref: { family, kind, clusterId: id }, map: open(clusterInnerCtMapSpec(this.cfg, family, kind, id)) });
-        cluster.nat.push({ family, map: open(clusterInnerNatMapSpec(this.cfg, family, id)) });
+      for (const { ref, spec } of this.#innerMaps(id)) {
+        const r = openOrCreate(this.backend, spec, this.log);
+        if (r.outcome !== 'reused') created.add(r.map);
+        opened.push({ ref, map: r.map });
       }
     } catch (err) {
-      for (const m of [...cluster.ct.map((c) => c.map), ...cluster.nat.map((n) => n.map)]) {
-        m.close();
-        if (created.has(m) && m.spec.pinPath) this.backend.unpin(m.spec.pinPath);
-      }
+      this.#close(opened.map((o) => o.map), (m) => created.has(m));
       throw err;
     }
-    return this.#register(cluster, created);
+    return this.#register(clusterMaps(id, opened), created);
   }
 
   /**
@@ -331,10 +327,7 @@ export class ClusterCtMaps {
     } catch (err) {
       this.#clearSlots(cluster.clusterId);
       this.#release(added, (m) => created.has(m));
-      for (const m of [...cluster.ct.map((c) => c.map), ...cluster.nat.map((n) => n.map)]) {
-        m.close();
-        if (created.has(m) && m.spec.pinPath) this.backend.unpin(m.spec.pinPath);
-      }
+      this.#close(mapsOf(cluster), (m) => created.has(m));
       throw err;
     }
     this.#clusters.set(cluster.clusterId, cluster);
@@ -366,11 +359,31 @@ export class ClusterCtMaps {
   #release(cluster: ClusterMaps, unpin: (map: BpfMap) => boolean): void {
     for (const c of cluster.ct) this.ct.remove(c.ref);
     for (const n of cluster.nat) this.nat.remove({ family: n.family, clusterId: cluster.clusterId });
-    for (const map of [...cluster.ct.map((c) => c.map), ...cluster.nat.map((n) => n.map)]) {
+    this.#close(mapsOf(cluster), unpin);
+  }
+
+  /** Closes `maps` (idempotent) and unpins those `unpin` selects. */
+  #close(maps: readonly BpfMap[], unpin: (map: BpfMap) => boolean): void {
+    for (const map of maps) {
       map.close();
       if (unpin(map) && map.spec.pinPath) this.backend.unpin(map.spec.pinPath);
     }
   }
+}
+
+/** Every inner map of a cluster, CT then SNAT. */
+function mapsOf(cluster: ClusterMaps): BpfMap[] {
+  return [...cluster.ct.map((c) => c.map), ...cluster.nat.map((n) => n.map)];
+}
+
+/** A cluster's inner maps, opened in #innerMaps' order, split into its CT and SNAT maps. */
+function clusterMaps(clusterId: number, opened: readonly RegisteredMap<InnerRef>[]): ClusterMaps {
+  const cluster: ClusterMaps = { clusterId, ct: [], nat: [] };
+  for (const { ref, map } of opened) {
+    if ('kind' in ref) cluster.ct.push({ ref, map });
+    else cluster.nat.push({ family: ref.family, map });
+  }
+  return cluster;
 }
 
 function u32(n: number): Buffer {

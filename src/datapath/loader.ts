@@ -19,11 +19,11 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { bpfObjectPath } from '../config/paths';
 import { CtmapError } from '../errors';
-import * as bpf from '../sys';
-import { BpfObject, BpfProgram } from '../sys/object';
+import { BpfObject, BpfObjectMap, BpfProgram } from '../sys/object';
 import { globalsDir } from '../maps/cluster-spec';
-import { attributeMismatches } from '../maps/open';
-import type { MapSpec } from '../maps/types';
+import { KernelMap, kernelBackend } from '../maps/kernel';
+import { openPinned } from '../maps/open';
+import type { MapSpec, MapTypeValue } from '../maps/types';
 import {
   CT_DATAPATH_CLUSTER_MAPS,
   CT_DATAPATH_FAMILY_MAPS,
@@ -87,7 +87,7 @@ export class CtDatapath {
     }
     const dir = globalsDir(opts.bpfRoot);
     const side = datapathSideMapSpecs(opts.bpfRoot);
-    const pinned: bpf.Fd[] = [];
+    const pinned: KernelMap[] = [];
     try {
       const daemon = readDaemonSettings(side.config, opts.bpfRoot);
       const settings: DatapathSettings = { ...daemon, ...opts.settings };
@@ -97,15 +97,15 @@ export class CtDatapath {
       const object = BpfObject.open(objectPath);
       try {
         const reused: string[] = [];
-        const reuseFd = (name: string, fd: bpf.Fd): void => {
-          object.map(name).reuseFd(fd);
+        const reuseMap = (name: string, map: KernelMap): void => {
+          object.map(name).reuseFd(map.fd);
           reused.push(name);
         };
         const reuse = (name: string): boolean => {
-          const fd = bpf.objGet(path.join(dir, name));
-          if (!fd) return false;
-          pinned.push(fd);
-          reuseFd(name, fd);
+          const map = openPinned(kernelBackend, declaredSpec(object.map(name), path.join(dir, name)))?.map;
+          if (!map) return false;
+          pinned.push(map);
+          reuseMap(name, map);
           return true;
         };
         // A placeholder is a one-entry map libbpf creates for the object alone.
@@ -131,7 +131,7 @@ export class CtDatapath {
           // without them no cluster id finds an inner map, which the program counts.
           for (const name of CT_DATAPATH_CLUSTER_MAPS[family]) if (!reuse(name)) placeholder(name);
         }
-        reuseFd(CT_DATAPATH_STATS_MAP, stats);
+        reuseMap(CT_DATAPATH_STATS_MAP, stats);
         object.map('.rodata').setInitialValue(encodeDatapathSettings(settings));
         const ingress = object.program(CT_DATAPATH_PROGRAMS.ingress);
         const egress = object.program(CT_DATAPATH_PROGRAMS.egress);
@@ -143,7 +143,7 @@ export class CtDatapath {
       }
     } finally {
       // libbpf dup'ed what it reuses; the object holds its own copies from here on.
-      for (const fd of pinned) fd.close();
+      for (const map of pinned) map.close();
     }
   }
 
@@ -153,30 +153,28 @@ export class CtDatapath {
 }
 
 /**
+ * The map the object declares as `m`, pinned at `pinPath`: what a CT or per-cluster map of
+ * the daemon is opened with to be reused. Its mismatches are not held against the pin: the
+ * daemon's flags size those maps, not the object, and bpf_map__reuse_fd takes the pinned
+ * map's attributes, against which the verifier then checks the programs.
+ */
+function declaredSpec(m: BpfObjectMap, pinPath: string): MapSpec {
+  return { name: m.name, type: m.type as MapTypeValue, keySize: m.keySize, valueSize: m.valueSize, maxEntries: m.maxEntries, flags: m.flags, pinPath };
+}
+
+/**
  * Opens a side map the daemon pins (side-maps.ts) and checks it has this build's layout.
  * Throws failed-precondition naming the path when it is not pinned or differs.
  */
-function openSideMap(spec: MapSpec, bpfRoot: string): bpf.Fd {
-  const fd = bpf.objGet(spec.pinPath!);
-  if (!fd) {
+function openSideMap(spec: MapSpec, bpfRoot: string): KernelMap {
+  const pinned = openPinned(kernelBackend, spec, { expected: 'build', remedy: 'ctmapd and bpf/ are from different builds' });
+  if (!pinned) {
     throw new CtmapError(
       'failed-precondition',
       `datapath: ${spec.pinPath} is not pinned: start ctmapd with --bpf-root=${bpfRoot} first (the daemon owns the datapath's side maps)`,
     );
   }
-  try {
-    const mismatches = attributeMismatches(bpf.mapInfo(fd), spec);
-    if (mismatches.length > 0) {
-      throw new CtmapError(
-        'failed-precondition',
-        `datapath: ${spec.pinPath} differs from what this build expects (${mismatches.join(', ')}): ctmapd and bpf/ are from different builds`,
-      );
-    }
-    return fd;
-  } catch (err) {
-    fd.close();
-    throw err;
-  }
+  return pinned.map;
 }
 
 /**
@@ -184,11 +182,10 @@ function openSideMap(spec: MapSpec, bpfRoot: string): bpf.Fd {
  * openSideMap, and when the map holds no valid settings.
  */
 function readDaemonSettings(spec: MapSpec, bpfRoot: string): DatapathSettings {
-  const fd = openSideMap(spec, bpfRoot);
+  const map = openSideMap(spec, bpfRoot);
   try {
-    const value = Buffer.alloc(spec.valueSize);
-    bpf.lookup(fd, Buffer.alloc(4), value);
-    const settings = decodeDatapathSettings(value);
+    // An ARRAY's slot 0 always exists: never written, it holds zeros.
+    const settings = decodeDatapathSettings(map.lookup(Buffer.alloc(4)) ?? Buffer.alloc(spec.valueSize));
     try {
       // The daemon validated what it wrote: anything else was never written (zeros) or not by it.
       validateDatapathSettings(settings);
@@ -199,6 +196,6 @@ function readDaemonSettings(spec: MapSpec, bpfRoot: string): DatapathSettings {
     }
     return settings;
   } finally {
-    fd.close();
+    map.close();
   }
 }

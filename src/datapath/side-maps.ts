@@ -81,11 +81,11 @@ export class DatapathSideMaps {
   ) {}
 
   /**
-   * Opens (or creates, or recreates when the layout changed: openOrCreate) and pins both
-   * maps under <bpfRoot>/tc/globals and writes `settings` into the config map, logging
-   * when they differ from what an earlier start wrote. Counters survive a restart with an
-   * unchanged layout. Throws CtmapError from the backend, or invalid-argument for settings
-   * the datapath cannot take.
+   * Opens (or creates and pins: openOrCreate) both maps under <bpfRoot>/tc/globals and
+   * writes `settings` into the config map, logging when they differ from what an earlier
+   * start wrote. Counters survive a restart with an unchanged layout; a pinned map of
+   * another layout is refused (failed-precondition, see openOrCreate). Throws CtmapError
+   * from the backend, or invalid-argument for settings the datapath cannot take.
    */
   static open(backend: MapBackend, bpfRoot: string, settings: DatapathSettings, log: Logger): DatapathSideMaps {
     const value = encodeDatapathSettings(settings);

@@ -4,7 +4,7 @@
  * "a rejected request changes nothing" (API.md) is built here: snapshot the keys about to
  * be written, write, and put the snapshot back when any write fails.
  *
- * Shared by CtTables.update and NatTables.update.
+ * Shared by CtTables.update and NatTables.update (writeGrouped).
  */
 import { CtmapError } from '../errors';
 import { BpfMap, UpdateFlag } from './types';
@@ -58,6 +58,35 @@ export function writeAllOrNothing(groups: readonly PackedWrite[], chunk = WRITE_
     throw new CtmapError(e.code, `${e.message}; rollback failed for ${unrestored} entr${unrestored === 1 ? 'y' : 'ies'}`, { cause: err, field: e.field });
   }
   return written;
+}
+
+/**
+ * Writes each record into the map `tableOf` picks for it, all-or-nothing (writeAllOrNothing):
+ * first every record is checked and assigned (`tableOf` throws to reject the request, before
+ * anything is written), then each table's records are packed by `encode` (key at keys[keyOff],
+ * value at values[valueOff], the map's key and value sizes apart) and written, tables in
+ * the order their first record came. Returns the number of records written.
+ */
+export function writeGrouped<R, T extends { readonly map: BpfMap }>(
+  records: readonly R[],
+  tableOf: (record: R, index: number) => T,
+  encode: (table: T, record: R, keys: Buffer, keyOff: number, values: Buffer, valueOff: number) => void,
+): number {
+  const groups = new Map<T, R[]>();
+  records.forEach((r, i) => {
+    const table = tableOf(r, i);
+    const list = groups.get(table) ?? [];
+    list.push(r);
+    groups.set(table, list);
+  });
+  const writes = [...groups].map(([table, rs]): PackedWrite => {
+    const { keySize: ks, valueSize: vs } = table.map.spec;
+    const keys = Buffer.alloc(rs.length * ks);
+    const values = Buffer.alloc(rs.length * vs);
+    rs.forEach((r, j) => encode(table, r, keys, j * ks, values, j * vs));
+    return { map: table.map, keys, values, count: rs.length };
+  });
+  return writeAllOrNothing(writes);
 }
 
 interface Snapshot {

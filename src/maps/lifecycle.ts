@@ -53,7 +53,7 @@
 import type { Logger } from 'pino';
 import { CtmapError } from '../errors';
 import { CopyStats, DeltaStats, FingerprintLog, RankFn, bulkCopy, deltaCopy, nearCapacity } from './migrate';
-import { attributeMismatches, newPinPath, oldPinPath } from './open';
+import { newPinPath, oldPinPath, openPinned, pinnedMismatch } from './open';
 
 export { newPinPath, oldPinPath } from './open';
 import { BpfMap, FillShare, LiveMapInfo, MapBackend, MapSpec } from './types';
@@ -174,7 +174,7 @@ interface Pending {
   readonly rank: RankFn;
   readonly copy: CopyStats;
   readonly from: LiveMapInfo;
-  readonly mismatches: string[];
+  readonly mismatches: readonly string[];
   readonly started: bigint;
 }
 
@@ -219,14 +219,13 @@ export class MapLifecycle implements MapOpener {
   async open(spec: MapSpec, opts: MapOpenOptions): Promise<BpfMap> {
     if (!spec.pinPath) return this.#backend.create(spec);
     await this.#recover(spec, opts);
-    const pinned = this.#openPinned(spec);
+    const pinned = openPinned(this.#backend, spec);
     if (!pinned) {
       const map = this.#backend.create(spec);
       this.#log.info({ map: spec.name, pin: spec.pinPath, maxEntries: spec.maxEntries }, 'created map');
       return map;
     }
-    const { live, info } = pinned;
-    const mismatches = attributeMismatches(info, { ...spec, maxEntries: this.#backend.effectiveMaxEntries(spec) });
+    const { map: live, info, mismatches } = pinned;
     if (mismatches.length === 0) {
       this.#log.info({ map: spec.name, pin: spec.pinPath, maxEntries: info.maxEntries }, 'reusing pinned map');
       return live;
@@ -235,11 +234,12 @@ export class MapLifecycle implements MapOpener {
     if (info.type !== spec.type || info.keySize !== spec.keySize || info.valueSize !== spec.valueSize) {
       if (!this.#allowRecreate) {
         live.close();
-        throw new CtmapError(
-          'failed-precondition',
-          `pinned map ${spec.pinPath} differs from the configuration (${mismatches.join(', ')}): entries of another type or key/value size cannot be migrated. ` +
+        throw pinnedMismatch(spec, mismatches, {
+          expected: 'configuration',
+          remedy:
+            'entries of another type or key/value size cannot be migrated. ' +
             'Start with --allow-map-recreate to drop its entries and recreate it, or restore the configuration it was made with',
-        );
+        });
       }
       return this.#replace(spec, live, info, mismatches, false);
     }
@@ -252,21 +252,9 @@ export class MapLifecycle implements MapOpener {
    * template). Returns the new map.
    */
   replace(spec: MapSpec, why: string): BpfMap {
-    const pinned = this.#openPinned(spec);
+    const pinned = openPinned(this.#backend, spec);
     if (!pinned) return this.#backend.create(spec);
-    return this.#replace(spec, pinned.live, pinned.info, [why], true);
-  }
-
-  /** The map pinned at spec.pinPath with what the kernel says of it; undefined when none. */
-  #openPinned(spec: MapSpec): { live: BpfMap; info: LiveMapInfo } | undefined {
-    const live = this.#backend.open(spec);
-    if (!live) return undefined;
-    try {
-      return { live, info: live.info() };
-    } catch (err) {
-      live.close();
-      throw err;
-    }
+    return this.#replace(spec, pinned.map, pinned.info, [why], true);
   }
 
   /**
@@ -360,7 +348,7 @@ export class MapLifecycle implements MapOpener {
   }
 
   /** Steps 1-4 of the module comment; the rest happens in complete(). */
-  async #migrate(spec: MapSpec, live: BpfMap, from: LiveMapInfo, mismatches: string[], rank: RankFn): Promise<BpfMap> {
+  async #migrate(spec: MapSpec, live: BpfMap, from: LiveMapInfo, mismatches: readonly string[], rank: RankFn): Promise<BpfMap> {
     const pin = spec.pinPath!;
     const started = process.hrtime.bigint();
     this.#log.warn({ map: spec.name, pin, mismatches }, 'pinned map attributes differ from the configuration: migrating its entries into a new map');
@@ -388,8 +376,7 @@ export class MapLifecycle implements MapOpener {
       this.#backend.rename(newPinPath(pin), pin);
       swapped = true;
       await this.#step('swapped', spec.name);
-      const reopened = this.#backend.open(spec);
-      if (!reopened) throw new CtmapError('internal', `map ${spec.name}: ${pin} vanished right after the swap`);
+      const reopened = this.#reopenSwapped(spec);
       fresh.close();
       this.#pending.push({ spec, old: live, fresh: reopened, seen, plan, rank, copy, from, mismatches, started });
       return reopened;
@@ -409,7 +396,7 @@ export class MapLifecycle implements MapOpener {
    * An atomic replacement: a new empty map created as P_new and renamed over P. `derived`:
    * ctmapd refills it (nothing is lost); otherwise every entry of the old map is dropped.
    */
-  #replace(spec: MapSpec, live: BpfMap, from: LiveMapInfo, mismatches: string[], derived: boolean): BpfMap {
+  #replace(spec: MapSpec, live: BpfMap, from: LiveMapInfo, mismatches: readonly string[], derived: boolean): BpfMap {
     const pin = spec.pinPath!;
     const started = process.hrtime.bigint();
     let dropped = 0;
@@ -425,12 +412,18 @@ export class MapLifecycle implements MapOpener {
     } finally {
       live.close();
     }
-    const map = this.#backend.open(spec);
-    if (!map) throw new CtmapError('internal', `map ${spec.name}: ${pin} vanished right after the swap`);
+    const map = this.#reopenSwapped(spec);
     this.#replaced.push({ name: spec.name, pinPath: pin, oldId: from.id, newId: map.info().id });
     const report = this.#report(spec, 'recreated', mismatches, from, { seen: dropped, copied: 0, dropped }, undefined, started);
     if (derived) this.#log.warn({ ...report }, `map ${spec.name} recreated: its slots are rebuilt from the pinned inner maps`);
     else this.#log.error({ ...report }, `WARNING: map ${spec.name} RECREATED because of --allow-map-recreate: ALL ${dropped} ENTRIES ARE LOST`);
+    return map;
+  }
+
+  /** The map just renamed into spec.pinPath, opened from its pin. */
+  #reopenSwapped(spec: MapSpec): BpfMap {
+    const map = this.#backend.open(spec);
+    if (!map) throw new CtmapError('internal', `map ${spec.name}: ${spec.pinPath} vanished right after the swap`);
     return map;
   }
 

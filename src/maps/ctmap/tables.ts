@@ -3,22 +3,18 @@
  * all-or-nothing batch update, delete, flush, count and filtered batch dumps.
  */
 import type { Logger } from 'pino';
-import { CtmapError, invalidArgument, notFound } from '../../errors';
-import { PackedWrite, writeAllOrNothing } from '../batch-write';
+import { invalidArgument, notFound } from '../../errors';
+import { writeGrouped } from '../batch-write';
 import type { MapOpener } from '../lifecycle';
-import { openOrCreate } from '../open';
-import { BatchCursor, BpfMap, MapBackend } from '../types';
+import { MapRegistry, MapToOpen, RegisteredMap, deleteKeys, openMaps } from '../registry';
+import { BatchCursor, MapBackend } from '../types';
 import { Family, addressBytes } from '../addr';
-import { CT_ENTRY_SIZE, CtEntry, CtKey, decodeEntry, encodeEntry, encodeKey, entryLifetime, keyLayout } from './codec';
+import { CtEntry, CtKey, decodeEntry, encodeEntry, encodeKey, entryLifetime, keyLayout } from './codec';
 import { IPPROTO } from './layout';
 import { CtKind, CtMapsConfig, MapRef, globalCtMapRefs, globalCtMapSpec, refKey, refLabel } from './spec';
-import { DEFAULT_CLUSTER_ID_MAX } from '../../config/defaults';
-import { validateClusterId } from '../cluster-spec';
 
-export interface CtTable {
-  readonly ref: MapRef;
-  readonly map: BpfMap;
-}
+/** One open map of the registry: its ref (cluster 0: a global map) and the live map. */
+export type CtTable = RegisteredMap<MapRef>;
 
 export interface CtRecordInput {
   ref: MapRef;
@@ -39,33 +35,10 @@ export interface DumpFilter {
 /** A CT entry's migration rank: its lifetime (a shrunk map keeps the latest-expiring entries). */
 export const ctEntryRank = (values: Buffer, off: number): number => entryLifetime(values, off);
 
-export class CtTables {
-  readonly #tables = new Map<string, CtTable>();
-
-  private constructor(
-    tables: CtTable[],
-    /** ClusterIDMax: cluster ids above it are refused with INVALID_ARGUMENT. */
-    readonly clusterIdMax: number,
-  ) {
-    for (const t of tables) this.#tables.set(refKey(t.ref), t);
-  }
-
-  /**
-   * Adds a per-cluster map (src/cluster: a cluster joined). From then on it is served,
-   * listed by active() and collected by GC passes. Throws when its ref is already taken.
-   */
-  add(table: CtTable): void {
-    const key = refKey(table.ref);
-    if (this.#tables.has(key)) throw new CtmapError('already-exists', `${refLabel(table.ref)} CT map is already open`);
-    this.#tables.set(key, table);
-  }
-
-  /** Takes a per-cluster map out (a cluster left); the caller closes it. Undefined when absent. */
-  remove(ref: MapRef): CtTable | undefined {
-    const key = refKey(ref);
-    const t = this.#tables.get(key);
-    this.#tables.delete(key);
-    return t;
+/** The open CT maps (a MapRegistry by MapRef) and the CTMaps service's operations on them. */
+export class CtTables extends MapRegistry<MapRef, CtTable> {
+  private constructor(tables: readonly CtTable[], cfg: CtMapsConfig) {
+    super({ key: refKey, label: (ref) => `${refLabel(ref)} CT map`, clusterIdMax: cfg.clusterIdMax }, tables);
   }
 
   /**
@@ -74,17 +47,7 @@ export class CtTables {
    * are closed first.
    */
   static async open(opener: MapOpener, cfg: CtMapsConfig): Promise<CtTables> {
-    const tables: CtTable[] = [];
-    try {
-      for (const ref of globalCtMapRefs(cfg)) {
-        const map = await opener.open(globalCtMapSpec(cfg, ref.family, ref.kind), { rank: ctEntryRank });
-        tables.push({ ref, map });
-      }
-    } catch (err) {
-      for (const t of tables) t.map.close();
-      throw err;
-    }
-    return new CtTables(tables, cfg.clusterIdMax ?? DEFAULT_CLUSTER_ID_MAX);
+    return new CtTables(await openMaps(globalCtMaps(cfg), opener), cfg);
   }
 
   /**
@@ -92,19 +55,7 @@ export class CtTables {
    * semantics, so a pinned map with other attributes is refused, never recreated.
    */
   static openSync(backend: MapBackend, cfg: CtMapsConfig, log: Logger): CtTables {
-    const tables: CtTable[] = [];
-    try {
-      for (const ref of globalCtMapRefs(cfg)) tables.push({ ref, map: openOrCreate(backend, globalCtMapSpec(cfg, ref.family, ref.kind), log).map });
-    } catch (err) {
-      for (const t of tables) t.map.close();
-      throw err;
-    }
-    return new CtTables(tables, cfg.clusterIdMax ?? DEFAULT_CLUSTER_ID_MAX);
-  }
-
-  /** Every open map: globals first, then clusters in join order. */
-  active(): CtTable[] {
-    return [...this.#tables.values()];
+    return new CtTables(openMaps(globalCtMaps(cfg), { backend, log }), cfg);
   }
 
   /**
@@ -112,16 +63,7 @@ export class CtTables {
    * 0..ClusterIDMax, NOT_FOUND for a cluster that has not joined or a disabled family.
    */
   get(ref: MapRef, field: string): CtTable {
-    if (ref.clusterId !== 0) validateClusterId(ref.clusterId, this.clusterIdMax, `${field}.cluster_id`);
-    const t = this.#tables.get(refKey(ref));
-    if (!t) {
-      throw notFound(
-        ref.clusterId === 0
-          ? `${field}: no ${refLabel(ref)} CT map is open (family disabled?)`
-          : `${field}: no ${refLabel(ref)} CT map: the cluster has not joined (or the family is disabled)`,
-      );
-    }
-    return t;
+    return this.select(ref, `${field}.cluster_id`, `${field}: `);
   }
 
   /** The selected maps; an empty selection means every global map. Duplicates collapse. */
@@ -149,41 +91,26 @@ export class CtTables {
    * is thrown. Returns the number of records written.
    */
   update(records: CtRecordInput[], field: string, keyFamilies: Family[]): number {
-    const groups = new Map<CtTable, number[]>();
-    records.forEach((r, i) => {
-      const table = this.get(r.ref, `${field}[${i}].map`);
-      if (keyFamilies[i] !== r.ref.family) {
-        throw invalidArgument(`${field}[${i}].key`, `${keyFamilies[i]} key in the ${r.ref.family} map ${refLabel(r.ref)}`);
-      }
-      checkKindMatches(r.ref.kind, r.key.nexthdr, `${field}[${i}].key.nexthdr`);
-      const list = groups.get(table) ?? [];
-      list.push(i);
-      groups.set(table, list);
-    });
-
-    const writes: PackedWrite[] = [];
-    for (const [table, indices] of groups) {
-      const ks = table.map.spec.keySize;
-      const keys = Buffer.alloc(indices.length * ks);
-      const values = Buffer.alloc(indices.length * CT_ENTRY_SIZE);
-      indices.forEach((ri, j) => {
-        encodeKey(table.ref.family, records[ri].key, keys, j * ks);
-        encodeEntry(records[ri].entry, values, j * CT_ENTRY_SIZE);
-      });
-      writes.push({ map: table.map, keys, values, count: indices.length });
-    }
-    writeAllOrNothing(writes);
-    return records.length;
+    return writeGrouped(
+      records,
+      (r, i) => {
+        const table = this.get(r.ref, `${field}[${i}].map`);
+        if (keyFamilies[i] !== r.ref.family) {
+          throw invalidArgument(`${field}[${i}].key`, `${keyFamilies[i]} key in the ${r.ref.family} map ${refLabel(r.ref)}`);
+        }
+        checkKindMatches(r.ref.kind, r.key.nexthdr, `${field}[${i}].key.nexthdr`);
+        return table;
+      },
+      (table, r, keys, keyOff, values, valueOff) => {
+        encodeKey(table.ref.family, r.key, keys, keyOff);
+        encodeEntry(r.entry, values, valueOff);
+      },
+    );
   }
 
   /** Deletes the keys from one map; returns how many existed. */
   delete(ref: MapRef, keys: CtKey[], mapField = 'map'): number {
-    const table = this.get(ref, mapField);
-    if (keys.length === 0) return 0;
-    const ks = table.map.spec.keySize;
-    const buf = Buffer.alloc(keys.length * ks);
-    keys.forEach((k, i) => encodeKey(ref.family, k, buf, i * ks));
-    return table.map.deleteBatch(buf, keys.length).deleted;
+    return deleteKeys(this.get(ref, mapField).map, keys, (k, buf, off) => encodeKey(ref.family, k, buf, off));
   }
 
   /** Removes every entry of the selected maps; returns how many were removed. */
@@ -201,11 +128,11 @@ export class CtTables {
     }
     return flushed;
   }
+}
 
-  close(): void {
-    for (const t of this.#tables.values()) t.map.close();
-    this.#tables.clear();
-  }
+/** The global CT maps of the enabled families, in globalCtMapRefs' order. */
+function globalCtMaps(cfg: CtMapsConfig): MapToOpen<MapRef>[] {
+  return globalCtMapRefs(cfg).map((ref) => ({ ref, spec: globalCtMapSpec(cfg, ref.family, ref.kind), rank: ctEntryRank }));
 }
 
 function checkKindMatches(kind: CtKind, nexthdr: number, field: string): void {

@@ -263,7 +263,13 @@ class KernelCursor implements BatchCursor {
   }
 }
 
-export const kernelBackend: MapBackend = {
+/** The kernel backend: its maps are KernelMaps (their fd, for what hands maps to libbpf). */
+export interface KernelBackend extends MapBackend {
+  open(spec: MapSpec): KernelMap | undefined;
+  create(spec: MapSpec): KernelMap;
+}
+
+export const kernelBackend: KernelBackend = {
   name: 'kernel',
 
   open(spec: MapSpec): KernelMap | undefined {

@@ -7,22 +7,18 @@
  * are added and removed by src/cluster as clusters join and leave.
  */
 import type { Logger } from 'pino';
-import { CtmapError, invalidArgument, notFound } from '../../errors';
-import { writeAllOrNothing } from '../batch-write';
+import { invalidArgument } from '../../errors';
+import { writeGrouped } from '../batch-write';
 import type { MapOpener } from '../lifecycle';
-import { openOrCreate } from '../open';
-import { Batch, BatchCursor, BpfMap, MapBackend } from '../types';
+import { MapRegistry, MapToOpen, RegisteredMap, deleteKeys, openMaps } from '../registry';
+import { Batch, BatchCursor, MapBackend } from '../types';
 import type { Family } from '../addr';
 import { CtKey, encodeKey, validateKey } from '../ctmap/codec';
-import { DEFAULT_CLUSTER_ID_MAX } from '../../config/defaults';
-import { validateClusterId } from '../cluster-spec';
 import { NatEntry, encodeNatEntry, natEntryCreated, validateNatEntry } from './codec';
 import { NatMapRef, NatMapsConfig, globalNatMapRefs, globalNatMapSpec, natRefKey, natRefLabel } from './spec';
 
-export interface NatTable {
-  readonly ref: NatMapRef;
-  readonly map: BpfMap;
-}
+/** One open map of the registry: its ref (cluster 0: a global map) and the live map. */
+export type NatTable = RegisteredMap<NatMapRef>;
 
 /** One record to write: the map it goes to, its key (a CT tuple) and value. */
 export interface NatRecordInput {
@@ -35,30 +31,10 @@ export interface NatRecordInput {
 /** A SNAT entry's migration rank: when it was created (a shrunk map keeps the newest mappings). */
 export const natEntryRank = (values: Buffer, off: number): number => natEntryCreated(values, off);
 
-export class NatTables {
-  readonly #tables = new Map<string, NatTable>();
-
-  private constructor(
-    tables: NatTable[],
-    /** ClusterIDMax: cluster ids above it are refused with INVALID_ARGUMENT. */
-    readonly clusterIdMax: number,
-  ) {
-    for (const t of tables) this.#tables.set(natRefKey(t.ref), t);
-  }
-
-  /** Adds a cluster's NAT map (a cluster joined). Throws when its ref is already taken. */
-  add(table: NatTable): void {
-    const key = natRefKey(table.ref);
-    if (this.#tables.has(key)) throw new CtmapError('already-exists', `${natRefLabel(table.ref)} NAT map is already open`);
-    this.#tables.set(key, table);
-  }
-
-  /** Takes a cluster's NAT map out (a cluster left); the caller closes it. */
-  remove(ref: NatMapRef): NatTable | undefined {
-    const key = natRefKey(ref);
-    const t = this.#tables.get(key);
-    this.#tables.delete(key);
-    return t;
+/** The open NAT maps (a MapRegistry by NatMapRef) and the operations on them. */
+export class NatTables extends MapRegistry<NatMapRef, NatTable> {
+  private constructor(tables: readonly NatTable[], cfg: NatMapsConfig) {
+    super({ key: natRefKey, label: (ref) => `${natRefLabel(ref)} NAT map`, clusterIdMax: cfg.clusterIdMax }, tables);
   }
 
   /**
@@ -67,17 +43,7 @@ export class NatTables {
    * throws; maps opened before a failure are closed first.
    */
   static async open(opener: MapOpener, cfg: NatMapsConfig): Promise<NatTables> {
-    const tables: NatTable[] = [];
-    try {
-      for (const ref of globalNatMapRefs(cfg)) {
-        const map = await opener.open(globalNatMapSpec(cfg, ref.family), { rank: natEntryRank });
-        tables.push({ ref, map });
-      }
-    } catch (err) {
-      for (const t of tables) t.map.close();
-      throw err;
-    }
-    return new NatTables(tables, cfg.clusterIdMax ?? DEFAULT_CLUSTER_ID_MAX);
+    return new NatTables(await openMaps(globalNatMaps(cfg), opener), cfg);
   }
 
   /**
@@ -85,24 +51,14 @@ export class NatTables {
    * semantics, so a pinned map with other attributes is refused, never recreated.
    */
   static openSync(backend: MapBackend, cfg: NatMapsConfig, log: Logger): NatTables {
-    const tables: NatTable[] = [];
-    try {
-      for (const ref of globalNatMapRefs(cfg)) tables.push({ ref, map: openOrCreate(backend, globalNatMapSpec(cfg, ref.family), log).map });
-    } catch (err) {
-      for (const t of tables) t.map.close();
-      throw err;
-    }
-    return new NatTables(tables, cfg.clusterIdMax ?? DEFAULT_CLUSTER_ID_MAX);
+    return new NatTables(openMaps(globalNatMaps(cfg), { backend, log }), cfg);
   }
 
-  /** Every open NAT map, IPv4 first. */
-  active(): NatTable[] {
-    return [...this.#tables.values()];
-  }
-
-  /** The NAT map of (family, cluster), or undefined when there is none (never throws). */
-  find(family: Family, clusterId: number): NatTable | undefined {
-    return this.#tables.get(natRefKey({ family, clusterId }));
+  /** The NAT map of `ref`, or of (family, cluster); undefined when there is none (never throws). */
+  override find(ref: NatMapRef): NatTable | undefined;
+  override find(family: Family, clusterId: number): NatTable | undefined;
+  override find(refOrFamily: NatMapRef | Family, clusterId = 0): NatTable | undefined {
+    return super.find(typeof refOrFamily === 'string' ? { family: refOrFamily, clusterId } : refOrFamily);
   }
 
   /**
@@ -111,16 +67,7 @@ export class NatTables {
    * has not joined or a disabled family.
    */
   get(family: Family, clusterId: number, clusterField = 'cluster_id'): NatTable {
-    if (clusterId !== 0) validateClusterId(clusterId, this.clusterIdMax, clusterField);
-    const t = this.find(family, clusterId);
-    if (!t) {
-      throw notFound(
-        clusterId === 0
-          ? `no ${natRefLabel({ family, clusterId })} NAT map is open (family disabled?)`
-          : `no ${natRefLabel({ family, clusterId })} NAT map: the cluster has not joined (or the family is disabled)`,
-      );
-    }
-    return t;
+    return this.select({ family, clusterId }, clusterField);
   }
 
   /**
@@ -131,27 +78,20 @@ export class NatTables {
    * `records[i].entry…`. Returns the number of records written.
    */
   update(records: readonly NatRecordInput[], field = 'records'): number {
-    const groups = new Map<NatTable, number[]>();
-    records.forEach((r, i) => {
-      const table = this.get(r.family, r.clusterId, `${field}[${i}].cluster_id`);
-      const kf = validateKey(r.key, `${field}[${i}].key`);
-      if (kf !== r.family) throw invalidArgument(`${field}[${i}].key`, `${kf} key for the ${r.family} NAT map`);
-      validateNatEntry(r.family, r.entry, `${field}[${i}].entry`);
-      const list = groups.get(table) ?? [];
-      list.push(i);
-      groups.set(table, list);
-    });
-    const writes = [...groups].map(([table, indices]) => {
-      const { keySize: ks, valueSize: vs } = table.map.spec;
-      const keys = Buffer.alloc(indices.length * ks);
-      const values = Buffer.alloc(indices.length * vs);
-      indices.forEach((ri, j) => {
-        encodeKey(table.ref.family, records[ri].key, keys, j * ks);
-        encodeNatEntry(table.ref.family, records[ri].entry, values, j * vs);
-      });
-      return { map: table.map, keys, values, count: indices.length };
-    });
-    return writeAllOrNothing(writes);
+    return writeGrouped(
+      records,
+      (r, i) => {
+        const table = this.get(r.family, r.clusterId, `${field}[${i}].cluster_id`);
+        const kf = validateKey(r.key, `${field}[${i}].key`);
+        if (kf !== r.family) throw invalidArgument(`${field}[${i}].key`, `${kf} key for the ${r.family} NAT map`);
+        validateNatEntry(r.family, r.entry, `${field}[${i}].entry`);
+        return table;
+      },
+      (table, r, keys, keyOff, values, valueOff) => {
+        encodeKey(table.ref.family, r.key, keys, keyOff);
+        encodeNatEntry(table.ref.family, r.entry, values, valueOff);
+      },
+    );
   }
 
   /**
@@ -160,24 +100,18 @@ export class NatTables {
    * Map selection errors as get().
    */
   delete(family: Family, clusterId: number, keys: readonly CtKey[], clusterField = 'cluster_id'): number {
-    const table = this.get(family, clusterId, clusterField);
-    if (keys.length === 0) return 0;
-    const ks = table.map.spec.keySize;
-    const buf = Buffer.alloc(keys.length * ks);
-    keys.forEach((k, i) => encodeKey(family, k, buf, i * ks));
-    return table.map.deleteBatch(buf, keys.length).deleted;
+    return deleteKeys(this.get(family, clusterId, clusterField).map, keys, (k, buf, off) => encodeKey(family, k, buf, off));
   }
 
   /** A pull-based dump of one NAT map (see NatDumpCursor). */
   dump(table: NatTable, batchSize?: number): NatDumpCursor {
     return new NatDumpCursor(table, batchSize);
   }
+}
 
-  /** Closes every map (pins stay); idempotent. */
-  close(): void {
-    for (const t of this.#tables.values()) t.map.close();
-    this.#tables.clear();
-  }
+/** The global NAT maps of the enabled families, IPv4 first. */
+function globalNatMaps(cfg: NatMapsConfig): MapToOpen<NatMapRef>[] {
+  return globalNatMapRefs(cfg).map((ref) => ({ ref, spec: globalNatMapSpec(cfg, ref.family), rank: natEntryRank }));
 }
 
 /** One batch of a NAT dump: `count` packed keys and values, valid until the next next(). */

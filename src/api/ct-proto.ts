@@ -101,7 +101,8 @@ export function parseKey(msg: CtKeyMsg | null | undefined, field: string): { key
   return { key: { daddr: m.daddr, saddr: m.saddr, dport: m.dport, sport: m.sport, nexthdr: m.nexthdr, flags: m.flags }, family };
 }
 
-function u64(value: string | number | undefined, field: string): bigint {
+/** A uint64 field as proto-loader presents it (a decimal string; unset or "" = 0). Throws INVALID_ARGUMENT naming `field`. */
+export function parseU64(value: string | number | undefined, field: string): bigint {
   if (value === undefined || value === '') return 0n;
   try {
     return BigInt(value);
@@ -114,8 +115,8 @@ function u64(value: string | number | undefined, field: string): bigint {
 export function parseEntry(msg: CtEntryMsg | null | undefined, field: string): CtEntry {
   if (!msg) throw invalidArgument(field, 'is required');
   const entry: CtEntry = {
-    packets: u64(msg.packets, `${field}.packets`),
-    bytes: u64(msg.bytes, `${field}.bytes`),
+    packets: parseU64(msg.packets, `${field}.packets`),
+    bytes: parseU64(msg.bytes, `${field}.bytes`),
     lifetime: msg.lifetime ?? 0,
     flags: msg.flags ?? 0,
     revNat: msg.rev_nat ?? 0,
@@ -125,7 +126,7 @@ export function parseEntry(msg: CtEntryMsg | null | undefined, field: string): C
     sourceSecurityId: msg.source_security_id ?? 0,
     lastTxReport: msg.last_tx_report ?? 0,
     lastRxReport: msg.last_rx_report ?? 0,
-    backendId: u64(msg.backend_id, `${field}.backend_id`),
+    backendId: parseU64(msg.backend_id, `${field}.backend_id`),
     union0: Buffer.from(msg.union0 ?? Buffer.alloc(0)),
   };
   validateEntry(entry, field);

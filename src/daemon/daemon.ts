@@ -29,7 +29,7 @@ import { Config, natGlobalMax } from '../config/config';
 import { clusterCtMapsService } from '../server/services/clusterctmaps';
 import { ctMapsDefinition, ctMapsService } from '../server/services/ctmaps';
 import { gcRunnerDefinition, gcRunnerService } from '../server/services/gcrunner';
-import { natMapsDefinition, natMapsService } from '../server/services/natmaps';
+import { natMapsService } from '../server/services/natmaps';
 import { CtmapdMetrics, MetricsServer, startMetricsServer } from './metrics';
 import type { Logger } from './logger';
 import { services } from '../api/proto';
@@ -192,7 +192,7 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
       shutdown,
       services: [
         { definition: ctMapsDefinition(services().CTMaps.service), implementation: ctMapsService(tables, log, shutdown.signal, gc, datapath, migrations) },
-        { definition: natMapsDefinition(), implementation: natMapsService(nat, tables, log, shutdown.signal) },
+        { definition: services().NATMaps.service, implementation: natMapsService(nat, tables, log, shutdown.signal) },
         { definition: services().ClusterCTMaps.service, implementation: clusterCtMapsService(membership, log, shutdown.signal) },
         {
           definition: gcRunnerDefinition(services().GCRunner.service),

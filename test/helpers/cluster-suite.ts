@@ -9,7 +9,6 @@ import type { TestContext } from 'node:test';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { services } from '../../src/api/proto';
-import { natMapsDefinition } from '../../src/server/services/natmaps';
 import { Client, call, collect, ctClient, rejectsWith, serviceClient, startTestDaemon, tempDir } from './grpc';
 import { snatPair } from './nat-fixtures';
 import { waitUntil } from './wait';
@@ -117,7 +116,7 @@ export async function clusterSuite(t: TestContext, probe: ClusterBackendProbe): 
   const counts = await call(ct, 'Count', { maps: [c7, g] });
   assert.deepEqual(counts.counts.map((c: any) => Number(c.entries)), [2, 0]);
   // The expired entry's SNAT pair lives in cluster 7's NAT map: the GC takes it along.
-  const natc = serviceClient(natMapsDefinition(), 'NATMaps', d.address);
+  const natc = serviceClient(services().NATMaps.service, 'NATMaps', d.address);
   t.after(() => natc.close());
   const pair = snatPair(key, { addr: '192.0.2.70', port: 61007 });
   const natRec = (r: typeof pair.out) => ({ family: V4, cluster_id: 7, key: r.key, entry: { ...r.entry, created: String(r.entry.created), needs_ct: r.entry.needsCt } });

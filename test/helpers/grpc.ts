@@ -19,7 +19,7 @@ export function ctClient(address: string): Client {
   return new Ctor(address, grpc.credentials.createInsecure()) as unknown as Client;
 }
 
-/** A client of any service definition (e.g. natMapsDefinition()) on `address`. */
+/** A client of any service definition (e.g. services().NATMaps.service) on `address`. */
 export function serviceClient(definition: grpc.ServiceDefinition, serviceName: string, address: string): Client {
   const Ctor = grpc.makeGenericClientConstructor(definition, serviceName);
   return new Ctor(address, grpc.credentials.createInsecure()) as unknown as Client;

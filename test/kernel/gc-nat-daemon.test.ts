@@ -5,7 +5,6 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { natMapsDefinition } from '../../src/server/services/natmaps';
 import { services } from '../../src/api/proto';
 import { call, collect, ctClient, serviceClient, startTestDaemon, tempDir } from '../helpers/grpc';
 import { kernelTier, privateBpfRoot } from '../helpers/kernel';
@@ -30,7 +29,7 @@ test('GC removes the SNAT pairs of deleted CT entries; orphan purge counts exact
   t.after(() => d.stop());
   const ct = ctClient(d.address);
   const gc = serviceClient(services().GCRunner.service, 'GCRunner', d.address);
-  const natc = serviceClient(natMapsDefinition(), 'NATMaps', d.address);
+  const natc = serviceClient(services().NATMaps.service, 'NATMaps', d.address);
   t.after(() => (ct.close(), gc.close(), natc.close()));
 
   // Egress CT keys (flags OUT) as Cilium stores them: daddr holds the flow's source.

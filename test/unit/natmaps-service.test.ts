@@ -11,7 +11,8 @@ import type { CtKey } from '../../src/maps/ctmap/codec';
 import { memoryBackend } from '../../src/maps/memory';
 import type { NatEntry } from '../../src/maps/nat/codec';
 import { ctMapsDefinition, ctMapsService } from '../../src/server/services/ctmaps';
-import { natMapsDefinition, natMapsService, parseNatEntry } from '../../src/server/services/natmaps';
+import { natMapsService } from '../../src/server/services/natmaps';
+import { parseNatEntry } from '../../src/api/nat-proto';
 import { services } from '../../src/api/proto';
 import { ServerHandle, startServer } from '../../src/server/server';
 import { Client, call, collect, ctClient, rejectsWith, serviceClient, tempDir } from '../helpers/grpc';
@@ -63,11 +64,11 @@ describe('NATMaps over gRPC', () => {
       shutdown,
       services: [
         { definition: ctMapsDefinition(services().CTMaps.service), implementation: ctMapsService(tables.ct, silentLog, shutdown.signal) },
-        { definition: natMapsDefinition(), implementation: natMapsService(tables.nat, tables.ct, silentLog, shutdown.signal) },
+        { definition: services().NATMaps.service, implementation: natMapsService(tables.nat, tables.ct, silentLog, shutdown.signal) },
       ],
     });
     server.markServing();
-    nat = serviceClient(natMapsDefinition(), 'NATMaps', server.addresses[0]);
+    nat = serviceClient(services().NATMaps.service, 'NATMaps', server.addresses[0]);
     ct = ctClient(server.addresses[0]);
   });
 

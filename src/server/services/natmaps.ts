@@ -3,67 +3,17 @@
  * the orphan purge. Errors thrown here are CtmapErrors; unary()/serverStream() map them to
  * gRPC statuses (INVALID_ARGUMENT names the request field).
  */
-import * as grpc from '@grpc/grpc-js';
-import { CtmapError, invalidArgument } from '../../errors';
-import type { Family } from '../../maps/addr';
-import { checkUint, decodeKey } from '../../maps/ctmap/codec';
+import type * as grpc from '@grpc/grpc-js';
+import { invalidArgument } from '../../errors';
+import { decodeKey } from '../../maps/ctmap/codec';
 import type { CtTables } from '../../maps/ctmap/tables';
-import { NatEntry, decodeNatEntry } from '../../maps/nat/codec';
+import { decodeNatEntry } from '../../maps/nat/codec';
 import { purgeOrphanNatEntries } from '../../maps/nat/purge';
 import type { NatRecordInput, NatTables } from '../../maps/nat/tables';
-import { CtKeyMsg, familyEnum, parseFamily, parseKey } from '../../api/ct-proto';
+import { CtKeyMsg, familyEnum, parseKey } from '../../api/ct-proto';
+import { NatMapSelectorMsg, NatRecordMsg, natEntryMsg, parseNatEntry, parseNatMapSelector } from '../../api/nat-proto';
 import type { Logger } from 'pino';
-import { packageDefinition } from '../../api/proto';
 import { StreamWriter, serverStream, unary } from '../call-boundary';
-
-/** NatEntry as proto-loader presents it (created as a decimal string). */
-export interface NatEntryMsg {
-  addr?: string;
-  port?: number;
-  created?: string | number;
-  needs_ct?: boolean;
-}
-
-/** NatRecord as proto-loader presents it. */
-export interface NatRecordMsg {
-  family?: string | number;
-  cluster_id?: number;
-  key?: CtKeyMsg | null;
-  entry?: NatEntryMsg | null;
-}
-
-interface NatMapSelector {
-  family?: string | number;
-  cluster_id?: number;
-}
-
-export const NATMAPS_SERVICE = 'ctmap.v1.NATMaps';
-
-/** The NAT map a request names by `family` and `cluster_id` (fields prefixed by `prefix`). */
-function selectMap(req: NatMapSelector, prefix = ''): { family: Family; clusterId: number } {
-  const family = parseFamily(req.family, `${prefix}family`);
-  checkUint(req.cluster_id ?? 0, 0xffffffff, `${prefix}cluster_id`);
-  return { family, clusterId: req.cluster_id ?? 0 };
-}
-
-/** Parses a NatEntry message; range and family checks are NatTables.update's (validateNatEntry). */
-export function parseNatEntry(msg: NatEntryMsg | null | undefined, field: string): NatEntry {
-  if (!msg) throw invalidArgument(field, 'is required');
-  let created = 0n;
-  if (msg.created !== undefined && msg.created !== '') {
-    try {
-      created = BigInt(msg.created);
-    } catch {
-      throw invalidArgument(`${field}.created`, `not an integer: ${String(msg.created)}`);
-    }
-  }
-  return { addr: msg.addr ?? '', port: msg.port ?? 0, created, needsCt: msg.needs_ct === true };
-}
-
-/** A NatEntry as the NatEntry message (created as a decimal string, as longs: String). */
-export function natEntryMsg(e: NatEntry): NatEntryMsg {
-  return { addr: e.addr, port: e.port, created: e.created.toString(), needs_ct: e.needsCt };
-}
 
 /**
  * The NATMaps handlers. `nat` holds the NAT maps, `ct` the CT maps the purge checks against
@@ -72,8 +22,8 @@ export function natEntryMsg(e: NatEntry): NatEntryMsg {
  */
 export function natMapsService(nat: NatTables, ct: CtTables, log: Logger, shutdown: AbortSignal): grpc.UntypedServiceImplementation {
   return {
-    DumpEntries: serverStream(log, 'NATMaps/DumpEntries', async (req: NatMapSelector, writer: StreamWriter<NatRecordMsg>, ctx) => {
-      const { family, clusterId } = selectMap(req);
+    DumpEntries: serverStream(log, 'NATMaps/DumpEntries', async (req: NatMapSelectorMsg, writer: StreamWriter<NatRecordMsg>, ctx) => {
+      const { family, clusterId } = parseNatMapSelector(req);
       const table = nat.get(family, clusterId);
       const cursor = nat.dump(table);
       const ks = table.map.spec.keySize;
@@ -100,7 +50,7 @@ export function natMapsService(nat: NatTables, ct: CtTables, log: Logger, shutdo
 
     Update: unary(log, 'NATMaps/Update', async (req: { records?: NatRecordMsg[] }) => {
       const records: NatRecordInput[] = (req.records ?? []).map((r, i) => {
-        const { family, clusterId } = selectMap(r, `records[${i}].`);
+        const { family, clusterId } = parseNatMapSelector(r, `records[${i}].`);
         return {
           family,
           clusterId,
@@ -111,8 +61,8 @@ export function natMapsService(nat: NatTables, ct: CtTables, log: Logger, shutdo
       return { written: nat.update(records, 'records') };
     }, shutdown),
 
-    Delete: unary(log, 'NATMaps/Delete', async (req: NatMapSelector & { keys?: CtKeyMsg[] }) => {
-      const { family, clusterId } = selectMap(req);
+    Delete: unary(log, 'NATMaps/Delete', async (req: NatMapSelectorMsg & { keys?: CtKeyMsg[] }) => {
+      const { family, clusterId } = parseNatMapSelector(req);
       nat.get(family, clusterId); // map errors before key errors, as the fields are ordered
       const keys = (req.keys ?? []).map((k, i) => {
         const parsed = parseKey(k, `keys[${i}]`);
@@ -122,8 +72,8 @@ export function natMapsService(nat: NatTables, ct: CtTables, log: Logger, shutdo
       return { deleted: nat.delete(family, clusterId, keys) };
     }, shutdown),
 
-    PurgeOrphanNATEntries: unary(log, 'NATMaps/PurgeOrphanNATEntries', async (req: NatMapSelector, ctx) => {
-      const { family, clusterId } = selectMap(req);
+    PurgeOrphanNATEntries: unary(log, 'NATMaps/PurgeOrphanNATEntries', async (req: NatMapSelectorMsg, ctx) => {
+      const { family, clusterId } = parseNatMapSelector(req);
       const table = nat.get(family, clusterId);
       const ctTcp = ct.get({ family, kind: 'tcp', clusterId }, 'family');
       const ctAny = ct.get({ family, kind: 'any', clusterId }, 'family');
@@ -137,22 +87,4 @@ export function natMapsService(nat: NatTables, ct: CtTables, log: Logger, shutdo
       };
     }, shutdown),
   };
-}
-
-let cachedDefinition: grpc.ServiceDefinition | undefined;
-
-/**
- * The NATMaps service definition from the shared package definition (proto.ts), to add to
- * a grpc.Server next to natMapsService(). Also makes a client:
- * grpc.makeGenericClientConstructor(natMapsDefinition(), 'NATMaps'). No serializer
- * changes: NAT records are small and few compared with CT dumps.
- * Throws INTERNAL when the loaded protos have no ctmap.v1.NATMaps.
- */
-export function natMapsDefinition(): grpc.ServiceDefinition {
-  if (cachedDefinition) return cachedDefinition;
-  let node: unknown = grpc.loadPackageDefinition(packageDefinition());
-  for (const part of NATMAPS_SERVICE.split('.')) node = (node as grpc.GrpcObject | undefined)?.[part];
-  if (typeof node !== 'function' || !('service' in node)) throw new CtmapError('internal', `proto: service ${NATMAPS_SERVICE} not in the package definition`);
-  cachedDefinition = (node as grpc.ServiceClientConstructor).service;
-  return cachedDefinition;
 }

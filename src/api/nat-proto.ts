@@ -1,0 +1,55 @@
+/**
+ * Conversions between the ctmap.v1 NAT messages (NatEntry, NatRecord and the NATMaps
+ * requests, as proto-loader presents them) and the domain types of src/maps/nat. Request
+ * parsing validates and names the offending field.
+ */
+import { invalidArgument } from '../errors';
+import type { Family } from '../maps/addr';
+import { checkUint } from '../maps/ctmap/codec';
+import type { NatEntry } from '../maps/nat/codec';
+import { CtKeyMsg, parseFamily, parseU64 } from './ct-proto';
+
+/** NatEntry as proto-loader presents it (created as a decimal string). */
+export interface NatEntryMsg {
+  addr?: string;
+  port?: number;
+  created?: string | number;
+  needs_ct?: boolean;
+}
+
+/** NatRecord as proto-loader presents it. */
+export interface NatRecordMsg {
+  family?: string | number;
+  cluster_id?: number;
+  key?: CtKeyMsg | null;
+  entry?: NatEntryMsg | null;
+}
+
+/** The `family` and `cluster_id` fields by which NATMaps requests name one NAT map. */
+export interface NatMapSelectorMsg {
+  family?: string | number;
+  cluster_id?: number;
+}
+
+/**
+ * The NAT map a request names by `family` and `cluster_id` (field names prefixed by
+ * `prefix`, e.g. "records[2]."). Throws INVALID_ARGUMENT for an unspecified family or a
+ * cluster id beyond uint32; whether the map exists is NatTables.get's question.
+ */
+export function parseNatMapSelector(req: NatMapSelectorMsg, prefix = ''): { family: Family; clusterId: number } {
+  const family = parseFamily(req.family, `${prefix}family`);
+  checkUint(req.cluster_id ?? 0, 0xffffffff, `${prefix}cluster_id`);
+  return { family, clusterId: req.cluster_id ?? 0 };
+}
+
+/** Parses a NatEntry message; range and family checks are NatTables.update's (validateNatEntry). */
+export function parseNatEntry(msg: NatEntryMsg | null | undefined, field: string): NatEntry {
+  if (!msg) throw invalidArgument(field, 'is required');
+  const created = parseU64(msg.created, `${field}.created`);
+  return { addr: msg.addr ?? '', port: msg.port ?? 0, created, needsCt: msg.needs_ct === true };
+}
+
+/** A NatEntry as the NatEntry message (created as a decimal string, as longs: String). */
+export function natEntryMsg(e: NatEntry): NatEntryMsg {
+  return { addr: e.addr, port: e.port, created: e.created.toString(), needs_ct: e.needsCt };
+}

@@ -27,12 +27,11 @@ import { globalsDir } from '../maps/cluster-spec';
 import type { MapBackend } from '../maps/types';
 import { Config, natGlobalMax } from '../config/config';
 import { clusterCtMapsService } from '../server/services/clusterctmaps';
-import { ctMapsDefinition, ctMapsService } from '../server/services/ctmaps';
-import { gcRunnerDefinition, gcRunnerService } from '../server/services/gcrunner';
+import { ctMapsService } from '../server/services/ctmaps';
+import { gcRunnerService } from '../server/services/gcrunner';
 import { natMapsService } from '../server/services/natmaps';
 import { CtmapdMetrics, MetricsServer, startMetricsServer } from './metrics';
 import type { Logger } from './logger';
-import { services } from '../api/proto';
 import { ServerHandle, startServer } from '../server/server';
 
 /** What a caller embedding the daemon may plug in (bin/ctmapd passes test hooks only). */
@@ -186,31 +185,29 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
   let server: ServerHandle;
   try {
     const shutdown = new AbortController();
+    // What every service is given besides its own domain objects.
+    const base = { log, shutdown: shutdown.signal };
     server = await startServer({
       config,
       log,
       shutdown,
       services: [
-        { definition: ctMapsDefinition(services().CTMaps.service), implementation: ctMapsService(tables, log, shutdown.signal, gc, datapath, migrations) },
-        { definition: services().NATMaps.service, implementation: natMapsService(nat, tables, log, shutdown.signal) },
-        { definition: services().ClusterCTMaps.service, implementation: clusterCtMapsService(membership, log, shutdown.signal) },
-        {
-          definition: gcRunnerDefinition(services().GCRunner.service),
-          implementation: gcRunnerService({
-            runner: gc,
-            scheduler,
-            families,
-            log,
-            shutdown: shutdown.signal,
-            onRunResult: (result, fams) => {
-              for (const f of fams) {
-                const own = { ...result, maps: result.maps.filter((m) => m.ref.family === f) };
-                scheduler.recordExternalPass(f, own);
-                metrics.recordGCRun(own, f, true);
-              }
-            },
-          }),
-        },
+        ctMapsService({ ...base, tables, gc, datapath, migrations }),
+        natMapsService({ ...base, nat, ct: tables }),
+        clusterCtMapsService({ ...base, membership }),
+        gcRunnerService({
+          ...base,
+          runner: gc,
+          scheduler,
+          families,
+          onRunResult: (result, fams) => {
+            for (const f of fams) {
+              const own = { ...result, maps: result.maps.filter((m) => m.ref.family === f) };
+              scheduler.recordExternalPass(f, own);
+              metrics.recordGCRun(own, f, true);
+            }
+          },
+        }),
       ],
     });
   } catch (err) {

@@ -13,10 +13,21 @@ import type { Config } from '../config/config';
 import type { Logger } from 'pino';
 import { reflectionPackageDefinition } from '../api/proto';
 
-/** One service to serve: its definition (e.g. services().CTMaps.service) and handlers. */
+/**
+ * One service to serve: its definition (from services() in src/api/proto.ts, with the
+ * serializers the handlers need) and its handlers. What every factory in services/ returns.
+ */
 export interface ServiceRegistration {
   readonly definition: grpc.ServiceDefinition;
   readonly implementation: grpc.UntypedServiceImplementation;
+}
+
+/** What every service factory in services/ is given besides its own domain objects. */
+export interface ServiceDeps {
+  /** Parent of each call's child logger (unary()/serverStream() add method and peer). */
+  readonly log: Logger;
+  /** The signal of StartServerOptions.shutdown: aborted when shutdown() begins, it ends calls. */
+  readonly shutdown: AbortSignal;
 }
 
 export interface StartServerOptions {

@@ -10,7 +10,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { CtKey } from '../../src/maps/ctmap/codec';
 import { memoryBackend } from '../../src/maps/memory';
 import type { NatEntry } from '../../src/maps/nat/codec';
-import { ctMapsDefinition, ctMapsService } from '../../src/server/services/ctmaps';
+import { ctMapsService } from '../../src/server/services/ctmaps';
 import { natMapsService } from '../../src/server/services/natmaps';
 import { parseNatEntry } from '../../src/api/nat-proto';
 import { services } from '../../src/api/proto';
@@ -63,8 +63,8 @@ describe('NATMaps over gRPC', () => {
       log: silentLog,
       shutdown,
       services: [
-        { definition: ctMapsDefinition(services().CTMaps.service), implementation: ctMapsService(tables.ct, silentLog, shutdown.signal) },
-        { definition: services().NATMaps.service, implementation: natMapsService(tables.nat, tables.ct, silentLog, shutdown.signal) },
+        ctMapsService({ tables: tables.ct, log: silentLog, shutdown: shutdown.signal }),
+        natMapsService({ nat: tables.nat, ct: tables.ct, log: silentLog, shutdown: shutdown.signal }),
       ],
     });
     server.markServing();

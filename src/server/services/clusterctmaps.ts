@@ -10,8 +10,9 @@ import type { Membership, MembershipEvent } from '../../cluster/membership';
 import { checkUint } from '../../maps/ctmap/codec';
 import { BoundedQueue } from '../bounded-queue';
 import { familyEnum, mapInfoMsg, mapRefMsg } from '../../api/ct-proto';
-import type { Logger } from 'pino';
+import { services } from '../../api/proto';
 import { StreamWriter, serverStream, unary } from '../call-boundary';
+import type { ServiceDeps, ServiceRegistration } from '../server';
 
 /** Events a WatchMembership subscriber may fall behind by before it is told what it lost. */
 const WATCH_BUFFER = 1024;
@@ -43,9 +44,20 @@ function eventMsg(e: MembershipEvent): object {
   };
 }
 
-export function clusterCtMapsService(membership: Membership, log: Logger, shutdown: AbortSignal): grpc.UntypedServiceImplementation {
+/** What clusterCtMapsService needs. */
+export interface ClusterCtMapsServiceDeps extends ServiceDeps {
+  /** Every change goes through it; its maps are what the RPCs report. */
+  readonly membership: Membership;
+}
+
+/**
+ * The ClusterCTMaps service: its definition (services().ClusterCTMaps) and its handlers.
+ * `deps.shutdown` ends calls (WatchMembership streams too) when the server stops.
+ */
+export function clusterCtMapsService(deps: ClusterCtMapsServiceDeps): ServiceRegistration {
+  const { membership, log, shutdown } = deps;
   const maps = membership.maps;
-  return {
+  const implementation: grpc.UntypedServiceImplementation = {
     CreateClusterCTMaps: unary(log, 'ClusterCTMaps/CreateClusterCTMaps', async (req: { cluster_id?: number }) => {
       const id = clusterId(req);
       await membership.claim('rpc', '', id, 'rpc');
@@ -82,4 +94,5 @@ export function clusterCtMapsService(membership: Membership, log: Logger, shutdo
       if (ctx.signal.aborted) throw ctx.signal.reason;
     }, shutdown),
   };
+  return { definition: services().ClusterCTMaps.service, implementation };
 }

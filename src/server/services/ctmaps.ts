@@ -2,7 +2,7 @@
  * The ctmap.v1.CTMaps service: request parsing and response shaping around CtTables.
  * Errors thrown here are CtmapErrors; unary()/serverStream() map them to gRPC statuses.
  */
-import * as grpc from '@grpc/grpc-js';
+import type * as grpc from '@grpc/grpc-js';
 import type { DatapathCounters } from '../../datapath/side-maps';
 import { invalidArgument } from '../../errors';
 import { formatEntryLine } from '../../maps/ctmap/format';
@@ -31,8 +31,9 @@ import {
   parseMapRefs,
 } from '../../api/ct-proto';
 import { WireWriter, acceptEncodedResponses, mapRefBody, writeCtRecord } from '../../api/ct-wire';
-import type { Logger } from 'pino';
+import { services } from '../../api/proto';
 import { StreamWriter, serverStream, unary } from '../call-boundary';
+import type { ServiceDeps, ServiceRegistration } from '../server';
 
 interface DumpRequest {
   maps?: MapRefMsg[];
@@ -64,22 +65,30 @@ export interface DatapathCountersSource {
   counters(): DatapathCounters;
 }
 
+/** What ctMapsService needs. */
+export interface CtMapsServiceDeps extends ServiceDeps {
+  /** The CT maps served. */
+  readonly tables: CtTables;
+  /**
+   * With it, Flush is a GC pass with time 2^32-1 as in Cilium (facts §6): every removed
+   * entry is published as a GC event and takes its SNAT mapping with it, and the flush
+   * waits for passes already running over those maps. Without it, Flush deletes in
+   * batches, silently.
+   */
+  readonly gc?: GCRunner;
+  /** With it, ActiveMaps reports the datapath's counters, read at each call. */
+  readonly datapath?: DatapathCountersSource;
+  /** What this start did to pinned maps (ActiveMaps reports them). Default: none. */
+  readonly migrations?: readonly MigrationReport[];
+}
+
 /**
- * The CTMaps handlers over `tables`. `shutdown` ends calls when the server stops. With
- * `gc`, Flush is a GC pass with time 2^32-1 as in Cilium (facts §6): every removed entry
- * is published as a GC event and takes its SNAT mapping with it, and the flush waits for
- * passes already running over those maps. Without it, Flush deletes in batches, silently.
- * With `datapath`, ActiveMaps reports its counters, read at each call. `migrations`: what
- * this start did to pinned maps (ActiveMaps reports them).
+ * The CTMaps service over `deps.tables`: its definition, whose dump streams' serializers
+ * accept pre-encoded Buffers (see ct-wire.ts; every other message goes through
+ * protobufjs), and its handlers. `deps.shutdown` ends calls when the server stops.
  */
-export function ctMapsService(
-  tables: CtTables,
-  log: Logger,
-  shutdown: AbortSignal,
-  gc?: GCRunner,
-  datapath?: DatapathCountersSource,
-  migrations: readonly MigrationReport[] = [],
-): grpc.UntypedServiceImplementation {
+export function ctMapsService(deps: CtMapsServiceDeps): ServiceRegistration {
+  const { tables, log, shutdown, gc, datapath, migrations = [] } = deps;
   // The latest report per pin: a rolled-back migration is followed by the one that completed.
   const lastByPin = new Map(migrations.map((m) => [m.pinPath, m]));
   /** Streams the selected maps batch by batch; `emit` turns one batch into messages. */
@@ -100,7 +109,7 @@ export function ctMapsService(
     }
   }
 
-  return {
+  const implementation: grpc.UntypedServiceImplementation = {
     ActiveMaps: unary(log, 'CTMaps/ActiveMaps', async (req: { with_counts?: boolean }) => ({
       maps: tables.active().map((t) => mapInfoMsg(mapRefMsg(t.ref), t.map, req.with_counts ? t.map.count() : undefined, lastByPin.get(t.map.spec.pinPath ?? ''))),
       datapath: datapath ? datapathStatsMsg(datapath.counters()) : null,
@@ -211,16 +220,9 @@ export function ctMapsService(
       return { flushed: String(result.maps.reduce((n, m) => n + m.deleted, 0)) };
     }, shutdown),
   };
+  return { definition: acceptEncodedResponses(services().CTMaps.service, ['DumpEntries', 'DumpEntriesBatched']), implementation };
 }
 
 function checkFamily(ref: MapRef, family: string, field: string): void {
   if (family !== ref.family) throw invalidArgument(field, `${family} key for the ${ref.family} map`);
-}
-
-/**
- * The CTMaps service definition with the dump streams' serializers accepting
- * pre-encoded Buffers (see ct-wire.ts); every other message goes through protobufjs.
- */
-export function ctMapsDefinition(base: grpc.ServiceDefinition): grpc.ServiceDefinition {
-  return acceptEncodedResponses(base, ['DumpEntries', 'DumpEntriesBatched']);
 }

@@ -3,7 +3,7 @@
  * Observe (live GC events per family with per-subscriber bounded buffers), Status and
  * Signal (the scheduler's state and early passes).
  */
-import * as grpc from '@grpc/grpc-js';
+import type * as grpc from '@grpc/grpc-js';
 import { merge } from 'rxjs';
 import { invalidArgument } from '../../errors';
 import { Family, addressFamily } from '../../maps/addr';
@@ -16,8 +16,9 @@ import { CtmapError } from '../../errors';
 import { familyEnum, mapRefMsg, MapRefMsg, parseFamily, parseMapRefs } from '../../api/ct-proto';
 import { WireWriter, acceptEncodedResponses, mapRefBody, writeCtRecord } from '../../api/ct-wire';
 import { BoundedQueue } from '../bounded-queue';
-import type { Logger } from 'pino';
+import { services } from '../../api/proto';
 import { StreamWriter, serverStream, unary } from '../call-boundary';
+import type { ServiceDeps, ServiceRegistration } from '../server';
 
 /** What the service needs of the scheduler (src/maps/ctmap/gc/scheduler.ts). */
 export interface GCSchedulerPort {
@@ -38,17 +39,17 @@ export interface GCSchedulerPort {
   };
 }
 
-export interface GCRunnerServiceOptions {
-  runner: GCRunner;
-  scheduler?: GCSchedulerPort;
+/** What gcRunnerService needs. */
+export interface GCRunnerServiceDeps extends ServiceDeps {
+  readonly runner: GCRunner;
+  /** Without it, Status reports zeros and Signal is FAILED_PRECONDITION. */
+  readonly scheduler?: GCSchedulerPort;
   /** Families with open maps. */
-  families: Family[];
-  log: Logger;
-  shutdown: AbortSignal;
+  readonly families: readonly Family[];
   /** Events buffered per Observe subscriber before it is told it lost some. */
-  observeBuffer?: number;
+  readonly observeBuffer?: number;
   /** Called after every Run pass (metrics). */
-  onRunResult?: (result: GCRunResult, families: Family[]) => void;
+  readonly onRunResult?: (result: GCRunResult, families: Family[]) => void;
 }
 
 const DEFAULT_OBSERVE_BUFFER = 16384;
@@ -114,9 +115,14 @@ function statsMsg(result: GCRunResult): object {
   };
 }
 
-export function gcRunnerService(opts: GCRunnerServiceOptions): grpc.UntypedServiceImplementation {
-  const { runner, log, shutdown } = opts;
-  return {
+/**
+ * The GCRunner service: its definition, whose Run and Observe serializers accept
+ * pre-encoded Buffers (kept records and events are encoded from the map bytes), and its
+ * handlers. `deps.shutdown` ends calls (Observe streams too) when the server stops.
+ */
+export function gcRunnerService(deps: GCRunnerServiceDeps): ServiceRegistration {
+  const { runner, log, shutdown } = deps;
+  const implementation: grpc.UntypedServiceImplementation = {
     Run: serverStream(log, 'GCRunner/Run', async (req: { family?: string; maps?: MapRefMsg[]; filter?: GCFilterMsg }, writer: StreamWriter<Buffer | object>, ctx) => {
       const family = optionalFamily(req.family, 'family');
       const refs = parseMapRefs(req.maps, 'maps');
@@ -143,14 +149,14 @@ export function gcRunnerService(opts: GCRunnerServiceOptions): grpc.UntypedServi
       };
       const result = await runner.run({ family, refs, filter, signal: ctx.signal, afterBatch: flush });
       await flush();
-      opts.onRunResult?.(result, [...new Set(result.maps.map((m) => m.ref.family))]);
+      deps.onRunResult?.(result, [...new Set(result.maps.map((m) => m.ref.family))]);
       await writer.write({ stats: statsMsg(result) });
     }, shutdown),
 
     Observe: serverStream(log, 'GCRunner/Observe', async (req: { family?: string }, writer: StreamWriter<Buffer | object>, ctx) => {
       const family = optionalFamily(req.family, 'family');
-      const families = family ? [family] : opts.families;
-      const queue = new BoundedQueue<GCEvent>(opts.observeBuffer ?? DEFAULT_OBSERVE_BUFFER);
+      const families = family ? [family] : deps.families;
+      const queue = new BoundedQueue<GCEvent>(deps.observeBuffer ?? DEFAULT_OBSERVE_BUFFER);
       const sub = merge(...families.map((f) => runner.engine.events(f))).subscribe({ next: (e) => queue.push(e), complete: () => queue.close() });
       // The pass waits for this subscriber between batches while it keeps draining.
       const room = Math.min(SCAN_BATCH, queue.capacity);
@@ -176,11 +182,11 @@ export function gcRunnerService(opts: GCRunnerServiceOptions): grpc.UntypedServi
     }, shutdown),
 
     Status: unary(log, 'GCRunner/Status', async () => {
-      const s = opts.scheduler?.status();
+      const s = deps.scheduler?.status();
       return {
         fixed_interval: s?.fixedInterval ?? false,
         max_interval_seconds: s?.maxIntervalSeconds ?? 0,
-        families: opts.families.map((f) => {
+        families: deps.families.map((f) => {
           const fs = s?.families.find((x) => x.family === f);
           return {
             family: familyEnum(f),
@@ -199,15 +205,11 @@ export function gcRunnerService(opts: GCRunnerServiceOptions): grpc.UntypedServi
 
     Signal: unary(log, 'GCRunner/Signal', async (req: { family?: string }) => {
       const family = parseFamily(req.family, 'family');
-      if (!opts.families.includes(family)) throw new CtmapError('not-found', `family: ${family} maps are not enabled`);
-      if (!opts.scheduler) throw new CtmapError('failed-precondition', 'the GC scheduler is not running');
-      opts.scheduler.signal(family);
+      if (!deps.families.includes(family)) throw new CtmapError('not-found', `family: ${family} maps are not enabled`);
+      if (!deps.scheduler) throw new CtmapError('failed-precondition', 'the GC scheduler is not running');
+      deps.scheduler.signal(family);
       return {};
     }, shutdown),
   };
-}
-
-/** The GCRunner definition with Run/Observe serializers accepting pre-encoded Buffers. */
-export function gcRunnerDefinition(base: grpc.ServiceDefinition): grpc.ServiceDefinition {
-  return acceptEncodedResponses(base, ['Run', 'Observe']);
+  return { definition: acceptEncodedResponses(services().GCRunner.service, ['Run', 'Observe']), implementation };
 }

@@ -12,16 +12,27 @@ import { purgeOrphanNatEntries } from '../../maps/nat/purge';
 import type { NatRecordInput, NatTables } from '../../maps/nat/tables';
 import { CtKeyMsg, familyEnum, parseKey } from '../../api/ct-proto';
 import { NatMapSelectorMsg, NatRecordMsg, natEntryMsg, parseNatEntry, parseNatMapSelector } from '../../api/nat-proto';
-import type { Logger } from 'pino';
+import { services } from '../../api/proto';
 import { StreamWriter, serverStream, unary } from '../call-boundary';
+import type { ServiceDeps, ServiceRegistration } from '../server';
+
+/** What natMapsService needs. */
+export interface NatMapsServiceDeps extends ServiceDeps {
+  /** The NAT maps served. */
+  readonly nat: NatTables;
+  /** The CT maps PurgeOrphanNATEntries checks against (same family and cluster). */
+  readonly ct: CtTables;
+}
 
 /**
- * The NATMaps handlers. `nat` holds the NAT maps, `ct` the CT maps the purge checks against
- * (same family and cluster). `shutdown` ends calls when the server stops. Every request
- * is validated completely before anything is written or deleted.
+ * The NATMaps service: its definition (services().NATMaps, no serializer changes: NAT
+ * records are small and few compared with CT dumps) and its handlers. `deps.shutdown`
+ * ends calls when the server stops. Every request is validated completely before
+ * anything is written or deleted.
  */
-export function natMapsService(nat: NatTables, ct: CtTables, log: Logger, shutdown: AbortSignal): grpc.UntypedServiceImplementation {
-  return {
+export function natMapsService(deps: NatMapsServiceDeps): ServiceRegistration {
+  const { nat, ct, log, shutdown } = deps;
+  const implementation: grpc.UntypedServiceImplementation = {
     DumpEntries: serverStream(log, 'NATMaps/DumpEntries', async (req: NatMapSelectorMsg, writer: StreamWriter<NatRecordMsg>, ctx) => {
       const { family, clusterId } = parseNatMapSelector(req);
       const table = nat.get(family, clusterId);
@@ -87,4 +98,5 @@ export function natMapsService(nat: NatTables, ct: CtTables, log: Logger, shutdo
       };
     }, shutdown),
   };
+  return { definition: services().NATMaps.service, implementation };
 }

@@ -63,6 +63,107 @@ export interface DumpFilterMsg {
   _port?: string;
 }
 
+/** CTMaps.Count and Flush requests: the maps to act on (empty = every open global map). */
+export interface MapsRequestMsg {
+  maps?: MapRefMsg[];
+}
+
+/** CTMaps.DumpEntries, DumpEntriesBatched and DumpEntriesWithTimeDiff request. */
+export interface DumpEntriesRequestMsg extends MapsRequestMsg {
+  filter?: DumpFilterMsg | null;
+}
+
+export interface LookupRequestMsg {
+  map?: MapRefMsg | null;
+  key?: CtKeyMsg | null;
+}
+
+export interface UpdateRequestMsg {
+  records?: CtRecordMsg[];
+}
+
+export interface DeleteRequestMsg {
+  map?: MapRefMsg | null;
+  keys?: CtKeyMsg[];
+}
+
+/** CTMaps.Update response; NATMaps.Update's has the same shape. */
+export interface UpdateResponseMsg {
+  written: number;
+}
+
+/** CTMaps.Delete response; NATMaps.Delete's has the same shape. */
+export interface DeleteResponseMsg {
+  deleted: number;
+}
+
+export interface FlushResponseMsg {
+  flushed: string;
+}
+
+export interface MapCountMsg {
+  map: MapRefMsg;
+  entries: string;
+}
+
+export interface CountResponseMsg {
+  counts: MapCountMsg[];
+}
+
+/** A MapMigration message (uint64 as decimal strings, the outcome as its enum name). */
+export interface MapMigrationMsg {
+  name: string;
+  pin_path: string;
+  outcome: string;
+  mismatches: string[];
+  from_max_entries: number;
+  to_max_entries: number;
+  from_flags: number;
+  to_flags: number;
+  entries_seen: string;
+  entries_copied: string;
+  entries_dropped: string;
+  delta_written: string;
+  delta_kept_newer: string;
+  duration_ms: number;
+}
+
+export interface MapInfoMsg {
+  ref: MapRefMsg;
+  name: string;
+  pin_path: string;
+  max_entries: number;
+  key_size: number;
+  value_size: number;
+  flags: number;
+  backend: string;
+  entries: string;
+  migration: MapMigrationMsg | null;
+}
+
+/** The datapath's counters by their C names, uint64 as decimal strings. */
+export type DatapathStatsMsg = Record<DatapathCounter, string>;
+
+export interface ActiveMapsRequestMsg {
+  with_counts?: boolean;
+}
+
+export interface ActiveMapsResponseMsg {
+  maps: MapInfoMsg[];
+  datapath: DatapathStatsMsg | null;
+  migrations: MapMigrationMsg[];
+}
+
+/** One DumpEntriesBatched message. */
+export interface CtRecordBatchMsg {
+  records: CtRecordMsg[];
+}
+
+/** One DumpEntriesWithTimeDiff message: lines in Cilium's text format (facts §7). */
+export interface DumpTextChunkMsg {
+  text: string;
+}
+
 const FAMILIES: Record<string, Family> = { FAMILY_IPV4: 'ipv4', FAMILY_IPV6: 'ipv6' };
 const KINDS: Record<string, CtKind> = { MAP_KIND_TCP: 'tcp', MAP_KIND_ANY: 'any' };
 
@@ -79,6 +180,12 @@ export function parseFamily(value: unknown, field: string): Family {
   const f = FAMILIES[String(value)];
   if (!f) throw invalidArgument(field, `must be FAMILY_IPV4 or FAMILY_IPV6, got ${String(value)}`);
   return f;
+}
+
+/** A Family enum that may be unspecified (unset, FAMILY_UNSPECIFIED or 0: undefined = both). */
+export function parseOptionalFamily(value: unknown, field: string): Family | undefined {
+  if (value === undefined || value === 'FAMILY_UNSPECIFIED' || value === 0) return undefined;
+  return parseFamily(value, field);
 }
 
 export function parseMapRef(msg: MapRefMsg | null | undefined, field: string): MapRef {
@@ -178,7 +285,7 @@ export function parseDumpFilter(msg: DumpFilterMsg | null | undefined): DumpFilt
 }
 
 /** A MapMigration message. */
-export function mapMigrationMsg(r: MigrationReport): object {
+export function mapMigrationMsg(r: MigrationReport): MapMigrationMsg {
   return {
     name: r.name,
     pin_path: r.pinPath,
@@ -201,7 +308,7 @@ export function mapMigrationMsg(r: MigrationReport): object {
  * A MapInfo message: `ref` as MapRefMsg (a CT map's, or a NAT map's with kind
  * unspecified); `migration`: what this start did to the map, if anything.
  */
-export function mapInfoMsg(ref: MapRefMsg, map: BpfMap, entries?: number, migration?: MigrationReport): object {
+export function mapInfoMsg(ref: MapRefMsg, map: BpfMap, entries?: number, migration?: MigrationReport): MapInfoMsg {
   const spec = map.spec;
   return {
     ref,
@@ -221,8 +328,8 @@ export function mapInfoMsg(ref: MapRefMsg, map: BpfMap, entries?: number, migrat
  * A DatapathStats message: the datapath's counters, uint64 as decimal strings (the
  * proto-loader `longs: String` convention); field names are the C counter names.
  */
-export function datapathStatsMsg(counters: DatapathCounters): Record<DatapathCounter, string> {
-  const out = {} as Record<DatapathCounter, string>;
+export function datapathStatsMsg(counters: DatapathCounters): DatapathStatsMsg {
+  const out = {} as DatapathStatsMsg;
   for (const name of CT_DATAPATH_STATS_COUNTERS) out[name] = counters[name].toString();
   return out;
 }

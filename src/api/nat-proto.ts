@@ -1,12 +1,13 @@
 /**
- * Conversions between the ctmap.v1 NAT messages (NatEntry, NatRecord and the NATMaps
- * requests, as proto-loader presents them) and the domain types of src/maps/nat. Request
- * parsing validates and names the offending field.
+ * The ctmap.v1 NAT messages (NatEntry, NatRecord, the NATMaps requests and responses) as
+ * proto-loader presents them, and their conversions to and from the domain types of
+ * src/maps/nat. Request parsing validates and names the offending field.
  */
 import { invalidArgument } from '../errors';
 import type { Family } from '../maps/addr';
 import { checkUint } from '../maps/ctmap/codec';
 import type { NatEntry } from '../maps/nat/codec';
+import type { NatGCStats } from '../maps/nat/purge';
 import { CtKeyMsg, parseFamily, parseU64 } from './ct-proto';
 
 /** NatEntry as proto-loader presents it (created as a decimal string). */
@@ -31,6 +32,21 @@ export interface NatMapSelectorMsg {
   cluster_id?: number;
 }
 
+export interface NatUpdateRequestMsg {
+  records?: NatRecordMsg[];
+}
+
+export interface NatDeleteRequestMsg extends NatMapSelectorMsg {
+  keys?: CtKeyMsg[];
+}
+
+export interface PurgeOrphanNATEntriesResponseMsg {
+  ingress_alive: string;
+  ingress_deleted: string;
+  egress_alive: string;
+  egress_deleted: string;
+}
+
 /**
  * The NAT map a request names by `family` and `cluster_id` (field names prefixed by
  * `prefix`, e.g. "records[2]."). Throws INVALID_ARGUMENT for an unspecified family or a
@@ -52,4 +68,14 @@ export function parseNatEntry(msg: NatEntryMsg | null | undefined, field: string
 /** A NatEntry as the NatEntry message (created as a decimal string, as longs: String). */
 export function natEntryMsg(e: NatEntry): NatEntryMsg {
   return { addr: e.addr, port: e.port, created: e.created.toString(), needs_ct: e.needsCt };
+}
+
+/** An orphan purge's counts as the PurgeOrphanNATEntries response. */
+export function natPurgeMsg(stats: NatGCStats): PurgeOrphanNATEntriesResponseMsg {
+  return {
+    ingress_alive: String(stats.ingressAlive),
+    ingress_deleted: String(stats.ingressDeleted),
+    egress_alive: String(stats.egressAlive),
+    egress_deleted: String(stats.egressDeleted),
+  };
 }

@@ -14,12 +14,21 @@ import { FLUSH_TIME } from '../../maps/ctmap/gc/engine';
 import type { GCRunner } from '../../maps/ctmap/gc/runner';
 import type { MigrationReport } from '../../maps/lifecycle';
 import {
+  ActiveMapsRequestMsg,
+  ActiveMapsResponseMsg,
+  CountResponseMsg,
   CtEntryMsg,
-  CtKeyMsg,
   CtRecordMsg,
-  DumpFilterMsg,
+  DeleteRequestMsg,
+  DeleteResponseMsg,
+  DumpEntriesRequestMsg,
+  DumpTextChunkMsg,
+  FlushResponseMsg,
+  LookupRequestMsg,
+  MapsRequestMsg,
+  UpdateRequestMsg,
+  UpdateResponseMsg,
   datapathStatsMsg,
-  MapRefMsg,
   entryMsg,
   mapInfoMsg,
   mapMigrationMsg,
@@ -34,11 +43,6 @@ import { WireWriter, acceptEncodedResponses, mapRefBody, writeCtRecord } from '.
 import { services } from '../../api/proto';
 import { StreamWriter, serverStream, unary } from '../call-boundary';
 import type { ServiceDeps, ServiceRegistration } from '../server';
-
-interface DumpRequest {
-  maps?: MapRefMsg[];
-  filter?: DumpFilterMsg | null;
-}
 
 /** Flush a DumpEntriesBatched message once it grows past this (client default limit is 4 MiB). */
 const BATCH_MESSAGE_BYTES = 1 << 20;
@@ -93,7 +97,7 @@ export function ctMapsService(deps: CtMapsServiceDeps): ServiceRegistration {
   const lastByPin = new Map(migrations.map((m) => [m.pinPath, m]));
   /** Streams the selected maps batch by batch; `emit` turns one batch into messages. */
   async function dump(
-    req: DumpRequest,
+    req: DumpEntriesRequestMsg,
     signal: AbortSignal,
     emit: (batch: DumpBatch, refBody: Buffer) => Promise<void>,
   ): Promise<void> {
@@ -110,13 +114,13 @@ export function ctMapsService(deps: CtMapsServiceDeps): ServiceRegistration {
   }
 
   const implementation: grpc.UntypedServiceImplementation = {
-    ActiveMaps: unary(log, 'CTMaps/ActiveMaps', async (req: { with_counts?: boolean }) => ({
+    ActiveMaps: unary(log, 'CTMaps/ActiveMaps', async (req: ActiveMapsRequestMsg): Promise<ActiveMapsResponseMsg> => ({
       maps: tables.active().map((t) => mapInfoMsg(mapRefMsg(t.ref), t.map, req.with_counts ? t.map.count() : undefined, lastByPin.get(t.map.spec.pinPath ?? ''))),
       datapath: datapath ? datapathStatsMsg(datapath.counters()) : null,
       migrations: migrations.map(mapMigrationMsg),
     }), shutdown),
 
-    DumpEntries: serverStream(log, 'CTMaps/DumpEntries', async (req: DumpRequest, writer: StreamWriter<Buffer>, ctx) => {
+    DumpEntries: serverStream(log, 'CTMaps/DumpEntries', async (req: DumpEntriesRequestMsg, writer: StreamWriter<Buffer>, ctx) => {
       const size = new BatchSizer();
       await dump(req, ctx.signal, async (b, refBody) => {
         // One buffer per batch, sliced per record: grpc-js may hold a message until the
@@ -139,7 +143,7 @@ export function ctMapsService(deps: CtMapsServiceDeps): ServiceRegistration {
       });
     }, shutdown),
 
-    DumpEntriesBatched: serverStream(log, 'CTMaps/DumpEntriesBatched', async (req: DumpRequest, writer: StreamWriter<Buffer>, ctx) => {
+    DumpEntriesBatched: serverStream(log, 'CTMaps/DumpEntriesBatched', async (req: DumpEntriesRequestMsg, writer: StreamWriter<Buffer>, ctx) => {
       const size = new BatchSizer();
       await dump(req, ctx.signal, async (b, refBody) => {
         let w = size.writer(b.count);
@@ -164,7 +168,7 @@ export function ctMapsService(deps: CtMapsServiceDeps): ServiceRegistration {
       });
     }, shutdown),
 
-    DumpEntriesWithTimeDiff: serverStream(log, 'CTMaps/DumpEntriesWithTimeDiff', async (req: DumpRequest, writer: StreamWriter<{ text: string }>, ctx) => {
+    DumpEntriesWithTimeDiff: serverStream(log, 'CTMaps/DumpEntriesWithTimeDiff', async (req: DumpEntriesRequestMsg, writer: StreamWriter<DumpTextChunkMsg>, ctx) => {
       await dump(req, ctx.signal, async (b) => {
         const now = ctNow();
         const ks = b.table.map.spec.keySize;
@@ -177,14 +181,14 @@ export function ctMapsService(deps: CtMapsServiceDeps): ServiceRegistration {
       });
     }, shutdown),
 
-    Count: unary(log, 'CTMaps/Count', async (req: { maps?: MapRefMsg[] }) => ({
+    Count: unary(log, 'CTMaps/Count', async (req: MapsRequestMsg): Promise<CountResponseMsg> => ({
       counts: countEntries(tables.resolve(parseMapRefs(req.maps, 'maps'), 'maps')).map((c) => ({
         map: mapRefMsg(c.ref),
         entries: String(c.entries),
       })),
     }), shutdown),
 
-    Lookup: unary(log, 'CTMaps/Lookup', async (req: { map?: MapRefMsg; key?: CtKeyMsg }): Promise<CtRecordMsg> => {
+    Lookup: unary(log, 'CTMaps/Lookup', async (req: LookupRequestMsg): Promise<CtRecordMsg> => {
       const ref = parseMapRef(req.map, 'map');
       const { key, family } = parseKey(req.key, 'key');
       checkFamily(ref, family, 'key');
@@ -192,7 +196,7 @@ export function ctMapsService(deps: CtMapsServiceDeps): ServiceRegistration {
       return { map: mapRefMsg(ref), key: req.key, entry: entryMsg(entry, ctNow()) };
     }, shutdown),
 
-    Update: unary(log, 'CTMaps/Update', async (req: { records?: CtRecordMsg[] }) => {
+    Update: unary(log, 'CTMaps/Update', async (req: UpdateRequestMsg): Promise<UpdateResponseMsg> => {
       const records = req.records ?? [];
       const families = records.map((r, i) => parseKey(r.key, `records[${i}].key`).family);
       const parsed = records.map((r, i) => ({
@@ -203,7 +207,7 @@ export function ctMapsService(deps: CtMapsServiceDeps): ServiceRegistration {
       return { written: tables.update(parsed, 'records', families) };
     }, shutdown),
 
-    Delete: unary(log, 'CTMaps/Delete', async (req: { map?: MapRefMsg; keys?: CtKeyMsg[] }) => {
+    Delete: unary(log, 'CTMaps/Delete', async (req: DeleteRequestMsg): Promise<DeleteResponseMsg> => {
       const ref = parseMapRef(req.map, 'map');
       const keys = (req.keys ?? []).map((k, i) => {
         const { key, family } = parseKey(k, `keys[${i}]`);
@@ -213,7 +217,7 @@ export function ctMapsService(deps: CtMapsServiceDeps): ServiceRegistration {
       return { deleted: tables.delete(ref, keys) };
     }, shutdown),
 
-    Flush: unary(log, 'CTMaps/Flush', async (req: { maps?: MapRefMsg[] }) => {
+    Flush: unary(log, 'CTMaps/Flush', async (req: MapsRequestMsg): Promise<FlushResponseMsg> => {
       const selected = tables.resolve(parseMapRefs(req.maps, 'maps'), 'maps');
       if (!gc) return { flushed: String(tables.flush(selected)) };
       const result = await gc.run({ refs: selected.map((t) => t.ref), filter: { removeExpired: true, time: FLUSH_TIME } });

@@ -5,16 +5,14 @@
  */
 import type * as grpc from '@grpc/grpc-js';
 import { merge } from 'rxjs';
-import { invalidArgument } from '../../errors';
-import { Family, addressFamily } from '../../maps/addr';
-import { SCAN_BATCH } from '../../maps/ctmap/gc/engine';
-import { GCRunner } from '../../maps/ctmap/gc/runner';
-import { ctNow } from '../../maps/clock';
-import { GCEvent, GCFilter, GCRunResult } from '../../maps/ctmap/gc/types';
-import { MapRef } from '../../maps/ctmap/spec';
 import { CtmapError } from '../../errors';
-import { familyEnum, mapRefMsg, MapRefMsg, parseFamily, parseMapRefs } from '../../api/ct-proto';
-import { WireWriter, acceptEncodedResponses, mapRefBody, writeCtRecord } from '../../api/ct-wire';
+import type { Family } from '../../maps/addr';
+import { SCAN_BATCH } from '../../maps/ctmap/gc/engine';
+import type { GCRunner } from '../../maps/ctmap/gc/runner';
+import type { GCEvent, GCRunResult } from '../../maps/ctmap/gc/types';
+import { familyEnum, parseFamily, parseMapRefs, parseOptionalFamily } from '../../api/ct-proto';
+import { acceptEncodedResponses } from '../../api/ct-wire';
+import { GCFamilyRequestMsg, GCRunRequestMsg, GCStatusResponseMsg, encodeGCEvent, encodeKeptUpdate, gcRunStatsMsg, parseGCFilter } from '../../api/gc-proto';
 import { BoundedQueue } from '../bounded-queue';
 import { services } from '../../api/proto';
 import { StreamWriter, serverStream, unary } from '../call-boundary';
@@ -55,65 +53,6 @@ export interface GCRunnerServiceDeps extends ServiceDeps {
 const DEFAULT_OBSERVE_BUFFER = 16384;
 /** A subscriber that takes nothing for this long no longer holds GC passes back. */
 const OBSERVE_STALL_MS = 100;
-const U32_MAX = 0xffffffff;
-
-interface GCFilterMsg {
-  remove_expired?: boolean;
-  time?: string | number;
-  match_ips?: string[];
-  emit_kept?: boolean;
-}
-
-/** Validates a GCFilter message; emitKept is attached by the caller. */
-export function parseGCFilter(msg: GCFilterMsg | null | undefined): GCFilter {
-  const filter: GCFilter = { removeExpired: Boolean(msg?.remove_expired) };
-  const raw = msg?.time ?? '0';
-  let time: bigint;
-  try {
-    time = BigInt(raw);
-  } catch {
-    throw invalidArgument('filter.time', `not an integer: ${String(raw)}`);
-  }
-  if (time < 0n || time > BigInt(U32_MAX)) throw invalidArgument('filter.time', `must be a CT clock second in 0..${U32_MAX} (0 = now), got ${time}`);
-  if (time !== 0n) filter.time = Number(time);
-  const ips = msg?.match_ips ?? [];
-  ips.forEach((ip, i) => {
-    if (!addressFamily(ip)) throw invalidArgument(`filter.match_ips[${i}]`, `not an IP address: ${JSON.stringify(ip)}`);
-  });
-  if (ips.length > 0) filter.matchIPs = ips;
-  return filter;
-}
-
-function optionalFamily(value: unknown, field: string): Family | undefined {
-  if (value === undefined || value === 'FAMILY_UNSPECIFIED' || value === 0) return undefined;
-  return parseFamily(value, field);
-}
-
-/** GCEvent message bytes: record (field 1), sequence (2), family (4). */
-function encodeEvent(e: GCEvent): Buffer {
-  const w = new WireWriter(320);
-  const mark = w.beginLen(1);
-  writeCtRecord(w, e.family, mapRefBody(e.ref), e.key, 0, e.entry, 0, ctNow());
-  w.endLen(mark);
-  w.byte(0x10);
-  w.varint32(e.sequence);
-  w.uintField(4, e.family === 'ipv4' ? 1 : 2);
-  return Buffer.from(w.buf.subarray(0, w.pos));
-}
-
-function statsMsg(result: GCRunResult): object {
-  return {
-    maps: result.maps.map((m) => ({
-      map: mapRefMsg(m.ref as MapRef),
-      alive: String(m.alive),
-      deleted: String(m.deleted),
-      skipped: String(m.skipped),
-      refreshed: String(m.refreshed),
-    })),
-    nat_deleted: String(result.natDeleted),
-    duration_ns: String(result.durationNs),
-  };
-}
 
 /**
  * The GCRunner service: its definition, whose Run and Observe serializers accept
@@ -123,8 +62,8 @@ function statsMsg(result: GCRunResult): object {
 export function gcRunnerService(deps: GCRunnerServiceDeps): ServiceRegistration {
   const { runner, log, shutdown } = deps;
   const implementation: grpc.UntypedServiceImplementation = {
-    Run: serverStream(log, 'GCRunner/Run', async (req: { family?: string; maps?: MapRefMsg[]; filter?: GCFilterMsg }, writer: StreamWriter<Buffer | object>, ctx) => {
-      const family = optionalFamily(req.family, 'family');
+    Run: serverStream(log, 'GCRunner/Run', async (req: GCRunRequestMsg, writer: StreamWriter<Buffer | object>, ctx) => {
+      const family = parseOptionalFamily(req.family, 'family');
       const refs = parseMapRefs(req.maps, 'maps');
       const filter = parseGCFilter(req.filter);
       const tables = runner.select({ family, refs }); // validates refs before the pass starts
@@ -134,13 +73,7 @@ export function gcRunnerService(deps: GCRunnerServiceDeps): ServiceRegistration 
       // pass waits for the client (flow control) instead of buffering a whole map.
       let pending: Buffer[] = [];
       if (req.filter?.emit_kept) {
-        filter.emitKept = (ref, keys, koff, values, voff) => {
-          const w = new WireWriter(320);
-          const mark = w.beginLen(1); // GCRunUpdate.kept = 1
-          writeCtRecord(w, ref.family, mapRefBody(ref), keys, koff, values, voff, ctNow());
-          w.endLen(mark);
-          pending.push(Buffer.from(w.buf.subarray(0, w.pos)));
-        };
+        filter.emitKept = (ref, keys, koff, values, voff) => pending.push(encodeKeptUpdate(ref, keys, koff, values, voff));
       }
       const flush = async (): Promise<void> => {
         const out = pending;
@@ -150,11 +83,11 @@ export function gcRunnerService(deps: GCRunnerServiceDeps): ServiceRegistration 
       const result = await runner.run({ family, refs, filter, signal: ctx.signal, afterBatch: flush });
       await flush();
       deps.onRunResult?.(result, [...new Set(result.maps.map((m) => m.ref.family))]);
-      await writer.write({ stats: statsMsg(result) });
+      await writer.write({ stats: gcRunStatsMsg(result) });
     }, shutdown),
 
-    Observe: serverStream(log, 'GCRunner/Observe', async (req: { family?: string }, writer: StreamWriter<Buffer | object>, ctx) => {
-      const family = optionalFamily(req.family, 'family');
+    Observe: serverStream(log, 'GCRunner/Observe', async (req: GCFamilyRequestMsg, writer: StreamWriter<Buffer | object>, ctx) => {
+      const family = parseOptionalFamily(req.family, 'family');
       const families = family ? [family] : deps.families;
       const queue = new BoundedQueue<GCEvent>(deps.observeBuffer ?? DEFAULT_OBSERVE_BUFFER);
       const sub = merge(...families.map((f) => runner.engine.events(f))).subscribe({ next: (e) => queue.push(e), complete: () => queue.close() });
@@ -169,7 +102,7 @@ export function gcRunnerService(deps: GCRunnerServiceDeps): ServiceRegistration 
             ctx.log.warn({ lost: item.count }, 'Observe subscriber fell behind; events dropped and reported');
             await writer.write({ lost: String(item.count), family: family ? familyEnum(family) : 'FAMILY_UNSPECIFIED' });
           } else {
-            await writer.write(encodeEvent(item.value));
+            await writer.write(encodeGCEvent(item.value));
           }
         }
       } finally {
@@ -181,7 +114,7 @@ export function gcRunnerService(deps: GCRunnerServiceDeps): ServiceRegistration 
       if (ctx.signal.aborted) throw ctx.signal.reason;
     }, shutdown),
 
-    Status: unary(log, 'GCRunner/Status', async () => {
+    Status: unary(log, 'GCRunner/Status', async (): Promise<GCStatusResponseMsg> => {
       const s = deps.scheduler?.status();
       return {
         fixed_interval: s?.fixedInterval ?? false,
@@ -203,7 +136,7 @@ export function gcRunnerService(deps: GCRunnerServiceDeps): ServiceRegistration 
       };
     }, shutdown),
 
-    Signal: unary(log, 'GCRunner/Signal', async (req: { family?: string }) => {
+    Signal: unary(log, 'GCRunner/Signal', async (req: GCFamilyRequestMsg) => {
       const family = parseFamily(req.family, 'family');
       if (!deps.families.includes(family)) throw new CtmapError('not-found', `family: ${family} maps are not enabled`);
       if (!deps.scheduler) throw new CtmapError('failed-precondition', 'the GC scheduler is not running');

@@ -10,8 +10,17 @@ import type { CtTables } from '../../maps/ctmap/tables';
 import { decodeNatEntry } from '../../maps/nat/codec';
 import { purgeOrphanNatEntries } from '../../maps/nat/purge';
 import type { NatRecordInput, NatTables } from '../../maps/nat/tables';
-import { CtKeyMsg, familyEnum, parseKey } from '../../api/ct-proto';
-import { NatMapSelectorMsg, NatRecordMsg, natEntryMsg, parseNatEntry, parseNatMapSelector } from '../../api/nat-proto';
+import { familyEnum, parseKey } from '../../api/ct-proto';
+import {
+  NatDeleteRequestMsg,
+  NatMapSelectorMsg,
+  NatRecordMsg,
+  NatUpdateRequestMsg,
+  natEntryMsg,
+  natPurgeMsg,
+  parseNatEntry,
+  parseNatMapSelector,
+} from '../../api/nat-proto';
 import { services } from '../../api/proto';
 import { StreamWriter, serverStream, unary } from '../call-boundary';
 import type { ServiceDeps, ServiceRegistration } from '../server';
@@ -59,7 +68,7 @@ export function natMapsService(deps: NatMapsServiceDeps): ServiceRegistration {
       }
     }, shutdown),
 
-    Update: unary(log, 'NATMaps/Update', async (req: { records?: NatRecordMsg[] }) => {
+    Update: unary(log, 'NATMaps/Update', async (req: NatUpdateRequestMsg) => {
       const records: NatRecordInput[] = (req.records ?? []).map((r, i) => {
         const { family, clusterId } = parseNatMapSelector(r, `records[${i}].`);
         return {
@@ -72,7 +81,7 @@ export function natMapsService(deps: NatMapsServiceDeps): ServiceRegistration {
       return { written: nat.update(records, 'records') };
     }, shutdown),
 
-    Delete: unary(log, 'NATMaps/Delete', async (req: NatMapSelectorMsg & { keys?: CtKeyMsg[] }) => {
+    Delete: unary(log, 'NATMaps/Delete', async (req: NatDeleteRequestMsg) => {
       const { family, clusterId } = parseNatMapSelector(req);
       nat.get(family, clusterId); // map errors before key errors, as the fields are ordered
       const keys = (req.keys ?? []).map((k, i) => {
@@ -90,12 +99,7 @@ export function natMapsService(deps: NatMapsServiceDeps): ServiceRegistration {
       const ctAny = ct.get({ family, kind: 'any', clusterId }, 'family');
       const stats = await purgeOrphanNatEntries(table, ctTcp, ctAny, ctx.signal);
       ctx.log.info({ family, clusterId, ...stats }, 'purged orphan SNAT entries');
-      return {
-        ingress_alive: String(stats.ingressAlive),
-        ingress_deleted: String(stats.ingressDeleted),
-        egress_alive: String(stats.egressAlive),
-        egress_deleted: String(stats.egressDeleted),
-      };
+      return natPurgeMsg(stats);
     }, shutdown),
   };
   return { definition: services().NATMaps.service, implementation };

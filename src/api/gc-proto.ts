@@ -1,0 +1,135 @@
+/**
+ * The ctmap.v1.GCRunner messages as proto-loader presents them, and their conversions:
+ * GCFilter parsing (naming the offending field), the Run stats, and the pre-encoded
+ * messages Run and Observe stream (kept records and events straight from the map bytes,
+ * see ct-wire.ts).
+ */
+import { invalidArgument } from '../errors';
+import { Family, addressFamily } from '../maps/addr';
+import { ctNow } from '../maps/clock';
+import type { GCEvent, GCFilter, GCRunResult } from '../maps/ctmap/gc/types';
+import type { MapRef } from '../maps/ctmap/spec';
+import { CtRecordMsg, MapRefMsg, mapRefMsg, parseU64 } from './ct-proto';
+import { WireWriter, mapRefBody, writeCtRecord } from './ct-wire';
+
+export interface GCFilterMsg {
+  remove_expired?: boolean;
+  time?: string | number;
+  match_ips?: string[];
+  emit_kept?: boolean;
+}
+
+/** GCRunner.Run request. */
+export interface GCRunRequestMsg {
+  family?: string | number;
+  maps?: MapRefMsg[];
+  filter?: GCFilterMsg | null;
+}
+
+export interface GCMapStatsMsg {
+  map: MapRefMsg;
+  alive: string;
+  deleted: string;
+  skipped: string;
+  refreshed: string;
+}
+
+/** The final message of a Run (uint64 as decimal strings). */
+export interface GCRunStatsMsg {
+  maps: GCMapStatsMsg[];
+  nat_deleted: string;
+  duration_ns: string;
+}
+
+/** GCRunner.Run stream message; `update` names the field that is set (oneofs: true). */
+export interface GCRunUpdateMsg {
+  update?: 'kept' | 'stats';
+  kept?: CtRecordMsg | null;
+  stats?: GCRunStatsMsg | null;
+}
+
+/** GCRunner.Observe request, and GCRunner.Signal's (which needs a family). */
+export interface GCFamilyRequestMsg {
+  family?: string | number;
+}
+
+/** One deleted entry (`record` set) or a notice of `lost` events. */
+export interface GCEventMsg {
+  record: CtRecordMsg | null;
+  sequence: string;
+  lost: string;
+  family: string;
+}
+
+export interface GCFamilyStatusMsg {
+  family: string;
+  interval_seconds: number;
+  last_run_unix_ms: string;
+  next_run_unix_ms: string;
+  runs: string;
+  deleted: string;
+  alive: string;
+  last_ratio: number;
+  last_sequence: string;
+}
+
+export interface GCStatusResponseMsg {
+  families: GCFamilyStatusMsg[];
+  fixed_interval: boolean;
+  max_interval_seconds: number;
+}
+
+const U32_MAX = 0xffffffff;
+
+/** Validates a GCFilter message; emitKept is attached by the caller. Throws INVALID_ARGUMENT naming the field. */
+export function parseGCFilter(msg: GCFilterMsg | null | undefined): GCFilter {
+  const filter: GCFilter = { removeExpired: Boolean(msg?.remove_expired) };
+  const time = parseU64(msg?.time, 'filter.time');
+  if (time < 0n || time > BigInt(U32_MAX)) throw invalidArgument('filter.time', `must be a CT clock second in 0..${U32_MAX} (0 = now), got ${time}`);
+  if (time !== 0n) filter.time = Number(time);
+  const ips = msg?.match_ips ?? [];
+  ips.forEach((ip, i) => {
+    if (!addressFamily(ip)) throw invalidArgument(`filter.match_ips[${i}]`, `not an IP address: ${JSON.stringify(ip)}`);
+  });
+  if (ips.length > 0) filter.matchIPs = ips;
+  return filter;
+}
+
+/** A pass's result as the GCRunStats message. */
+export function gcRunStatsMsg(result: GCRunResult): GCRunStatsMsg {
+  return {
+    maps: result.maps.map((m) => ({
+      map: mapRefMsg(m.ref as MapRef),
+      alive: String(m.alive),
+      deleted: String(m.deleted),
+      skipped: String(m.skipped),
+      refreshed: String(m.refreshed),
+    })),
+    nat_deleted: String(result.natDeleted),
+    duration_ns: String(result.durationNs),
+  };
+}
+
+/** A writer holding the entry at keys[koff..] / values[voff..] as a CtRecord in field 1. */
+function recordInField1(family: Family, ref: MapRef, keys: Buffer, koff: number, values: Buffer, voff: number): WireWriter {
+  const w = new WireWriter(320);
+  const mark = w.beginLen(1);
+  writeCtRecord(w, family, mapRefBody(ref), keys, koff, values, voff, ctNow());
+  w.endLen(mark);
+  return w;
+}
+
+/** GCRunUpdate message bytes with `kept` (field 1) set to the entry at keys[koff..] / values[voff..]. */
+export function encodeKeptUpdate(ref: MapRef, keys: Buffer, koff: number, values: Buffer, voff: number): Buffer {
+  const w = recordInField1(ref.family, ref, keys, koff, values, voff);
+  return Buffer.from(w.buf.subarray(0, w.pos));
+}
+
+/** GCEvent message bytes: record (field 1), sequence (2), family (4). */
+export function encodeGCEvent(e: GCEvent): Buffer {
+  const w = recordInField1(e.family, e.ref, e.key, 0, e.entry, 0);
+  w.byte(0x10);
+  w.varint32(e.sequence);
+  w.uintField(4, e.family === 'ipv4' ? 1 : 2);
+  return Buffer.from(w.buf.subarray(0, w.pos));
+}

@@ -4,7 +4,9 @@
  * hint when the daemon is not reachable.
  */
 import * as grpc from '@grpc/grpc-js';
-import { services } from '../api/proto';
+import { ctMapsClient, gcRunnerClient } from '../api/clients';
+import type { DumpTextChunkMsg, MapRefMsg } from '../api/ct-proto';
+import type { GCRunStatsMsg, GCRunUpdateMsg } from '../api/gc-proto';
 import type { CliCommand, Family } from './args';
 import type { Io } from './datapath';
 
@@ -21,7 +23,7 @@ function rpcError(rpc: string, socket: string, err: grpc.ServiceError): CliRpcEr
 }
 
 /** Map selection of `ct list`: both kinds of the family (or of both families) of one cluster; [] = every global map. */
-export function listMaps(family: Family | undefined, clusterId: number): Array<{ family: string; kind: string; cluster_id: number }> {
+export function listMaps(family: Family | undefined, clusterId: number): MapRefMsg[] {
   if (family === undefined && clusterId === 0) return [];
   const families = family === undefined ? (['ipv4', 'ipv6'] as const) : [family];
   return families.flatMap((f) => ['MAP_KIND_TCP', 'MAP_KIND_ANY'].map((kind) => ({ family: FAMILY[f], kind, cluster_id: clusterId })));
@@ -29,34 +31,26 @@ export function listMaps(family: Family | undefined, clusterId: number): Array<{
 
 /** CTMaps.DumpEntriesWithTimeDiff, written to io as it streams. Resolves with exit code 0. */
 export function ctList(cmd: Extract<CliCommand, { kind: 'ct-list' }>, io: Io): Promise<number> {
-  const client = new (services().CTMaps)(`unix:${cmd.socket}`, grpc.credentials.createInsecure());
+  const client = ctMapsClient(`unix:${cmd.socket}`);
   return new Promise<number>((resolve, reject) => {
-    const stream = (client as any).DumpEntriesWithTimeDiff({ maps: listMaps(cmd.family, cmd.clusterId) }) as grpc.ClientReadableStream<{ text: string }>;
-    stream.on('data', (chunk) => io.out(chunk.text));
+    const stream = client.DumpEntriesWithTimeDiff({ maps: listMaps(cmd.family, cmd.clusterId) });
+    stream.on('data', (chunk: DumpTextChunkMsg) => io.out(chunk.text));
     stream.on('error', (err: grpc.ServiceError) => reject(rpcError('CTMaps.DumpEntriesWithTimeDiff', cmd.socket, err)));
     stream.on('end', () => resolve(0));
   }).finally(() => client.close());
 }
 
-interface GcMapStats {
-  map: { family: string; kind: string; cluster_id: number };
-  alive: string;
-  deleted: string;
-  skipped: string;
-  refreshed: string;
-}
-
 /** GCRunner.Run removing expired entries (at `time`, default now); prints the per-map result. */
 export function gcRun(cmd: Extract<CliCommand, { kind: 'gc-run' }>, io: Io): Promise<number> {
-  const client = new (services().GCRunner)(`unix:${cmd.socket}`, grpc.credentials.createInsecure());
+  const client = gcRunnerClient(`unix:${cmd.socket}`);
   const req = {
     family: cmd.family === undefined ? 'FAMILY_UNSPECIFIED' : FAMILY[cmd.family],
     filter: { remove_expired: true, time: String(cmd.time ?? 0) },
   };
   return new Promise<number>((resolve, reject) => {
-    let stats: { maps: GcMapStats[]; nat_deleted: string; duration_ns: string } | undefined;
-    const stream = (client as any).Run(req) as grpc.ClientReadableStream<{ stats?: typeof stats }>;
-    stream.on('data', (u) => {
+    let stats: GCRunStatsMsg | undefined;
+    const stream = client.Run(req);
+    stream.on('data', (u: GCRunUpdateMsg) => {
       if (u.stats) stats = u.stats;
     });
     stream.on('error', (err: grpc.ServiceError) => reject(rpcError('GCRunner.Run', cmd.socket, err)));

@@ -8,8 +8,9 @@ import assert from 'node:assert/strict';
 import type { TestContext } from 'node:test';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { services } from '../../src/api/proto';
-import { Client, call, collect, ctClient, rejectsWith, serviceClient, startTestDaemon, tempDir } from './grpc';
+import { ClusterCtMapsClient, clusterCtMapsClient, gcRunnerClient, natMapsClient } from '../../src/api/clients';
+import type { MembershipEventMsg } from '../../src/api/cluster-proto';
+import { call, collect, ctClient, rejectsWith, startTestDaemon, tempDir } from './grpc';
 import { snatPair } from './nat-fixtures';
 import { waitUntil } from './wait';
 
@@ -35,15 +36,11 @@ const INNER = (id: number) => [
 const OUTER4 = ['cilium_per_cluster_ct_tcp4', 'cilium_per_cluster_ct_any4', 'cilium_per_cluster_snat_v4_external'];
 const OUTER6 = ['cilium_per_cluster_ct_tcp6', 'cilium_per_cluster_ct_any6', 'cilium_per_cluster_snat_v6_external'];
 
-function clusterClient(address: string): Client {
-  return new (services().ClusterCTMaps)(address, grpc.credentials.createInsecure()) as unknown as Client;
-}
-
 /** A WatchMembership subscriber that records every event. */
-function watch(client: Client): { events: any[]; cancel(): void } {
-  const events: any[] = [];
-  const stream = (client as any).WatchMembership({});
-  stream.on('data', (m: any) => events.push(m));
+function watch(client: ClusterCtMapsClient): { events: MembershipEventMsg[]; cancel(): void } {
+  const events: MembershipEventMsg[] = [];
+  const stream = client.WatchMembership({});
+  stream.on('data', (m: MembershipEventMsg) => events.push(m));
   stream.on('error', () => undefined);
   return { events, cancel: () => stream.cancel() };
 }
@@ -58,9 +55,9 @@ export async function clusterSuite(t: TestContext, probe: ClusterBackendProbe): 
   const flags = [...probe.flags, '--bpf-ct-global-tcp-max', '4096', '--bpf-ct-global-any-max', '2048', '--bpf-nat-global-max', '2048'];
   let d = await startTestDaemon(sock.dir, flags);
   t.after(() => d.stop());
-  let cc = clusterClient(d.address);
+  let cc = clusterCtMapsClient(d.address);
   let ct = ctClient(d.address);
-  let gc = new (services().GCRunner)(d.address, grpc.credentials.createInsecure()) as unknown as Client;
+  let gc = gcRunnerClient(d.address);
   t.after(() => (cc.close(), ct.close(), gc.close()));
   const w = watch(cc);
   t.after(() => w.cancel());
@@ -116,7 +113,7 @@ export async function clusterSuite(t: TestContext, probe: ClusterBackendProbe): 
   const counts = await call(ct, 'Count', { maps: [c7, g] });
   assert.deepEqual(counts.counts.map((c: any) => Number(c.entries)), [2, 0]);
   // The expired entry's SNAT pair lives in cluster 7's NAT map: the GC takes it along.
-  const natc = serviceClient(services().NATMaps.service, 'NATMaps', d.address);
+  const natc = natMapsClient(d.address);
   t.after(() => natc.close());
   const pair = snatPair(key, { addr: '192.0.2.70', port: 61007 });
   const natRec = (r: typeof pair.out) => ({ family: V4, cluster_id: 7, key: r.key, entry: { ...r.entry, created: String(r.entry.created), needs_ct: r.entry.needsCt } });
@@ -130,7 +127,7 @@ export async function clusterSuite(t: TestContext, probe: ClusterBackendProbe): 
   assert.equal(run.maps.filter((m: any) => m.map.cluster_id === 0 && Number(m.deleted) > 0).length, 0);
 
   // ---- leaving drops nothing silently: GC events for its entries, the count in LEAVE ----
-  const observe = (gc as any).Observe({ family: V4 });
+  const observe = gc.Observe({ family: V4 });
   const observed: any[] = [];
   observe.on('data', (m: any) => observed.push(m));
   observe.on('error', () => undefined);
@@ -157,9 +154,9 @@ export async function clusterSuite(t: TestContext, probe: ClusterBackendProbe): 
   cc.close();
   ct.close();
   gc.close();
-  cc = clusterClient(d.address);
+  cc = clusterCtMapsClient(d.address);
   ct = ctClient(d.address);
-  gc = new (services().GCRunner)(d.address, grpc.credentials.createInsecure()) as unknown as Client;
+  gc = gcRunnerClient(d.address);
   assert.deepEqual((await call(cc, 'GetAllClusterCTMaps', {})).clusters.map((c: any) => c.cluster_id), [1, 255]);
   assert.equal(probe.slot(pin('cilium_per_cluster_ct_any6'), 255), probe.mapId(pin('cilium_per_cluster_ct_any6_255')));
 

@@ -25,18 +25,23 @@ export function serviceClient(definition: grpc.ServiceDefinition, serviceName: s
   return new Ctor(address, grpc.credentials.createInsecure()) as unknown as Client;
 }
 
+/** `method` of any client (a Client, or a typed one from src/api/clients.ts). */
+function method(client: grpc.Client, name: string): Function {
+  return (client as unknown as Record<string, Function>)[name];
+}
+
 /** Calls a unary method; rejects with the grpc ServiceError. */
-export function call<T = any>(client: Client, method: string, req: object): Promise<T> {
+export function call<T = any>(client: grpc.Client, name: string, req: object): Promise<T> {
   return new Promise((resolve, reject) => {
-    (client[method] as Function).call(client, req, (err: grpc.ServiceError | null, res: T) => (err ? reject(err) : resolve(res)));
+    method(client, name).call(client, req, (err: grpc.ServiceError | null, res: T) => (err ? reject(err) : resolve(res)));
   });
 }
 
 /** Reads a server stream to its end. */
-export function collect<T = any>(client: Client, method: string, req: object): Promise<T[]> {
+export function collect<T = any>(client: grpc.Client, name: string, req: object): Promise<T[]> {
   return new Promise((resolve, reject) => {
     const out: T[] = [];
-    const stream = (client[method] as Function).call(client, req) as grpc.ClientReadableStream<T>;
+    const stream = method(client, name).call(client, req) as grpc.ClientReadableStream<T>;
     stream.on('data', (m: T) => out.push(m));
     stream.on('error', reject);
     stream.on('end', () => resolve(out));

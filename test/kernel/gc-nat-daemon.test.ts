@@ -5,8 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { services } from '../../src/api/proto';
-import { call, collect, ctClient, serviceClient, startTestDaemon, tempDir } from '../helpers/grpc';
+import { gcRunnerClient, natMapsClient } from '../../src/api/clients';
+import { call, collect, ctClient, startTestDaemon, tempDir } from '../helpers/grpc';
 import { kernelTier, privateBpfRoot } from '../helpers/kernel';
 import { dsrKey, keyId, snatPair } from '../helpers/nat-fixtures';
 import type { CtKey } from '../../src/maps/ctmap/codec';
@@ -28,8 +28,8 @@ test('GC removes the SNAT pairs of deleted CT entries; orphan purge counts exact
   const d = await startTestDaemon(sock.dir, ['--backend', 'kernel', '--bpf-root', bpf.root, '--bpf-ct-global-tcp-max', '8192', '--bpf-ct-global-any-max', '8192', '--enable-ipv6=false']);
   t.after(() => d.stop());
   const ct = ctClient(d.address);
-  const gc = serviceClient(services().GCRunner.service, 'GCRunner', d.address);
-  const natc = serviceClient(services().NATMaps.service, 'NATMaps', d.address);
+  const gc = gcRunnerClient(d.address);
+  const natc = natMapsClient(d.address);
   t.after(() => (ct.close(), gc.close(), natc.close()));
 
   // Egress CT keys (flags OUT) as Cilium stores them: daddr holds the flow's source.
@@ -63,7 +63,7 @@ test('GC removes the SNAT pairs of deleted CT entries; orphan purge counts exact
 
   // Flush is a GC pass with time 2^32-1 (Cilium's Flush): the live entry goes, is published
   // to Observe subscribers, and takes its SNAT pair with it.
-  const observe = (gc as any).Observe({ family: V4 });
+  const observe = gc.Observe({ family: V4 });
   const observed = new Promise<any>((resolve, reject) => {
     observe.once('data', resolve);
     observe.once('error', reject);

@@ -12,10 +12,10 @@ import { memoryBackend } from '../../src/maps/memory';
 import type { NatEntry } from '../../src/maps/nat/codec';
 import { ctMapsService } from '../../src/server/services/ctmaps';
 import { natMapsService } from '../../src/server/services/natmaps';
+import { NatMapsClient, natMapsClient } from '../../src/api/clients';
 import { parseNatEntry } from '../../src/api/nat-proto';
-import { services } from '../../src/api/proto';
 import { ServerHandle, startServer } from '../../src/server/server';
-import { Client, call, collect, ctClient, rejectsWith, serviceClient, tempDir } from '../helpers/grpc';
+import { Client, call, collect, ctClient, rejectsWith, tempDir } from '../helpers/grpc';
 import { DSR, Tables, dsrKey, keyId, openTables, silentLog, snatPair } from '../helpers/nat-fixtures';
 
 const V4 = 'FAMILY_IPV4';
@@ -43,7 +43,7 @@ function ctRecord(family: string, key: CtKey, flags = 0) {
 describe('NATMaps over gRPC', () => {
   let tables: Tables;
   let server: ServerHandle;
-  let nat: Client;
+  let nat: NatMapsClient;
   let ct: Client;
   const sock = tempDir();
 
@@ -68,7 +68,7 @@ describe('NATMaps over gRPC', () => {
       ],
     });
     server.markServing();
-    nat = serviceClient(services().NATMaps.service, 'NATMaps', server.addresses[0]);
+    nat = natMapsClient(server.addresses[0]);
     ct = ctClient(server.addresses[0]);
   });
 

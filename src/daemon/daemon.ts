@@ -15,13 +15,11 @@ import { DatapathReloader, MapLifecycle, MigrationHooks, MigrationReport } from 
 import { FLUSH_TIME, GCEngine } from '../maps/ctmap/gc/engine';
 import { GCRunner } from '../maps/ctmap/gc/runner';
 import { GCScheduler } from '../maps/ctmap/gc/scheduler';
-import { ConditionalDeleter } from '../maps/ctmap/gc/types';
 import { conditionalDeleter } from '../maps/ctmap/gc/deleter';
 import { CtTables } from '../maps/ctmap/tables';
 import { NatCoupling } from '../maps/nat/coupling';
 import { purgeOrphanNatEntries } from '../maps/nat/purge';
 import { NatTables } from '../maps/nat/tables';
-import type { Family } from '../maps/addr';
 import { MapRef, refLabel } from '../maps/ctmap/spec';
 import { globalsDir } from '../maps/cluster-spec';
 import type { MapBackend } from '../maps/types';
@@ -33,6 +31,7 @@ import { natMapsService } from '../server/services/natmaps';
 import { CtmapdMetrics, MetricsServer, startMetricsServer } from './metrics';
 import type { Logger } from './logger';
 import { ServerHandle, startServer } from '../server/server';
+import { Teardown } from './teardown';
 
 /** What a caller embedding the daemon may plug in (bin/ctmapd passes test hooks only). */
 export interface DaemonOptions {
@@ -61,17 +60,39 @@ export interface Daemon {
   readonly metrics: CtmapdMetrics;
   readonly metricsServer?: MetricsServer;
   readonly server: ServerHandle;
-  /** Health NOT_SERVING, streams ended, server closed, maps closed; pins are kept. Idempotent. */
+  /**
+   * Drains the teardown stack: serving ends first (health NOT_SERVING, streams ended,
+   * server closed within `graceMs`, default 5000), then the clustermesh sources, the GC
+   * scheduler (its pass aborted), the metrics server, the maps; pins are kept. Every step
+   * runs; rejects with the first that failed. Idempotent.
+   */
   stop(graceMs?: number): Promise<void>;
 }
 
 /**
  * Starts the daemon: backend, bpffs, maps (migrating pinned maps whose attributes changed,
  * finishing or undoing migrations a crash interrupted), services, SERVING. Rejects with
- * what went wrong (a CtmapError for configuration and map problems); everything opened by
- * then is closed again and pins are left recoverable.
+ * what went wrong (a CtmapError for configuration and map problems); everything started
+ * by then is stopped and closed again (the teardown stack, as at stop()) and pins are left
+ * recoverable.
  */
 export async function startDaemon(config: Config, log: Logger, opts: DaemonOptions = {}): Promise<Daemon> {
+  const teardown = new Teardown(log);
+  try {
+    return await bringUp(config, log, opts, teardown);
+  } catch (err) {
+    // A step that failed was logged; the caller needs what made the start fail.
+    await teardown.drain().catch(() => undefined);
+    throw err;
+  }
+}
+
+/**
+ * startDaemon's work: everything it starts is pushed on `teardown` in start order, so
+ * drain() (a failed start, stop()) undoes it last started first. Pins stay: a migration
+ * past its commit point resumes at the next start.
+ */
+async function bringUp(config: Config, log: Logger, opts: DaemonOptions, teardown: Teardown): Promise<Daemon> {
   const backend = selectBackend(config.backend, log);
   if (backend.name === 'kernel') {
     ensureBpffs(config.bpfRoot, log);
@@ -89,61 +110,44 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
   // Kernel maps: datapaths ctmap attached are moved onto migrated maps before the delta copy.
   const reloader = opts.reloader ?? (backend.name === 'kernel' ? new AttachedDatapathReloader(config.bpfRoot, log.child({ component: 'datapath' })) : undefined);
   const lifecycle = new MapLifecycle({ backend, log, allowRecreate: config.allowMapRecreate, reloader, hooks: opts.migrationHooks });
-  // What is open so far, closed in reverse order if the start fails; the pins stay
-  // (a migration past its commit point resumes at the next start).
-  const opened: Array<{ close(): void }> = [];
-  const failStart = (err: unknown): never => {
-    lifecycle.abandon();
-    for (const o of opened.reverse()) o.close();
-    throw err;
+  // The old maps of migrations not completed (none once complete() has run).
+  teardown.push('map lifecycle', () => lifecycle.abandon());
+  const tables = await CtTables.open(lifecycle, mapsConfig);
+  teardown.push('ct maps', () => tables.close());
+  const nat = await NatTables.open(lifecycle, { ...mapsConfig, natMax: natGlobalMax(config) });
+  teardown.push('nat maps', () => nat.close());
+  const deleter = await conditionalDeleter(backend, log);
+  teardown.push('gc deleter', () => deleter.close());
+  const engine = new GCEngine(deleter, log);
+  teardown.push('gc engine', () => engine.close());
+  const families = [...new Set(tables.active().map((t) => t.ref.family))];
+  // Every deleted CT entry takes its SNAT mapping with it (facts §6, NatMapNext4/6).
+  const coupling = new NatCoupling(nat, families.map((f) => engine.batches(f)), log);
+  teardown.push('nat coupling', () => coupling.close()); // closed before the NAT maps
+  const gc = new GCRunner(tables, engine, coupling);
+  // A leaving cluster's entries go through the GC: events for Observe, SNAT pairs removed.
+  const flushThroughGC = async (refs: MapRef[]): Promise<number> => {
+    if (refs.length === 0) return 0;
+    const result = await gc.run({ refs, filter: { removeExpired: true, time: FLUSH_TIME } });
+    return result.maps.reduce((n, m) => n + m.deleted, 0);
   };
-  let tables!: CtTables;
-  let nat!: NatTables;
-  let clusters!: ClusterCtMaps;
-  let datapath!: DatapathSideMaps;
-  let deleter!: ConditionalDeleter;
-  let engine!: GCEngine;
-  let coupling!: NatCoupling;
-  let gc!: GCRunner;
-  let families: Family[] = [];
-  try {
-    tables = await CtTables.open(lifecycle, mapsConfig);
-    opened.push(tables);
-    nat = await NatTables.open(lifecycle, { ...mapsConfig, natMax: natGlobalMax(config) });
-    opened.push(nat);
-    deleter = await conditionalDeleter(backend, log);
-    opened.push(deleter);
-    engine = new GCEngine(deleter, log);
-    opened.push(engine);
-    families = [...new Set(tables.active().map((t) => t.ref.family))];
-    // Every deleted CT entry takes its SNAT mapping with it (facts §6, NatMapNext4/6).
-    coupling = new NatCoupling(nat, families.map((f) => engine.batches(f)), log);
-    opened.push(coupling); // closed before the NAT maps
-    gc = new GCRunner(tables, engine, coupling);
-    // A leaving cluster's entries go through the GC: events for Observe, SNAT pairs removed.
-    const flushThroughGC = async (refs: MapRef[]): Promise<number> => {
-      if (refs.length === 0) return 0;
-      const result = await gc.run({ refs, filter: { removeExpired: true, time: FLUSH_TIME } });
-      return result.maps.reduce((n, m) => n + m.deleted, 0);
-    };
-    clusters = await ClusterCtMaps.open(backend, lifecycle, { ...mapsConfig, natMax: natGlobalMax(config) }, tables, nat, flushThroughGC, log);
-    opened.push(clusters);
-    // The datapath's counters and settings: a datapath loaded later counts into these
-    // maps and runs with these flags (src/datapath/side-maps.ts). Opened before the
-    // migrations complete: their reloader loads the datapath, which needs them.
-    datapath = DatapathSideMaps.open(backend, config.bpfRoot, datapathSettingsFrom(config), log.child({ component: 'datapath' }));
-    opened.push(datapath);
-    // Reloader, delta copies, `_old` pins removed: every map is final before anything is served.
-    await lifecycle.complete();
-  } catch (err) {
-    failStart(err);
-  }
+  const clusters = await ClusterCtMaps.open(backend, lifecycle, { ...mapsConfig, natMax: natGlobalMax(config) }, tables, nat, flushThroughGC, log);
+  teardown.push('cluster maps', () => clusters.close()); // unregisters the per-cluster maps from the tables
+  // The datapath's counters and settings: a datapath loaded later counts into these
+  // maps and runs with these flags (src/datapath/side-maps.ts). Opened before the
+  // migrations complete: their reloader loads the datapath, which needs them.
+  const datapath = DatapathSideMaps.open(backend, config.bpfRoot, datapathSettingsFrom(config), log.child({ component: 'datapath' }));
+  teardown.push('datapath side maps', () => datapath.close());
+  // Reloader, delta copies, `_old` pins removed: every map is final before anything is served.
+  await lifecycle.complete();
+
   const metrics = new CtmapdMetrics();
   // Read at each scrape; nothing once the maps are closed at shutdown.
   metrics.setDatapathSource(() => (datapath.closed ? undefined : datapath.counters()));
   const migrations = lifecycle.reports();
   metrics.recordMigrations(migrations);
   const membership = new Membership(clusters, log.child({ component: 'membership' }));
+  teardown.push('membership', () => membership.close());
   // Periodic passes remove expired entries (facts §6); every pass, scheduled or asked
   // for over gRPC, feeds the Cilium metrics.
   const scheduler = new GCScheduler({
@@ -172,57 +176,44 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
       }
     },
   });
-  const closeMaps = (): void => {
-    membership.close();
-    clusters.close(); // unregisters the per-cluster maps from the tables
-    engine.close();
-    coupling.close(); // before the NAT maps
-    deleter.close();
-    nat.close();
-    tables.close();
-    datapath.close();
-  };
-  let server: ServerHandle;
-  try {
-    const shutdown = new AbortController();
-    // What every service is given besides its own domain objects.
-    const base = { log, shutdown: shutdown.signal };
-    server = await startServer({
-      config,
-      log,
-      shutdown,
-      services: [
-        ctMapsService({ ...base, tables, gc, datapath, migrations }),
-        natMapsService({ ...base, nat, ct: tables }),
-        clusterCtMapsService({ ...base, membership }),
-        gcRunnerService({
-          ...base,
-          runner: gc,
-          scheduler,
-          families,
-          onRunResult: (result, fams) => {
-            for (const f of fams) {
-              const own = { ...result, maps: result.maps.filter((m) => m.ref.family === f) };
-              scheduler.recordExternalPass(f, own);
-              metrics.recordGCRun(own, f, true);
-            }
-          },
-        }),
-      ],
-    });
-  } catch (err) {
-    closeMaps();
-    throw err;
-  }
+
+  // The server's grace period: none for a failed start, stop()'s at stop.
+  let graceMs = 0;
+  const shutdown = new AbortController();
+  // What every service is given besides its own domain objects.
+  const base = { log, shutdown: shutdown.signal };
+  const server = await startServer({
+    config,
+    log,
+    shutdown,
+    services: [
+      ctMapsService({ ...base, tables, gc, datapath, migrations }),
+      natMapsService({ ...base, nat, ct: tables }),
+      clusterCtMapsService({ ...base, membership }),
+      gcRunnerService({
+        ...base,
+        runner: gc,
+        scheduler,
+        families,
+        onRunResult: (result, fams) => {
+          for (const f of fams) {
+            const own = { ...result, maps: result.maps.filter((m) => m.ref.family === f) };
+            scheduler.recordExternalPass(f, own);
+            metrics.recordGCRun(own, f, true);
+          }
+        },
+      }),
+    ],
+  });
+  teardown.push('grpc server', () => server.shutdown(graceMs));
   let metricsServer: MetricsServer | undefined;
-  try {
-    if (config.metricsListen) metricsServer = await startMetricsServer(config.metricsListen, log, metrics.registry);
-  } catch (err) {
-    await server.shutdown(0);
-    closeMaps();
-    throw err;
+  if (config.metricsListen) {
+    const started = await startMetricsServer(config.metricsListen, log, metrics.registry);
+    teardown.push('metrics server', () => started.close());
+    metricsServer = started;
   }
   scheduler.start();
+  teardown.push('gc scheduler', () => scheduler.stop({ abort: true }));
   // Clustermesh: each remote cluster's etcd says which id it has; claims join, releases leave.
   const sources: MembershipSource[] = [];
   if (config.clustermeshConfig) {
@@ -232,11 +223,17 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
       log: log.child({ component: 'clustermesh' }),
       graceMs: config.clustermeshEtcdGrace * 1000,
     });
+    // stop() releases nothing (the maps stay pinned) and is safe on a half-started source.
+    teardown.push('clustermesh source', () => source.stop());
     await source.start();
     sources.push(source);
   }
   membership.reconcileAfterSync(sources, config.clustermeshReconcileGrace * 1000);
   server.markServing();
+  // Serving ends first: health NOT_SERVING and every call and stream ended before anything
+  // they use stops. The same idempotent shutdown as the "grpc server" step, which then
+  // finds it done; that one covers a start failing before this point.
+  teardown.push('serving', () => server.shutdown(graceMs));
   log.info(
     { addresses: server.addresses, backend: backend.name, maps: tables.active().map((t) => ({ map: refLabel(t.ref), pin: t.map.spec.pinPath, maxEntries: t.map.spec.maxEntries })) },
     'ctmapd serving',
@@ -256,13 +253,10 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
     metrics,
     metricsServer,
     server,
-    stop(graceMs = 5000) {
+    stop(grace = 5000) {
       stopping ??= (async () => {
-        await server.shutdown(graceMs);
-        for (const source of sources) await source.stop(); // releases nothing: maps stay pinned
-        await scheduler.stop({ abort: true });
-        await metricsServer?.close();
-        closeMaps();
+        graceMs = grace;
+        await teardown.drain();
         log.info('ctmapd stopped; maps stay pinned');
       })();
       return stopping;

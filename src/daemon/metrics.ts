@@ -16,21 +16,14 @@ import type { Family } from '../maps/addr';
 import { CT_DATAPATH_STATS_COUNTERS } from '../maps/ctmap/layout';
 import type { GCRunResult } from '../maps/ctmap/gc/types';
 import type { MigrationReport } from '../maps/lifecycle';
+import type { NatGCStats } from '../maps/nat/purge';
 import type { CtKind } from '../maps/ctmap/spec';
 import type { Logger } from './logger';
 
-export type ProtocolLabel = 'TCP' | 'non-TCP';
-
-/** Outcome of PurgeOrphanNATEntries (facts §6). */
-export interface NatPurgeStats {
-  readonly ingressAlive: number;
-  readonly ingressDeleted: number;
-  readonly egressAlive: number;
-  readonly egressDeleted: number;
-}
+type ProtocolLabel = 'TCP' | 'non-TCP';
 
 /** Cilium's protocol label of a CT map kind. */
-export function protocolLabel(kind: CtKind): ProtocolLabel {
+function protocolLabel(kind: CtKind): ProtocolLabel {
   return kind === 'tcp' ? 'TCP' : 'non-TCP';
 }
 
@@ -38,7 +31,7 @@ export function protocolLabel(kind: CtKind): ProtocolLabel {
 // can take longer, and a histogram that puts every slow pass in +Inf cannot show a trend.
 const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
 
-/** One registry with ctmapd's metrics. Separate instances do not share state (tests). */
+/** One registry with ctmapd's metrics: one per daemon. Separate instances do not share state (tests start several). */
 export class CtmapdMetrics {
   readonly registry = new Registry();
 
@@ -59,12 +52,6 @@ export class CtmapdMetrics {
     help: 'Duration of conntrack garbage collection runs in seconds',
     labelNames: ['family', 'protocol', 'status'] as const,
     buckets: DURATION_BUCKETS,
-    registers: [this.registry],
-  });
-  readonly #gcKeyFallbacks = new Counter({
-    name: 'cilium_datapath_conntrack_gc_key_fallbacks_total',
-    help: 'Number of times a key fallback was needed while iterating over a conntrack map',
-    labelNames: ['family', 'protocol'] as const,
     registers: [this.registry],
   });
   readonly #natEntries = new Gauge({
@@ -166,41 +153,13 @@ export class CtmapdMetrics {
     }
   }
 
-  /** Adds `count` (>= 0) key fallbacks of a pass over the maps of `family`/`kind`. */
-  recordKeyFallbacks(family: Family, kind: CtKind, count: number): void {
-    if (count > 0) this.#gcKeyFallbacks.inc({ family, protocol: protocolLabel(kind) }, count);
-  }
-
-  /** Sets the NAT gauges from one PurgeOrphanNATEntries of `family`. */
-  recordNatPurge(family: Family, stats: NatPurgeStats): void {
+  /** Sets the NAT gauges from one orphan NAT purge of `family`. */
+  recordNatPurge(family: Family, stats: NatGCStats): void {
     this.#natEntries.set({ family, direction: 'ingress', status: 'alive' }, stats.ingressAlive);
     this.#natEntries.set({ family, direction: 'ingress', status: 'deleted' }, stats.ingressDeleted);
     this.#natEntries.set({ family, direction: 'egress', status: 'alive' }, stats.egressAlive);
     this.#natEntries.set({ family, direction: 'egress', status: 'deleted' }, stats.egressDeleted);
   }
-}
-
-let processMetrics: CtmapdMetrics | undefined;
-
-/** The process-wide instance (created on first use, so importing this module has no side effects). */
-export function defaultMetrics(): CtmapdMetrics {
-  processMetrics ??= new CtmapdMetrics();
-  return processMetrics;
-}
-
-/** defaultMetrics().recordGCRun: see CtmapdMetrics.recordGCRun. */
-export function recordGCRun(result: GCRunResult, family: Family, ok: boolean): void {
-  defaultMetrics().recordGCRun(result, family, ok);
-}
-
-/** defaultMetrics().recordNatPurge: see CtmapdMetrics.recordNatPurge. */
-export function recordNatPurge(family: Family, stats: NatPurgeStats): void {
-  defaultMetrics().recordNatPurge(family, stats);
-}
-
-/** defaultMetrics().recordKeyFallbacks: see CtmapdMetrics.recordKeyFallbacks. */
-export function recordKeyFallbacks(family: Family, kind: CtKind, count: number): void {
-  defaultMetrics().recordKeyFallbacks(family, kind, count);
 }
 
 export interface MetricsServer {
@@ -211,14 +170,14 @@ export interface MetricsServer {
 }
 
 /**
- * Serves `registry` (default: defaultMetrics()) on `hostPort` ("HOST:PORT", IPv6 as
+ * Serves `registry` (a CtmapdMetrics' registry) on `hostPort` ("HOST:PORT", IPv6 as
  * "[addr]:port"): GET or HEAD /metrics -> 200 in the Prometheus text format with its
  * content type; another method on /metrics -> 405; any other path -> 404. The address is
  * always the operator's explicit --metrics-listen, so a non-loopback host is served, with a
  * warning (the endpoint has no authentication). Throws CtmapError: invalid-argument for a
  * malformed hostPort, failed-precondition when listening fails (address in use, …).
  */
-export async function startMetricsServer(hostPort: string, log: Logger, registry: Registry = defaultMetrics().registry): Promise<MetricsServer> {
+export async function startMetricsServer(hostPort: string, log: Logger, registry: Registry): Promise<MetricsServer> {
   const { host, port } = parseHostPort(hostPort);
   const server = http.createServer((req, res) => void serve(req, res, registry, log));
 

@@ -417,17 +417,6 @@ struct ct_tuple_tail {
 _Static_assert(__builtin_offsetof(struct ipv4_ct_tuple, dport) == 8, "v4 tail offset");
 _Static_assert(__builtin_offsetof(struct ipv6_ct_tuple, dport) == 32, "v6 tail offset");
 
-#ifdef CT_BENCH_NEW_FLOW_EACH_RUN
-/*
- * Bench build only (bpf/.output/ct_datapath_bench.bpf.o, bench/datapath.ts): each run of
- * the same TCP packet is a new flow, its source port XORed with a run counter, so that
- * BPF_PROG_TEST_RUN's repeat loop measures creates back to back, as a busy NIC queue
- * delivers them, rather than one syscall per packet. Within 65,536 consecutive runs the
- * ports differ; the bench changes the source address between test runs.
- */
-static __u32 ct_bench_seq;
-#endif
-
 /*
  * The L4 part of the tuple, shared by both families. On entry the tuple holds the packet's
  * addresses as they are (daddr = destination): the reverse-direction key, which is why the
@@ -448,9 +437,6 @@ static __always_inline int ct_parse_l4(struct __sk_buff *skb, __u32 off, struct 
 			return -1;
 		t->dport = *(__be16 *)&hdr[0];
 		t->sport = *(__be16 *)&hdr[2];
-#ifdef CT_BENCH_NEW_FLOW_EACH_RUN
-		t->dport ^= bpf_htons((__u16)ct_bench_seq++);
-#endif
 		p->is_tcp = true;
 		p->tcp_flags = hdr[13];
 		p->action = (hdr[13] & (TCP_RST | TCP_FIN)) ? ACTION_CLOSE : ACTION_CREATE;

@@ -50,23 +50,14 @@
 #include "ctmap.h"
 
 /*
- * Lifetimes in seconds and the other load-time settings, written by the loader before
- * load from ctmapd's flags (facts §5); the initialisers are Cilium's defaults. Service
- * lifetimes are not here: this program does no load balancing, so it never looks up
- * TUPLE_F_SERVICE entries.
+ * Lifetimes in seconds and the other load-time settings (facts §5). The object carries no
+ * values of its own, only zeros: src/datapath/loader.ts writes the whole struct into
+ * .rodata before every load (every path that loads this object goes through it), from the
+ * settings the daemon derived from ctmapd's flags (src/datapath/settings.ts), whose
+ * defaults are Cilium's, written once in src/config/defaults.ts. Service lifetimes are not
+ * here: this program does no load balancing, so it never looks up TUPLE_F_SERVICE entries.
  */
-const volatile struct ct_datapath_config ctmapd_config = {
-	.lifetime_tcp = 8000,
-	.lifetime_nontcp = 60,
-	.syn_timeout = 60,
-	.close_timeout = 10,
-	.report_interval = 5,
-	.cluster_id = 0,
-	.report_flags = 0xff,
-	.enable_ipv4 = 1,
-	.enable_ipv6 = 1,
-	.cluster_id_max = 255,
-};
+const volatile struct ct_datapath_config ctmapd_config = {};
 
 #define CT_CONNECTION_LIFETIME_TCP	(ctmapd_config.lifetime_tcp)
 #define CT_CONNECTION_LIFETIME_NONTCP	(ctmapd_config.lifetime_nontcp)

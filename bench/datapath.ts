@@ -13,9 +13,12 @@
  * - repeat: one test run executes the program REPEAT times back to back on the same
  *   packet; the kernel reports the average. Used for hits, where every repetition does
  *   the same work.
- * - repeat, creates: the bench build of the datapath (CT_BENCH_NEW_FLOW_EACH_RUN) varies
- *   the source port per repetition itself, so one test run of REPEAT_CREATES repetitions
- *   creates that many flows back to back; each run gets a new source address.
+ * - repeat, creates: the bench build of the datapath (bpf/ct_datapath_bench.bpf.c) has a
+ *   program that writes a per-run counter into a SYN's source port before the same egress
+ *   path, so one test run of REPEAT_CREATES repetitions creates that many flows back to
+ *   back; each run gets a new source address. What the write costs is measured beside it:
+ *   the same program on an ACK of the established flow (it writes the port back
+ *   unchanged), against ct_egress on the same packet.
  * - single: CREATES test runs of repeat=1, each on a new flow (the source port, and the
  *   source address every 60000 flows, or on every packet, change in place in the packet
  *   buffer), summing the kernel's durations. Used for creates, where a repeat would hit
@@ -45,8 +48,10 @@ const CREATES = 20_000;
  * run together stays far below the TCP map's size (no LRU eviction in any figure).
  */
 const REPEAT_CREATES = 25_000;
-/** The datapath built with CT_BENCH_NEW_FLOW_EACH_RUN (bpf/Makefile). */
+/** The datapath with the bench's programs added (bpf/ct_datapath_bench.bpf.c). */
 const BENCH_OBJECT = path.join(REPO_ROOT, 'bpf/.output/ct_datapath_bench.bpf.o');
+/** Its program: ct_egress after setting a SYN's source port to a per-run counter. */
+const BENCH_PROGRAM = 'ct_bench_egress';
 const NOOP_OBJECT = path.join(REPO_ROOT, 'bpf/.output/ctmap_layout.bpf.o');
 const NOOP_PROGRAM = 'ctmap_layout_noop';
 const FLOOR_OBJECT = path.join(REPO_ROOT, 'bpf/.output/ct_floor.bpf.o');
@@ -95,6 +100,7 @@ export const datapathBench: BenchSection = {
     ctx.cleanup.add('close datapath', () => dp.close());
     const benchDp = CtDatapath.load({ bpfRoot: root, objectPath: BENCH_OBJECT });
     ctx.cleanup.add('close bench datapath', () => benchDp.close());
+    const benchEgress = benchDp.object.program(BENCH_PROGRAM);
     const noopObj = BpfObject.open(NOOP_OBJECT);
     ctx.cleanup.add('close noop object', () => noopObj.close());
     const noop = noopObj.program(NOOP_PROGRAM);
@@ -176,7 +182,7 @@ export const datapathBench: BenchSection = {
       run.setPacket(frame);
       const before = side.counters().creates;
       const t0 = process.hrtime.bigint();
-      const ns = once(benchDp.egress, REPEAT_CREATES);
+      const ns = once(benchEgress, REPEAT_CREATES);
       const ms = Number(process.hrtime.bigint() - t0) / 1e6;
       if (side.counters().creates - before !== BigInt(REPEAT_CREATES)) throw new HarnessError('bench build: not every repetition created a flow');
       return { ms, extra: { ns } };
@@ -187,6 +193,7 @@ export const datapathBench: BenchSection = {
       { label: 'floor: two lookups, the second hits (ct_floor)', run: repeated(floor, out(40000, ACK)) },
       { label: 'hit: established flow, egress ACK', run: repeated(dp.egress, out(40000, ACK), 'hits_established') },
       { label: 'hit: reply, ingress ACK', run: repeated(dp.ingress, back(ACK), 'hits_reply') },
+      { label: 'hit: established flow, through the bench build\'s port write', run: repeated(benchEgress, out(40000, ACK), 'hits_established') },
       { label: 'empty TC program (ctmap_layout_noop)', run: single(noop) },
       { label: 'floor: two lookups miss, one insert (ct_floor)', run: single(floor) },
       { label: 'create: new flow, egress SYN', run: single(dp.egress, 'creates') },
@@ -194,7 +201,7 @@ export const datapathBench: BenchSection = {
       { label: 'create: new flow every repetition (bench build)', run: repeatedCreates },
     ];
     ctx.progress(`datapath: repeat ${REPEAT.toLocaleString('en-US')} per run; ${CREATES.toLocaleString('en-US')} single runs per create run`);
-    const [baseRepeat, floorHit, hitFwd, hitReply, baseSingle, floorCreate, create, createPair, createRepeat] = await measureRounds(ctx, measurements);
+    const [baseRepeat, floorHit, hitFwd, hitReply, hitWrite, baseSingle, floorCreate, create, createPair, createRepeat] = await measureRounds(ctx, measurements);
     const fill = side.counters().creates;
 
     const rows: Row[] = [
@@ -202,6 +209,11 @@ export const datapathBench: BenchSection = {
       { m: floorHit, method: 'repeat', note: 'the kernel\'s hash lookups alone: reverse misses, forward hits; nothing parsed, nothing written' },
       { m: hitFwd, method: 'repeat', target: 100, note: 'reverse lookup misses, forward lookup hits (ESTABLISHED); lifetime, flags seen, report time and packets/bytes updated, counters' },
       { m: hitReply, method: 'repeat', note: 'reverse lookup hits (REPLY): one lookup' },
+      {
+        m: hitWrite,
+        method: 'repeat',
+        note: `ct_bench_egress on the ACK: its source port written back unchanged, then the established hit above; the difference to it (${(hitWrite.extra.ns - hitFwd.extra.ns).toFixed(1)} ns) is what the bench build's packet write adds to the last row`,
+      },
       { m: baseSingle, method: 'single', note: 'baseline: one test run per packet, kernel durations summed' },
       { m: floorCreate, method: 'single', note: 'the kernel\'s hash and LRU work alone: both lookups miss, one insert' },
       {
@@ -215,7 +227,7 @@ export const datapathBench: BenchSection = {
         m: createRepeat,
         method: 'repeat',
         target: 400,
-        note: `the datapath built with CT_BENCH_NEW_FLOW_EACH_RUN: ${REPEAT_CREATES.toLocaleString('en-US')} new flows back to back per test run (source port XORed with a counter in the program), no syscall between packets`,
+        note: `ct_bench_egress (bpf/ct_datapath_bench.bpf.c) on a SYN: ${REPEAT_CREATES.toLocaleString('en-US')} new flows back to back per test run (the source port set to a counter in the packet, then ct_egress's path), no syscall between packets`,
       },
     ];
     const base = (r: Row): Measured => (r.method === 'repeat' ? baseRepeat : baseSingle);

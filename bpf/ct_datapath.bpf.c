@@ -50,23 +50,14 @@
 #include "ctmap.h"
 
 /*
- * Lifetimes in seconds and the other load-time settings, written by the loader before
- * load from ctmapd's flags (facts §5); the initialisers are Cilium's defaults. Service
- * lifetimes are not here: this program does no load balancing, so it never looks up
- * TUPLE_F_SERVICE entries.
+ * Lifetimes in seconds and the other load-time settings (facts §5). The object carries no
+ * values of its own, only zeros: src/datapath/loader.ts writes the whole struct into
+ * .rodata before every load (every path that loads this object goes through it), from the
+ * settings the daemon derived from ctmapd's flags (src/datapath/settings.ts), whose
+ * defaults are Cilium's, written once in src/config/defaults.ts. Service lifetimes are not
+ * here: this program does no load balancing, so it never looks up TUPLE_F_SERVICE entries.
  */
-const volatile struct ct_datapath_config ctmapd_config = {
-	.lifetime_tcp = 8000,
-	.lifetime_nontcp = 60,
-	.syn_timeout = 60,
-	.close_timeout = 10,
-	.report_interval = 5,
-	.cluster_id = 0,
-	.report_flags = 0xff,
-	.enable_ipv4 = 1,
-	.enable_ipv6 = 1,
-	.cluster_id_max = 255,
-};
+const volatile struct ct_datapath_config ctmapd_config = {};
 
 #define CT_CONNECTION_LIFETIME_TCP	(ctmapd_config.lifetime_tcp)
 #define CT_CONNECTION_LIFETIME_NONTCP	(ctmapd_config.lifetime_nontcp)
@@ -417,17 +408,6 @@ struct ct_tuple_tail {
 _Static_assert(__builtin_offsetof(struct ipv4_ct_tuple, dport) == 8, "v4 tail offset");
 _Static_assert(__builtin_offsetof(struct ipv6_ct_tuple, dport) == 32, "v6 tail offset");
 
-#ifdef CT_BENCH_NEW_FLOW_EACH_RUN
-/*
- * Bench build only (bpf/.output/ct_datapath_bench.bpf.o, bench/datapath.ts): each run of
- * the same TCP packet is a new flow, its source port XORed with a run counter, so that
- * BPF_PROG_TEST_RUN's repeat loop measures creates back to back, as a busy NIC queue
- * delivers them, rather than one syscall per packet. Within 65,536 consecutive runs the
- * ports differ; the bench changes the source address between test runs.
- */
-static __u32 ct_bench_seq;
-#endif
-
 /*
  * The L4 part of the tuple, shared by both families. On entry the tuple holds the packet's
  * addresses as they are (daddr = destination): the reverse-direction key, which is why the
@@ -448,9 +428,6 @@ static __always_inline int ct_parse_l4(struct __sk_buff *skb, __u32 off, struct 
 			return -1;
 		t->dport = *(__be16 *)&hdr[0];
 		t->sport = *(__be16 *)&hdr[2];
-#ifdef CT_BENCH_NEW_FLOW_EACH_RUN
-		t->dport ^= bpf_htons((__u16)ct_bench_seq++);
-#endif
 		p->is_tcp = true;
 		p->tcp_flags = hdr[13];
 		p->action = (hdr[13] & (TCP_RST | TCP_FIN)) ? ACTION_CLOSE : ACTION_CREATE;

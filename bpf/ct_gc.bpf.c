@@ -15,10 +15,10 @@
  *   disallowed"), and no helper accepts the ctx as a memory argument
  *   (bpf_dynptr_from_mem: "R1 type=ctx expected=fp, ..."), so a loop over records stored
  *   in the ctx cannot be written without unrolling it completely.
- * So the ctx carries only the small header (struct ct_gc_args) and the records live in
- * ct_gc_area, a BPF_F_MMAPABLE array the loader maps into its address space: userspace
- * writes keys and modes there, runs the program, and reads statuses and values back with
- * no copy through the syscall at all.
+ * So the ctx carries only the small header (struct ct_gc_args, in ct_gc.h with the other
+ * types userspace shares) and the records live in ct_gc_area, a BPF_F_MMAPABLE array the
+ * loader maps into its address space: userspace writes keys and modes there, runs the
+ * program, and reads statuses and values back with no copy through the syscall at all.
  *
  * How the program reaches the target CT map: through an ARRAY_OF_MAPS per key size
  * (ct_gc_outer4 / ct_gc_outer6); args.slot names the slot the loader pointed at the target.
@@ -39,53 +39,7 @@
 #include <linux/errno.h>
 #include <bpf/bpf_helpers.h>
 
-#include "ctmap.h"
-
-/*
- * Records per run. 4096 matches the daemon's scan batch; the area is then exactly 96 pages
- * (4096 * (38 + 1 + 1 + 56) bytes). Larger calls are split by the loader.
- */
-#define CT_GC_MAX_RECS 4096
-
-/* Values of DeleteMode and DeleteStatus in src/maps/ctmap/gc/types.ts. */
-#define CT_GC_EXPIRED_BEFORE	0
-#define CT_GC_ALWAYS		1
-#define CT_GC_DELETED		0
-#define CT_GC_MISSING		1
-#define CT_GC_REFRESHED		2
-
-/*
- * The shared records area, as arrays rather than an array of records so that userspace
- * fills and drains it with one copy per field instead of one per record. Keys are packed
- * with a stride of the map's key size (14 or 38), exactly as GC candidates are collected.
- * values[i] is written only for DELETED records.
- */
-struct ct_gc_area {
-	__u8 keys[CT_GC_MAX_RECS * sizeof(struct ipv6_ct_tuple)];
-	__u8 mode[CT_GC_MAX_RECS];
-	__u8 status[CT_GC_MAX_RECS];
-	struct ct_entry values[CT_GC_MAX_RECS];
-};
-
-/*
- * The ctx: the caller fills the first two fields, the program the rest. The kernel copies
- * the whole ctx back to the caller's buffer after the run.
- */
-struct ct_gc_args {
-	__u32 count;		/* records in the area, <= CT_GC_MAX_RECS */
-	__u32 time;		/* EXPIRED_BEFORE threshold: keep when lifetime >= time */
-	__u32 slot;		/* outer map slot that holds the target CT map */
-	__u32 deleted;
-	__u32 missing;
-	__u32 refreshed;
-	/* Deletes that failed with something other than ENOENT: reported REFRESHED (kept). */
-	__u32 failed;
-	__s32 first_err;	/* errno of the first such failure, negative; 0 if none */
-};
-
-_Static_assert(sizeof(struct ct_gc_area) == 96 * 4096, "ct_gc_area is 96 pages");
-_Static_assert(__builtin_offsetof(struct ct_gc_area, values) % 8 == 0, "values aligned");
-_Static_assert(sizeof(struct ct_gc_args) == 32, "ct_gc_args size");
+#include "ct_gc.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
- * Layout carrier: its only job is to put the CT and NAT structs of ctmap.h into BTF,
- * through the map definitions below, so the layout test can read them back. The no-op
- * program makes it a loadable object, the empty-program baseline for later benches.
- * The real datapath lives elsewhere.
+ * Layout carrier: its only job is to put the structs (and enums) of bpf/'s headers into
+ * BTF, the CT and NAT layouts of ctmap.h and the ct_gc program's interface of ct_gc.h,
+ * through the definitions below, so the layout test (test/kernel/btf-layout.test.ts) can
+ * read them back. The no-op program makes it a loadable object, the empty-program
+ * baseline for later benches. The real programs live elsewhere.
  */
 #include <linux/types.h>
 #include <linux/bpf.h>
@@ -11,6 +12,7 @@
 #include <bpf/bpf_helpers.h>
 
 #include "ctmap.h"
+#include "ct_gc.h"
 
 /* Placeholder size: the daemon creates the real maps with their configured sizes. */
 #define LAYOUT_MAX_ENTRIES 1024
@@ -37,8 +39,15 @@ struct {
 	__type(value, struct ct_datapath_stats);
 } ctmapd_ct_stats SEC(".maps");
 
-/* Types only reach BTF through a use; the datapath's settings have none here otherwise. */
+/*
+ * Types only reach BTF through a use; these have none here otherwise. The 96-page GC area
+ * through a pointer: BTF still gets its full definition, the object no room for it.
+ */
 struct ct_datapath_config ctmap_layout_config SEC(".data.layout");
+struct ct_gc_args ctmap_layout_gc_args SEC(".data.layout");
+struct ct_gc_area *ctmap_layout_gc_area SEC(".data.layout");
+enum ct_gc_mode ctmap_layout_gc_mode SEC(".data.layout");
+enum ct_gc_status ctmap_layout_gc_status SEC(".data.layout");
 
 SEC("tc")
 int ctmap_layout_noop(struct __sk_buff *skb)

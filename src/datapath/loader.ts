@@ -132,6 +132,9 @@ export class CtDatapath {
           for (const name of CT_DATAPATH_CLUSTER_MAPS[family]) if (!reuse(name)) placeholder(name);
         }
         reuseMap(CT_DATAPATH_STATS_MAP, stats);
+        // Every value, on every load: the object's .rodata is one zeroed struct
+        // ct_datapath_config with no defaults of its own (bpf/ct_datapath.bpf.c), and libbpf
+        // refuses (EINVAL) a buffer that is not exactly its size.
         object.map('.rodata').setInitialValue(encodeDatapathSettings(settings));
         const ingress = object.program(CT_DATAPATH_PROGRAMS.ingress);
         const egress = object.program(CT_DATAPATH_PROGRAMS.egress);

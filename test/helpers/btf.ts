@@ -40,6 +40,8 @@ interface BtfType {
   type_id?: number;
   nr_elems?: number;
   members?: BtfMember[];
+  /** ENUM / ENUM64 constants. */
+  values?: { name: string; val: number }[];
 }
 
 /** bpftool spells an empty name this way. */
@@ -119,6 +121,28 @@ function collectMembers(
   }
 }
 
+/** The BTF types of `objPath` of one of `kinds` named `name`. */
+function named(objPath: string, kinds: readonly string[], name: string): BtfType[] {
+  return [...loadBtf(objPath).values()].filter((t) => kinds.includes(t.kind) && t.name === name);
+}
+
+/** Whether the BTF of `objPath` defines the named struct (or union). */
+export function definesStruct(objPath: string, structName: string): boolean {
+  return named(objPath, ['STRUCT', 'UNION'], structName).length > 0;
+}
+
+/**
+ * The constants of the named enum in the BTF of `objPath`, name -> value. Throws if the
+ * enum is absent or defined more than once.
+ */
+export function enumValuesFromBtf(objPath: string, enumName: string): Record<string, number> {
+  const matches = named(objPath, ['ENUM', 'ENUM64'], enumName);
+  if (matches.length !== 1) {
+    throw new Error(`btf: ${matches.length} definitions of enum ${enumName} in ${objPath}`);
+  }
+  return Object.fromEntries((matches[0].values ?? []).map((v) => [v.name, v.val]));
+}
+
 /**
  * Size and member layout of the named struct (or union) in the BTF of `objPath`.
  * Members of anonymous structs/unions are reported as members of the outer struct, since
@@ -126,9 +150,7 @@ function collectMembers(
  */
 export function structLayoutFromBtf(objPath: string, structName: string): BtfStructLayout {
   const types = loadBtf(objPath);
-  const matches = [...types.values()].filter(
-    (t) => (t.kind === 'STRUCT' || t.kind === 'UNION') && t.name === structName,
-  );
+  const matches = named(objPath, ['STRUCT', 'UNION'], structName);
   if (matches.length !== 1) {
     throw new Error(`btf: ${matches.length} definitions of ${structName} in ${objPath}`);
   }

@@ -1,24 +1,32 @@
 /**
- * The TS codecs address CT and NAT records only through the StructLayouts; this test proves
- * those offsets equal what clang laid out for bpf/ctmap.h, read back from the BTF of
- * bpf/.output/ctmap_layout.bpf.o (as Cilium's pkg/alignchecker does for its Go types).
- * Needs bpftool and a built object (`make -C bpf`); it fails rather than skips without them,
- * since an unchecked layout is exactly the bug it exists to catch.
+ * The TS codecs address the records of bpf/ only through the StructLayouts; this test proves
+ * those offsets equal what clang laid out for bpf/'s headers (ctmap.h: CT and NAT; ct_gc.h:
+ * the GC program's ctx and area), read back from the BTF of bpf/.output/ctmap_layout.bpf.o
+ * and of the program objects the daemon loads (as Cilium's pkg/alignchecker does for its Go
+ * types), and that the TS mode and status values equal the header's enums. Needs bpftool
+ * and a built object (`make -C bpf`); it fails rather than skips without them, since an
+ * unchecked layout is exactly the bug it exists to catch.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 
+import { bpfObjectPath, repoPath } from '../../src/config/paths';
 import * as ctLayout from '../../src/maps/ctmap/layout';
+import * as gcLayout from '../../src/maps/ctmap/gc/layout';
+import { DeleteMode, DeleteStatus } from '../../src/maps/ctmap/gc/types';
 import type { StructLayout } from '../../src/maps/layout';
 import * as natLayout from '../../src/maps/nat/layout';
-import { structLayoutFromBtf } from '../helpers/btf';
+import { definesStruct, enumValuesFromBtf, structLayoutFromBtf } from '../helpers/btf';
 
-/** Compiled to dist/test/kernel/, three levels below the repo root. */
-const REPO_ROOT = path.resolve(__dirname, '../../..');
-const OBJ = path.join(REPO_ROOT, 'bpf/.output/ctmap_layout.bpf.o');
-const HEADER = path.join(REPO_ROOT, 'bpf/ctmap.h');
+/** The layout carrier: every struct and enum of the headers is in its BTF. */
+const OBJ = bpfObjectPath('ctmap_layout.bpf.o');
+/** The objects the daemon loads: each struct they define must match as well. */
+const PROGRAM_OBJECTS = ['ct_gc.bpf.o', 'ct_datapath.bpf.o'].map(bpfObjectPath);
+const BPF_DIR = repoPath('bpf');
+/** Every header of bpf/: the single C source of truth for what the daemon reads. */
+const HEADERS = fs.readdirSync(BPF_DIR).filter((f) => f.endsWith('.h')).sort();
 
 function isStructLayout(v: unknown): v is StructLayout {
   const o = v as Partial<StructLayout> | null;
@@ -29,7 +37,22 @@ function isStructLayout(v: unknown): v is StructLayout {
 }
 
 /** Every exported layout, so one added later is checked without touching this test. */
-const LAYOUTS = [...Object.values(ctLayout), ...Object.values(natLayout)].filter(isStructLayout);
+const LAYOUTS = [...Object.values(ctLayout), ...Object.values(natLayout), ...Object.values(gcLayout)].filter(isStructLayout);
+
+/**
+ * The TS value objects of the headers' enums, by C enum name; a C constant is the TS key
+ * with the enum's prefix (CT_GC_EXPIRED_BEFORE is DeleteMode.EXPIRED_BEFORE).
+ */
+const ENUMS: Record<string, { prefix: string; values: Readonly<Record<string, number>> }> = {
+  ct_gc_mode: { prefix: 'CT_GC_', values: DeleteMode },
+  ct_gc_status: { prefix: 'CT_GC_', values: DeleteStatus },
+};
+
+/** Declarations of `kind` ("struct" or "enum") in the headers of bpf/. */
+function declared(kind: 'struct' | 'enum'): string[] {
+  const re = new RegExp(`^${kind} (\\w+) \\{`, 'gm');
+  return HEADERS.flatMap((h) => [...fs.readFileSync(path.join(BPF_DIR, h), 'utf8').matchAll(re)].map((m) => m[1])).sort();
+}
 
 /** C bitfield member of each ct_entry flag; typed so a new TS flag needs an entry here. */
 const FLAG_MEMBER: Record<(typeof ctLayout.CT_ENTRY_FLAG_NAMES)[number], string> = {
@@ -52,6 +75,8 @@ test('every expected layout is exported', () => {
     'ct_datapath_config',
     'ct_datapath_stats',
     'ct_entry',
+    'ct_gc_area',
+    'ct_gc_args',
     'ipv4_ct_tuple',
     'ipv4_nat_entry',
     'ipv6_ct_tuple',
@@ -59,25 +84,39 @@ test('every expected layout is exported', () => {
   ]);
 });
 
-test('every struct in bpf/ctmap.h has a TS layout', () => {
-  // A struct added to the header without a layout would go unchecked.
-  const declared = [...fs.readFileSync(HEADER, 'utf8').matchAll(/^struct (\w+) \{/gm)].map((m) => m[1]).sort();
-  assert.deepEqual(declared, LAYOUTS.map((l) => l.cName).sort());
+test('every struct in bpf/*.h has a TS layout', () => {
+  // A struct added to a header without a layout would go unchecked.
+  assert.ok(HEADERS.includes('ctmap.h') && HEADERS.includes('ct_gc.h'), `headers found: ${HEADERS.join(', ')}`);
+  assert.deepEqual(declared('struct'), LAYOUTS.map((l) => l.cName).sort());
 });
 
 for (const layout of LAYOUTS) {
   test(`struct ${layout.cName} matches BTF`, () => {
-    const btf = structLayoutFromBtf(OBJ, layout.cName);
-    assert.equal(btf.size, layout.size, `sizeof(struct ${layout.cName})`);
-    for (const [name, want] of Object.entries(layout.fields)) {
-      const got = btf.fields[name];
-      assert.ok(got, `struct ${layout.cName} has no member ${name} in BTF`);
-      assert.deepEqual(
-        { offset: got.offset, size: got.size },
-        { offset: want.offset, size: want.size },
-        `${layout.cName}.${name}`,
-      );
+    const objects = [OBJ, ...PROGRAM_OBJECTS.filter((o) => definesStruct(o, layout.cName))];
+    for (const obj of objects) {
+      const where = `${layout.cName} in ${path.basename(obj)}`;
+      const btf = structLayoutFromBtf(obj, layout.cName);
+      assert.equal(btf.size, layout.size, `sizeof(struct ${where})`);
+      for (const [name, want] of Object.entries(layout.fields)) {
+        const got = btf.fields[name];
+        assert.ok(got, `struct ${where} has no member ${name} in BTF`);
+        assert.deepEqual({ offset: got.offset, size: got.size }, { offset: want.offset, size: want.size }, `${where}: ${name}`);
+      }
+      // Padding may be left out (the codecs write into zeroed buffers); any other member not.
+      const unmapped = Object.keys(btf.fields).filter((name) => !(name in layout.fields) && !/^pad\d*$/.test(name));
+      assert.deepEqual(unmapped, [], `${where}: members without a TS field`);
     }
+  });
+}
+
+test('every enum in bpf/*.h has TS values', () => {
+  assert.deepEqual(declared('enum'), Object.keys(ENUMS).sort());
+});
+
+for (const [cName, { prefix, values }] of Object.entries(ENUMS)) {
+  test(`enum ${cName} matches BTF`, () => {
+    const want = Object.fromEntries(Object.entries(values).map(([k, v]) => [prefix + k, v]));
+    assert.deepEqual(enumValuesFromBtf(OBJ, cName), want);
   });
 }
 

@@ -7,20 +7,23 @@
  * side maps (settings, counters) come from src/datapath/side-maps; per-cluster maps are
  * made as ClusterCTMaps makes them, and the cluster id comes from the settings or from
  * skb->mark (an __sk_buff test-run ctx). Also: the loader's preconditions, and that every
- * CT map access of the loaded programs is inlined or a direct call.
- * Kernel tier: root or CAP_BPF, bpftool, and a built bpf/ (make -C bpf).
+ * CT map access of the loaded programs is inlined or a direct call, and that the objects carry
+ * no settings of their own. Kernel tier: root or CAP_BPF, bpftool, llvm-objcopy, and a built
+ * bpf/ (make -C bpf).
  */
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { describe, test, TestContext } from 'node:test';
 import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
 import { assertNoFdLeak, bpfFdCount, kernelTier, privateBpfRoot } from '../helpers/kernel';
 import { eth, icmp, ip, quote, tcp, udp } from '../helpers/frames';
 import { Family } from '../../src/maps/addr';
 import { CtEntry, CtKey, decodeEntry, encodeEntry, encodeKey } from '../../src/maps/ctmap/codec';
 import { ctNow } from '../../src/maps/clock';
 import { possibleCpus } from '../../src/sys/cpus';
-import { CT_DATAPATH_STATS, CT_DATAPATH_STATS_COUNTERS, CtEntryFlag, IPPROTO, TupleFlag } from '../../src/maps/ctmap/layout';
+import { CT_DATAPATH_CONFIG, CT_DATAPATH_STATS, CT_DATAPATH_STATS_COUNTERS, CtEntryFlag, IPPROTO, TupleFlag } from '../../src/maps/ctmap/layout';
 import { CtKind, CtMapsConfig, clusterInnerCtMapSpec, clusterOuterCtMapSpec, globalCtMapSpec } from '../../src/maps/ctmap/spec';
 import { globalsDir } from '../../src/maps/cluster-spec';
 import {
@@ -33,6 +36,7 @@ import {
 } from '../../src/datapath/settings';
 import { DatapathSideMaps, datapathSideMapSpecs } from '../../src/datapath/side-maps';
 import { parseConfig } from '../../src/config/config';
+import { bpfObjectPath } from '../../src/config/paths';
 import type { BpfMap } from '../../src/maps/types';
 import pino from 'pino';
 
@@ -43,7 +47,10 @@ type LoaderModule = typeof import('../../src/datapath/loader');
 const SILENT = pino({ level: 'silent' });
 
 
-/** The rodata defaults of the object (ctmap-facts §5). */
+/**
+ * The lifetimes a daemon without flags asks for (ctmap-facts §5), which the loader writes
+ * into the object's .rodata (the object has none of its own).
+ */
 const SYN_TIMEOUT = 60;
 const TCP_LIFETIME = 8000;
 const NONTCP_LIFETIME = 60;
@@ -731,6 +738,21 @@ test('every CT map access of the loaded programs is inlined or a direct call (be
     side?.close();
     for (const m of maps) m.close();
     cleanup();
+  }
+});
+
+test('the objects carry no settings of their own: .rodata is one zeroed struct ct_datapath_config, which the loader writes whole', () => {
+  // Cilium's defaults are written once (src/config/defaults.ts): a non-zero byte here would be a
+  // second copy in bpf/, a larger .rodata a value the loader does not write (and libbpf refuses).
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ctmapd-rodata-'));
+  try {
+    for (const name of ['ct_datapath.bpf.o', 'ct_datapath_bench.bpf.o']) {
+      const out = path.join(dir, name);
+      execFileSync('llvm-objcopy', ['-O', 'binary', '--only-section=.rodata', bpfObjectPath(name), out]);
+      assert.deepEqual(fs.readFileSync(out), Buffer.alloc(CT_DATAPATH_CONFIG.size), `${name}: .rodata`);
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 });
 

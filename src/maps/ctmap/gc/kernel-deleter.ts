@@ -8,8 +8,8 @@
  * Data path of a call: keys and modes are copied into ct_gc_area, an mmap()ed
  * BPF_F_MMAPABLE array shared with the program (the syscall ctx cannot carry the records:
  * see the header of bpf/ct_gc.bpf.c), the ctx carries {count, time, slot} in and counts
- * out, and statuses and deleted values are copied back out of the area. Nothing is
- * allocated per call.
+ * out, and statuses and deleted values are copied back out of the area (layouts of both in
+ * ./layout.ts, from bpf/ct_gc.h). Nothing is allocated per call.
  *
  * Target maps are reached through slots of ARRAY_OF_MAPS maps this module creates, one
  * pair (v4/v6) per (map type, map_flags) of the targets, because map-in-map demands that
@@ -25,6 +25,7 @@ import { bpfObjectPath } from '../../../config/paths';
 import { CtmapError } from '../../../errors';
 import * as bpf from '../../../sys';
 import { CT_ENTRY, CT_KEY4, CT_KEY6 } from '../layout';
+import { CT_GC_AREA, CT_GC_ARGS, CT_GC_MAX_RECS } from './layout';
 import { ConditionalDeleter, DeleteMode, DeleteStatus } from './types';
 import { BpfMap, MapType, UpdateFlag } from '../../types';
 import { KernelMap } from '../../kernel';
@@ -32,32 +33,9 @@ import { KernelMap } from '../../kernel';
 /** Where `make -C bpf` puts the object. */
 export const CT_GC_OBJECT = bpfObjectPath('ct_gc.bpf.o');
 
-/** CT_GC_MAX_RECS in bpf/ct_gc.bpf.c: records per program run. */
-export const CT_GC_MAX_RECS = 4096;
-
-/**
- * struct ct_gc_area and struct ct_gc_args of bpf/ct_gc.bpf.c (byte offsets); the kernel
- * test compares them with the object's BTF.
- */
-export const CT_GC_AREA = {
-  keys: 0,
-  mode: CT_GC_MAX_RECS * CT_KEY6.size,
-  status: CT_GC_MAX_RECS * (CT_KEY6.size + 1),
-  values: CT_GC_MAX_RECS * (CT_KEY6.size + 2),
-  size: CT_GC_MAX_RECS * (CT_KEY6.size + 2 + CT_ENTRY.size),
-} as const;
-
-export const CT_GC_ARGS = {
-  count: 0,
-  time: 4,
-  slot: 8,
-  deleted: 12,
-  missing: 16,
-  refreshed: 20,
-  failed: 24,
-  firstErr: 28,
-  size: 32,
-} as const;
+/** Offsets into the records area and the ctx (bpf/ct_gc.h). */
+const AREA = CT_GC_AREA.fields;
+const ARGS = CT_GC_ARGS.fields;
 
 /**
  * Target maps one outer map can hold at once (4 global CT maps per family, plus
@@ -243,18 +221,18 @@ export class KernelConditionalDeleter implements ConditionalDeleter {
     const args = this.#run.ctx;
     for (let off = 0; off < count; off += CT_GC_MAX_RECS) {
       const n = Math.min(CT_GC_MAX_RECS, count - off);
-      keys.copy(area, CT_GC_AREA.keys, off * ks, (off + n) * ks);
-      area.set(modes.subarray(off, off + n), CT_GC_AREA.mode);
-      args.writeUInt32LE(n, CT_GC_ARGS.count);
-      args.writeUInt32LE(time, CT_GC_ARGS.time);
-      args.writeUInt32LE(slot, CT_GC_ARGS.slot);
+      keys.copy(area, AREA.keys.offset, off * ks, (off + n) * ks);
+      area.set(modes.subarray(off, off + n), AREA.mode.offset);
+      args.writeUInt32LE(n, ARGS.count.offset);
+      args.writeUInt32LE(time, ARGS.time.offset);
+      args.writeUInt32LE(slot, ARGS.slot.offset);
       const ret = fam.prog.testRun(this.#run);
       if (ret !== 0) throw new bpf.BpfSyscallError(`in-kernel GC: ${fam.prog.name} on slot ${slot}`, -ret, programErrorHint(ret));
       this.#collect(off, n, status, values);
-      const failed = args.readUInt32LE(CT_GC_ARGS.failed);
+      const failed = args.readUInt32LE(ARGS.failed.offset);
       if (failed > 0) {
         this.#failedDeletes += failed;
-        this.#lastDeleteErrno = -args.readInt32LE(CT_GC_ARGS.firstErr);
+        this.#lastDeleteErrno = -args.readInt32LE(ARGS.first_err.offset);
       }
     }
   }
@@ -262,7 +240,7 @@ export class KernelConditionalDeleter implements ConditionalDeleter {
   /** Copies statuses, and values of the DELETED records in runs, out of the area. */
   #collect(off: number, n: number, status: Uint8Array, values: Buffer): void {
     const area = this.#area.buffer;
-    const st = area.subarray(CT_GC_AREA.status, CT_GC_AREA.status + n);
+    const st = area.subarray(AREA.status.offset, AREA.status.offset + n);
     status.set(st, off);
     // One copy per run of consecutive deletions: a pass that deletes most candidates
     // copies in a few large pieces, and values of kept entries are not overwritten.
@@ -274,7 +252,7 @@ export class KernelConditionalDeleter implements ConditionalDeleter {
       }
       let j = i + 1;
       while (j < n && st[j] === DeleteStatus.DELETED) j++;
-      area.copy(values, (off + i) * VALUE_SIZE, CT_GC_AREA.values + i * VALUE_SIZE, CT_GC_AREA.values + j * VALUE_SIZE);
+      area.copy(values, (off + i) * VALUE_SIZE, AREA.values.offset + i * VALUE_SIZE, AREA.values.offset + j * VALUE_SIZE);
       i = j;
     }
   }

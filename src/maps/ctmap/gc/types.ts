@@ -54,10 +54,11 @@ export interface GCRunResult {
  * How a candidate is re-checked right before deletion (the read-then-delete race, Cilium
  * #46298): EXPIRED_BEFORE deletes only if the entry's current lifetime is still < time;
  * ALWAYS deletes whatever the entry now holds (match_ips: the key decides, not the value).
+ * The values of enum ct_gc_mode in bpf/ct_gc.h (checked by test/kernel/btf-layout.test.ts).
  */
 export const DeleteMode = { EXPIRED_BEFORE: 0, ALWAYS: 1 } as const;
 
-/** Per-candidate outcome written by a ConditionalDeleter. */
+/** Per-candidate outcome written by a ConditionalDeleter: enum ct_gc_status in bpf/ct_gc.h. */
 export const DeleteStatus = { DELETED: 0, MISSING: 1, REFRESHED: 2 } as const;
 
 /**

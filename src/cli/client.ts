@@ -1,5 +1,5 @@
 /**
- * `ctmap ct list` and `ctmap gc run`: thin gRPC clients of the daemon on its unix socket.
+ * `ctmap ct list`, `ctmap gc run` and `ctmap health`: thin gRPC clients of the daemon on its unix socket.
  * gRPC failures become CliRpcError with the status name and the server's message, plus a
  * hint when the daemon is not reachable.
  */
@@ -71,6 +71,24 @@ export function gcRun(cmd: Extract<CliCommand, { kind: 'gc-run' }>, io: Io): Pro
       lines.push(`SNAT entries deleted with them: ${stats.nat_deleted}; took ${(Number(stats.duration_ns) / 1e6).toFixed(1)} ms`);
       io.out(`${lines.join('\n')}\n`);
       resolve(0);
+    });
+  }).finally(() => client.close());
+}
+
+/**
+ * grpc.health.v1.Health/Check on the daemon's socket (`service` "" = the whole server).
+ * Prints the status and resolves with 0 only for SERVING; NOT_SERVING (starting, or
+ * shutting down), UNKNOWN and SERVICE_UNKNOWN resolve with 1. Rejects with CliRpcError
+ * when the call fails (no daemon, an unknown service, no answer within `timeoutMs`).
+ */
+export function health(cmd: Extract<CliCommand, { kind: 'health' }>, io: Io): Promise<number> {
+  const client = new (services().Health)(`unix:${cmd.socket}`, grpc.credentials.createInsecure());
+  const what = cmd.service === '' ? 'ctmapd' : cmd.service;
+  return new Promise<number>((resolve, reject) => {
+    (client as any).Check({ service: cmd.service }, { deadline: Date.now() + cmd.timeoutMs }, (err: grpc.ServiceError | null, res: { status: string }) => {
+      if (err) return reject(rpcError('grpc.health.v1.Health/Check', cmd.socket, err));
+      io.out(`${what}: ${res.status}\n`);
+      resolve(res.status === 'SERVING' ? 0 : 1);
     });
   }).finally(() => client.close());
 }

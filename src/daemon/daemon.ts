@@ -62,9 +62,13 @@ export interface Daemon {
   readonly metrics: CtmapdMetrics;
   readonly metricsServer?: MetricsServer;
   readonly server: ServerHandle;
-  /** Health NOT_SERVING, streams ended, server closed, maps closed; pins are kept. Idempotent. */
+  /** Health NOT_SERVING, streams ended, server closed, maps closed; pins are kept. Idempotent.
+   *  `graceMs` (default SHUTDOWN_GRACE_MS): how long open calls may finish before they are cancelled. */
   stop(graceMs?: number): Promise<void>;
 }
+
+/** How long stop() (SIGTERM) lets open calls finish; a container's termination grace period must exceed it. */
+export const SHUTDOWN_GRACE_MS = 5000;
 
 /**
  * Starts the daemon: backend, bpffs, maps (migrating pinned maps whose attributes changed,
@@ -259,7 +263,7 @@ export async function startDaemon(config: Config, log: Logger, opts: DaemonOptio
     metrics,
     metricsServer,
     server,
-    stop(graceMs = 5000) {
+    stop(graceMs = SHUTDOWN_GRACE_MS) {
       stopping ??= (async () => {
         await server.shutdown(graceMs);
         for (const source of sources) await source.stop(); // releases nothing: maps stay pinned

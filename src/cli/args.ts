@@ -25,7 +25,8 @@ export type CliCommand =
   | { readonly kind: 'datapath-status'; readonly netns?: string; readonly bpfRoot: string; readonly json: boolean }
   | { readonly kind: 'datapath-reattach'; readonly netns?: string; readonly bpfRoot: string; readonly json: boolean }
   | { readonly kind: 'ct-list'; readonly socket: string; readonly family?: Family; readonly clusterId: number }
-  | { readonly kind: 'gc-run'; readonly socket: string; readonly family?: Family; readonly time?: number };
+  | { readonly kind: 'gc-run'; readonly socket: string; readonly family?: Family; readonly time?: number }
+  | { readonly kind: 'health'; readonly socket: string; readonly service: string; readonly timeoutMs: number };
 
 /**
  * Bad usage (exitCode 2; `field` = the flag, e.g. "--dev") or a help request (exitCode 0;
@@ -77,6 +78,14 @@ export function parseFamily(raw: string): Family {
   if (v === 'ipv4' || v === '4') return 'ipv4';
   if (v === 'ipv6' || v === '6') return 'ipv6';
   throw new InvalidArgumentError('want ipv4 or ipv6');
+}
+
+/** Seconds to wait for the daemon's answer: a positive number, fractions allowed (0.5). */
+export function parseTimeout(raw: string): number {
+  const v = raw.trim();
+  const n = Number(v);
+  if (!/^\d+(\.\d+)?$/.test(v) || !(n > 0) || n > 3600) throw new InvalidArgumentError('want seconds, a number in (0, 3600]');
+  return Math.round(n * 1000);
 }
 
 export function parseCtTime(raw: string): number {
@@ -202,6 +211,18 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCo
     .addOption(socket())
     .action((o) => {
       result = { kind: 'gc-run', socket: o.socket, family: o.family, time: o.time };
+    });
+
+  program
+    .command('health')
+    .description(
+      "ask the daemon's health service (grpc.health.v1.Health/Check) whether it is serving; exit 0 only when SERVING (a container's liveness/readiness probe)",
+    )
+    .addOption(socket())
+    .addOption(new Option('--service <name>', 'a served service (e.g. ctmap.v1.CTMaps) instead of the whole server').default(''))
+    .addOption(new Option('--timeout <seconds>', 'give up after this long (exit 1)').default(3000, '3').argParser(parseTimeout))
+    .action((o) => {
+      result = { kind: 'health', socket: o.socket, service: o.service, timeoutMs: o.timeout };
     });
 
   try {

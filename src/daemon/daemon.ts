@@ -62,12 +62,16 @@ export interface Daemon {
   readonly server: ServerHandle;
   /**
    * Drains the teardown stack: serving ends first (health NOT_SERVING, streams ended,
-   * server closed within `graceMs`, default 5000), then the clustermesh sources, the GC
-   * scheduler (its pass aborted), the metrics server, the maps; pins are kept. Every step
-   * runs; rejects with the first that failed. Idempotent.
+   * server closed within `graceMs`, default SHUTDOWN_GRACE_MS: how long open calls may
+   * finish before they are cancelled), then the clustermesh sources, the GC scheduler (its
+   * pass aborted), the metrics server, the maps; pins are kept. Every step runs; rejects
+   * with the first that failed. Idempotent.
    */
   stop(graceMs?: number): Promise<void>;
 }
+
+/** How long stop() (SIGTERM) lets open calls finish; a container's termination grace period must exceed it. */
+export const SHUTDOWN_GRACE_MS = 5000;
 
 /**
  * Starts the daemon: backend, bpffs, maps (migrating pinned maps whose attributes changed,
@@ -253,7 +257,7 @@ async function bringUp(config: Config, log: Logger, opts: DaemonOptions, teardow
     metrics,
     metricsServer,
     server,
-    stop(grace = 5000) {
+    stop(grace = SHUTDOWN_GRACE_MS) {
       stopping ??= (async () => {
         graceMs = grace;
         await teardown.drain();

@@ -165,6 +165,38 @@ describe('ctmap ct list / gc run', () => {
   });
 });
 
+describe('ctmap health', () => {
+  it('checks the whole server on the daemon socket (CTMAPD_SOCKET, else the default) within 3 s', () => {
+    assert.deepEqual(parseCli(['health'], {}), { kind: 'health', socket: '/run/ctmapd/ctmapd.sock', service: '', timeoutMs: 3000 });
+    assert.deepEqual(parseCli(['health'], { CTMAPD_SOCKET: '/run/x/d.sock' }), { kind: 'health', socket: '/run/x/d.sock', service: '', timeoutMs: 3000 });
+    assert.deepEqual(parseCli(['health', '--socket', '/s.sock', '--service', 'ctmap.v1.CTMaps', '--timeout', '0.5'], { CTMAPD_SOCKET: '/ignored' }), {
+      kind: 'health',
+      socket: '/s.sock',
+      service: 'ctmap.v1.CTMaps',
+      timeoutMs: 500,
+    });
+  });
+
+  it('refuses a bad --timeout or --socket, naming the flag', () => {
+    for (const bad of ['0', '-1', 'soon', '1e3', '3601', '']) usage(['health', '--timeout', bad], '--timeout');
+    usage(['health', '--socket', 'relative.sock'], '--socket');
+    usage(['health'], '--socket', { CTMAPD_SOCKET: 'relative' });
+    usage(['health', '--dev', 'eth0'], '--dev');
+  });
+
+  it('--help says what the exit code means', () => {
+    try {
+      parseCli(['health', '--help'], {});
+      assert.fail('no help');
+    } catch (err) {
+      assert.ok(err instanceof CliUsageError);
+      assert.equal(err.exitCode, 0);
+      assert.match(err.message, /exit 0 only when SERVING/);
+      for (const flag of ['--socket', '--service', '--timeout']) assert.ok(err.message.includes(flag), flag);
+    }
+  });
+});
+
 describe('ctmap run', () => {
   const io = () => {
     const o = { out: '', err: '' };

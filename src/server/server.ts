@@ -2,8 +2,6 @@
  * The gRPC server: the given services plus grpc.health.v1.Health and server reflection
  * (v1 and v1alpha), on a unix socket and optionally on TCP, with an ordered shutdown.
  */
-import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
@@ -12,6 +10,7 @@ import { CtmapError } from '../errors';
 import type { Config } from '../config/config';
 import type { Logger } from 'pino';
 import { reflectionPackageDefinition } from '../api/proto';
+import { UnixListener, listenUnix } from './unix-listener';
 
 /**
  * One service to serve: its definition (from services() in src/api/proto.ts, with the
@@ -79,12 +78,10 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
   new ReflectionService(reflectionPackageDefinition()).addToServer(server);
 
   const addresses: string[] = [];
-  const socket = path.resolve(config.socket);
+  let main: UnixListener | undefined;
   try {
-    await prepareSocketPath(socket);
-    await bind(server, `unix:${socket}`);
-    addresses.push(`unix:${socket}`);
-    await fs.promises.chmod(socket, 0o660);
+    main = await listenUnix(server, { socket: path.resolve(config.socket), mode: 0o660, credentials: grpc.ServerCredentials.createInsecure(), log });
+    addresses.push(main.address);
     if (config.listen !== undefined) {
       const port = await bind(server, config.listen);
       addresses.push(config.listen.replace(/:\d+$/, `:${port}`));
@@ -92,7 +89,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
   } catch (err) {
     server.forceShutdown();
     // Only a socket we bound is ours to remove; another server's is not.
-    if (addresses.length > 0) await removeSocket(socket);
+    await main?.close();
     throw err;
   }
   log.info({ addresses }, 'grpc server listening');
@@ -112,6 +109,8 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
         log.info({ graceMs }, 'shutting down');
         setHealth('NOT_SERVING');
         shutdownController.abort();
+        // No new connections; the socket's close completes once grpc-js has ended its own.
+        const socketClosed = main!.close();
         const graceful = await new Promise<boolean>((resolve) => {
           const timer = setTimeout(() => {
             server.forceShutdown();
@@ -122,7 +121,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
             resolve(true);
           });
         });
-        await removeSocket(socket);
+        await socketClosed;
         log.info({ graceful }, 'grpc server stopped');
       })();
       return shuttingDown;
@@ -167,43 +166,4 @@ function bind(server: grpc.Server, address: string): Promise<number> {
       else resolve(port);
     });
   });
-}
-
-/**
- * Makes `socket` bindable: creates the parent directory and removes a socket file left by
- * a process that died. A socket something still answers on is not touched, nor is any
- * file that is not a socket.
- */
-async function prepareSocketPath(socket: string): Promise<void> {
-  let st: fs.Stats | undefined;
-  try {
-    await fs.promises.mkdir(path.dirname(socket), { recursive: true, mode: 0o755 });
-    st = await fs.promises.lstat(socket).catch((err: NodeJS.ErrnoException) => {
-      if (err.code === 'ENOENT') return undefined;
-      throw err;
-    });
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    const kind = code === 'EACCES' || code === 'EPERM' ? 'permission-denied' : 'failed-precondition';
-    throw new CtmapError(kind, `socket ${socket}: ${(err as Error).message}`, { cause: err });
-  }
-  if (st === undefined) return;
-  if (!st.isSocket()) throw new CtmapError('failed-precondition', `socket path ${socket} exists and is not a socket`);
-  if (await answers(socket)) throw new CtmapError('already-exists', `another server is listening on ${socket}`);
-  await removeSocket(socket);
-}
-
-function answers(socket: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const conn = net.connect(socket);
-    conn.once('connect', () => {
-      conn.destroy();
-      resolve(true);
-    });
-    conn.once('error', () => resolve(false));
-  });
-}
-
-async function removeSocket(socket: string): Promise<void> {
-  await fs.promises.rm(socket, { force: true });
 }

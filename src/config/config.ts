@@ -15,6 +15,7 @@ import {
   DEFAULT_CT_TCP_MAX,
   DEFAULT_MONITOR_AGGREGATION_INTERVAL,
   DEFAULT_SOCKET,
+  DEFAULT_SOCKET_READONLY_MODE,
   GC_MAX_INTERVAL_SECONDS,
   GC_MIN_INTERVAL_SECONDS,
   MAP_SIZE_MAX,
@@ -35,6 +36,12 @@ export interface Config {
   readonly socket: string;
   /** TCP "HOST:PORT" to listen on as well; undefined = unix socket only. */
   readonly listen?: string;
+  /** A second unix socket that serves the read RPCs only; undefined = none. */
+  readonly socketReadonly?: string;
+  /** Mode of socketReadonly; undefined = DEFAULT_SOCKET_READONLY_MODE (0660). */
+  readonly socketReadonlyMode?: number;
+  /** Group of socketReadonly: a gid, or a name looked up in /etc/group; undefined = the daemon's. */
+  readonly socketReadonlyGroup?: number | string;
   readonly enableIpv4: boolean;
   readonly enableIpv6: boolean;
   readonly bpfCtGlobalTcpMax: number;
@@ -102,6 +109,9 @@ const FLAGS: readonly Flag[] = [
   flag('bpf-root', 'bpfRoot', 'bpffs mount point; maps are pinned under <bpf-root>/tc/globals', DEFAULT_BPF_ROOT, absolutePath),
   flag('socket', 'socket', 'unix socket path of the gRPC server', DEFAULT_SOCKET, socketPath),
   flag('listen', 'listen', 'also listen on TCP HOST:PORT (insecure; off by default)', undefined, hostPort),
+  flag('socket-readonly', 'socketReadonly', 'a second unix socket that serves the read RPCs only (off by default)', undefined, socketPath),
+  flag('socket-readonly-mode', 'socketReadonlyMode', `mode of --socket-readonly, octal (default: 0${DEFAULT_SOCKET_READONLY_MODE.toString(8)})`, undefined, octalMode),
+  flag('socket-readonly-group', 'socketReadonlyGroup', "group of --socket-readonly: a name (from /etc/group) or a gid (default: the daemon's)", undefined, group),
   boolFlag('enable-ipv4', 'enableIpv4', 'manage the IPv4 CT maps', true),
   boolFlag('enable-ipv6', 'enableIpv6', 'manage the IPv6 CT maps', true),
   flag('bpf-ct-global-tcp-max', 'bpfCtGlobalTcpMax', 'max entries of the TCP CT maps', DEFAULT_CT_TCP_MAX, integer(MAP_SIZE_MIN, MAP_SIZE_MAX)),
@@ -193,7 +203,22 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Co
   if (!config.enableIpv4 && !config.enableIpv6) {
     throw new ConfigError('--enable-ipv4, --enable-ipv6: at least one family must be enabled', 2, '--enable-ipv4');
   }
+  checkListeners(config);
   return config;
+}
+
+/** The listener flags that only make sense together (issue 12): the read-only socket's
+ *  mode and group need it. */
+function checkListeners(c: Config): void {
+  const fail = (flag: string, problem: string): never => {
+    throw new ConfigError(`${flag}: ${problem}`, 2, flag);
+  };
+  if (c.socketReadonly === undefined) {
+    if (c.socketReadonlyMode !== undefined) fail('--socket-readonly-mode', 'needs --socket-readonly');
+    if (c.socketReadonlyGroup !== undefined) fail('--socket-readonly-group', 'needs --socket-readonly');
+  } else if (c.socketReadonly === c.socket) {
+    fail('--socket-readonly', 'must differ from --socket');
+  }
 }
 
 /**
@@ -287,6 +312,19 @@ function socketPath(raw: Raw): string {
   const v = text(raw);
   if (v === '') throw new Error('want a path');
   if (Buffer.byteLength(v) > SOCKET_PATH_MAX) throw new Error(`path longer than ${SOCKET_PATH_MAX} bytes (unix socket limit)`);
+  return v;
+}
+
+function octalMode(raw: Raw): number {
+  const v = text(raw).trim();
+  if (!/^0?[0-7]{3}$/.test(v)) throw new Error(`want an octal mode such as 0660, got ${JSON.stringify(raw)}`);
+  return parseInt(v, 8);
+}
+
+function group(raw: Raw): number | string {
+  const v = text(raw).trim();
+  if (/^\d+$/.test(v) && Number(v) <= U32_MAX) return Number(v);
+  if (!/^[A-Za-z_][A-Za-z0-9_.-]{0,31}$/.test(v)) throw new Error(`want a group name or gid, got ${JSON.stringify(raw)}`);
   return v;
 }
 

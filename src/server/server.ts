@@ -1,6 +1,8 @@
 /**
  * The gRPC server: the given services plus grpc.health.v1.Health and server reflection
- * (v1 and v1alpha), on a unix socket and optionally on TCP, with an ordered shutdown.
+ * (v1 and v1alpha), on a unix socket, optionally a read-only unix socket and TCP, with an
+ * ordered shutdown. Every listener has its own access interceptor (access.ts): who may
+ * call what is decided per listener.
  */
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -8,9 +10,11 @@ import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
 import { ReflectionService } from '@grpc/reflection';
 import { CtmapError } from '../errors';
 import type { Config } from '../config/config';
+import { DEFAULT_SOCKET_READONLY_MODE } from '../config/defaults';
 import type { Logger } from 'pino';
 import { reflectionPackageDefinition } from '../api/proto';
-import { UnixListener, listenUnix } from './unix-listener';
+import { FULL_ACCESS, Granter, READ_ONLY, accessInterceptor, unclassified } from './access';
+import { UnixListener, listenUnix, resolveGroup } from './unix-listener';
 
 /**
  * One service to serve: its definition (from services() in src/api/proto.ts, with the
@@ -29,8 +33,11 @@ export interface ServiceDeps {
   readonly shutdown: AbortSignal;
 }
 
+/** The flags startServer reads; only `socket` is required. */
+export type ServerConfig = Pick<Config, 'socket'> & Partial<Pick<Config, 'listen' | 'socketReadonly' | 'socketReadonlyMode' | 'socketReadonlyGroup'>>;
+
 export interface StartServerOptions {
-  readonly config: Pick<Config, 'socket' | 'listen'>;
+  readonly config: ServerConfig;
   readonly log: Logger;
   readonly services: readonly ServiceRegistration[];
   /** The controller whose signal the handlers were given (unary()/serverStream()'s
@@ -40,7 +47,8 @@ export interface StartServerOptions {
 }
 
 export interface ServerHandle {
-  /** Bound addresses: "unix:<path>" first, then "HOST:PORT" with the actual port. */
+  /** Bound addresses: "unix:<path>" first, then the read-only socket's "unix:<path>" if
+   *  any, then "HOST:PORT" with the actual port. */
   readonly addresses: readonly string[];
   /** Aborted when shutdown() begins. */
   readonly shutdownSignal: AbortSignal;
@@ -59,37 +67,67 @@ export interface ServerHandle {
 
 /**
  * Starts serving. Listens on `unix:<config.socket>` (parent directory created 0755, a
- * stale socket file removed, the socket chmod 0660) and, when config.listen is set, on
- * that TCP address with insecure credentials. Health starts NOT_SERVING.
- * Throws CtmapError: already-exists when another process answers on the socket,
- * failed-precondition when the socket path holds something else or binding fails.
+ * stale socket file removed, the socket chmod 0660; full access), on
+ * `unix:<config.socketReadonly>` when set (mode socketReadonlyMode, default 0660, group
+ * socketReadonlyGroup; read RPCs only) and, when config.listen is set, on that TCP
+ * address with insecure credentials and full access. Health starts NOT_SERVING.
+ * Throws CtmapError: already-exists when another process answers on a socket,
+ * failed-precondition when a socket path holds something else or binding fails;
+ * internal when a service has a method access.ts does not classify.
  */
 export async function startServer(opts: StartServerOptions): Promise<ServerHandle> {
   const { config, log } = opts;
   const shutdownController = opts.shutdown ?? new AbortController();
   const server = new grpc.Server(opts.serverOptions);
+  // A method nobody classified would be refused to every caller; refuse to serve it instead.
+  const registrar = {
+    addService(definition: grpc.ServiceDefinition, implementation: grpc.UntypedServiceImplementation): void {
+      const missing = unclassified(definition);
+      if (missing.length > 0) throw new CtmapError('internal', `server: ${missing.join(', ')} not classified as read or write (src/server/access.ts)`);
+      server.addService(definition, implementation);
+    },
+  };
 
   const names = ['', ...new Set(opts.services.map((s) => serviceName(s.definition)))];
   const health = new HealthImplementation(Object.fromEntries(names.map((n) => [n, 'NOT_SERVING'])));
   const setHealth = (status: ServingStatus) => names.forEach((n) => health.setStatus(n, status));
 
-  for (const s of opts.services) server.addService(s.definition, s.implementation);
-  addHealth(server, health, shutdownController.signal);
-  new ReflectionService(reflectionPackageDefinition()).addToServer(server);
+  for (const s of opts.services) registrar.addService(s.definition, s.implementation);
+  addHealth(registrar, health, shutdownController.signal);
+  new ReflectionService(reflectionPackageDefinition()).addToServer(registrar);
 
   const addresses: string[] = [];
-  let main: UnixListener | undefined;
+  const unixListeners: UnixListener[] = [];
+  const listenerCredentials = (granter: Granter, base: grpc.ServerCredentials) =>
+    grpc.experimental.createServerCredentialsWithInterceptors(base, [accessInterceptor(granter, log)]);
   try {
-    main = await listenUnix(server, { socket: path.resolve(config.socket), mode: 0o660, credentials: grpc.ServerCredentials.createInsecure(), log });
+    const main = await listenUnix(server, {
+      socket: path.resolve(config.socket),
+      mode: 0o660,
+      credentials: listenerCredentials(FULL_ACCESS, grpc.ServerCredentials.createInsecure()),
+      log,
+    });
+    unixListeners.push(main);
     addresses.push(main.address);
+    if (config.socketReadonly !== undefined) {
+      const readonly = await listenUnix(server, {
+        socket: path.resolve(config.socketReadonly),
+        mode: config.socketReadonlyMode ?? DEFAULT_SOCKET_READONLY_MODE,
+        gid: config.socketReadonlyGroup === undefined ? undefined : resolveGroup(config.socketReadonlyGroup, '--socket-readonly-group'),
+        credentials: listenerCredentials(READ_ONLY, grpc.ServerCredentials.createInsecure()),
+        log,
+      });
+      unixListeners.push(readonly);
+      addresses.push(readonly.address);
+    }
     if (config.listen !== undefined) {
-      const port = await bind(server, config.listen);
+      const port = await bind(server, config.listen, listenerCredentials(FULL_ACCESS, grpc.ServerCredentials.createInsecure()));
       addresses.push(config.listen.replace(/:\d+$/, `:${port}`));
     }
   } catch (err) {
     server.forceShutdown();
     // Only a socket we bound is ours to remove; another server's is not.
-    await main?.close();
+    await Promise.all(unixListeners.map((l) => l.close()));
     throw err;
   }
   log.info({ addresses }, 'grpc server listening');
@@ -109,8 +147,8 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
         log.info({ graceMs }, 'shutting down');
         setHealth('NOT_SERVING');
         shutdownController.abort();
-        // No new connections; the socket's close completes once grpc-js has ended its own.
-        const socketClosed = main!.close();
+        // No new connections; each socket's close completes once grpc-js has ended its own.
+        const socketsClosed = Promise.all(unixListeners.map((l) => l.close()));
         const graceful = await new Promise<boolean>((resolve) => {
           const timer = setTimeout(() => {
             server.forceShutdown();
@@ -121,7 +159,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
             resolve(true);
           });
         });
-        await socketClosed;
+        await socketsClosed;
         log.info({ graceful }, 'grpc server stopped');
       })();
       return shuttingDown;
@@ -141,7 +179,7 @@ function serviceName(def: grpc.ServiceDefinition): string {
  * when shutdown begins (after it has sent NOT_SERVING); otherwise every watcher would hold
  * tryShutdown until the grace period runs out.
  */
-function addHealth(server: grpc.Server, health: HealthImplementation, shutdown: AbortSignal): void {
+function addHealth(server: Pick<grpc.Server, 'addService'>, health: HealthImplementation, shutdown: AbortSignal): void {
   health.addToServer({
     addService: (definition, implementation) => {
       const watch = implementation.watch as grpc.handleServerStreamingCall<unknown, unknown>;
@@ -159,9 +197,9 @@ function addHealth(server: grpc.Server, health: HealthImplementation, shutdown: 
   });
 }
 
-function bind(server: grpc.Server, address: string): Promise<number> {
+function bind(server: grpc.Server, address: string, credentials: grpc.ServerCredentials): Promise<number> {
   return new Promise((resolve, reject) => {
-    server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, port) => {
+    server.bindAsync(address, credentials, (err, port) => {
       if (err) reject(new CtmapError('failed-precondition', `listen ${address}: ${err.message}`, { cause: err }));
       else resolve(port);
     });

@@ -19,7 +19,7 @@ export interface UnixListenerOptions {
   readonly mode: number;
   /** Group to give the socket; undefined = the daemon's. */
   readonly gid?: number;
-  /** Credentials of its connections (insecure: a unix socket is guarded by its mode). */
+  /** Credentials (insecure, with the listener's access interceptor) of its connections. */
   readonly credentials: grpc.ServerCredentials;
   /** Where an accept error after listening goes (it would otherwise be unhandled). */
   readonly log: Logger;

@@ -126,6 +126,23 @@ describe('parseConfig', () => {
     for (const bad of ['50051', 'host:65536', '::1:50051', 'host:']) rejects([`--listen=${bad}`], '--listen');
   });
 
+  it('takes the read-only socket and its mode and group (issue 12)', () => {
+    const c = parseConfig(['--socket-readonly=/run/ctmapd/ro.sock', '--socket-readonly-mode=0666', '--socket-readonly-group=monitoring'], {});
+    assert.equal(c.socketReadonly, '/run/ctmapd/ro.sock');
+    assert.equal(c.socketReadonlyMode, 0o666);
+    assert.equal(c.socketReadonlyGroup, 'monitoring');
+    assert.equal(parseConfig(['--socket-readonly=/r.sock', '--socket-readonly-group=991'], {}).socketReadonlyGroup, 991);
+    assert.equal(parseConfig([], { CTMAPD_SOCKET_READONLY: '/r.sock' }).socketReadonlyMode, undefined, 'the server applies 0660');
+  });
+
+  it('checks the read-only socket flags', () => {
+    rejects(['--socket-readonly-mode=0666'], '--socket-readonly-mode');
+    rejects(['--socket-readonly-group=0'], '--socket-readonly-group');
+    rejects(['--socket=/s.sock', '--socket-readonly=/s.sock'], '--socket-readonly');
+    for (const bad of ['666x', '0o666', '1777', '66', '-1']) rejects(['--socket-readonly=/r.sock', `--socket-readonly-mode=${bad}`], '--socket-readonly-mode');
+    for (const bad of ['-x', 'a b', '']) rejects(['--socket-readonly=/r.sock', `--socket-readonly-group=${bad}`], '--socket-readonly-group');
+  });
+
   it('rejects unknown flags, missing values and arguments', () => {
     rejects(['--bpf-ct-global-max=1'], '--bpf-ct-global-max');
     rejects(['--backend'], '--backend');

@@ -1,0 +1,138 @@
+/**
+ * Issue 12, item 2 on unix sockets: every RPC is classified as read or write (enumerated
+ * from the loaded service definitions, so a new RPC cannot slip through), the read-only
+ * socket refuses every write and serves every read, and a refused call writes nothing.
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import pino from 'pino';
+import { CtmapError } from '../../src/errors';
+import { services } from '../../src/api/proto';
+import { RPC_ACCESS, accessOf, refusal, subjectAltNames, unclassified } from '../../src/server/access';
+import { startServer } from '../../src/server/server';
+import { TestDaemon, call, collect, ctClient, rejectsWith, startTestDaemon, tempDir } from '../helpers/grpc';
+import { makeRecords } from '../helpers/ct-flow';
+import { allMethods, probe } from '../helpers/access';
+
+const MEMORY = ['--backend', 'memory', '--bpf-ct-global-tcp-max', '4096', '--bpf-ct-global-any-max', '4096'];
+
+describe('RPC classification (issue 12)', () => {
+  it('classifies every method of every loaded service, and nothing else', () => {
+    const methods = allMethods();
+    assert.ok(methods.length >= 26, `found ${methods.length} methods`);
+    assert.deepEqual(methods.filter((m) => accessOf(m.path) === undefined).map((m) => m.path), [], 'unclassified: add them to RPC_ACCESS');
+    const known = new Set(methods.map((m) => m.path));
+    assert.deepEqual(Object.keys(RPC_ACCESS).filter((p) => !known.has(p)), [], 'RPC_ACCESS names methods that do not exist');
+    // The issue's lists.
+    const writes = methods.filter((m) => accessOf(m.path) === 'write').map((m) => `${m.service.split('.').pop()}/${m.name}`).sort();
+    assert.deepEqual(writes, [
+      'CTMaps/Delete',
+      'CTMaps/Flush',
+      'CTMaps/Update',
+      'ClusterCTMaps/CleanupPerClusterCTMaps',
+      'ClusterCTMaps/CreateClusterCTMaps',
+      'ClusterCTMaps/DeleteClusterCTMaps',
+      'GCRunner/Run',
+      'GCRunner/Signal',
+      'NATMaps/Delete',
+      'NATMaps/PurgeOrphanNATEntries',
+      'NATMaps/Update',
+    ]);
+  });
+
+  it('refuses to serve a service with an unclassified method', async (t) => {
+    const { dir } = tempDir(t);
+    const definition = { ...services().CTMaps.service, Sneak: { ...services().CTMaps.service.Count!, path: '/ctmap.v1.CTMaps/Sneak' } };
+    assert.deepEqual(unclassified(definition), ['/ctmap.v1.CTMaps/Sneak']);
+    await assert.rejects(
+      startServer({ config: { socket: path.join(dir, 's.sock') }, log: pino({ level: 'silent' }), services: [{ definition, implementation: {} }] }),
+      (e: unknown) => e instanceof CtmapError && e.code === 'internal' && /Sneak/.test(e.message),
+    );
+    assert.equal(refusal('/ctmap.v1.CTMaps/Sneak', { identity: 'unix', verified: false, names: [] }, { role: 'write', why: '' }), 'ctmap.v1.CTMaps/Sneak: permission denied for unix: the method is not classified as read or write');
+  });
+});
+
+describe('certificate names', () => {
+  it('splits subjectAltName as Node prints it', () => {
+    assert.deepEqual(subjectAltNames('DNS:a.example, URI:spiffe://c/x, IP Address:127.0.0.1'), [
+      ['DNS', 'a.example'],
+      ['URI', 'spiffe://c/x'],
+      ['IP Address', '127.0.0.1'],
+    ]);
+    assert.deepEqual(subjectAltNames('URI:"spiffe://c/a, b", DNS:x'), [
+      ['URI', 'spiffe://c/a, b'],
+      ['DNS', 'x'],
+    ]);
+  });
+});
+
+describe('the read-only socket (--socket-readonly)', () => {
+  let dir: string;
+  let d: TestDaemon;
+  let readonly: string;
+  const seeded = makeRecords(4);
+  const insecure = grpc.credentials.createInsecure();
+
+  before(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ctmapd-ro-'));
+    readonly = path.join(dir, 'ro', 'ctmapd-ro.sock');
+    d = await startTestDaemon(dir, [...MEMORY, '--socket-readonly', readonly, '--socket-readonly-mode', '0666', '--socket-readonly-group', String(process.getgid!())]);
+    const c = ctClient(d.address);
+    assert.equal((await call(c, 'Update', { records: seeded })).written, 4);
+    c.close();
+  });
+
+  after(async () => {
+    await d.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('has the mode and group asked for; the main socket keeps 0660', () => {
+    assert.deepEqual(d.daemon.server.addresses.slice(0, 2), [d.address, `unix:${readonly}`]);
+    const st = fs.statSync(readonly);
+    assert.ok(st.isSocket());
+    assert.equal(st.mode & 0o777, 0o666);
+    assert.equal(st.gid, process.getgid!());
+    assert.equal(fs.statSync(d.address.slice('unix:'.length)).mode & 0o777, 0o660);
+  });
+
+  it('refuses every mutating RPC with PERMISSION_DENIED naming method and caller, serves every read, and writes nothing', async () => {
+    const results = await Promise.all(allMethods().map(async (m) => ({ m, status: await probe(m, `unix:${readonly}`, insecure) })));
+    const wrong: string[] = [];
+    for (const { m, status } of results) {
+      const write = accessOf(m.path) === 'write';
+      if (write && status.code !== grpc.status.PERMISSION_DENIED) wrong.push(`${m.path}: write answered ${grpc.status[status.code]}`);
+      if (write && !(status.details.includes(m.path.slice(1)) && /unix:pid=\d+,uid=\d+/.test(status.details))) wrong.push(`${m.path}: ${status.details}`);
+      if (!write && [grpc.status.PERMISSION_DENIED, grpc.status.UNIMPLEMENTED].includes(status.code)) wrong.push(`${m.path}: read answered ${grpc.status[status.code]}: ${status.details}`);
+    }
+    assert.deepEqual(wrong, []);
+    // Flush, Delete, GC Run and cluster cleanup were among them: every entry is still there.
+    const main = ctClient(d.address);
+    try {
+      const counts = await call(main, 'Count', { maps: [] });
+      assert.deepEqual(counts.counts.map((c: { entries: string }) => c.entries), ['1', '1', '1', '1']);
+    } finally {
+      main.close();
+    }
+    // What reads return on the read-only socket is what they return on the main socket.
+    const ro = ctClient(`unix:${readonly}`);
+    try {
+      const dumped = await collect(ro, 'DumpEntries', { maps: [] });
+      assert.deepEqual(dumped.map((r) => r.key).sort((a, b) => a.sport - b.sport), seeded.map((r) => r.key));
+      await rejectsWith(call(ro, 'Flush', { maps: [] }), grpc.status.PERMISSION_DENIED, 'ctmap.v1.CTMaps/Flush');
+    } finally {
+      ro.close();
+    }
+    const refused = d.logs.lines.filter((l) => l.msg === 'permission denied');
+    assert.ok(refused.some((l) => l.method === 'CTMaps/Flush' && /^unix:pid=/.test(l.caller)), 'refusals are logged');
+  });
+
+  it('the main socket serves every RPC', async () => {
+    const results = await Promise.all(allMethods().map(async (m) => ({ m, status: await probe(m, d.address, insecure) })));
+    assert.deepEqual(results.filter((r) => [grpc.status.PERMISSION_DENIED, grpc.status.UNIMPLEMENTED].includes(r.status.code)).map((r) => `${r.m.path}: ${r.status.details}`), []);
+  });
+});

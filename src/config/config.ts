@@ -34,8 +34,19 @@ export interface Config {
   readonly bpfRoot: string;
   /** Unix socket path the gRPC server listens on. */
   readonly socket: string;
-  /** TCP "HOST:PORT" to listen on as well; undefined = unix socket only. */
+  /** TCP "HOST:PORT" to listen on as well (TLS with client certificates unless
+   *  listenInsecure); undefined = unix socket only. */
   readonly listen?: string;
+  /** Serve `listen` in plaintext, unauthenticated, with full access (warned at every start). */
+  readonly listenInsecure: boolean;
+  /** PEM certificate (chain) and key of the TCP listener; reloaded when they change on disk. */
+  readonly tlsCertFile?: string;
+  readonly tlsKeyFile?: string;
+  /** PEM CA files a client certificate must chain to; reloaded when they change on disk. */
+  readonly tlsClientCaFiles?: readonly string[];
+  /** YAML `{readers: [...], writers: [...]}` of TLS client identities; undefined = every
+   *  verified client may write. */
+  readonly authzPolicy?: string;
   /** A second unix socket that serves the read RPCs only; undefined = none. */
   readonly socketReadonly?: string;
   /** Mode of socketReadonly; undefined = DEFAULT_SOCKET_READONLY_MODE (0660). */
@@ -108,7 +119,12 @@ const FLAGS: readonly Flag[] = [
   flag('backend', 'backend', 'map backend: auto picks kernel where bpf() is permitted, else memory', 'auto', oneOf(['auto', 'kernel', 'memory'])),
   flag('bpf-root', 'bpfRoot', 'bpffs mount point; maps are pinned under <bpf-root>/tc/globals', DEFAULT_BPF_ROOT, absolutePath),
   flag('socket', 'socket', 'unix socket path of the gRPC server', DEFAULT_SOCKET, socketPath),
-  flag('listen', 'listen', 'also listen on TCP HOST:PORT (insecure; off by default)', undefined, hostPort),
+  flag('listen', 'listen', 'also listen on TCP HOST:PORT, with TLS and client certificates (--tls-cert-file, --tls-key-file, --tls-client-ca-files) unless --listen-insecure (off by default)', undefined, hostPort),
+  boolFlag('listen-insecure', 'listenInsecure', 'serve --listen in plaintext with no authentication: anyone who reaches it may read and write every map (logged as a warning at every start)', false),
+  flag('tls-cert-file', 'tlsCertFile', 'PEM certificate (chain) of the --listen TLS server; reloaded when it changes', undefined, absolutePath),
+  flag('tls-key-file', 'tlsKeyFile', 'PEM private key of --tls-cert-file; reloaded when it changes', undefined, absolutePath),
+  flag('tls-client-ca-files', 'tlsClientCaFiles', 'comma-separated PEM CA files; a --listen client must present a certificate that chains to one of them; reloaded when they change', undefined, pathList),
+  flag('authz-policy', 'authzPolicy', 'YAML file {readers: [...], writers: [...]} of TLS client identities (SAN URI, DNS name or CN=<name>); without it every verified client may write; reloaded when it changes', undefined, absolutePath),
   flag('socket-readonly', 'socketReadonly', 'a second unix socket that serves the read RPCs only (off by default)', undefined, socketPath),
   flag('socket-readonly-mode', 'socketReadonlyMode', `mode of --socket-readonly, octal (default: 0${DEFAULT_SOCKET_READONLY_MODE.toString(8)})`, undefined, octalMode),
   flag('socket-readonly-group', 'socketReadonlyGroup', "group of --socket-readonly: a name (from /etc/group) or a gid (default: the daemon's)", undefined, group),
@@ -207,12 +223,28 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Co
   return config;
 }
 
-/** The listener flags that only make sense together (issue 12): the read-only socket's
- *  mode and group need it. */
+const TLS_FLAGS = ['--tls-cert-file', '--tls-key-file', '--tls-client-ca-files'] as const;
+
+/**
+ * The listener flags that only make sense together (issue 12): TCP is TLS with client
+ * certificates or, explicitly, --listen-insecure; the TLS files go together and with
+ * --listen; --authz-policy needs TLS; the read-only socket's mode and group need it.
+ */
 function checkListeners(c: Config): void {
   const fail = (flag: string, problem: string): never => {
     throw new ConfigError(`${flag}: ${problem}`, 2, flag);
   };
+  const tls = [c.tlsCertFile, c.tlsKeyFile, c.tlsClientCaFiles];
+  const given = TLS_FLAGS.filter((_, i) => tls[i] !== undefined);
+  const missing = TLS_FLAGS.filter((_, i) => tls[i] === undefined);
+  if (given.length > 0 && missing.length > 0) fail(missing[0]!, `needed with ${given.join(', ')}`);
+  if (given.length > 0 && c.listen === undefined) fail(given[0]!, 'needs --listen');
+  if (c.listenInsecure && c.listen === undefined) fail('--listen-insecure', 'needs --listen');
+  if (c.listenInsecure && given.length > 0) fail('--listen-insecure', `contradicts ${given.join(', ')}`);
+  if (c.listen !== undefined && given.length === 0 && !c.listenInsecure) {
+    fail('--listen', `TCP needs TLS with client certificates (${TLS_FLAGS.join(', ')}); --listen-insecure serves it in plaintext to anyone`);
+  }
+  if (c.authzPolicy !== undefined && given.length === 0) fail('--authz-policy', `needs TLS (${TLS_FLAGS.join(', ')}): it maps client certificates to roles`);
   if (c.socketReadonly === undefined) {
     if (c.socketReadonlyMode !== undefined) fail('--socket-readonly-mode', 'needs --socket-readonly');
     if (c.socketReadonlyGroup !== undefined) fail('--socket-readonly-group', 'needs --socket-readonly');
@@ -313,6 +345,12 @@ function socketPath(raw: Raw): string {
   if (v === '') throw new Error('want a path');
   if (Buffer.byteLength(v) > SOCKET_PATH_MAX) throw new Error(`path longer than ${SOCKET_PATH_MAX} bytes (unix socket limit)`);
   return v;
+}
+
+function pathList(raw: Raw): string[] {
+  const parts = text(raw).split(',').map((p) => p.trim());
+  if (parts.some((p) => p === '')) throw new Error(`want comma-separated absolute paths, got ${JSON.stringify(raw)}`);
+  return parts.map((p) => absolutePath(p));
 }
 
 function octalMode(raw: Raw): number {

@@ -1,13 +1,16 @@
 /**
  * Who may call what (issue 12). Every RPC ctmapd serves is classified once, in RPC_ACCESS,
  * as a read or a write. Each listener grants the callers arriving on it a role: the main
- * socket and the TCP port grant write, the read-only socket read. accessInterceptor()
- * refuses a call its caller's role does not cover with PERMISSION_DENIED before the
- * handler runs, so a refused call writes nothing; a method missing from the table is
- * refused to everyone, and startServer() refuses to serve one.
+ * socket and a --listen-insecure port grant write, the read-only socket read, TLS what
+ * the verified client certificate's identity is given by --authz-policy (write without
+ * one). accessInterceptor() refuses a call its caller's role does not cover with
+ * PERMISSION_DENIED before the handler runs, so a refused call writes nothing; a method
+ * missing from the table is refused to everyone, and startServer() refuses to serve one.
  */
 import { X509Certificate } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
+import { parse as parseYaml } from 'yaml';
+import { CtmapError } from '../errors';
 import type { Logger } from 'pino';
 
 /** A read changes nothing; a write may change maps, cluster membership or GC state. A
@@ -129,6 +132,43 @@ export function subjectAltNames(text: string): Array<[string, string]> {
   return out;
 }
 
+/** --authz-policy: which certificate identities may read, which may write. */
+export interface AuthzPolicy {
+  readonly readers: ReadonlySet<string>;
+  readonly writers: ReadonlySet<string>;
+}
+
+/**
+ * Parses a policy file: a YAML mapping with `readers` and/or `writers`, each a list of
+ * identities: a SAN URI ("spiffe://cluster.local/ns/x/sa/y"), a SAN DNS name (matched
+ * case-insensitively) or "CN=<common name>". Any other key is an error (a typo must not
+ * silently take a role away). Throws CtmapError invalid-argument naming `source`.
+ */
+export function parseAuthzPolicy(text: string, source: string): AuthzPolicy {
+  const bad = (problem: string) => new CtmapError('invalid-argument', `${source}: ${problem}`);
+  let doc: unknown;
+  try {
+    doc = parseYaml(text);
+  } catch (err) {
+    throw bad(`not YAML: ${(err as Error).message.split('\n')[0]}`);
+  }
+  doc ??= {};
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw bad('want a mapping {readers: [...], writers: [...]}');
+  const extra = Object.keys(doc).filter((k) => k !== 'readers' && k !== 'writers');
+  if (extra.length > 0) throw bad(`unknown key ${JSON.stringify(extra[0])} (want readers, writers)`);
+  const list = (key: 'readers' | 'writers'): Set<string> => {
+    const v = (doc as Record<string, unknown>)[key] ?? [];
+    if (!Array.isArray(v) || v.some((e) => typeof e !== 'string' || e.trim() === '')) throw bad(`${key}: want a list of identities`);
+    return new Set(v.map((e: string) => normalizeIdentity(e.trim())));
+  };
+  return { readers: list('readers'), writers: list('writers') };
+}
+
+/** DNS names compare case-insensitively; URIs (they hold a ':') and CN= do not. */
+function normalizeIdentity(entry: string): string {
+  return entry.startsWith('CN=') || entry.includes(':') ? entry : entry.toLowerCase();
+}
+
 /** A listener's verdict on a caller: its role, or none with the reason. */
 export interface Grant {
   readonly role?: Access;
@@ -139,11 +179,29 @@ export interface Grant {
 /** How a listener grants roles to the callers arriving on it. */
 export type Granter = (caller: Caller) => Grant;
 
-/** The main unix socket and the TCP port: everything, as before issue 12. */
+/** The main unix socket and a --listen-insecure port: everything, as before issue 12. */
 export const FULL_ACCESS: Granter = () => ({ role: 'write', why: 'full access' });
 
 /** The read-only socket. */
 export const READ_ONLY: Granter = () => ({ role: 'read', why: 'the read-only socket serves read RPCs only' });
+
+/**
+ * The TLS port: a verified client may write unless `policy()` returns a policy; then a
+ * writer (any of its names listed in writers) may write, a reader read, anyone else
+ * nothing. `policy` is asked at each call, so a reloaded policy applies at once.
+ */
+export function tlsGranter(policy: () => AuthzPolicy | undefined): Granter {
+  return (caller) => {
+    if (!caller.verified) return { why: 'no verified client certificate' };
+    const p = policy();
+    if (!p) return { role: 'write', why: 'a verified client (no --authz-policy)' };
+    if (caller.names.some((n) => p.writers.has(n))) return { role: 'write', why: 'a writer in --authz-policy' };
+    if (caller.names.some((n) => p.readers.has(n))) return { role: 'read', why: 'a reader in --authz-policy, not a writer' };
+    // A few names say enough; a certificate may carry many (messages stay short, issue 12 item 9).
+    const shown = caller.names.slice(0, 4).join(', ') + (caller.names.length > 4 ? ', …' : '');
+    return { why: `not listed in --authz-policy (names: ${shown || 'none'})` };
+  };
+}
 
 /**
  * Why `caller` may not call `path` under `grant`, or undefined when it may. The message

@@ -1,8 +1,9 @@
 /**
  * The gRPC server: the given services plus grpc.health.v1.Health and server reflection
- * (v1 and v1alpha), on a unix socket, optionally a read-only unix socket and TCP, with an
- * ordered shutdown. Every listener has its own access interceptor (access.ts): who may
- * call what is decided per listener.
+ * (v1 and v1alpha), on a unix socket, optionally a read-only unix socket and TCP (TLS with
+ * client certificates, or explicitly plaintext), with an ordered shutdown. Every listener
+ * has its own access interceptor (access.ts): who may call what is decided per listener
+ * and, on TLS, per client certificate.
  */
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -13,7 +14,9 @@ import type { Config } from '../config/config';
 import { DEFAULT_SOCKET_READONLY_MODE } from '../config/defaults';
 import type { Logger } from 'pino';
 import { reflectionPackageDefinition } from '../api/proto';
-import { FULL_ACCESS, Granter, READ_ONLY, accessInterceptor, unclassified } from './access';
+import { AuthzPolicy, FULL_ACCESS, Granter, READ_ONLY, accessInterceptor, parseAuthzPolicy, tlsGranter, unclassified } from './access';
+import { FileReloader } from './file-reloader';
+import { ReloadingTlsFiles } from './tls';
 import { UnixListener, listenUnix, resolveGroup } from './unix-listener';
 
 /**
@@ -34,7 +37,13 @@ export interface ServiceDeps {
 }
 
 /** The flags startServer reads; only `socket` is required. */
-export type ServerConfig = Pick<Config, 'socket'> & Partial<Pick<Config, 'listen' | 'socketReadonly' | 'socketReadonlyMode' | 'socketReadonlyGroup'>>;
+export type ServerConfig = Pick<Config, 'socket'> &
+  Partial<
+    Pick<
+      Config,
+      'listen' | 'listenInsecure' | 'tlsCertFile' | 'tlsKeyFile' | 'tlsClientCaFiles' | 'authzPolicy' | 'socketReadonly' | 'socketReadonlyMode' | 'socketReadonlyGroup'
+    >
+  >;
 
 export interface StartServerOptions {
   readonly config: ServerConfig;
@@ -44,6 +53,8 @@ export interface StartServerOptions {
    *  `shutdown`); shutdown() aborts it. A new one when omitted (see handle.shutdownSignal). */
   readonly shutdown?: AbortController;
   readonly serverOptions?: grpc.ServerOptions;
+  /** How often the TLS files and the authz policy are re-read (default 1 s). */
+  readonly reloadIntervalMs?: number;
 }
 
 export interface ServerHandle {
@@ -69,10 +80,13 @@ export interface ServerHandle {
  * Starts serving. Listens on `unix:<config.socket>` (parent directory created 0755, a
  * stale socket file removed, the socket chmod 0660; full access), on
  * `unix:<config.socketReadonly>` when set (mode socketReadonlyMode, default 0660, group
- * socketReadonlyGroup; read RPCs only) and, when config.listen is set, on that TCP
- * address with insecure credentials and full access. Health starts NOT_SERVING.
- * Throws CtmapError: already-exists when another process answers on a socket,
- * failed-precondition when a socket path holds something else or binding fails;
+ * socketReadonlyGroup; read RPCs only), and on config.listen when set: TLS requiring a
+ * client certificate that chains to tlsClientCaFiles, roles from authzPolicy (see
+ * access.ts), certificates, CAs and policy reloaded when they change on disk; or, with
+ * listenInsecure, plaintext with full access, logged as a warning. Health starts
+ * NOT_SERVING. Throws CtmapError: already-exists when another process answers on a
+ * socket, failed-precondition when a socket path holds something else, binding fails,
+ * the TLS files or the policy are unusable or listen has neither TLS nor listenInsecure;
  * internal when a service has a method access.ts does not classify.
  */
 export async function startServer(opts: StartServerOptions): Promise<ServerHandle> {
@@ -98,6 +112,7 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
 
   const addresses: string[] = [];
   const unixListeners: UnixListener[] = [];
+  const reloaders: Array<{ close(): void }> = [];
   const listenerCredentials = (granter: Granter, base: grpc.ServerCredentials) =>
     grpc.experimental.createServerCredentialsWithInterceptors(base, [accessInterceptor(granter, log)]);
   try {
@@ -121,11 +136,12 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
       addresses.push(readonly.address);
     }
     if (config.listen !== undefined) {
-      const port = await bind(server, config.listen, listenerCredentials(FULL_ACCESS, grpc.ServerCredentials.createInsecure()));
+      const port = await bind(server, config.listen, tcpCredentials(config, log, opts.reloadIntervalMs, reloaders, listenerCredentials));
       addresses.push(config.listen.replace(/:\d+$/, `:${port}`));
     }
   } catch (err) {
     server.forceShutdown();
+    reloaders.forEach((r) => r.close());
     // Only a socket we bound is ours to remove; another server's is not.
     await Promise.all(unixListeners.map((l) => l.close()));
     throw err;
@@ -159,12 +175,58 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
             resolve(true);
           });
         });
+        reloaders.forEach((r) => r.close());
         await socketsClosed;
         log.info({ graceful }, 'grpc server stopped');
       })();
       return shuttingDown;
     },
   };
+}
+
+/**
+ * The credentials of the --listen port: TLS from the reloading files with the
+ * certificate-based granter, or plaintext with full access when listenInsecure (warned
+ * about at every start). Reloaders it starts are pushed on `reloaders`.
+ */
+function tcpCredentials(
+  config: ServerConfig,
+  log: Logger,
+  intervalMs: number | undefined,
+  reloaders: Array<{ close(): void }>,
+  withAccess: (granter: Granter, base: grpc.ServerCredentials) => grpc.ServerCredentials,
+): grpc.ServerCredentials {
+  const { tlsCertFile, tlsKeyFile, tlsClientCaFiles } = config;
+  if (tlsCertFile === undefined || tlsKeyFile === undefined || tlsClientCaFiles === undefined) {
+    if (!config.listenInsecure) throw new CtmapError('failed-precondition', `--listen ${config.listen}: TLS files or --listen-insecure needed`);
+    log.warn(
+      { listen: config.listen },
+      '--listen-insecure: the TCP port is plaintext and unauthenticated; anyone who can reach it may read and write every map',
+    );
+    return withAccess(FULL_ACCESS, grpc.ServerCredentials.createInsecure());
+  }
+  const tlsLog = log.child({ component: 'tls' });
+  const files = new ReloadingTlsFiles({ certFile: tlsCertFile, keyFile: tlsKeyFile, clientCaFiles: tlsClientCaFiles }, tlsLog, intervalMs);
+  reloaders.push(files);
+  let policy: FileReloader<AuthzPolicy> | undefined;
+  if (config.authzPolicy !== undefined) {
+    const file = config.authzPolicy;
+    policy = new FileReloader({
+      paths: [file],
+      parse: ([text]) => parseAuthzPolicy(text!.toString('utf8'), `--authz-policy ${file}`),
+      what: '--authz-policy',
+      describe: (p) => ({ readers: p.readers.size, writers: p.writers.size }),
+      log: tlsLog,
+      intervalMs,
+    });
+    reloaders.push(policy);
+  }
+  const m = files.current;
+  tlsLog.info(
+    { subject: m.subject, serial: m.serial, validTo: m.validTo, clientCas: m.clientCaCount, authzPolicy: config.authzPolicy ?? 'none: every verified client may write' },
+    'tls: client certificates required',
+  );
+  return withAccess(tlsGranter(() => policy?.current), files.credentials());
 }
 
 /** "ctmap.v1.CTMaps" from a method path "/ctmap.v1.CTMaps/ActiveMaps". */

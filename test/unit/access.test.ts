@@ -1,7 +1,8 @@
 /**
- * Issue 12, item 2 on unix sockets: every RPC is classified as read or write (enumerated
- * from the loaded service definitions, so a new RPC cannot slip through), the read-only
- * socket refuses every write and serves every read, and a refused call writes nothing.
+ * Issue 12, item 2: every RPC is classified as read or write (enumerated from the loaded
+ * service definitions, so a new RPC cannot slip through), the authz policy's roles, and
+ * on unix sockets: the read-only socket refuses every write and serves every read, and a
+ * refused call writes nothing.
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -12,7 +13,7 @@ import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
 import { CtmapError } from '../../src/errors';
 import { services } from '../../src/api/proto';
-import { RPC_ACCESS, accessOf, refusal, subjectAltNames, unclassified } from '../../src/server/access';
+import { RPC_ACCESS, accessOf, parseAuthzPolicy, refusal, subjectAltNames, tlsGranter, unclassified } from '../../src/server/access';
 import { startServer } from '../../src/server/server';
 import { TestDaemon, call, collect, ctClient, rejectsWith, startTestDaemon, tempDir } from '../helpers/grpc';
 import { makeRecords } from '../helpers/ct-flow';
@@ -56,7 +57,23 @@ describe('RPC classification (issue 12)', () => {
   });
 });
 
-describe('certificate names', () => {
+describe('authz policy and certificate names', () => {
+  it('parses {readers, writers}; writers may read; the rest get nothing', () => {
+    const p = parseAuthzPolicy('readers: [CN=hubble, Reader.Example]\nwriters:\n  - spiffe://c/agent\n', 'p.yaml');
+    const grant = tlsGranter(() => p);
+    const caller = (names: string[]) => ({ identity: 'x', verified: true, names });
+    assert.equal(grant(caller(['spiffe://c/agent'])).role, 'write');
+    assert.equal(grant(caller(['CN=hubble'])).role, 'read');
+    assert.equal(grant(caller(['reader.example'])).role, 'read', 'DNS names compare without case');
+    assert.equal(grant(caller(['CN=other', 'spiffe://c/other'])).role, undefined);
+    assert.equal(grant({ identity: '127.0.0.1:1', verified: false, names: [] }).role, undefined);
+    assert.equal(tlsGranter(() => undefined)(caller([])).role, 'write', 'no policy: every verified client writes');
+    assert.deepEqual(parseAuthzPolicy('', 'p').writers, new Set());
+    for (const bad of ['writer: [a]', '[a, b]', 'readers: a', 'readers: [1]', 'readers: [""]', '{']) {
+      assert.throws(() => parseAuthzPolicy(bad, 'p.yaml'), (e: unknown) => e instanceof CtmapError && /^p\.yaml: /.test(e.message), bad);
+    }
+  });
+
   it('splits subjectAltName as Node prints it', () => {
     assert.deepEqual(subjectAltNames('DNS:a.example, URI:spiffe://c/x, IP Address:127.0.0.1'), [
       ['DNS', 'a.example'],

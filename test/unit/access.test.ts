@@ -1,8 +1,8 @@
 /**
- * Issue 12, item 2: every RPC is classified as read or write (enumerated from the loaded
- * service definitions, so a new RPC cannot slip through), the authz policy's roles, and
- * on unix sockets: the read-only socket refuses every write and serves every read, and a
- * refused call writes nothing.
+ * Issue 12, items 2 and 3 on unix sockets: every RPC is classified as read or write
+ * (enumerated from the loaded service definitions, so a new RPC cannot slip through), the
+ * read-only socket refuses every write and serves every read, a refused call writes
+ * nothing, and every mutating call logs one audit line with the caller's pid and uid.
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -15,7 +15,7 @@ import { CtmapError } from '../../src/errors';
 import { services } from '../../src/api/proto';
 import { RPC_ACCESS, accessOf, parseAuthzPolicy, refusal, subjectAltNames, tlsGranter, unclassified } from '../../src/server/access';
 import { startServer } from '../../src/server/server';
-import { TestDaemon, call, collect, ctClient, rejectsWith, startTestDaemon, tempDir } from '../helpers/grpc';
+import { TestDaemon, call, collect, ctClient, rejectsWith, serviceClient, startTestDaemon, tempDir } from '../helpers/grpc';
 import { makeRecords } from '../helpers/ct-flow';
 import { allMethods, probe } from '../helpers/access';
 
@@ -153,3 +153,51 @@ describe('the read-only socket (--socket-readonly)', () => {
     assert.deepEqual(results.filter((r) => [grpc.status.PERMISSION_DENIED, grpc.status.UNIMPLEMENTED].includes(r.status.code)).map((r) => `${r.m.path}: ${r.status.details}`), []);
   });
 });
+
+describe('audit lines on the unix socket', () => {
+  it('logs one info line per mutating call with method, pid and uid, maps and counts; none for reads', async (t) => {
+    const { dir } = tempDir(t);
+    const d = await startTestDaemon(dir, MEMORY);
+    t.after(() => d.stop());
+    const ct = ctClient(d.address);
+    const nat = serviceClient(services().NATMaps.service, 'NATMaps', d.address);
+    const clusters = serviceClient(services().ClusterCTMaps.service, 'ClusterCTMaps', d.address);
+    const gc = serviceClient(services().GCRunner.service, 'GCRunner', d.address);
+    t.after(() => [ct, nat, clusters, gc].forEach((c) => c.close()));
+    const records = makeRecords(8);
+    await call(ct, 'Update', { records });
+    await call(ct, 'Delete', { map: records[0]!.map, keys: [records[0]!.key, { ...records[0]!.key, sport: 1 }] });
+    await rejectsWith(call(ct, 'Update', { records: [{ ...records[1], key: { ...records[1]!.key, dport: 70000 } }] }), grpc.status.INVALID_ARGUMENT);
+    await call(ct, 'Flush', { maps: [{ family: 'FAMILY_IPV4', kind: 'MAP_KIND_ANY', cluster_id: 0 }] });
+    await call(clusters, 'CreateClusterCTMaps', { cluster_id: 7 });
+    await call(nat, 'PurgeOrphanNATEntries', { family: 'FAMILY_IPV4', cluster_id: 0 });
+    await collect(gc, 'Run', { family: 'FAMILY_IPV6', filter: { remove_expired: true, time: 0xffffffff } });
+    await call(ct, 'Count', { maps: [] });
+    await collect(ct, 'DumpEntries', { maps: [] });
+
+    const audit = d.logs.lines.filter((l) => l.msg === 'audit');
+    const me = new RegExp(`^unix:pid=${process.pid},uid=${process.getuid!()},gid=${process.getgid!()}$`);
+    for (const l of audit) {
+      assert.equal(l.level, 30, 'info');
+      assert.match(l.caller, me);
+      assert.equal(l.peer, l.caller);
+    }
+    const byMethod = (m: string) => audit.filter((l) => l.method === m);
+    assert.deepEqual(audit.map((l) => l.method), ['CTMaps/Update', 'CTMaps/Delete', 'CTMaps/Update', 'CTMaps/Flush', 'ClusterCTMaps/CreateClusterCTMaps', 'NATMaps/PurgeOrphanNATEntries', 'GCRunner/Run']);
+    assert.deepEqual(pick(byMethod('CTMaps/Update')[0]!, ['outcome', 'maps', 'records', 'written']), { outcome: 'OK', maps: ['tcp4', 'any4', 'tcp6', 'any6'], records: 8, written: 8 });
+    assert.deepEqual(pick(byMethod('CTMaps/Update')[1]!, ['outcome', 'written']), { outcome: 'INVALID_ARGUMENT' });
+    assert.deepEqual(pick(byMethod('CTMaps/Delete')[0]!, ['outcome', 'maps', 'keys', 'deleted']), { outcome: 'OK', maps: ['tcp4'], keys: 2, deleted: 1 });
+    assert.deepEqual(pick(byMethod('CTMaps/Flush')[0]!, ['maps', 'flushed']), { maps: ['any4'], flushed: 2 });
+    assert.equal(byMethod('ClusterCTMaps/CreateClusterCTMaps')[0]!.clusterId, 7);
+    assert.ok(byMethod('ClusterCTMaps/CreateClusterCTMaps')[0]!.maps.length >= 4);
+    assert.deepEqual(pick(byMethod('NATMaps/PurgeOrphanNATEntries')[0]!, ['maps', 'ingressDeleted']), { maps: ['snat4'], ingressDeleted: 0 });
+    // A server stream: the line comes when the stream ends.
+    assert.deepEqual(pick(byMethod('GCRunner/Run')[0]!, ['outcome', 'maps', 'deleted', 'natDeleted']), { outcome: 'OK', maps: ['tcp6', 'any6', 'tcp6 cluster 7', 'any6 cluster 7'], deleted: 4, natDeleted: 0 });
+    // Every call, reads included, names its caller instead of "unknown".
+    assert.deepEqual(d.logs.lines.filter((l) => l.peer === 'unknown'), []);
+  });
+});
+
+function pick(o: Record<string, unknown>, keys: string[]): Record<string, unknown> {
+  return Object.fromEntries(keys.filter((k) => k in o).map((k) => [k, o[k]]));
+}

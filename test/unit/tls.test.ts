@@ -1,5 +1,5 @@
 /**
- * Issue 12, items 1 and 2 on TCP: --listen is TLS with client certificates made here by
+ * Issue 12, items 1-3 on TCP: --listen is TLS with client certificates made here by
  * openssl. No certificate, another CA's, an expired one: refused in the handshake; a
  * valid one: served; the certificate's identity selects its role (--authz-policy); a
  * refused write writes nothing; certificates, CAs and the policy rotate on disk without
@@ -111,7 +111,7 @@ describe('TLS with client certificates on --listen (issue 12)', () => {
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  it('serves a client with a valid certificate', async () => {
+  it('serves a client with a valid certificate, and audits its write with the certificate subject', async () => {
     const c = ctAs(id.writer);
     try {
       const [record] = makeRecords(1);
@@ -125,6 +125,12 @@ describe('TLS with client certificates on --listen (issue 12)', () => {
     } finally {
       c.close();
     }
+    const line = d.logs.lines.find((l) => l.msg === 'audit' && l.method === 'CTMaps/Update');
+    assert.ok(line, 'no audit line');
+    assert.equal(line.level, 30);
+    assert.equal(line.caller, 'CN=agent');
+    assert.match(line.peer, /^127\.0\.0\.1:\d+$/);
+    assert.deepEqual([line.outcome, line.maps, line.written], ['OK', ['tcp4'], 1]);
   });
 
   it('refuses no client certificate, one from another CA and an expired one in the handshake', async () => {

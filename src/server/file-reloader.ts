@@ -14,6 +14,8 @@ export const DEFAULT_RELOAD_INTERVAL_MS = 1000;
 export interface FileReloaderOptions<T> {
   /** The files, read together; `parse` gets their contents in this order. */
   readonly paths: readonly string[];
+  /** The flag of each path, named when it cannot be read ("--tls-key-file"). */
+  readonly flags: readonly string[];
   /** Validates and converts; throws (any Error) to reject a set of contents. */
   readonly parse: (contents: Buffer[]) => T;
   /** Names what is loaded in log lines ("tls certificates", "--authz-policy"). */
@@ -42,7 +44,13 @@ export class FileReloader<T> {
   constructor(private readonly opts: FileReloaderOptions<T>) {
     let contents: Buffer[];
     try {
-      contents = opts.paths.map((p) => fs.readFileSync(p));
+      contents = opts.paths.map((p, i) => {
+        try {
+          return fs.readFileSync(p);
+        } catch (err) {
+          throw this.#unreadable(i, err as NodeJS.ErrnoException);
+        }
+      });
       this.#current = opts.parse(contents);
     } catch (err) {
       throw new CtmapError('failed-precondition', `${opts.what}: ${(err as Error).message}`, { cause: err });
@@ -68,11 +76,15 @@ export class FileReloader<T> {
     this.#listeners.clear();
   }
 
+  #unreadable(i: number, err: NodeJS.ErrnoException): NodeJS.ErrnoException {
+    return Object.assign(new Error(`${this.opts.flags[i]} ${this.opts.paths[i]}: cannot read: ${err.code ?? err.message}`, { cause: err }), { code: err.code });
+  }
+
   async #poll(): Promise<void> {
     if (this.#reading) return;
     this.#reading = true;
     try {
-      const read = await Promise.all(this.opts.paths.map((p) => fs.promises.readFile(p).catch((err: NodeJS.ErrnoException) => err)));
+      const read = await Promise.all(this.opts.paths.map((p, i) => fs.promises.readFile(p).catch((err: NodeJS.ErrnoException) => this.#unreadable(i, err))));
       if (this.#timer === undefined) return;
       // A failed read is remembered by its error code, so a missing file is reported once.
       const seen = read.map((c) => (Buffer.isBuffer(c) ? c : Buffer.from(`\0${c.code ?? c.message}`)));

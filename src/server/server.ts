@@ -213,6 +213,7 @@ function tcpCredentials(
     const file = config.authzPolicy;
     policy = new FileReloader({
       paths: [file],
+      flags: ['--authz-policy'],
       parse: ([text]) => parseAuthzPolicy(text!.toString('utf8'), `--authz-policy ${file}`),
       what: '--authz-policy',
       describe: (p) => ({ readers: p.readers.size, writers: p.writers.size }),

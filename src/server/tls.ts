@@ -100,6 +100,7 @@ export class ReloadingTlsFiles implements grpc.experimental.CertificateProvider 
   constructor(files: TlsFiles, log: Logger, intervalMs?: number) {
     this.#files = new FileReloader({
       paths: [files.certFile, files.keyFile, ...files.clientCaFiles],
+      flags: ['--tls-cert-file', '--tls-key-file', ...files.clientCaFiles.map(() => '--tls-client-ca-files')],
       parse: (contents) => parseTlsMaterial(files, contents),
       what: 'tls files',
       describe: (m) => ({ subject: m.subject, serial: m.serial, validTo: m.validTo, clientCas: m.clientCaCount }),

@@ -267,6 +267,8 @@ describe('--listen without TLS', () => {
     const log = pino({ level: 'silent' });
     await assert.rejects(startDaemon(parseConfig(flags(b.keyFile), {}), log), /--tls-key-file .*b\.key: not the key of --tls-cert-file/);
     await assert.rejects(startDaemon(parseConfig([...flags(a.keyFile).slice(0, -1), `--tls-client-ca-files=${a.keyFile}`], {}), log), /--tls-client-ca-files .*a\.key: no PEM certificate/);
+    await assert.rejects(startDaemon(parseConfig(flags(path.join(dir, 'missing.key')), {}), log), /--tls-key-file .*missing\.key: cannot read: ENOENT/);
+    await assert.rejects(startDaemon(parseConfig([...flags(a.keyFile), `--authz-policy=${path.join(dir, 'none.yaml')}`], {}), log), /--authz-policy .*none\.yaml: cannot read: ENOENT/);
     assert.equal(fs.existsSync(path.join(dir, 's.sock')), false, 'the socket is removed again');
   });
 });

@@ -66,14 +66,11 @@ export interface CallContext {
   readonly signal: AbortSignal;
   /** Child logger with `method` and `peer` (and `caller` on TLS). */
   readonly log: Logger;
-  /** Who is calling (access.ts callerOf): the certificate subject on TLS, else the peer
-   *  ("unix:pid=…,uid=…,gid=…", "unix", "HOST:PORT"). */
-  readonly caller: string;
   /**
    * Adds fields to the call's audit line: the maps touched and the counts. Every call of
-   * a write RPC (access.ts) logs exactly one, at info, when it ends: method, peer,
-   * caller, outcome ("OK" or the status sent) and these fields; those of later calls
-   * win. No effect on reads.
+   * a write RPC (access.ts) logs exactly one, at info, when it ends: method, peer, caller
+   * (access.ts callerOf: the certificate subject on TLS, else the peer), outcome ("OK"
+   * or the status sent) and these fields; those of later calls win. No effect on reads.
    */
   audit(fields: Record<string, unknown>): void;
 }
@@ -217,7 +214,7 @@ function callContext(
     if (audited) log.info({ ...audited, ...(caller.verified ? {} : { caller: caller.identity }), outcome }, 'audit');
   };
   const audit = (fields: Record<string, unknown>) => void (audited && Object.assign(audited, fields));
-  return { ctx: { signal: ac.signal, log, caller: caller.identity, audit }, release };
+  return { ctx: { signal: ac.signal, log, audit }, release };
 }
 
 function flowControlled<Res>(

@@ -10,6 +10,7 @@ import { datapathSettingsFrom } from '../datapath/settings';
 import { AttachedDatapathReloader } from '../datapath/reloader';
 import { DatapathSideMaps } from '../datapath/side-maps';
 import { ensureBpffs, ensurePinDir } from '../maps/bpffs';
+import { lockBpfRoot } from '../maps/root-lock';
 import { selectBackend } from '../maps/backend';
 import { DatapathReloader, MapLifecycle, MigrationHooks, MigrationReport } from '../maps/lifecycle';
 import { FLUSH_TIME, GCEngine } from '../maps/ctmap/gc/engine';
@@ -70,7 +71,8 @@ export interface Daemon {
 }
 
 /**
- * Starts the daemon: backend, bpffs, maps (migrating pinned maps whose attributes changed,
+ * Starts the daemon: backend, bpffs, the bpf-root's lock (a second daemon on the same
+ * root is refused, failed-precondition naming the holder's pid), maps (migrating pinned maps whose attributes changed,
  * finishing or undoing migrations a crash interrupted), services, SERVING. Rejects with
  * what went wrong (a CtmapError for configuration and map problems); everything started
  * by then is stopped and closed again (the teardown stack, as at stop()) and pins are left
@@ -98,6 +100,9 @@ async function bringUp(config: Config, log: Logger, opts: DaemonOptions, teardow
     ensureBpffs(config.bpfRoot, log);
     ensurePinDir(globalsDir(config.bpfRoot));
   }
+  // One owner per bpf-root (issue 12 item 4): taken before any map is opened, dropped last.
+  const rootLock = lockBpfRoot(config.bpfRoot, backend.name);
+  teardown.push('bpf-root lock', () => rootLock.release());
   const mapsConfig = {
     bpfRoot: config.bpfRoot,
     enableIPv4: config.enableIpv4,

@@ -1,17 +1,21 @@
 /**
  * Issue 12, the bpf-root as bin/ctmapd processes see it:
  *
+ * - item 4: one owner per bpf-root: a second daemon on a held root exits 1 before it opens
+ *   a map, naming the holder's pid; the root is free again once the holder stopped;
  * - item 5: a missing --bpf-root under bpffs is created as a plain directory on that bpffs,
  *   not mounted over; a daemon in a private mount namespace (a container's) therefore
  *   pins where every other namespace sees it, and the next daemon finds the same maps.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { tempDir } from '../helpers/grpc';
 import { cleanupScope, datapathE2eTier, startDaemonProcess } from '../helpers/datapath-e2e';
-import { privateBpfRoot } from '../helpers/kernel';
+import { kernelTier, privateBpfRoot } from '../helpers/kernel';
+import { CTMAPD_BIN } from '../../src/config/paths';
 
 type KernelModule = typeof import('../../src/maps/kernel');
 
@@ -51,4 +55,41 @@ test('issue 12 item 5: a --bpf-root created under bpffs by a daemon in a private
   assert.equal(kernelBackend.pinnedInfo(pin)?.id, seen.id, 'reused, not recreated');
   assert.doesNotMatch(second.log(), /created --bpf-root|mounted bpffs/);
   assert.equal(await second.stop(), 0);
+});
+
+test("issue 12 item 4: a second ctmapd on a held bpf-root exits 1 before opening a map, naming the holder's pid", { timeout: 60_000 }, async (t) => {
+  if (!kernelTier(t)) return;
+  const { kernelBackend } = require('../../src/maps/kernel') as KernelModule;
+  const scope = cleanupScope(t);
+  const bpf = privateBpfRoot(scope);
+  const tmp = tempDir();
+  scope.after(tmp.cleanup);
+  const globals = path.join(bpf.root, 'tc/globals');
+  const pin = path.join(globals, 'cilium_ct4_global');
+  const first = await startDaemonProcess(scope, bpf.root, path.join(tmp.dir, 'a.sock'), ['--conntrack-gc-interval', '3600']);
+  const pins = fs.readdirSync(globals).sort();
+  const map = kernelBackend.pinnedInfo(pin);
+  assert.ok(map);
+
+  // Another socket, and bigger TCP maps: had it opened them, it would have migrated them.
+  const secondSocket = path.join(tmp.dir, 'b.sock');
+  const second = spawnSync(process.execPath, [CTMAPD_BIN, '--bpf-root', bpf.root, '--socket', secondSocket, '--bpf-ct-global-tcp-max', '131072', '--bpf-ct-global-any-max', '32768'], {
+    encoding: 'utf8',
+    timeout: 20_000,
+  });
+  const out = second.stdout + second.stderr;
+  assert.equal(second.status, 1, `the second daemon exits 1: ${out}`);
+  assert.ok(out.includes(`ctmapd cannot start: --bpf-root ${bpf.root} is owned by pid ${first.child.pid} (it holds the flock on ${bpf.root})`), out);
+  assert.doesNotMatch(out, /migrat|ctmapd serving/);
+  assert.deepEqual(fs.readdirSync(globals).sort(), pins, 'no pin added or removed');
+  assert.deepEqual(kernelBackend.pinnedInfo(pin), map, 'the same map, same size');
+  assert.ok(!fs.existsSync(secondSocket), 'it never served');
+  assert.match(first.log(), /ctmapd serving/);
+  assert.equal(first.child.exitCode, null, 'the owner keeps running');
+
+  // Stopped (or killed: the kernel drops the lock with the process), the root is free.
+  first.child.kill('SIGKILL');
+  await first.stop();
+  const third = await startDaemonProcess(scope, bpf.root, path.join(tmp.dir, 'c.sock'));
+  assert.equal(await third.stop(), 0);
 });

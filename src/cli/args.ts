@@ -24,6 +24,7 @@ export type CliCommand =
   | { readonly kind: 'datapath-detach'; readonly dev: string; readonly netns?: string; readonly bpfRoot: string; readonly json: boolean }
   | { readonly kind: 'datapath-status'; readonly netns?: string; readonly bpfRoot: string; readonly json: boolean }
   | { readonly kind: 'datapath-reattach'; readonly netns?: string; readonly bpfRoot: string; readonly json: boolean }
+  | { readonly kind: 'datapath-prune'; readonly bpfRoot: string; readonly json: boolean }
   | { readonly kind: 'ct-list'; readonly socket: string; readonly family?: Family; readonly clusterId: number }
   | { readonly kind: 'gc-run'; readonly socket: string; readonly family?: Family; readonly time?: number }
   | { readonly kind: 'health'; readonly socket: string; readonly service: string; readonly timeoutMs: number };
@@ -108,6 +109,11 @@ device are never touched. Attaching again replaces ctmap's own filters in place.
 reattach does that for every attachment recorded in the namespace (ctmapd runs it after
 a map migration, so that the programs use the new maps).
 
+prune removes the records of network namespaces that no longer exist, and unpins their
+programs: the namespace took its devices and filters with it, but the pinned programs
+kept every map they were loaded with (after a migration: the old maps). ctmapd prunes at
+every start too. It needs the host's pid namespace, where every process is visible.
+
 --netns NAME runs the command inside /run/netns/NAME with nsenter --net (not
 ip netns exec, which would remount /sys and hide the bpffs under /sys/fs/bpf).
 
@@ -115,7 +121,8 @@ Examples:
   ctmap datapath attach --dev eth0
   ctmap datapath attach --netns blue --dev veth0 --cluster-id 7
   ctmap datapath detach --netns blue --dev veth0
-  ctmap datapath status --netns blue`;
+  ctmap datapath status --netns blue
+  ctmap datapath prune`;
 
 /**
  * Parses the arguments after the program name. Returns the command to run; throws
@@ -147,7 +154,7 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCo
 
   const datapath = program
     .command('datapath')
-    .description('attach the conntrack datapath to a device, detach it, list attachments')
+    .description('attach the conntrack datapath to a device, detach it, list and prune attachments')
     .addHelpText('after', DATAPATH_HELP);
   datapath
     .command('attach')
@@ -191,6 +198,15 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCo
     .addOption(json())
     .action((o) => {
       result = { kind: 'datapath-reattach', netns: o.netns, bpfRoot: o.bpfRoot, json: !!o.json };
+    });
+
+  datapath
+    .command('prune')
+    .description('remove the records of network namespaces that are gone, unpinning their programs (and freeing the maps only they held)')
+    .addOption(bpfRoot())
+    .addOption(json())
+    .action((o) => {
+      result = { kind: 'datapath-prune', bpfRoot: o.bpfRoot, json: !!o.json };
     });
 
   const ct = program.command('ct').description('read the CT maps through the daemon');

@@ -192,6 +192,8 @@ export const native = {
   send: libc.func('intptr_t send(int fd, const void *buf, size_t len, int flags)') as (fd: number, buf: Buffer, len: number, flags: number) => number,
   recv: libc.func('intptr_t recv(int fd, void *buf, size_t len, int flags)') as (fd: number, buf: Buffer, len: number, flags: number) => number,
   close: libc.func('int close(int fd)') as (fd: number) => number,
+  // Returns -1 and sets errno (read with lastErrno()); see sys/lock.ts.
+  flock: libc.func('int flock(int fd, int operation)') as (fd: number, operation: number) => number,
   // pid 0 = the calling thread (not the process): only the JS thread is placed, libuv's
   // pool threads keep their own masks. Return -1 and set errno (read with koffi.errno()).
   schedGetaffinity: libc.func('int sched_getaffinity(int pid, size_t cpusetsize, void *mask)') as (

@@ -128,6 +128,33 @@ describe('ctmap datapath detach / status', () => {
   });
 });
 
+describe('ctmap datapath prune (issue 12 item 6)', () => {
+  it('parses --bpf-root (flag, env, default) and --json; --netns and --dev are not its flags', () => {
+    assert.deepEqual(parseCli(['datapath', 'prune'], {}), { kind: 'datapath-prune', bpfRoot: '/sys/fs/bpf', json: false });
+    assert.deepEqual(parseCli(['datapath', 'prune', '--json'], { CTMAPD_BPF_ROOT: '/run/bpf' }), { kind: 'datapath-prune', bpfRoot: '/run/bpf', json: true });
+    assert.deepEqual(parseCli(['datapath', 'prune', '--bpf-root', '/b'], { CTMAPD_BPF_ROOT: '/run/bpf' }), { kind: 'datapath-prune', bpfRoot: '/b', json: false });
+    usage(['datapath', 'prune', '--bpf-root', 'relative'], '--bpf-root');
+    usage(['datapath', 'prune', '--netns', 'blue'], '--netns');
+    usage(['datapath', 'prune', '--dev', 'eth0'], '--dev');
+  });
+  it('has help text, and the group help says what it does', () => {
+    let text = '';
+    try {
+      parseCli(['datapath', 'prune', '--help'], {});
+    } catch (err) {
+      text = (err as Error).message;
+    }
+    assert.match(text, /network namespaces that are gone/);
+    for (const flag of ['--bpf-root', '--json']) assert.ok(text.includes(flag), flag);
+    try {
+      parseCli(['datapath', '--help'], {});
+    } catch (err) {
+      text = (err as Error).message;
+    }
+    assert.match(text, /prune removes the records of network namespaces that no longer exist/);
+  });
+});
+
 describe('ctmap ct list / gc run', () => {
   it('--socket defaults like the daemon (CTMAPD_SOCKET, else /run/ctmapd/ctmapd.sock)', () => {
     assert.deepEqual(parseCli(['ct', 'list'], {}), { kind: 'ct-list', socket: '/run/ctmapd/ctmapd.sock', family: undefined, clusterId: 0 });

@@ -1,11 +1,10 @@
 /**
  * SO_PEERCRED: who is on the other end of a unix socket (Linux). Node has no API for it,
- * so getsockopt(2) is bound through koffi here. libc is loaded on its own rather than
- * through ./native, which loads libbpf.so.1 as well: peer credentials are wanted where
- * libbpf is absent too (the memory backend); dlopen hands out the same libc.
+ * so getsockopt(2) is bound in ./libc.ts, which loads libc alone (not libbpf.so.1, which
+ * ./native.ts loads too): peer credentials are wanted where libbpf is absent as well (the
+ * memory backend). Loaded lazily: where libc cannot be loaded, there are no credentials.
  */
 import { endianness } from 'node:os';
-import koffi from 'koffi';
 
 /** The connecting process as the kernel recorded it at connect(2) (struct ucred). */
 export interface PeerCredentials {
@@ -20,8 +19,7 @@ const SO_PEERCRED = 17;
 const GENERIC_ARCHES: ReadonlySet<string> = new Set(['x64', 'arm64', 'arm', 'ia32', 'riscv64', 'loong64', 's390x']);
 const UCRED_SIZE = 12; // pid_t, uid_t, gid_t
 
-type GetSockOpt = (fd: number, level: number, name: number, value: Buffer, len: Buffer) => number;
-let getsockopt: GetSockOpt | undefined;
+let getsockopt: (typeof import('./libc'))['libcFunctions']['getsockopt'] | undefined;
 
 /**
  * The peer credentials of the connected unix socket `fd`, or undefined where the platform
@@ -31,7 +29,7 @@ let getsockopt: GetSockOpt | undefined;
 export function peerCredentials(fd: number): PeerCredentials | undefined {
   if (process.platform !== 'linux' || !GENERIC_ARCHES.has(process.arch)) return undefined;
   try {
-    getsockopt ??= koffi.load('libc.so.6').func('int getsockopt(int fd, int level, int optname, void *optval, void *optlen)') as unknown as GetSockOpt;
+    getsockopt ??= (require('./libc') as typeof import('./libc')).libcFunctions.getsockopt;
     const value = Buffer.alloc(UCRED_SIZE);
     const len = Buffer.alloc(4);
     len.writeUInt32LE(UCRED_SIZE);

@@ -91,7 +91,9 @@ export function gcRunnerService(deps: GCRunnerServiceDeps): ServiceRegistration 
       const families = family ? [family] : deps.families;
       const queue = new BoundedQueue<GCEvent>(deps.observeBuffer ?? DEFAULT_OBSERVE_BUFFER);
       const sub = merge(...families.map((f) => runner.engine.events(f))).subscribe({ next: (e) => queue.push(e), complete: () => queue.close() });
-      // The pass waits for this subscriber between batches while it keeps draining.
+      // The pass waits for this subscriber between batches while it keeps draining; once it
+      // has fallen behind (lost events, or stalled for OBSERVE_STALL_MS), not again until it
+      // has caught up (issue 12, item 8). It is told what it lost either way.
       const room = Math.min(SCAN_BATCH, queue.capacity);
       const removePacer = runner.engine.addPacer(() => queue.waitForRoom(room, OBSERVE_STALL_MS));
       const onAbort = () => queue.close();

@@ -8,8 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import * as grpc from '@grpc/grpc-js';
-import { services } from '../../src/api/proto';
+import { gcRunnerClient } from '../../src/api/clients';
 import { call, collect, ctClient, startTestDaemon, tempDir } from '../helpers/grpc';
 import { waitUntil } from '../helpers/wait';
 
@@ -21,9 +20,7 @@ const EXPIRED = 40_000;
 const PASSES = 5;
 
 /** A GCRunner client on a connection of its own (a stalled stream holds its connection's window). */
-function gcClient(address: string): any {
-  return new (services().GCRunner)(address, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 });
-}
+const gcClient = (address: string) => gcRunnerClient(address, undefined, { 'grpc.use_local_subchannel_pool': 1 });
 
 function records(n: number, from: number, lifetime: number): object[] {
   return Array.from({ length: n }, (_, j) => {

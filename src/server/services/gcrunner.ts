@@ -65,7 +65,7 @@ export function gcRunnerService(deps: GCRunnerServiceDeps): ServiceRegistration 
     Run: serverStream(log, 'GCRunner/Run', async (req: GCRunRequestMsg, writer: StreamWriter<Buffer | object>, ctx) => {
       const family = parseOptionalFamily(req.family, 'family');
       const refs = parseMapRefs(req.maps, 'maps');
-      const filter = parseGCFilter(req.filter);
+      const filter = await parseGCFilter(req.filter);
       const tables = runner.select({ family, refs }); // validates refs before the pass starts
       if (tables.length === 0) throw new CtmapError('not-found', `family: no open CT maps for ${family ?? 'any family'}`);
 

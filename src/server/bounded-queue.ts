@@ -57,8 +57,25 @@ export class BoundedQueue<T> {
     this.#notify();
   }
 
+  /**
+   * Counts `count` more items as lost, as that many pushes onto a full queue would, for a
+   * producer that knows they would not fit and does not make them (see room).
+   */
+  drop(count: number): void {
+    if (this.#closed || count <= 0) return;
+    this.#pendingLost += count;
+    this.#totalLost += count;
+    this.#behind = true;
+    this.#notify();
+  }
+
   get size(): number {
     return this.#size;
+  }
+
+  /** How many pushes fit before items are dropped. */
+  get room(): number {
+    return this.capacity - this.#size;
   }
 
   get totalLost(): number {

@@ -25,6 +25,26 @@ test('drops beyond capacity and reports the loss exactly where the gap is', asyn
   ]);
 });
 
+test('drop counts items it was not given as lost, like pushes onto a full queue', async () => {
+  const q = new BoundedQueue<number>(3);
+  q.push(1);
+  assert.equal(q.room, 2);
+  q.push(2);
+  q.push(3);
+  assert.equal(q.room, 0);
+  q.drop(1000);
+  q.drop(0);
+  assert.equal(q.totalLost, 1000);
+  assert.equal(await q.waitForRoom(1, 1000), false, 'behind: not waited for');
+  q.push(4); // still full: one more lost
+  assert.deepEqual(await drain(q), [
+    { kind: 'item', value: 1 },
+    { kind: 'item', value: 2 },
+    { kind: 'item', value: 3 },
+    { kind: 'lost', count: 1001 },
+  ]);
+});
+
 test('never holds more than its capacity', () => {
   const q = new BoundedQueue<number>(100);
   for (let i = 0; i < 100000; i++) q.push(i);

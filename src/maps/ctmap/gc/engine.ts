@@ -65,7 +65,7 @@ export class GCEngine {
 
   /** Deleted entries of `family`, live, one object each (Cilium's Observe4/6). */
   events(family: Family): Observable<GCEvent> {
-    return this.batches(family).pipe(mergeMap(eventsOf));
+    return this.batches(family).pipe(mergeMap((batch) => eventsOf(batch)));
   }
 
   lastSequence(family: Family): number {

@@ -3,7 +3,9 @@
  * ctmapd's pass (GCRunner.Run over gRPC: batch scan, re-check at delete time, batch delete,
  * one GC event per deletion) against, in the same run and on the same data, the C/libbpf
  * baseline doing lookup_batch + delete_batch (no re-check) and the same with one delete
- * syscall per entry (Cilium's way).
+ * syscall per entry (Cilium's way). Issue 12 adds, in the same rounds: the pass with an
+ * Observe subscriber that never reads (items 8: ≤ 1.2× the pass without), and match_ips
+ * passes with 1 and with 50,000 addresses deleting the same entries (item 7: ≤ 1.5×).
  *
  * Every run starts from the same map: the bench rewrites all entries (untimed) before each
  * timed pass, half with lifetime 1 and half with a lifetime far in the future, and the pass
@@ -45,6 +47,14 @@ const ALIVE_LIFETIME = 0xfffffff0;
 /** The pass's time: between the two lifetimes. */
 const GC_TIME = 1_000_000;
 const TCP4 = { family: 'FAMILY_IPV4', kind: 'MAP_KIND_TCP' };
+/** The daddr the match_ips passes delete: about 1 entry in 256. */
+const MATCH_IP = '192.0.2.77';
+/** A match_ips list of `n` addresses: MATCH_IP and n - 1 that no entry has. */
+function matchList(n: number): string[] {
+  const ips = [MATCH_IP];
+  for (let i = 0; ips.length < n; i++) ips.push(`10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`);
+  return ips;
+}
 
 /** Writes ENTRIES distinct TCP4 keys, every even one expired. */
 function makeFill(): { keys: Buffer; values: Buffer } {
@@ -84,18 +94,27 @@ export const gcBench: BenchSection = {
     if (!map) throw new HarnessError(`cannot open ${pin}`);
     ctx.cleanup.add('close bench map fd', () => map.close());
     const fill = makeFill();
-    /** Rewrites the whole data set; returns how many of its expired entries the map holds. */
-    const refill = (): number => {
+    const matchWord = Buffer.from(MATCH_IP.split('.').map(Number)).readUInt32BE(0);
+    /** Rewrites the whole data set; returns how many of its entries are expired, and how many have MATCH_IP. */
+    const refillCounting = (): { expired: number; matched: number } => {
       for (let off = 0; off < ENTRIES; off += 8192) {
         const n = Math.min(8192, ENTRIES - off);
         map.updateBatch(fill.keys.subarray(off * 14), fill.values.subarray(off * 56), n);
       }
       let expired = 0;
+      let matched = 0;
       const c = map.cursor(8192);
-      for (let b = c.next(); b; b = c.next()) for (let i = 0; i < b.count; i++) if (b.values.readUInt32LE(i * 56 + 32) < GC_TIME) expired++;
+      for (let b = c.next(); b; b = c.next()) {
+        for (let i = 0; i < b.count; i++) {
+          if (b.values.readUInt32LE(i * 56 + 32) < GC_TIME) expired++;
+          // daddr at 0, saddr at 4 (ipv4_ct_tuple).
+          if (b.keys.readUInt32BE(i * 14) === matchWord || b.keys.readUInt32BE(i * 14 + 4) === matchWord) matched++;
+        }
+      }
       c.close();
-      return expired;
+      return { expired, matched };
     };
+    const refill = (): number => refillCounting().expired;
 
     const sock = path.join(tempDir(ctx), 'ctmapd.sock');
     const daemon = spawnDaemon(ctx, sock, [
@@ -118,6 +137,58 @@ export const gcBench: BenchSection = {
     const check = (what: string, deleted: number, expired: number) => {
       if (deleted !== expired) throw new HarnessError(`${what}: deleted ${deleted}, the map held ${expired} expired entries`);
     };
+    /**
+     * One Run, its request encoded beforehand (encoding 50,000 match_ips strings is the
+     * client's work, not the daemon's); resolves with the stats message.
+     */
+    const runDef = services().GCRunner.service.Run;
+    const runRequest = (filter: object): Buffer => runDef.requestSerialize({ maps: [TCP4], filter });
+    const runPass = (request: Buffer): Promise<any> =>
+      new Promise<any>((resolve, reject) => {
+        let stats: any;
+        const s = (gc as any).makeServerStreamRequest(runDef.path, (b: Buffer) => b, runDef.responseDeserialize, request);
+        s.on('data', (m: any) => (stats = m.stats ?? stats));
+        s.on('error', reject);
+        s.on('end', () => resolve(stats));
+      });
+    const expiredRequest = runRequest({ remove_expired: true, time: String(GC_TIME) });
+    const expiredPass = () => runPass(expiredRequest);
+    const matchPass = (n: number): Measurement => {
+      const request = runRequest({ match_ips: matchList(n) });
+      return {
+        label: `ctmapd GCRunner.Run (match_ips: ${fmtInt(n)} address${n === 1 ? '' : 'es'})`,
+        async run() {
+          const { matched } = refillCounting();
+          const cpu0 = processCpuMs(daemon.pid);
+          const { ms, value } = await timeIt(() => runPass(request));
+          const deleted = Number(value.maps[0].deleted);
+          if (deleted !== matched) throw new HarnessError(`match_ips ${n}: deleted ${deleted}, the map held ${matched} entries with ${MATCH_IP}`);
+          return { ms, extra: { deleted, serverCpuMs: processCpuMs(daemon.pid) - cpu0, passMs: Number(value.duration_ns) / 1e6, requestBytes: request.length } };
+        },
+      };
+    };
+    /**
+     * An Observe stream on a connection of its own that takes one event and then reads
+     * nothing: grpc-js stops reading HTTP/2 while a message is unread, so the daemon's
+     * writes block and its queue for this subscriber fills and overflows.
+     */
+    const stalledSubscriber = () => {
+      const client = new (services().GCRunner)(daemon.address, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 });
+      const stream = (client as any).Observe({ family: 'FAMILY_IPV4' });
+      let received = 0;
+      stream.on('data', () => {
+        received++;
+        stream.pause();
+      });
+      stream.on('error', () => undefined);
+      return {
+        received: () => received,
+        close() {
+          stream.cancel();
+          client.close();
+        },
+      };
+    };
 
     const measurements: Measurement[] = [
       {
@@ -134,16 +205,7 @@ export const gcBench: BenchSection = {
         async run() {
           const expired = refill();
           const cpu0 = processCpuMs(daemon.pid);
-          const { ms, value } = await timeIt(
-            () =>
-              new Promise<any>((resolve, reject) => {
-                let stats: any;
-                const s = (gc as any).Run({ maps: [TCP4], filter: { remove_expired: true, time: String(GC_TIME) } });
-                s.on('data', (m: any) => (stats = m.stats ?? stats));
-                s.on('error', reject);
-                s.on('end', () => resolve(stats));
-              }),
-          );
+          const { ms, value } = await timeIt(expiredPass);
           const deleted = Number(value.maps[0].deleted);
           check('GCRunner.Run', deleted, expired);
           return { ms, extra: { deleted, serverCpuMs: processCpuMs(daemon.pid) - cpu0, passMs: Number(value.duration_ns) / 1e6 } };
@@ -168,13 +230,7 @@ export const gcBench: BenchSection = {
           try {
             await new Promise((r) => setTimeout(r, 200)); // subscription in place
             const { ms, value } = await timeIt(async () => {
-              const stats = await new Promise<any>((resolve, reject) => {
-                let st: any;
-                const s = (gc as any).Run({ maps: [TCP4], filter: { remove_expired: true, time: String(GC_TIME) } });
-                s.on('data', (m: any) => (st = m.stats ?? st));
-                s.on('error', reject);
-                s.on('end', () => resolve(st));
-              });
+              const stats = await expiredPass();
               await done;
               return stats;
             });
@@ -188,6 +244,31 @@ export const gcBench: BenchSection = {
         },
       },
       {
+        // Issue 12, item 8: the subscriber has already fallen behind (an untimed pass made
+        // it lose events); the timed pass must not wait for it.
+        label: 'ctmapd GCRunner.Run + one Observe subscriber that never reads',
+        async run() {
+          refill();
+          const sub = stalledSubscriber();
+          try {
+            await new Promise((r) => setTimeout(r, 200)); // subscription in place
+            const first = await timeIt(expiredPass);
+            if (sub.received() === 0) throw new HarnessError('the stalled subscriber got no event at all');
+            const expired = refill();
+            const cpu0 = processCpuMs(daemon.pid);
+            const { ms, value } = await timeIt(expiredPass);
+            const deleted = Number(value.maps[0].deleted);
+            check('GCRunner.Run with a stalled subscriber', deleted, expired);
+            const serverCpuMs = processCpuMs(daemon.pid) - cpu0;
+            return { ms, extra: { deleted, serverCpuMs, passMs: Number(value.duration_ns) / 1e6, firstPassMs: first.ms, received: sub.received() } };
+          } finally {
+            sub.close();
+          }
+        },
+      },
+      matchPass(1),
+      matchPass(50_000),
+      {
         label: 'C lookup_batch + one delete per entry (Cilium)',
         runs: Math.min(ctx.runs, 3),
         async run() {
@@ -199,7 +280,7 @@ export const gcBench: BenchSection = {
       },
     ];
     ctx.progress(`gc: ${fmtInt(ENTRIES)} entries, half expired; re-check ${reCheck}`);
-    const [cBatch, ours, observed, cEach] = await measureRounds(ctx, measurements);
+    const [cBatch, ours, observed, stalled, match1, match50k, cEach] = await measureRounds(ctx, measurements);
     await daemon.stop();
 
     const rows: Array<{ m: Measured; target?: string; pass?: boolean; note: string }> = [
@@ -213,6 +294,22 @@ export const gcBench: BenchSection = {
       {
         m: observed,
         note: `as above with an Observe stream subscribed: wall time until the subscriber has received all ${fmtInt(observed.extra.deleted)} events (pass ${fmtMs(observed.extra.passMs)} ms, held back by the subscriber's flow control)`,
+      },
+      {
+        m: stalled,
+        target: '≤ 1.2× the pass without',
+        pass: stalled.medianMs <= 1.2 * ours.medianMs,
+        note: `${fmtRatio(stalled.medianMs / ours.medianMs)} the remove_expired pass (daemon CPU ${fmtMs(stalled.extra.serverCpuMs)} ms against ${fmtMs(ours.extra.serverCpuMs)} ms, ${fmtRatio(stalled.extra.serverCpuMs / ours.extra.serverCpuMs)}); the subscriber took ${fmtInt(stalled.extra.received)} event(s) and then nothing, and had lost events in an untimed pass just before (that pass, which waited for it once: ${fmtMs(stalled.extra.firstPassMs)} ms)`,
+      },
+      {
+        m: match1,
+        note: `match_ips = [${MATCH_IP}] (its entries deleted, the rest kept), no remove_expired; pass ${fmtMs(match1.extra.passMs)} ms inside the daemon, daemon CPU ${fmtMs(match1.extra.serverCpuMs)} ms`,
+      },
+      {
+        m: match50k,
+        target: '≤ 1.5× 1 address',
+        pass: match50k.medianMs <= 1.5 * match1.medianMs,
+        note: `${fmtRatio(match50k.medianMs / match1.medianMs)} the 1-address pass: ${MATCH_IP} and 49,999 IPv4 addresses no entry has, the same entries deleted; ${fmtInt(match50k.extra.requestBytes)}-byte request; pass ${fmtMs(match50k.extra.passMs)} ms inside the daemon, daemon CPU ${fmtMs(match50k.extra.serverCpuMs)} ms (${fmtRatio(match50k.extra.serverCpuMs / match1.extra.serverCpuMs)})`,
       },
       { m: cEach, note: 'ctscan gc-each: as above, one BPF_MAP_DELETE_ELEM per entry' },
     ];
@@ -237,6 +334,7 @@ export const gcBench: BenchSection = {
       '',
       `- Machine: ${info.cpu}, ${info.nproc} CPUs; ${info.kernel}; Node ${info.node}.`,
       `- Map: LRU_HASH cilium_ct4_global, max_entries ${fmtInt(MAX_ENTRIES)}, ${fmtInt(ENTRIES)} entries rewritten before every run, every second one expired.`,
+      `- Runs: ${ctx.warmup} warm-up + ${ctx.runs} measured per row (fewer where the row says), interleaved in rounds; Run requests are encoded before the clock starts.`,
       '',
       table,
     ].join('\n');

@@ -16,35 +16,68 @@ export function addressFamily(text: string): Family | undefined {
 
 /** Writes a valid IPv4 address (dotted quad) at buf[off..off+4). */
 export function writeIPv4(text: string, buf: Buffer, off: number): void {
-  const parts = text.split('.');
-  for (let i = 0; i < 4; i++) buf[off + i] = Number(parts[i]);
+  writeDottedQuad(text, 0, buf, off);
 }
 
-/** Writes a valid IPv6 address (any RFC 4291 text form, incl. embedded IPv4) at buf[off..off+16). */
-export function writeIPv6(text: string, buf: Buffer, off: number): void {
-  buf.fill(0, off, off + 16);
-  let head = text;
-  let tail = '';
-  const gap = text.indexOf('::');
-  if (gap >= 0) {
-    head = text.slice(0, gap);
-    tail = text.slice(gap + 2);
+/** The dotted quad at text[from..] into buf[off..off+4): digit by digit, no split (match_ips lists run to 65,536). */
+function writeDottedQuad(text: string, from: number, buf: Buffer, off: number): void {
+  let v = 0;
+  for (let i = from; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x2e) {
+      buf[off++] = v;
+      v = 0;
+    } else v = v * 10 + c - 0x30;
   }
-  const groups = (s: string): number[] => {
-    if (s === '') return [];
-    const out: number[] = [];
-    for (const g of s.split(':')) {
-      if (g.includes('.')) {
-        const b = g.split('.').map(Number);
-        out.push((b[0] << 8) | b[1], (b[2] << 8) | b[3]);
-      } else out.push(parseInt(g, 16));
+  buf[off] = v;
+}
+
+/**
+ * Writes a valid IPv6 address (any RFC 4291 text form, incl. embedded IPv4) at
+ * buf[off..off+16), in one pass over the characters: the groups are written in order, and
+ * those after a "::" are then moved to the end, with zeros in the gap.
+ */
+export function writeIPv6(text: string, buf: Buffer, off: number): void {
+  // An embedded IPv4 tail starts after the last ':'.
+  const dotted = text.indexOf('.') >= 0;
+  const end = dotted ? text.lastIndexOf(':') + 1 : text.length;
+  let pos = off;
+  let gap = -1;
+  let group = 0;
+  let digits = 0;
+  for (let i = 0; i < end; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x3a) {
+      if (digits > 0) {
+        buf[pos++] = group >> 8;
+        buf[pos++] = group & 0xff;
+        group = 0;
+        digits = 0;
+      }
+      if (text.charCodeAt(i + 1) === 0x3a) {
+        gap = pos;
+        i++;
+      }
+    } else {
+      // 0-9, A-F, a-f: text is valid.
+      group = (group << 4) | (c <= 0x39 ? c - 0x30 : (c | 0x20) - 0x57);
+      digits++;
     }
-    return out;
-  };
-  const h = groups(head);
-  const t = groups(tail);
-  h.forEach((g, i) => buf.writeUInt16BE(g, off + i * 2));
-  t.forEach((g, i) => buf.writeUInt16BE(g, off + 16 - (t.length - i) * 2));
+  }
+  if (digits > 0) {
+    buf[pos++] = group >> 8;
+    buf[pos++] = group & 0xff;
+  }
+  if (dotted) {
+    writeDottedQuad(text, end, buf, pos);
+    pos += 4;
+  }
+  if (gap >= 0) {
+    const tail = pos - gap;
+    const to = off + 16 - tail;
+    for (let k = tail - 1; k >= 0; k--) buf[to + k] = buf[gap + k];
+    for (let k = gap; k < to; k++) buf[k] = 0;
+  }
 }
 
 export function formatIPv4(buf: Buffer, off: number): string {

@@ -3,6 +3,11 @@
  * (the GC engine publishes synchronously) pushes; a consumer drains at the client's pace.
  * When the queue is full new items are dropped and counted, and the consumer is told how
  * many it lost right where the gap is: nothing is lost silently, memory stays bounded.
+ *
+ * A producer may also pace itself with waitForRoom. Once a consumer has fallen behind (it
+ * lost items, or a wait gave up on it), waitForRoom no longer waits for it until it has
+ * drained its queue: a stalled subscriber costs the producer one stall period at most, not
+ * one per batch for as long as it stays connected (issue 12, item 8).
  */
 export type QueueItem<T> = { kind: 'item'; value: T } | { kind: 'lost'; count: number };
 
@@ -21,6 +26,8 @@ export class BoundedQueue<T> {
   #totalLost = 0;
   /** Items taken so far: progress, as waitForRoom sees it. */
   #taken = 0;
+  /** Fell behind (dropped items, or a wait gave up): waitForRoom returns at once until drained. */
+  #behind = false;
   #wake: (() => void) | undefined;
   #closed = false;
   /** Called after every take and on close (waitForRoom). */
@@ -38,6 +45,7 @@ export class BoundedQueue<T> {
     if (this.#size >= this.capacity) {
       this.#pendingLost++;
       this.#totalLost++;
+      this.#behind = true;
     } else {
       const slot = (this.#head + this.#size) % this.capacity;
       this.#ring[slot] = value;
@@ -49,8 +57,25 @@ export class BoundedQueue<T> {
     this.#notify();
   }
 
+  /**
+   * Counts `count` more items as lost, as that many pushes onto a full queue would, for a
+   * producer that knows they would not fit and does not make them (see room).
+   */
+  drop(count: number): void {
+    if (this.#closed || count <= 0) return;
+    this.#pendingLost += count;
+    this.#totalLost += count;
+    this.#behind = true;
+    this.#notify();
+  }
+
   get size(): number {
     return this.#size;
+  }
+
+  /** How many pushes fit before items are dropped. */
+  get room(): number {
+    return this.capacity - this.#size;
   }
 
   get totalLost(): number {
@@ -76,12 +101,14 @@ export class BoundedQueue<T> {
         this.#head = (slot + 1) % this.capacity;
         this.#size--;
         this.#taken++;
+        this.#caughtUp();
         this.#tookOne();
         return { kind: 'item', value };
       }
       if (this.#pendingLost > 0) {
         const count = this.#pendingLost;
         this.#pendingLost = 0;
+        this.#caughtUp();
         return { kind: 'lost', count };
       }
       if (this.#closed) return undefined;
@@ -92,18 +119,24 @@ export class BoundedQueue<T> {
   /**
    * Waits until `room` items fit, as long as the consumer keeps taking: returns true at
    * once when there is room or the queue is closed, and false when nothing was taken for
-   * a whole stall period (detected within stallMs to 2*stallMs). A producer that paces
-   * itself with this never overruns a consumer that keeps up, and is never held up for
-   * long by one that has stalled.
+   * a whole stall period (detected within stallMs to 2*stallMs). Returns false at once
+   * while the consumer is behind: from a drop or a wait that gave up until it has taken
+   * everything queued, lost-count notices included. A producer that paces itself with this
+   * never overruns a consumer that keeps up, and is held up by one that has stalled for
+   * one stall period, not once per call.
    */
   waitForRoom(room: number, stallMs: number): Promise<boolean> {
     const fits = () => this.#closed || this.capacity - this.#size >= Math.min(room, this.capacity);
     if (fits()) return Promise.resolve(true);
+    if (this.#behind) return Promise.resolve(false);
     return new Promise<boolean>((resolve) => {
       let takenAtLastTick = this.#taken;
       // One timer per wait, not one per take: the check runs every stall period.
       const timer = setInterval(() => {
-        if (this.#taken === takenAtLastTick) finish(false);
+        if (this.#taken === takenAtLastTick) {
+          this.#behind = true;
+          finish(false);
+        }
         takenAtLastTick = this.#taken;
       }, stallMs);
       const onTake = (): void => {
@@ -116,6 +149,11 @@ export class BoundedQueue<T> {
       };
       this.#takeWaiters.push(onTake);
     });
+  }
+
+  /** After a take: an empty queue with no loss left to report means the consumer caught up. */
+  #caughtUp(): void {
+    if (this.#size === 0 && this.#pendingLost === 0) this.#behind = false;
   }
 
   #tookOne(): void {

@@ -8,6 +8,7 @@ import { test } from 'node:test';
 import pino from 'pino';
 import { decodeKey, encodeEntry, encodeKey } from '../../src/maps/ctmap/codec';
 import { ctNow } from '../../src/maps/clock';
+import { AddressSet } from '../../src/maps/ctmap/gc/address-match';
 import { FLUSH_TIME, GCEngine } from '../../src/maps/ctmap/gc/engine';
 import { ConditionalDeleter, GCEvent } from '../../src/maps/ctmap/gc/types';
 import { CtTable, CtTables } from '../../src/maps/ctmap/tables';
@@ -143,13 +144,35 @@ export function gcEngineSuite(name: string, setup: () => GcSuiteEnv | undefined)
     c.close();
     const res = await h.engine.run({
       tables: [table],
-      filter: { removeExpired: false, matchIPs: ['192.0.2.7', '198.51.100.3', '2001:db8::1'], emitKept: (_ref, keys, koff) => kept.add(keys.subarray(koff, koff + 14).toString('hex')) },
+      filter: { removeExpired: false, matchIPs: await AddressSet.from(['192.0.2.7', '198.51.100.3', '2001:db8::1'], (i) => new Error(`bad ${i}`)), emitKept: (_ref, keys, koff) => kept.add(keys.subarray(koff, koff + 14).toString('hex')) },
     });
     const want = [...before].filter(([, hit]) => hit).length;
     assert.ok(want > 10);
     assert.equal(res.maps[0].deleted, want);
     assert.equal(res.maps[0].alive, 2000 - want);
     assert.deepEqual(kept, new Set([...before].filter(([, hit]) => !hit).map(([k]) => k)));
+  });
+
+  test(`${name}: a long pass gives the event loop turns between batches (issue 12, item 7)`, async (t) => {
+    const h = open();
+    if (!h) return;
+    t.after(h.done);
+    const table = tcp4(h.tables);
+    fill(table, 12000, ctNow());
+    // ~20 ms of work per 4096-entry batch: the pass runs well past its budget.
+    const slowKept = (): void => {
+      const until = performance.now() + 0.005;
+      while (performance.now() < until);
+    };
+    let turns = 0;
+    const ticker = setInterval(() => turns++, 1);
+    try {
+      const res = await h.engine.run({ tables: [table], filter: { removeExpired: false, emitKept: slowKept } });
+      assert.equal(res.maps[0].alive, 12000);
+    } finally {
+      clearInterval(ticker);
+    }
+    assert.ok(turns >= 2, `timers ran ${turns} times during a pass of 3 batches`);
   });
 
   test(`${name}: a flush (time 2^32-1) removes everything, IPv6 events on the IPv6 stream`, async (t) => {

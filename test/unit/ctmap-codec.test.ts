@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { addressBytes, addressFamily, formatIPv6 } from '../../src/maps/addr';
+import { addressBytes, addressFamily, formatIPv6, writeIPv4, writeIPv6 } from '../../src/maps/addr';
 import { decodeEntry, decodeKey, encodeEntry, encodeKey, entryFlagNames, validateEntry, validateKey } from '../../src/maps/ctmap/codec';
 import { formatEntryLine } from '../../src/maps/ctmap/format';
 import { CtmapError } from '../../src/errors';
@@ -28,6 +28,77 @@ describe('addresses', () => {
     for (const [input, want] of cases) {
       const parsed = addressBytes(input)!;
       assert.equal(formatIPv6(parsed.bytes, 0), want, input);
+    }
+  });
+});
+
+/** The split-based parser the one-pass writeIPv6 replaced (issue 12, item 7): the reference. */
+function referenceIPv6(text: string): Buffer {
+  const buf = Buffer.alloc(16);
+  const gap = text.indexOf('::');
+  const groups = (s: string): number[] =>
+    s === ''
+      ? []
+      : s.split(':').flatMap((g) => {
+          if (!g.includes('.')) return [parseInt(g, 16)];
+          const b = g.split('.').map(Number);
+          return [(b[0] << 8) | b[1], (b[2] << 8) | b[3]];
+        });
+  const h = groups(gap >= 0 ? text.slice(0, gap) : text);
+  const t = gap >= 0 ? groups(text.slice(gap + 2)) : [];
+  h.forEach((g, i) => buf.writeUInt16BE(g, i * 2));
+  t.forEach((g, i) => buf.writeUInt16BE(g, 16 - (t.length - i) * 2));
+  return buf;
+}
+
+describe('address writers', () => {
+  test('writeIPv6 agrees with the reference on every text form (compressed anywhere, leading zeros, case, IPv4 tail)', () => {
+    let seed = 12;
+    const rand = (n: number) => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) >>> 8) % n;
+    const buf = Buffer.alloc(20, 0xaa);
+    let checked = 0;
+    for (let round = 0; round < 3000; round++) {
+      // Groups with zero runs, so that "::" has somewhere to go.
+      const g = Array.from({ length: 8 }, () => (rand(3) === 0 ? 0 : rand(4) === 0 ? rand(16) : rand(0x10000)));
+      const hex = g.map((x) => (rand(4) === 0 ? x.toString(16).padStart(4, '0') : x.toString(16)));
+      const forms = [hex.join(':')];
+      for (let a = 0; a < 8; a++) for (let b = a + 1; b <= 8; b++) if (g.slice(a, b).every((x) => x === 0)) forms.push(`${hex.slice(0, a).join(':')}::${hex.slice(b).join(':')}`);
+      const quad = `${g[6] >> 8}.${g[6] & 255}.${g[7] >> 8}.${g[7] & 255}`;
+      for (const f of [...forms]) {
+        forms.push(f.toUpperCase());
+        // The same address with its last two groups as a dotted quad (when they are not in a "::").
+        const head = hex.slice(0, 6).join(':');
+        if (f.startsWith(head) && !f.slice(head.length).includes('::')) forms.push(`${head}:${quad}`);
+      }
+      for (let a = 0; a <= 6; a++) {
+        if (g.slice(a, 6).every((x) => x === 0)) forms.push(`${hex.slice(0, a).join(':')}::${quad}`);
+      }
+      for (const text of forms) {
+        if (addressFamily(text) !== 'ipv6') continue;
+        buf.fill(0xaa);
+        writeIPv6(text, buf, 2);
+        assert.equal(buf.subarray(2, 18).toString('hex'), referenceIPv6(text).toString('hex'), text);
+        assert.equal(buf[1], 0xaa, `${text}: nothing written before`);
+        assert.equal(buf[18], 0xaa, `${text}: nothing written after`);
+        checked++;
+      }
+    }
+    assert.ok(checked > 20000, `${checked} texts checked`);
+    for (const text of ['::', '::1', '1::', '::ffff:192.0.2.7', '64:ff9b::198.51.100.1', '1:2:3:4:5:6:7::', '::2:3:4:5:6:7:8', '1:2:3:4:5:6:1.2.3.4']) {
+      assert.equal(addressFamily(text), 'ipv6', text);
+      buf.fill(0xaa);
+      writeIPv6(text, buf, 2);
+      assert.equal(buf.subarray(2, 18).toString('hex'), referenceIPv6(text).toString('hex'), text);
+    }
+  });
+
+  test('writeIPv4 writes the four octets', () => {
+    const buf = Buffer.alloc(6, 0xaa);
+    for (const [text, hex] of [['0.0.0.0', '00000000'], ['192.0.2.7', 'c0000207'], ['255.255.255.255', 'ffffffff'], ['10.200.3.40', '0ac80328']]) {
+      writeIPv4(text, buf, 1);
+      assert.equal(buf.subarray(1, 5).toString('hex'), hex, text);
+      assert.equal(buf[0], 0xaa);
+      assert.equal(buf[5], 0xaa);
     }
   });
 });

@@ -253,6 +253,15 @@ describe('GC event batches', () => {
     assert.deepEqual(events[0].key, gcEvent('ipv4', tcp).key, 'survives reuse of the batch buffers');
   });
 
+  test('eventsOf with a limit makes only the first deletions (a subscriber with room for no more)', () => {
+    const b = batchOf([gcEvent('ipv4', tcp), gcEvent('ipv4', { ...tcp, sport: 2 }), gcEvent('ipv4', dsr, DSR)]);
+    b.status[0] = DeleteStatus.MISSING;
+    const batch = { ...b, deleted: 2, firstSequence: 7 };
+    assert.deepEqual(eventsOf(batch, 1).map((e) => [e.sequence, e.key.readUInt16BE(10)]), [[7, 2]]);
+    assert.equal(eventsOf(batch, 0).length, 0);
+    assert.equal(eventsOf(batch, 5).length, 2);
+  });
+
   test('batchOf refuses events of different maps', () => {
     assert.throws(() => batchOf([gcEvent('ipv4', tcp), gcEvent('ipv4', udp)]), /different maps/);
     assert.throws(() => batchOf([]), /no events/);

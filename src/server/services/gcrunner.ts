@@ -11,6 +11,7 @@ import { SCAN_BATCH } from '../../maps/ctmap/gc/engine';
 import { refLabel } from '../../maps/ctmap/spec';
 import type { GCRunner } from '../../maps/ctmap/gc/runner';
 import type { GCEvent, GCRunResult } from '../../maps/ctmap/gc/types';
+import { eventsOf } from '../../maps/ctmap/gc/events';
 import { familyEnum, parseFamily, parseMapRefs, parseOptionalFamily } from '../../api/ct-proto';
 import { acceptEncodedResponses } from '../../api/ct-wire';
 import { GCFamilyRequestMsg, GCRunRequestMsg, GCStatusResponseMsg, encodeGCEvent, encodeKeptUpdate, gcRunStatsMsg, parseGCFilter } from '../../api/gc-proto';
@@ -66,7 +67,7 @@ export function gcRunnerService(deps: GCRunnerServiceDeps): ServiceRegistration 
     Run: serverStream(log, 'GCRunner/Run', async (req: GCRunRequestMsg, writer: StreamWriter<Buffer | object>, ctx) => {
       const family = parseOptionalFamily(req.family, 'family');
       const refs = parseMapRefs(req.maps, 'maps');
-      const filter = parseGCFilter(req.filter);
+      const filter = await parseGCFilter(req.filter);
       const tables = runner.select({ family, refs }); // validates refs before the pass starts
       if (tables.length === 0) throw new CtmapError('not-found', `family: no open CT maps for ${family ?? 'any family'}`);
 
@@ -93,8 +94,19 @@ export function gcRunnerService(deps: GCRunnerServiceDeps): ServiceRegistration 
       const family = parseOptionalFamily(req.family, 'family');
       const families = family ? [family] : deps.families;
       const queue = new BoundedQueue<GCEvent>(deps.observeBuffer ?? DEFAULT_OBSERVE_BUFFER);
-      const sub = merge(...families.map((f) => runner.engine.events(f))).subscribe({ next: (e) => queue.push(e), complete: () => queue.close() });
-      // The pass waits for this subscriber between batches while it keeps draining.
+      // Events are made only for what fits in the queue; the rest of a batch is counted as
+      // lost without being built (500,000 dropped events cost a stalled subscriber's pass ~250 ms).
+      const sub = merge(...families.map((f) => runner.engine.batches(f))).subscribe({
+        next: (batch) => {
+          const fit = Math.min(batch.deleted, queue.room);
+          for (const e of eventsOf(batch, fit)) queue.push(e);
+          queue.drop(batch.deleted - fit);
+        },
+        complete: () => queue.close(),
+      });
+      // The pass waits for this subscriber between batches while it keeps draining; once it
+      // has fallen behind (lost events, or stalled for OBSERVE_STALL_MS), not again until it
+      // has caught up (issue 12, item 8). It is told what it lost either way.
       const room = Math.min(SCAN_BATCH, queue.capacity);
       const removePacer = runner.engine.addPacer(() => queue.waitForRoom(room, OBSERVE_STALL_MS));
       const onAbort = () => queue.close();

@@ -9,12 +9,13 @@
  */
 import { Observable, Subject, mergeMap } from 'rxjs';
 import type { Logger } from 'pino';
-import { Family, addressBytes } from '../../addr';
+import { Family } from '../../addr';
 import { CT_ENTRY_SIZE, keyLayout } from '../codec';
 import { CT_ENTRY } from '../layout';
 import { ctNow } from '../../clock';
 import { CtTable } from '../tables';
 import { MapRef } from '../spec';
+import { EventLoopBudget } from './event-loop-budget';
 import { GCEventBatch, eventsOf } from './events';
 import { ConditionalDeleter, DeleteMode, DeleteStatus, GCEvent, GCFilter, GCMapStats, GCRunResult } from './types';
 
@@ -64,7 +65,7 @@ export class GCEngine {
 
   /** Deleted entries of `family`, live, one object each (Cilium's Observe4/6). */
   events(family: Family): Observable<GCEvent> {
-    return this.batches(family).pipe(mergeMap(eventsOf));
+    return this.batches(family).pipe(mergeMap((batch) => eventsOf(batch)));
   }
 
   lastSequence(family: Family): number {
@@ -80,11 +81,14 @@ export class GCEngine {
   /**
    * One pass over `tables`. Returns exact per-map counts: alive (kept, including refreshed
    * candidates), deleted, skipped (already gone), refreshed. Throws the signal's reason
-   * when aborted (entries deleted so far stay deleted and were published).
+   * when aborted (entries deleted so far stay deleted and were published). Gives the event
+   * loop a turn between batches whenever a budget of work is spent, also where the cursor
+   * does not (the memory backend's nextAsync resolves at once).
    */
   async run(opts: GCRunOptions): Promise<GCRunResult> {
     const started = process.hrtime.bigint();
     const time = opts.filter.time ?? ctNow();
+    const budget = new EventLoopBudget();
     const maps: GCMapStats[] = [];
     for (const table of opts.tables) {
       // A cluster that left while this pass waited for its turn: its maps are gone, and
@@ -92,26 +96,21 @@ export class GCEngine {
       if (table.map.closed) continue;
       const stats: GCMapStats = { ref: table.ref, alive: 0, deleted: 0, skipped: 0, refreshed: 0, maxEntries: table.map.spec.maxEntries };
       maps.push(stats);
-      await this.#collect(table, opts, time, stats);
+      await this.#collect(table, opts, time, stats, budget);
     }
     const ratio = maps.reduce((r, m) => Math.max(r, m.maxEntries ? m.deleted / m.maxEntries : 0), 0);
     return { maps, natDeleted: 0, durationNs: process.hrtime.bigint() - started, ratio };
   }
 
-  async #collect(table: CtTable, opts: GCRunOptions, time: number, stats: GCMapStats): Promise<void> {
+  async #collect(table: CtTable, opts: GCRunOptions, time: number, stats: GCMapStats, budget: EventLoopBudget): Promise<void> {
     const { filter } = opts;
     const family = table.ref.family;
     const ks = table.map.spec.keySize;
     const L = keyLayout(family).fields;
-    const alen = family === 'ipv4' ? 4 : 16;
-    const matchIPs = (filter.matchIPs ?? []).map(addressBytes).filter((a) => a?.family === family).map((a) => a!.bytes);
-    const matches = (keys: Buffer, off: number): boolean => {
-      for (const ip of matchIPs) {
-        if (ip.compare(keys, off + L.daddr.offset, off + L.daddr.offset + alen) === 0) return true;
-        if (ip.compare(keys, off + L.saddr.offset, off + L.saddr.offset + alen) === 0) return true;
-      }
-      return false;
-    };
+    const daddrOffset = L.daddr.offset;
+    const saddrOffset = L.saddr.offset;
+    // One hash lookup per address (issue 12, item 7), not a scan of the list per entry.
+    const matchIPs = filter.matchIPs?.forFamily(family);
 
     const removeExpired = filter.removeExpired;
     const lifetimeOffset = CT_ENTRY.fields.lifetime.offset;
@@ -142,7 +141,7 @@ export class GCEngine {
           const koff = i * ks;
           const voff = i * CT_ENTRY_SIZE;
           let mode = -1;
-          if (matchIPs.length > 0 && matches(b.keys, koff)) mode = DeleteMode.ALWAYS;
+          if (matchIPs && (matchIPs.matches(b.keys, koff + daddrOffset) || matchIPs.matches(b.keys, koff + saddrOffset))) mode = DeleteMode.ALWAYS;
           else if (removeExpired && lifetimeAt(b.values, voff) < time) mode = DeleteMode.EXPIRED_BEFORE;
           if (mode < 0) {
             stats.alive++;
@@ -159,6 +158,7 @@ export class GCEngine {
           this.#settle(table, n, candKeys, candValues, status, stats, filter);
         }
         await opts.afterBatch?.();
+        if (budget.spent()) await budget.giveTurn();
       }
     } finally {
       cursor.close();

@@ -31,16 +31,21 @@ export interface GCEventBatch {
   readonly firstSequence: number;
 }
 
-/** The batch's deletions as GCEvent objects, in order, with copies of keys and entries. */
-export function eventsOf(batch: GCEventBatch): GCEvent[] {
-  const events: GCEvent[] = new Array(batch.deleted);
-  if (batch.deleted === 0) return events;
+/**
+ * The batch's deletions as GCEvent objects, in order, with copies of keys and entries; only
+ * the first `limit` of them for a consumer with room for no more (a subscriber that fell
+ * behind counts the rest as lost without their objects being made).
+ */
+export function eventsOf(batch: GCEventBatch, limit = batch.deleted): GCEvent[] {
+  const n = Math.max(0, Math.min(limit, batch.deleted));
+  const events: GCEvent[] = new Array(n);
+  if (n === 0) return events;
   const ks = keyLayout(batch.family).size;
   // One copy of each buffer, sliced per event, instead of two allocations per event.
   const keys = Buffer.from(batch.keys.subarray(0, batch.count * ks));
   const entries = Buffer.from(batch.entries.subarray(0, batch.count * CT_ENTRY_SIZE));
   let k = 0;
-  for (let i = 0; i < batch.count; i++) {
+  for (let i = 0; k < n; i++) {
     if (batch.status[i] !== DeleteStatus.DELETED) continue;
     events[k] = {
       family: batch.family,

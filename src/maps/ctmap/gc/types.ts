@@ -5,6 +5,7 @@
 import type { BpfMap } from '../../types';
 import type { Family } from '../../addr';
 import type { MapRef } from '../spec';
+import type { AddressMatcher } from './address-match';
 
 /** Which entries a pass removes. Neither criterion set: the pass only counts (and emits). */
 export interface GCFilter {
@@ -12,8 +13,8 @@ export interface GCFilter {
   removeExpired: boolean;
   /** CT clock seconds; undefined = now. 2^32-1 removes everything (a flush). */
   time?: number;
-  /** Remove entries with one of these addresses (validated text) as saddr or daddr. */
-  matchIPs?: readonly string[];
+  /** Remove entries whose saddr or daddr it matches (match_ips: an AddressSet). */
+  matchIPs?: AddressMatcher;
   /** Called for every kept entry, with the raw bytes (valid only during the call). */
   emitKept?: (ref: MapRef, keys: Buffer, koff: number, values: Buffer, voff: number) => void;
 }

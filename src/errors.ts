@@ -12,6 +12,7 @@ export type ErrorCode =
   | 'failed-precondition' // the kernel or backend cannot do this operation
   | 'permission-denied'
   | 'unavailable' // shutting down
+  | 'deadline-exceeded' // the call's deadline passed (the server's own timer saw it first)
   | 'internal';
 
 export class CtmapError extends Error {

@@ -17,6 +17,7 @@ export const GRPC_STATUS: Readonly<Record<ErrorCode, grpc.status>> = Object.free
   'failed-precondition': grpc.status.FAILED_PRECONDITION,
   'permission-denied': grpc.status.PERMISSION_DENIED,
   unavailable: grpc.status.UNAVAILABLE,
+  'deadline-exceeded': grpc.status.DEADLINE_EXCEEDED,
   internal: grpc.status.INTERNAL,
 });
 
@@ -45,6 +46,7 @@ const LOG_LEVEL: Readonly<Record<ErrorCode, 'debug' | 'warn' | 'error'>> = {
   'not-found': 'debug',
   'already-exists': 'debug',
   unavailable: 'debug',
+  'deadline-exceeded': 'debug',
   'resource-exhausted': 'warn',
   'failed-precondition': 'warn',
   'permission-denied': 'warn',
@@ -55,7 +57,9 @@ const LOG_LEVEL: Readonly<Record<ErrorCode, 'debug' | 'warn' | 'error'>> = {
 export const ABORT = Object.freeze({
   shutdown: new CtmapError('unavailable', 'server is shutting down'),
   cancelled: new CtmapError('unavailable', 'call cancelled by the client'),
-  deadline: new CtmapError('unavailable', 'deadline exceeded'),
+  // Issue 12, defect 11: grpc-js's own timer and this one race for the same instant; when
+  // this one wins, its status is what the client gets.
+  deadline: new CtmapError('deadline-exceeded', 'deadline exceeded'),
 });
 
 /** Per-call context handed to every handler. */
@@ -152,7 +156,8 @@ export function serverStream<Req, Res>(
 function fail(ctx: CallContext, err: unknown, send: (status: GrpcStatus) => void): void {
   const reason: unknown = ctx.signal.reason;
   if (ctx.signal.aborted && (reason === ABORT.cancelled || reason === ABORT.deadline)) {
-    // The client is gone or grpc-js already sent DEADLINE_EXCEEDED: nobody reads this status.
+    // The client is gone, or the deadline passed: grpc-js may have sent DEADLINE_EXCEEDED
+    // already (then this is dropped), or this timer fired first and this status is sent.
     ctx.log.debug({ reason: (reason as Error).message }, 'ended early');
     send(toGrpcStatus(reason));
     return;

@@ -44,6 +44,7 @@ describe('toGrpcStatus', () => {
     'failed-precondition': grpc.status.FAILED_PRECONDITION,
     'permission-denied': grpc.status.PERMISSION_DENIED,
     unavailable: grpc.status.UNAVAILABLE,
+    'deadline-exceeded': grpc.status.DEADLINE_EXCEEDED,
     internal: grpc.status.INTERNAL,
   };
 
@@ -129,7 +130,10 @@ describe('unary', () => {
     assert.equal((await p1).err?.details, ABORT.cancelled.message);
 
     const p2 = invoke(unary(log, 'X/Deadline', waitForAbort), fakeCall({}, Date.now() + 20));
-    assert.equal((await p2).err?.details, ABORT.deadline.message);
+    const r2 = await p2;
+    assert.equal(r2.err?.details, ABORT.deadline.message);
+    // Issue 12, defect 11: the boundary's own deadline timer answers DEADLINE_EXCEEDED.
+    assert.equal(r2.err?.code, grpc.status.DEADLINE_EXCEEDED);
 
     const shutdown = new AbortController();
     const p3 = invoke(unary(log, 'X/Shutdown', waitForAbort, shutdown.signal));

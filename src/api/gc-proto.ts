@@ -4,7 +4,7 @@
  * messages Run and Observe stream (kept records and events straight from the map bytes,
  * see ct-wire.ts).
  */
-import { invalidArgument } from '../errors';
+import { invalidArgument, quote } from '../errors';
 import { Family, addressFamily } from '../maps/addr';
 import { ctNow } from '../maps/clock';
 import type { GCEvent, GCFilter, GCRunResult } from '../maps/ctmap/gc/types';
@@ -89,7 +89,7 @@ export function parseGCFilter(msg: GCFilterMsg | null | undefined): GCFilter {
   if (time !== 0n) filter.time = Number(time);
   const ips = msg?.match_ips ?? [];
   ips.forEach((ip, i) => {
-    if (!addressFamily(ip)) throw invalidArgument(`filter.match_ips[${i}]`, `not an IP address: ${JSON.stringify(ip)}`);
+    if (!addressFamily(ip)) throw invalidArgument(`filter.match_ips[${i}]`, `not an IP address: ${quote(ip)}`);
   });
   if (ips.length > 0) filter.matchIPs = ips;
   return filter;

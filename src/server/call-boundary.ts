@@ -27,16 +27,34 @@ export interface GrpcStatus {
   readonly details: string;
 }
 
+/** Most UTF-8 bytes of status details sent; longer ones are cut (see toGrpcStatus). */
+export const MAX_DETAILS_BYTES = 1024;
+
 /**
  * Maps anything thrown to the status sent to the client. The message of a CtmapError is
  * sent as details (it is written for clients: "<field>: <problem>"), except for `internal`,
  * which always says "internal error": its message and cause may hold paths, errnos or
- * stack details that are for the log only.
+ * stack details that are for the log only. Details are cut to MAX_DETAILS_BYTES: messages
+ * quote request values shortly (quote() in src/errors.ts), and this is the backstop for
+ * one that does not, since clients refuse oversized status metadata (issue 12, defect 9).
  */
 export function toGrpcStatus(err: unknown): GrpcStatus {
   const e = CtmapError.from(err);
   if (e.code === 'internal') return { code: grpc.status.INTERNAL, details: 'internal error' };
-  return { code: GRPC_STATUS[e.code], details: e.message };
+  return { code: GRPC_STATUS[e.code], details: capDetails(e.message) };
+}
+
+function capDetails(details: string): string {
+  if (Buffer.byteLength(details) <= MAX_DETAILS_BYTES) return details;
+  const mark = '…';
+  let room = MAX_DETAILS_BYTES - Buffer.byteLength(mark);
+  let end = 0;
+  for (const ch of details) {
+    room -= Buffer.byteLength(ch);
+    if (room < 0) break;
+    end += ch.length;
+  }
+  return details.slice(0, end) + mark;
 }
 
 // Client-caused outcomes are routine (a NOT_FOUND lookup); they are logged at debug so a

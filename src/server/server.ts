@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
 import { ReflectionService } from '@grpc/reflection';
-import { CtmapError } from '../errors';
+import { CtmapError, quote } from '../errors';
 import type { Config } from '../config/config';
 import type { Logger } from 'pino';
 import { reflectionPackageDefinition } from '../api/proto';
@@ -140,14 +140,21 @@ function serviceName(def: grpc.ServiceDefinition): string {
 /**
  * Adds the health service. Health.Watch streams never end on their own, so each is ended
  * when shutdown begins (after it has sent NOT_SERVING); otherwise every watcher would hold
- * tryShutdown until the grace period runs out.
+ * tryShutdown until the grace period runs out. Check's NOT_FOUND for an unknown service
+ * quotes a short prefix of the name, not all of it (issue 12, defect 9).
  */
 function addHealth(server: grpc.Server, health: HealthImplementation, shutdown: AbortSignal): void {
   health.addToServer({
     addService: (definition, implementation) => {
       const watch = implementation.watch as grpc.handleServerStreamingCall<unknown, unknown>;
+      const check = implementation.check as grpc.handleUnaryCall<{ service: string }, unknown>;
       server.addService(definition as grpc.ServiceDefinition, {
         ...implementation,
+        check: (call: grpc.ServerUnaryCall<{ service: string }, unknown>, callback: grpc.sendUnaryData<unknown>) =>
+          check(call, (err, value) => {
+            if (err?.code === grpc.status.NOT_FOUND) err = { ...err, details: `Health status unknown for service ${quote(call.request.service)}` };
+            callback(err, value);
+          }),
         watch: (call: grpc.ServerWritableStream<unknown, unknown>) => {
           watch(call);
           const end = () => call.end();

@@ -4,7 +4,7 @@ import { EventEmitter } from 'node:events';
 import * as grpc from '@grpc/grpc-js';
 import { CtmapError, invalidArgument, type ErrorCode } from '../../src/errors';
 import { createLogger } from '../../src/daemon/logger';
-import { ABORT, GRPC_STATUS, toGrpcStatus, unary, type CallContext } from '../../src/server/call-boundary';
+import { ABORT, GRPC_STATUS, MAX_DETAILS_BYTES, toGrpcStatus, unary, type CallContext } from '../../src/server/call-boundary';
 
 /** A logger writing parsed records into `lines`, so tests assert on what was logged. */
 function memoryLogger() {
@@ -62,6 +62,17 @@ describe('toGrpcStatus', () => {
       code: grpc.status.INVALID_ARGUMENT,
       details: 'records[3].key.dport: must be 0..65535',
     });
+  });
+
+  it('cuts details longer than MAX_DETAILS_BYTES at a character boundary (issue 12, defect 9)', () => {
+    for (const unit of ['x', 'é', '€', '😀']) {
+      const { details } = toGrpcStatus(new CtmapError('not-found', `key: ${unit.repeat(5000)}`));
+      assert.ok(Buffer.byteLength(details) <= MAX_DETAILS_BYTES, `${unit}: ${Buffer.byteLength(details)} bytes`);
+      assert.ok(Buffer.byteLength(details) > MAX_DETAILS_BYTES - 8, `${unit}: cut too short`);
+      assert.ok(details.startsWith(`key: ${unit}`) && details.endsWith(`${unit}…`), `${unit}: ${details.slice(-10)}`);
+    }
+    const short = 'key: not an IP address: "x"';
+    assert.equal(toGrpcStatus(new CtmapError('invalid-argument', short)).details, short);
   });
 
   it('never sends the message or cause of an internal error', () => {

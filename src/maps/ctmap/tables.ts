@@ -3,7 +3,7 @@
  * all-or-nothing batch update, delete, flush, count and filtered batch dumps.
  */
 import type { Logger } from 'pino';
-import { invalidArgument, notFound } from '../../errors';
+import { invalidArgument, notFound, quote } from '../../errors';
 import { writeGrouped } from '../batch-write';
 import type { MapOpener } from '../lifecycle';
 import { MapRegistry, MapToOpen, RegisteredMap, deleteKeys, openMaps } from '../registry';
@@ -151,7 +151,7 @@ export function compileFilter(filter: DumpFilter | undefined, family: Family): (
   let addr: Buffer | undefined;
   if (filter.address !== undefined) {
     const parsed = addressBytes(filter.address);
-    if (!parsed) throw invalidArgument('filter.address', `not an IP address: ${JSON.stringify(filter.address)}`);
+    if (!parsed) throw invalidArgument('filter.address', `not an IP address: ${quote(filter.address)}`);
     if (parsed.family !== family) return null;
     addr = parsed.bytes;
   }

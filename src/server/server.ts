@@ -12,6 +12,7 @@ import { CtmapError, quote } from '../errors';
 import type { Config } from '../config/config';
 import type { Logger } from 'pino';
 import { reflectionPackageDefinition } from '../api/proto';
+import { decodeRequestsAsReference } from '../api/request-decoding';
 
 /**
  * One service to serve: its definition (from services() in src/api/proto.ts, with the
@@ -74,9 +75,14 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
   const health = new HealthImplementation(Object.fromEntries(names.map((n) => [n, 'NOT_SERVING'])));
   const setHealth = (status: ServingStatus) => names.forEach((n) => health.setStatus(n, status));
 
-  for (const s of opts.services) server.addService(s.definition, s.implementation);
-  addHealth(server, health, shutdownController.signal);
-  new ReflectionService(reflectionPackageDefinition()).addToServer(server);
+  // Every service, health and reflection included, decodes its requests as the reference
+  // protobuf implementation does (issue 12, defect 12).
+  const services: Pick<grpc.Server, 'addService'> = {
+    addService: (definition, implementation) => server.addService(decodeRequestsAsReference(definition), implementation),
+  };
+  for (const s of opts.services) services.addService(s.definition, s.implementation);
+  addHealth(services, health, shutdownController.signal);
+  new ReflectionService(reflectionPackageDefinition()).addToServer(services);
 
   const addresses: string[] = [];
   const socket = path.resolve(config.socket);
@@ -143,7 +149,7 @@ function serviceName(def: grpc.ServiceDefinition): string {
  * tryShutdown until the grace period runs out. Check's NOT_FOUND for an unknown service
  * quotes a short prefix of the name, not all of it (issue 12, defect 9).
  */
-function addHealth(server: grpc.Server, health: HealthImplementation, shutdown: AbortSignal): void {
+function addHealth(server: Pick<grpc.Server, 'addService'>, health: HealthImplementation, shutdown: AbortSignal): void {
   health.addToServer({
     addService: (definition, implementation) => {
       const watch = implementation.watch as grpc.handleServerStreamingCall<unknown, unknown>;

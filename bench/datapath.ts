@@ -212,7 +212,7 @@ export const datapathBench: BenchSection = {
       {
         m: hitWrite,
         method: 'repeat',
-        note: `ct_bench_egress on the ACK: its source port written back unchanged, then the established hit above; the difference to it (${(hitWrite.extra.ns - hitFwd.extra.ns).toFixed(1)} ns) is what the bench build's packet write adds to the last row`,
+        note: `ct_bench_egress on the ACK: its source port written back unchanged, then the established hit above; the difference to it, ${(hitWrite.extra.ns - hitFwd.extra.ns).toFixed(1)} ns in this run, estimates what the bench build's packet write adds to the last row`,
       },
       { m: baseSingle, method: 'single', note: 'baseline: one test run per packet, kernel durations summed' },
       { m: floorCreate, method: 'single', note: 'the kernel\'s hash and LRU work alone: both lookups miss, one insert' },

@@ -204,8 +204,12 @@ static void make_entry(__u32 i, __u32 seed, __u32 now_s, struct ct_entry *e)
 	memset(e, 0, sizeof(*e));
 	e->packets = 1 + r % 100000;
 	e->bytes = e->packets * (64 + (r >> 20) % 1437);
-	/* Live entries, expiring over the default TCP lifetime (facts §5). */
-	e->lifetime = now_s + (r >> 32) % 8000;
+	/*
+	 * Live entries, expiring over the default TCP lifetime (facts §5), an hour from now at
+	 * the earliest: the daemon's first GC pass at start-up, and any pass while the bench
+	 * runs, must find none of them expired, or the daemon's counts and ctscan's differ.
+	 */
+	e->lifetime = now_s + 3600 + (r >> 32) % 8000;
 	e->flags = (r & (1ull << 60)) ? CT_F_SEEN_NON_SYN : 0;
 	e->tx_flags_seen = 0x12;
 	e->rx_flags_seen = 0x10;

@@ -60,6 +60,15 @@ export interface ClusterCtMapsClient extends grpc.Client {
   WatchMembership: ServerStreamMethod<EmptyMsg, cluster.MembershipEventMsg>;
 }
 
+/** grpc.health.v1.HealthCheckResponse as proto-loader presents it (status by its enum name). */
+export interface HealthCheckResponseMsg {
+  status: 'UNKNOWN' | 'SERVING' | 'NOT_SERVING' | 'SERVICE_UNKNOWN';
+}
+
+export interface HealthClient extends grpc.Client {
+  Check: UnaryMethod<{ service: string }, HealthCheckResponseMsg>;
+}
+
 /** Makes a client on `address` ("unix:/path" or "host:port"); insecure credentials unless given. */
 export type ClientFactory<C> = (address: string, credentials?: grpc.ChannelCredentials, options?: Partial<grpc.ClientOptions>) => C;
 
@@ -74,3 +83,4 @@ export const ctMapsClient: ClientFactory<CtMapsClient> = clientOf('CTMaps');
 export const gcRunnerClient: ClientFactory<GCRunnerClient> = clientOf('GCRunner');
 export const natMapsClient: ClientFactory<NatMapsClient> = clientOf('NATMaps');
 export const clusterCtMapsClient: ClientFactory<ClusterCtMapsClient> = clientOf('ClusterCTMaps');
+export const healthClient: ClientFactory<HealthClient> = clientOf('Health');

@@ -19,14 +19,8 @@ export interface MapRefMsg {
   cluster_id?: number;
 }
 
-export interface CtKeyMsg {
-  daddr: string;
-  saddr: string;
-  dport: number;
-  sport: number;
-  nexthdr: number;
-  flags: number;
-}
+/** CtKey as proto-loader presents it: the message's fields are the raw key's (snake_case is the same). */
+export type CtKeyMsg = CtKey;
 
 export interface CtEntryMsg {
   packets?: string | number;

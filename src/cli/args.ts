@@ -24,8 +24,10 @@ export type CliCommand =
   | { readonly kind: 'datapath-detach'; readonly dev: string; readonly netns?: string; readonly bpfRoot: string; readonly json: boolean }
   | { readonly kind: 'datapath-status'; readonly netns?: string; readonly bpfRoot: string; readonly json: boolean }
   | { readonly kind: 'datapath-reattach'; readonly netns?: string; readonly bpfRoot: string; readonly json: boolean }
+  | { readonly kind: 'datapath-prune'; readonly bpfRoot: string; readonly json: boolean }
   | { readonly kind: 'ct-list'; readonly socket: string; readonly family?: Family; readonly clusterId: number }
-  | { readonly kind: 'gc-run'; readonly socket: string; readonly family?: Family; readonly time?: number };
+  | { readonly kind: 'gc-run'; readonly socket: string; readonly family?: Family; readonly time?: number }
+  | { readonly kind: 'health'; readonly socket: string; readonly service: string; readonly timeoutMs: number };
 
 /**
  * Bad usage (exitCode 2; `field` = the flag, e.g. "--dev") or a help request (exitCode 0;
@@ -79,6 +81,14 @@ export function parseFamily(raw: string): Family {
   throw new InvalidArgumentError('want ipv4 or ipv6');
 }
 
+/** Seconds to wait for the daemon's answer: a positive number, fractions allowed (0.5). */
+export function parseTimeout(raw: string): number {
+  const v = raw.trim();
+  const n = Number(v);
+  if (!/^\d+(\.\d+)?$/.test(v) || !(n > 0) || n > 3600) throw new InvalidArgumentError('want seconds, a number in (0, 3600]');
+  return Math.round(n * 1000);
+}
+
 export function parseCtTime(raw: string): number {
   const v = raw.trim();
   if (!/^\d+$/.test(v) || Number(v) > 0xffff_ffff) throw new InvalidArgumentError('want CT clock seconds, an integer in 0..4294967295 (0 = now)');
@@ -99,6 +109,11 @@ device are never touched. Attaching again replaces ctmap's own filters in place.
 reattach does that for every attachment recorded in the namespace (ctmapd runs it after
 a map migration, so that the programs use the new maps).
 
+prune removes the records of network namespaces that no longer exist, and unpins their
+programs: the namespace took its devices and filters with it, but the pinned programs
+kept every map they were loaded with (after a migration: the old maps). ctmapd prunes at
+every start too. It needs the host's pid namespace, where every process is visible.
+
 --netns NAME runs the command inside /run/netns/NAME with nsenter --net (not
 ip netns exec, which would remount /sys and hide the bpffs under /sys/fs/bpf).
 
@@ -106,7 +121,8 @@ Examples:
   ctmap datapath attach --dev eth0
   ctmap datapath attach --netns blue --dev veth0 --cluster-id 7
   ctmap datapath detach --netns blue --dev veth0
-  ctmap datapath status --netns blue`;
+  ctmap datapath status --netns blue
+  ctmap datapath prune`;
 
 /**
  * Parses the arguments after the program name. Returns the command to run; throws
@@ -138,7 +154,7 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCo
 
   const datapath = program
     .command('datapath')
-    .description('attach the conntrack datapath to a device, detach it, list attachments')
+    .description('attach the conntrack datapath to a device, detach it, list and prune attachments')
     .addHelpText('after', DATAPATH_HELP);
   datapath
     .command('attach')
@@ -184,6 +200,15 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCo
       result = { kind: 'datapath-reattach', netns: o.netns, bpfRoot: o.bpfRoot, json: !!o.json };
     });
 
+  datapath
+    .command('prune')
+    .description('remove the records of network namespaces that are gone, unpinning their programs (and freeing the maps only they held)')
+    .addOption(bpfRoot())
+    .addOption(json())
+    .action((o) => {
+      result = { kind: 'datapath-prune', bpfRoot: o.bpfRoot, json: !!o.json };
+    });
+
   const ct = program.command('ct').description('read the CT maps through the daemon');
   ct.command('list')
     .description('print the entries as `cilium bpf ct list global` does, with the remaining lifetime (CTMaps.DumpEntriesWithTimeDiff)')
@@ -202,6 +227,18 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCo
     .addOption(socket())
     .action((o) => {
       result = { kind: 'gc-run', socket: o.socket, family: o.family, time: o.time };
+    });
+
+  program
+    .command('health')
+    .description(
+      "ask the daemon's health service (grpc.health.v1.Health/Check) whether it is serving; exit 0 only when SERVING (a container's liveness/readiness probe)",
+    )
+    .addOption(socket())
+    .addOption(new Option('--service <name>', 'a served service (e.g. ctmap.v1.CTMaps) instead of the whole server').default(''))
+    .addOption(new Option('--timeout <seconds>', 'give up after this long (exit 1)').default(3000, '3').argParser(parseTimeout))
+    .action((o) => {
+      result = { kind: 'health', socket: o.socket, service: o.service, timeoutMs: o.timeout };
     });
 
   try {

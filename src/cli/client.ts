@@ -1,10 +1,10 @@
 /**
- * `ctmap ct list` and `ctmap gc run`: thin gRPC clients of the daemon on its unix socket.
+ * `ctmap ct list`, `ctmap gc run` and `ctmap health`: thin gRPC clients of the daemon on its unix socket.
  * gRPC failures become CliRpcError with the status name and the server's message, plus a
  * hint when the daemon is not reachable.
  */
 import * as grpc from '@grpc/grpc-js';
-import { ctMapsClient, gcRunnerClient } from '../api/clients';
+import { ctMapsClient, gcRunnerClient, healthClient } from '../api/clients';
 import type { DumpTextChunkMsg, MapRefMsg } from '../api/ct-proto';
 import type { GCRunStatsMsg, GCRunUpdateMsg } from '../api/gc-proto';
 import type { CliCommand, Family } from './args';
@@ -65,6 +65,25 @@ export function gcRun(cmd: Extract<CliCommand, { kind: 'gc-run' }>, io: Io): Pro
       lines.push(`SNAT entries deleted with them: ${stats.nat_deleted}; took ${(Number(stats.duration_ns) / 1e6).toFixed(1)} ms`);
       io.out(`${lines.join('\n')}\n`);
       resolve(0);
+    });
+  }).finally(() => client.close());
+}
+
+/**
+ * grpc.health.v1.Health/Check on the daemon's socket (`service` "" = the whole server).
+ * Prints the status and resolves with 0 only for SERVING; NOT_SERVING (starting, or
+ * shutting down), UNKNOWN and SERVICE_UNKNOWN resolve with 1. Rejects with CliRpcError
+ * when the call fails (no daemon, an unknown service, no answer within `timeoutMs`).
+ */
+export function health(cmd: Extract<CliCommand, { kind: 'health' }>, io: Io): Promise<number> {
+  const client = healthClient(`unix:${cmd.socket}`);
+  const what = cmd.service === '' ? 'ctmapd' : cmd.service;
+  return new Promise<number>((resolve, reject) => {
+    client.Check({ service: cmd.service }, { deadline: Date.now() + cmd.timeoutMs }, (err, res) => {
+      if (err) return reject(rpcError('grpc.health.v1.Health/Check', cmd.socket, err));
+      if (!res) return reject(new CliRpcError('grpc.health.v1.Health/Check: no response'));
+      io.out(`${what}: ${res.status}\n`);
+      resolve(res.status === 'SERVING' ? 0 : 1);
     });
   }).finally(() => client.close());
 }

@@ -1,5 +1,5 @@
 /**
- * `ctmap datapath attach | detach | status | reattach`: runs src/datapath/attach.ts in the target
+ * `ctmap datapath attach | detach | status | reattach | prune`: runs src/datapath/attach.ts in the target
  * network namespace and prints what happened. `--netns NAME` re-executes this same
  * command under `nsenter --net=/run/netns/NAME`: only the network namespace changes, so
  * the bpffs mounted under /sys/fs/bpf stays visible (`ip netns exec` would remount /sys
@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CTMAP_BIN } from '../config/paths';
 import type { AttachResult, DetachResult, StatusRecord } from '../datapath/attach';
+import { PrunedRecord, pruneVanishedNamespaces } from '../datapath/records';
 import { CliUsageError, type CliCommand } from './args';
 
 type DatapathCommand = Extract<CliCommand, { kind: `datapath-${string}` }>;
@@ -31,6 +32,8 @@ export interface Io {
  * attach.ts throws (CtmapError invalid-argument on field "dev", failed-precondition, ...).
  */
 export function runDatapath(cmd: DatapathCommand, argv: readonly string[], env: NodeJS.ProcessEnv, io: Io): number {
+  // Records and pins only, in no namespace in particular: no libbpf, no nsenter.
+  if (cmd.kind === 'datapath-prune') return runPrune(cmd, io);
   if (cmd.netns !== undefined) {
     const target = path.join('/run/netns', cmd.netns);
     let targetIno: number;
@@ -68,6 +71,28 @@ export function runDatapath(cmd: DatapathCommand, argv: readonly string[], env: 
 }
 
 /**
+ * `ctmap datapath prune`: removes the records of vanished network namespaces
+ * (pruneVanishedNamespaces) and prints them. Exit 1 when this process cannot tell which
+ * namespaces are gone (not in the initial pid namespace).
+ */
+function runPrune(cmd: Extract<DatapathCommand, { kind: 'datapath-prune' }>, io: Io): number {
+  const r = pruneVanishedNamespaces(cmd.bpfRoot);
+  if ('refused' in r) {
+    io.err(`ctmap: datapath prune: nothing removed: ${r.refused}\n`);
+    return 1;
+  }
+  io.out(cmd.json ? `${JSON.stringify(r.pruned)}\n` : formatPrune(r.pruned, cmd.bpfRoot));
+  return 0;
+}
+
+/** Human-readable prune result. */
+export function formatPrune(pruned: readonly PrunedRecord[], bpfRoot = ''): string {
+  if (pruned.length === 0) return `nothing to prune: every network namespace with a record under ${bpfRoot}/ctmapd/datapath still exists\n`;
+  const lines = pruned.map((p) => `pruned netns inode ${p.netns} ifindex ${p.ifindex} (the namespace is gone): unpinned ${p.pins.length === 0 ? 'nothing' : p.pins.join(', ')}`);
+  return `${lines.join('\n')}\n`;
+}
+
+/**
  * With CTMAP_CHECK_LEAKS=1 (the e2e tests run the real command line so): says on stderr
  * when a bpf fd or object opened by the command is still open. Returns whether it did.
  */
@@ -81,7 +106,7 @@ function reportLeaks(env: NodeJS.ProcessEnv, io: Io): boolean {
   return true;
 }
 
-function datapathCommand(attach: typeof import('../datapath/attach'), cmd: DatapathCommand, where: string): string {
+function datapathCommand(attach: typeof import('../datapath/attach'), cmd: Exclude<DatapathCommand, { kind: 'datapath-prune' }>, where: string): string {
   switch (cmd.kind) {
     case 'datapath-attach': {
       const r = attach.attachDatapath({ bpfRoot: cmd.bpfRoot, dev: cmd.dev, settings: { clusterId: cmd.clusterId } });
@@ -154,7 +179,13 @@ export function formatStatus(records: readonly StatusRecord[], bpfRoot = ''): st
   if (records.length === 0) return `no datapath attached by ctmap (no records under ${bpfRoot}/ctmapd/datapath)\n`;
   const lines: string[] = [];
   for (const r of records) {
-    const ns = r.here ? 'this netns' : r.netnsName ? `netns ${r.netnsName}` : `netns inode ${r.netns} (unnamed or gone)`;
+    const ns = r.here
+      ? 'this netns'
+      : r.netnsName
+        ? `netns ${r.netnsName}`
+        : r.netnsGone
+          ? `netns inode ${r.netns}, NAMESPACE GONE (ctmap datapath prune removes the record)`
+          : `netns inode ${r.netns} (unnamed)`;
     const gone = r.here && r.dev === undefined ? ', DEVICE GONE (the next attach or detach here removes the record)' : '';
     lines.push(`${r.dev ?? `ifindex ${r.ifindex}`} (${r.here ? `ifindex ${r.ifindex}, ` : ''}${ns})${r.ownsQdisc ? ', clsact qdisc created by ctmap' : ''}${gone}`);
     for (const h of r.hooks) {

@@ -5,7 +5,7 @@
  */
 import { CtmapError } from '../errors';
 import { CliUsageError, parseCli } from './args';
-import { CliRpcError, ctList, gcRun } from './client';
+import { CliRpcError, ctList, gcRun, health } from './client';
 import { Io, runDatapath } from './datapath';
 
 const stdio: Io = {
@@ -25,6 +25,8 @@ export async function run(argv: readonly string[], env: NodeJS.ProcessEnv, io: I
         return await ctList(cmd, io);
       case 'gc-run':
         return await gcRun(cmd, io);
+      case 'health':
+        return await health(cmd, io);
       default:
         return runDatapath(cmd, argv, env, io);
     }

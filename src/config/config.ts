@@ -15,6 +15,7 @@ import {
   DEFAULT_CT_TCP_MAX,
   DEFAULT_MONITOR_AGGREGATION_INTERVAL,
   DEFAULT_SOCKET,
+  DEFAULT_SOCKET_READONLY_MODE,
   GC_MAX_INTERVAL_SECONDS,
   GC_MIN_INTERVAL_SECONDS,
   MAP_SIZE_MAX,
@@ -33,8 +34,25 @@ export interface Config {
   readonly bpfRoot: string;
   /** Unix socket path the gRPC server listens on. */
   readonly socket: string;
-  /** TCP "HOST:PORT" to listen on as well; undefined = unix socket only. */
+  /** TCP "HOST:PORT" to listen on as well (TLS with client certificates unless
+   *  listenInsecure); undefined = unix socket only. */
   readonly listen?: string;
+  /** Serve `listen` in plaintext, unauthenticated, with full access (warned at every start). */
+  readonly listenInsecure: boolean;
+  /** PEM certificate (chain) and key of the TCP listener; reloaded when they change on disk. */
+  readonly tlsCertFile?: string;
+  readonly tlsKeyFile?: string;
+  /** PEM CA files a client certificate must chain to; reloaded when they change on disk. */
+  readonly tlsClientCaFiles?: readonly string[];
+  /** YAML `{readers: [...], writers: [...]}` of TLS client identities; undefined = every
+   *  verified client may write. */
+  readonly authzPolicy?: string;
+  /** A second unix socket that serves the read RPCs only; undefined = none. */
+  readonly socketReadonly?: string;
+  /** Mode of socketReadonly; undefined = DEFAULT_SOCKET_READONLY_MODE (0660). */
+  readonly socketReadonlyMode?: number;
+  /** Group of socketReadonly: a gid, or a name looked up in /etc/group; undefined = the daemon's. */
+  readonly socketReadonlyGroup?: number | string;
   readonly enableIpv4: boolean;
   readonly enableIpv6: boolean;
   readonly bpfCtGlobalTcpMax: number;
@@ -101,7 +119,15 @@ const FLAGS: readonly Flag[] = [
   flag('backend', 'backend', 'map backend: auto picks kernel where bpf() is permitted, else memory', 'auto', oneOf(['auto', 'kernel', 'memory'])),
   flag('bpf-root', 'bpfRoot', 'bpffs mount point; maps are pinned under <bpf-root>/tc/globals', DEFAULT_BPF_ROOT, absolutePath),
   flag('socket', 'socket', 'unix socket path of the gRPC server', DEFAULT_SOCKET, socketPath),
-  flag('listen', 'listen', 'also listen on TCP HOST:PORT (insecure; off by default)', undefined, hostPort),
+  flag('listen', 'listen', 'also listen on TCP HOST:PORT, with TLS and client certificates (--tls-cert-file, --tls-key-file, --tls-client-ca-files) unless --listen-insecure (off by default)', undefined, hostPort),
+  boolFlag('listen-insecure', 'listenInsecure', 'serve --listen in plaintext with no authentication: anyone who reaches it may read and write every map (logged as a warning at every start)', false),
+  flag('tls-cert-file', 'tlsCertFile', 'PEM certificate (chain) of the --listen TLS server; reloaded when it changes', undefined, absolutePath),
+  flag('tls-key-file', 'tlsKeyFile', 'PEM private key of --tls-cert-file; reloaded when it changes', undefined, absolutePath),
+  flag('tls-client-ca-files', 'tlsClientCaFiles', 'comma-separated PEM CA files; a --listen client must present a certificate that chains to one of them; reloaded when they change', undefined, pathList),
+  flag('authz-policy', 'authzPolicy', 'YAML file {readers: [...], writers: [...]} of TLS client identities (SAN URI, DNS name or CN=<name>); without it every verified client may write; reloaded when it changes', undefined, absolutePath),
+  flag('socket-readonly', 'socketReadonly', 'a second unix socket that serves the read RPCs only (off by default)', undefined, socketPath),
+  flag('socket-readonly-mode', 'socketReadonlyMode', `mode of --socket-readonly, octal (default: 0${DEFAULT_SOCKET_READONLY_MODE.toString(8)})`, undefined, octalMode),
+  flag('socket-readonly-group', 'socketReadonlyGroup', "group of --socket-readonly: a name (from /etc/group) or a gid (default: the daemon's)", undefined, group),
   boolFlag('enable-ipv4', 'enableIpv4', 'manage the IPv4 CT maps', true),
   boolFlag('enable-ipv6', 'enableIpv6', 'manage the IPv6 CT maps', true),
   flag('bpf-ct-global-tcp-max', 'bpfCtGlobalTcpMax', 'max entries of the TCP CT maps', DEFAULT_CT_TCP_MAX, integer(MAP_SIZE_MIN, MAP_SIZE_MAX)),
@@ -193,7 +219,38 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Co
   if (!config.enableIpv4 && !config.enableIpv6) {
     throw new ConfigError('--enable-ipv4, --enable-ipv6: at least one family must be enabled', 2, '--enable-ipv4');
   }
+  checkListeners(config);
   return config;
+}
+
+const TLS_FLAGS = ['--tls-cert-file', '--tls-key-file', '--tls-client-ca-files'] as const;
+
+/**
+ * The listener flags that only make sense together (issue 12): TCP is TLS with client
+ * certificates or, explicitly, --listen-insecure; the TLS files go together and with
+ * --listen; --authz-policy needs TLS; the read-only socket's mode and group need it.
+ */
+function checkListeners(c: Config): void {
+  const fail = (flag: string, problem: string): never => {
+    throw new ConfigError(`${flag}: ${problem}`, 2, flag);
+  };
+  const tls = [c.tlsCertFile, c.tlsKeyFile, c.tlsClientCaFiles];
+  const given = TLS_FLAGS.filter((_, i) => tls[i] !== undefined);
+  const missing = TLS_FLAGS.filter((_, i) => tls[i] === undefined);
+  if (given.length > 0 && missing.length > 0) fail(missing[0]!, `needed with ${given.join(', ')}`);
+  if (given.length > 0 && c.listen === undefined) fail(given[0]!, 'needs --listen');
+  if (c.listenInsecure && c.listen === undefined) fail('--listen-insecure', 'needs --listen');
+  if (c.listenInsecure && given.length > 0) fail('--listen-insecure', `contradicts ${given.join(', ')}`);
+  if (c.listen !== undefined && given.length === 0 && !c.listenInsecure) {
+    fail('--listen', `TCP needs TLS with client certificates (${TLS_FLAGS.join(', ')}); --listen-insecure serves it in plaintext to anyone`);
+  }
+  if (c.authzPolicy !== undefined && given.length === 0) fail('--authz-policy', `needs TLS (${TLS_FLAGS.join(', ')}): it maps client certificates to roles`);
+  if (c.socketReadonly === undefined) {
+    if (c.socketReadonlyMode !== undefined) fail('--socket-readonly-mode', 'needs --socket-readonly');
+    if (c.socketReadonlyGroup !== undefined) fail('--socket-readonly-group', 'needs --socket-readonly');
+  } else if (c.socketReadonly === c.socket) {
+    fail('--socket-readonly', 'must differ from --socket');
+  }
 }
 
 /**
@@ -287,6 +344,25 @@ function socketPath(raw: Raw): string {
   const v = text(raw);
   if (v === '') throw new Error('want a path');
   if (Buffer.byteLength(v) > SOCKET_PATH_MAX) throw new Error(`path longer than ${SOCKET_PATH_MAX} bytes (unix socket limit)`);
+  return v;
+}
+
+function pathList(raw: Raw): string[] {
+  const parts = text(raw).split(',').map((p) => p.trim());
+  if (parts.some((p) => p === '')) throw new Error(`want comma-separated absolute paths, got ${JSON.stringify(raw)}`);
+  return parts.map((p) => absolutePath(p));
+}
+
+function octalMode(raw: Raw): number {
+  const v = text(raw).trim();
+  if (!/^0?[0-7]{3}$/.test(v)) throw new Error(`want an octal mode such as 0660, got ${JSON.stringify(raw)}`);
+  return parseInt(v, 8);
+}
+
+function group(raw: Raw): number | string {
+  const v = text(raw).trim();
+  if (/^\d+$/.test(v) && Number(v) <= U32_MAX) return Number(v);
+  if (!/^[A-Za-z_][A-Za-z0-9_.-]{0,31}$/.test(v)) throw new Error(`want a group name or gid, got ${JSON.stringify(raw)}`);
   return v;
 }
 

@@ -18,6 +18,12 @@ export const DEFAULT_CT_ANY_MAX = 262144;
 /** Where the daemon pins (bpffs) and listens (unix socket) without flags. */
 export const DEFAULT_BPF_ROOT = '/sys/fs/bpf';
 export const DEFAULT_SOCKET = '/run/ctmapd/ctmapd.sock';
+/**
+ * --socket-readonly-mode: owner and group only, like the main socket. A dump shows every
+ * connection of the node, so reading is widened on purpose (--socket-readonly-group, or
+ * 0666 for every local user), never by default.
+ */
+export const DEFAULT_SOCKET_READONLY_MODE = 0o660;
 
 /**
  * CT lifetimes in seconds (facts §5, Cilium's --bpf-ct-timeout-* defaults) and

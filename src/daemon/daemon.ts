@@ -8,8 +8,10 @@ import type { MembershipSource } from '../cluster/membership-types';
 import { ConfigDirSource } from '../cluster/sources/config-dir';
 import { datapathSettingsFrom } from '../datapath/settings';
 import { AttachedDatapathReloader } from '../datapath/reloader';
+import { pruneVanishedNamespaces } from '../datapath/records';
 import { DatapathSideMaps } from '../datapath/side-maps';
 import { ensureBpffs, ensurePinDir } from '../maps/bpffs';
+import { lockBpfRoot } from '../maps/root-lock';
 import { selectBackend } from '../maps/backend';
 import { DatapathReloader, MapLifecycle, MigrationHooks, MigrationReport } from '../maps/lifecycle';
 import { FLUSH_TIME, GCEngine } from '../maps/ctmap/gc/engine';
@@ -62,15 +64,20 @@ export interface Daemon {
   readonly server: ServerHandle;
   /**
    * Drains the teardown stack: serving ends first (health NOT_SERVING, streams ended,
-   * server closed within `graceMs`, default 5000), then the clustermesh sources, the GC
-   * scheduler (its pass aborted), the metrics server, the maps; pins are kept. Every step
-   * runs; rejects with the first that failed. Idempotent.
+   * server closed within `graceMs`, default SHUTDOWN_GRACE_MS: how long open calls may
+   * finish before they are cancelled), then the clustermesh sources, the GC scheduler (its
+   * pass aborted), the metrics server, the maps; pins are kept. Every step runs; rejects
+   * with the first that failed. Idempotent.
    */
   stop(graceMs?: number): Promise<void>;
 }
 
+/** How long stop() (SIGTERM) lets open calls finish; a container's termination grace period must exceed it. */
+export const SHUTDOWN_GRACE_MS = 5000;
+
 /**
- * Starts the daemon: backend, bpffs, maps (migrating pinned maps whose attributes changed,
+ * Starts the daemon: backend, bpffs, the bpf-root's lock (a second daemon on the same
+ * root is refused, failed-precondition naming the holder's pid), maps (migrating pinned maps whose attributes changed,
  * finishing or undoing migrations a crash interrupted), services, SERVING. Rejects with
  * what went wrong (a CtmapError for configuration and map problems); everything started
  * by then is stopped and closed again (the teardown stack, as at stop()) and pins are left
@@ -98,6 +105,12 @@ async function bringUp(config: Config, log: Logger, opts: DaemonOptions, teardow
     ensureBpffs(config.bpfRoot, log);
     ensurePinDir(globalsDir(config.bpfRoot));
   }
+  // One owner per bpf-root (issue 12 item 4): taken before any map is opened, dropped last.
+  const rootLock = lockBpfRoot(config.bpfRoot, backend.name);
+  teardown.push('bpf-root lock', () => rootLock.release());
+  // Records of vanished network namespaces hold programs, and through them maps (issue 12
+  // item 6): gone before a migration would leave its old maps held by them.
+  if (backend.name === 'kernel') pruneDatapathRecords(config.bpfRoot, log.child({ component: 'datapath' }));
   const mapsConfig = {
     bpfRoot: config.bpfRoot,
     enableIPv4: config.enableIpv4,
@@ -253,7 +266,7 @@ async function bringUp(config: Config, log: Logger, opts: DaemonOptions, teardow
     metrics,
     metricsServer,
     server,
-    stop(grace = 5000) {
+    stop(grace = SHUTDOWN_GRACE_MS) {
       stopping ??= (async () => {
         graceMs = grace;
         await teardown.drain();
@@ -262,4 +275,21 @@ async function bringUp(config: Config, log: Logger, opts: DaemonOptions, teardow
       return stopping;
     },
   };
+}
+
+/**
+ * Removes, and logs, the datapath records of network namespaces that are gone
+ * (pruneVanishedNamespaces). A failure is logged and does not stop the start: the records
+ * only hold memory, and `ctmap datapath prune` can be run later.
+ */
+function pruneDatapathRecords(bpfRoot: string, log: Logger): void {
+  try {
+    const r = pruneVanishedNamespaces(bpfRoot);
+    if ('refused' in r) log.warn({ reason: r.refused }, 'datapath records of vanished network namespaces are not pruned');
+    for (const p of r.pruned) {
+      log.info({ netns: p.netns, ifindex: p.ifindex, unpinned: p.pins }, 'pruned the datapath record of a network namespace that is gone: its programs, and the maps only they held, are freed');
+    }
+  } catch (err) {
+    log.error({ err }, 'pruning the datapath records of vanished network namespaces failed; ctmap datapath prune can retry');
+  }
 }

@@ -54,7 +54,7 @@ import {
   tcQuery,
 } from '../link';
 import { CtDatapath } from './loader';
-import { datapathRecordsDir } from './records';
+import { datapathRecordsDir, findNetns, removeRecordDir } from './records';
 import type { DatapathSettings } from './settings';
 
 export const TC_DIRECTIONS: readonly TcDirection[] = ['ingress', 'egress'];
@@ -149,16 +149,7 @@ function hookState(ifindex: number, h: OwnedHook): 'ours' | 'gone' | 'foreign' {
 }
 
 function removeRecord(rec: OwnershipRecord, bpfRoot: string): void {
-  fs.rmSync(rec.dir, { recursive: true, force: true });
-  // Prune the directories above while empty, up to and including <bpf-root>/ctmapd.
-  const stop = path.resolve(bpfRoot);
-  for (let d = path.dirname(rec.dir); d.startsWith(stop + path.sep) && d !== stop; d = path.dirname(d)) {
-    try {
-      fs.rmdirSync(d);
-    } catch {
-      break; // not empty (other records, other pins): leave it
-    }
-  }
+  removeRecordDir(rec.dir, bpfRoot);
 }
 
 function unpinQuiet(pin: string): void {
@@ -434,6 +425,8 @@ export interface StatusRecord {
   readonly netns: number;
   /** Name under /run/netns, when the namespace has one. */
   readonly netnsName?: string;
+  /** The namespace no longer exists: `ctmap datapath prune` (and every daemon start) removes the record. */
+  readonly netnsGone: boolean;
   /** The record is for this process's namespace: dev and hook states are known. */
   readonly here: boolean;
   readonly ifindex: number;
@@ -446,7 +439,8 @@ export interface StatusRecord {
 /**
  * Every ownership record under <bpfRoot>/ctmapd/datapath. Records of this network
  * namespace come with the device name and whether each filter is still in place; records
- * of other namespaces with the namespace's /run/netns name when it has one. Throws only
+ * of other namespaces with the namespace's /run/netns name when it has one, and whether
+ * the namespace is gone (its record awaits `ctmap datapath prune`). Throws only
  * for unreadable bpffs directories.
  */
 export function datapathStatus(bpfRoot: string): StatusRecord[] {
@@ -459,6 +453,7 @@ export function datapathStatus(bpfRoot: string): StatusRecord[] {
     const ns = /^net(\d+)$/.exec(nsDir);
     if (!ns) continue;
     const netns = Number(ns[1]);
+    const netnsGone = netns !== here && !names.has(netns) && findNetns(netns) === undefined;
     for (const ifDir of fs.readdirSync(path.join(base, nsDir)).sort()) {
       const m = /^if(\d+)$/.exec(ifDir);
       if (!m) continue;
@@ -468,6 +463,7 @@ export function datapathStatus(bpfRoot: string): StatusRecord[] {
       out.push({
         netns,
         netnsName: names.get(netns),
+        netnsGone,
         here: isHere,
         ifindex,
         dev: isHere ? ifIndexToName(ifindex) : undefined,

@@ -9,18 +9,17 @@
  * Attachments live in other network namespaces, and a process can only talk tc to its own,
  * so each namespace gets `ctmap datapath reattach` run inside it with
  * `nsenter --net=<namespace>` (only the network namespace changes: bpffs stays visible).
- * A namespace is found by its inode among /run/netns (what `ip netns` names) and the
- * namespaces of running processes.
+ * A namespace is found by its inode (findNetns in ./records: /run/netns, nsfs mounts, the
+ * namespaces of running processes); the daemon prunes the records of vanished ones before
+ * it opens its maps, so this rarely meets one.
  */
 import { execFile } from 'node:child_process';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { promisify } from 'node:util';
 import type { Logger } from 'pino';
 import { CTMAP_BIN } from '../config/paths';
 import { CtmapError } from '../errors';
 import type { DatapathReloader, SwappedMap } from '../maps/lifecycle';
-import { datapathRecordsDir } from './records';
+import { findNetns, recordedNamespaces } from './records';
 
 const run = promisify(execFile);
 
@@ -70,40 +69,4 @@ export class AttachedDatapathReloader implements DatapathReloader {
     }
     await new Promise((resolve) => setTimeout(resolve, IN_FLIGHT_MS));
   }
-}
-
-/** Inodes of the network namespaces that have attachment records. */
-function recordedNamespaces(bpfRoot: string): number[] {
-  try {
-    return fs
-      .readdirSync(datapathRecordsDir(bpfRoot))
-      .map((n) => /^net(\d+)$/.exec(n))
-      .filter((m): m is RegExpExecArray => m !== null)
-      .map((m) => Number(m[1]));
-  } catch {
-    return [];
-  }
-}
-
-/** A path that opens the network namespace with this inode, or undefined. */
-function findNetns(inode: number): string | undefined {
-  const candidates: string[] = ['/proc/self/ns/net'];
-  try {
-    for (const name of fs.readdirSync('/run/netns')) candidates.push(path.join('/run/netns', name));
-  } catch {
-    // no named namespaces
-  }
-  try {
-    for (const pid of fs.readdirSync('/proc')) if (/^\d+$/.test(pid)) candidates.push(`/proc/${pid}/ns/net`);
-  } catch {
-    // no procfs
-  }
-  for (const c of candidates) {
-    try {
-      if (fs.statSync(c).ino === inode) return c;
-    } catch {
-      // gone while looking
-    }
-  }
-  return undefined;
 }

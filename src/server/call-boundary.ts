@@ -7,6 +7,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { CtmapError, type ErrorCode } from '../errors';
 import type { Logger } from 'pino';
+import { accessOf, callerOf } from './access';
 
 /** CtmapError code -> gRPC status code. */
 export const GRPC_STATUS: Readonly<Record<ErrorCode, grpc.status>> = Object.freeze({
@@ -85,8 +86,15 @@ export interface CallContext {
   /** Aborts (reason: one of ABORT) on client cancel, deadline or server shutdown. Pass it
    *  into batch loops and rxjs pipelines; stop work when it fires. */
   readonly signal: AbortSignal;
-  /** Child logger with `method` and `peer`. */
+  /** Child logger with `method` and `peer` (and `caller` on TLS). */
   readonly log: Logger;
+  /**
+   * Adds fields to the call's audit line: the maps touched and the counts. Every call of
+   * a write RPC (access.ts) logs exactly one, at info, when it ends: method, peer, caller
+   * (access.ts callerOf: the certificate subject on TLS, else the peer), outcome ("OK"
+   * or the status sent) and these fields; those of later calls win. No effect on reads.
+   */
+  audit(fields: Record<string, unknown>): void;
 }
 
 /** The sending side of a server stream, with flow control. */
@@ -122,7 +130,7 @@ export function unary<Req, Res>(
     const answer: grpc.sendUnaryData<Res> = (err, value) => {
       if (answered) return;
       answered = true;
-      release();
+      release(err ?? undefined);
       callback(err, value);
     };
     if (shutdown?.aborted) return fail(ctx, ABORT.shutdown, (status) => answer(status));
@@ -152,7 +160,7 @@ export function serverStream<Req, Res>(
     const started = Date.now();
     const { ctx, release } = callContext(log, name, call, shutdown);
     const end = (status?: GrpcStatus) => {
-      release();
+      release(status);
       if (status === undefined) call.end();
       // grpc-js turns an 'error' event into the trailing status and ends the call; the
       // messages queued before it are still sent. destroy() would drop the status.
@@ -190,14 +198,15 @@ type AnyServerCall = grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritabl
 /**
  * Builds the call's context. The signal links client cancel ('cancelled'), the deadline
  * and the server-wide shutdown signal; release() detaches from all three so the shared
- * shutdown signal does not collect one listener per finished call.
+ * shutdown signal does not collect one listener per finished call, and writes the audit
+ * line of a write RPC with the status the call ends with (none: OK).
  */
 function callContext(
   base: Logger,
   name: string,
   call: AnyServerCall,
   shutdown: AbortSignal | undefined,
-): { ctx: CallContext; release: () => void } {
+): { ctx: CallContext; release: (status?: Partial<GrpcStatus> | null) => void } {
   const ac = new AbortController();
   const onCancel = () => ac.abort(ABORT.cancelled);
   const onShutdown = () => ac.abort(ABORT.shutdown);
@@ -215,12 +224,20 @@ function callContext(
     timer = setTimeout(() => ac.abort(ABORT.deadline), Math.max(0, deadlineMs - Date.now()));
   }
 
-  const release = () => {
+  const caller = callerOf(call);
+  const log = base.child({ method: name, peer: call.getPeer(), ...(caller.verified ? { caller: caller.identity } : {}) });
+  // Issue 12: who changed what, one line per mutating call, whatever its outcome.
+  const audited: Record<string, unknown> | undefined = accessOf(call.getPath()) === 'write' ? {} : undefined;
+  const release = (status?: Partial<GrpcStatus> | null) => {
     call.removeListener('cancelled', onCancel);
     shutdown?.removeEventListener('abort', onShutdown);
     clearTimeout(timer);
+    const outcome = status?.code === undefined || status.code === grpc.status.OK ? 'OK' : grpc.status[status.code];
+    // On TLS the child logger already carries `caller`; a second one would repeat the key.
+    if (audited) log.info({ ...audited, ...(caller.verified ? {} : { caller: caller.identity }), outcome }, 'audit');
   };
-  return { ctx: { signal: ac.signal, log: base.child({ method: name, peer: call.getPeer() }) }, release };
+  const audit = (fields: Record<string, unknown>) => void (audited && Object.assign(audited, fields));
+  return { ctx: { signal: ac.signal, log, audit }, release };
 }
 
 function flowControlled<Res>(

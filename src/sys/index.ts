@@ -276,3 +276,6 @@ export function progInfo(fd: Fd | number): ProgInfo {
 export function pinProgram(progFd: number, pinPath: string): void {
   check(`obj pin ${pinPath}`, native.objPin(progFd, pinPath));
 }
+
+// flock(2) on directories: one owner per bpf-root (src/maps/root-lock.ts).
+export { DirLock, flockHolders, tryLockDir } from './lock';

@@ -1,7 +1,7 @@
 /**
- * koffi bindings to libbpf.so.1 and libc.so.6: each library is loaded here, once, and
- * every native function ctmapd calls is bound here (test/unit/layering.test.ts keeps koffi
- * inside src/sys/). Everything is synchronous unless bound with .async: each call is one
+ * koffi bindings to libbpf.so.1, loaded here once, and the one `native` table of every
+ * native function ctmapd calls, libc's from ./libc.ts included (test/unit/layering.test.ts
+ * keeps koffi inside src/sys/ and each library loaded once). Everything is synchronous unless bound with .async: each call is one
  * syscall, short enough for the event loop (a 4096-entry batch lookup takes well under a
  * millisecond).
  *
@@ -13,9 +13,9 @@
  */
 import koffi from 'koffi';
 import { Errno } from './errors';
+import { type Ptr, libcFunctions } from './libc';
 
 const libbpf = koffi.load('libbpf.so.1');
-const libc = koffi.load('libc.so.6');
 
 // struct bpf_map_create_opts (libbpf 1.1 layout; `sz` tells libbpf which fields we know).
 const MapCreateOpts = koffi.struct('bpf_map_create_opts', {
@@ -95,7 +95,7 @@ export const TC_OPTS = {
 } as const;
 
 /** Opaque libbpf pointers (struct bpf_object *, struct bpf_map *, struct bpf_program *). */
-export type Ptr = bigint;
+export type { Ptr };
 
 
 export const native = {
@@ -171,39 +171,13 @@ export const native = {
     size: number,
   ) => number,
   testRun: libbpf.func('int bpf_prog_test_run_opts(int prog_fd, void *opts)') as (fd: number, opts: Ptr) => number,
-  mmap: libc.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)') as (
-    addr: null,
-    length: number,
-    prot: number,
-    flags: number,
-    fd: number,
-    offset: number,
-  ) => Ptr | null,
-  munmap: libc.func('int munmap(void *addr, size_t length)') as (addr: Ptr, length: number) => number,
-  // libbpf tc API and libc sockets / interface names (src/link/)
   tcHookCreate: libbpf.func('int bpf_tc_hook_create(void *hook)') as (hook: Buffer) => number,
   tcHookDestroy: libbpf.func('int bpf_tc_hook_destroy(void *hook)') as (hook: Buffer) => number,
   tcAttach: libbpf.func('int bpf_tc_attach(const void *hook, void *opts)') as (hook: Buffer, opts: Buffer) => number,
   tcDetach: libbpf.func('int bpf_tc_detach(const void *hook, const void *opts)') as (hook: Buffer, opts: Buffer) => number,
   tcQuery: libbpf.func('int bpf_tc_query(const void *hook, void *opts)') as (hook: Buffer, opts: Buffer) => number,
-  ifNameToIndex: libc.func('unsigned int if_nametoindex(const char *ifname)') as (name: string) => number,
-  ifIndexToName: libc.func('const char *if_indextoname(unsigned int ifindex, void *ifname)') as (index: number, buf: Buffer) => string | null,
-  socket: libc.func('int socket(int domain, int type, int protocol)') as (domain: number, type: number, protocol: number) => number,
-  send: libc.func('intptr_t send(int fd, const void *buf, size_t len, int flags)') as (fd: number, buf: Buffer, len: number, flags: number) => number,
-  recv: libc.func('intptr_t recv(int fd, void *buf, size_t len, int flags)') as (fd: number, buf: Buffer, len: number, flags: number) => number,
-  close: libc.func('int close(int fd)') as (fd: number) => number,
-  // pid 0 = the calling thread (not the process): only the JS thread is placed, libuv's
-  // pool threads keep their own masks. Return -1 and set errno (read with koffi.errno()).
-  schedGetaffinity: libc.func('int sched_getaffinity(int pid, size_t cpusetsize, void *mask)') as (
-    pid: number,
-    size: number,
-    mask: Buffer,
-  ) => number,
-  schedSetaffinity: libc.func('int sched_setaffinity(int pid, size_t cpusetsize, const void *mask)') as (
-    pid: number,
-    size: number,
-    mask: Buffer,
-  ) => number,
+  // libc (./libc.ts)
+  ...libcFunctions,
 };
 
 /**

@@ -44,11 +44,19 @@ export interface DaemonProcess {
 
 /**
  * Starts bin/ctmapd on `bpfRoot` and `socket` with small maps (and `flags`), waits until
- * health says SERVING. The stop is registered with `t`.
+ * health says SERVING. The stop is registered with `t`. `prefix` runs it under a command
+ * that execs it (e.g. `unshare -m --`), so the child is still the daemon itself.
  */
-export async function startDaemonProcess(t: { after(fn: () => unknown): void }, bpfRoot: string, socket: string, flags: readonly string[] = []): Promise<DaemonProcess> {
+export async function startDaemonProcess(
+  t: { after(fn: () => unknown): void },
+  bpfRoot: string,
+  socket: string,
+  flags: readonly string[] = [],
+  prefix: readonly string[] = [],
+): Promise<DaemonProcess> {
   const args = [CTMAPD_BIN, '--bpf-root', bpfRoot, '--socket', socket, '--bpf-ct-global-tcp-max', '65536', '--bpf-ct-global-any-max', '32768', ...flags];
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const [cmd, ...cmdArgs] = [...prefix, process.execPath, ...args];
+  const child = spawn(cmd, cmdArgs, { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   child.stdout!.on('data', (d) => (output += d));
   child.stderr!.on('data', (d) => (output += d));

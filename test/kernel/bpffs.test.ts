@@ -1,6 +1,7 @@
 /**
  * Issue 6 item 4, --bpf-root: bpffs is mounted where it is missing (a missing or empty
- * directory), a bpf-root elsewhere is refused with a message that says what to do, a
+ * directory not on bpffs), a missing directory under bpffs is created there instead of
+ * mounted over (issue 12 item 5), a bpf-root elsewhere is refused with a message that says what to do, a
  * failed mount says why, and a pin directory with another filesystem mounted on it is
  * refused. Needs root (it mounts); every mount is undone and every directory removed,
  * also on failure.
@@ -57,6 +58,24 @@ test('bpffs: a root already on bpffs is used as it is', (t) => {
   const logs = new LogSink();
   ensureBpffs(bpf.root, pino(logs));
   assert.equal(logs.find(/mounted bpffs/), undefined, 'nothing mounted');
+});
+
+test('bpffs: a missing root under bpffs is created as a plain directory there, nothing mounted (issue 12 item 5)', (t) => {
+  if (!kernelTier(t)) return;
+  const bpf = privateBpfRoot();
+  const root = path.join(bpf.root, 'missing/deeper');
+  // Unmount whatever a regression mounted before the directory is removed.
+  t.after(() => {
+    for (const m of mountsUnder(bpf.root).reverse()) spawnSync('umount', [m]);
+    bpf.cleanup();
+  });
+  const logs = new LogSink();
+  ensureBpffs(root, pino(logs));
+  assert.ok(isBpffs(root));
+  assert.deepEqual(mountsUnder(bpf.root), [], 'no bpffs mounted on the new directory');
+  assert.equal(fs.statSync(root).dev, fs.statSync(bpf.root).dev, 'the same bpffs as its parent');
+  assert.equal(logs.find(/mounted bpffs/), undefined);
+  assert.ok(logs.find(/created --bpf-root as a directory on the bpffs/), 'the creation is logged');
 });
 
 test('bpffs: a missing or empty directory gets bpffs mounted, and pins work there', (t) => {

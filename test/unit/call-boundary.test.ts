@@ -20,6 +20,8 @@ function fakeCall(request: unknown, deadline: number = Infinity) {
     cancelled: false,
     getPeer: () => 'unix:test',
     getDeadline: () => deadline,
+    getPath: () => '/test.Fake/Call',
+    getAuthContext: () => ({}),
   }) as unknown as grpc.ServerUnaryCall<unknown, unknown> & EventEmitter;
 }
 

@@ -128,6 +128,33 @@ describe('ctmap datapath detach / status', () => {
   });
 });
 
+describe('ctmap datapath prune (issue 12 item 6)', () => {
+  it('parses --bpf-root (flag, env, default) and --json; --netns and --dev are not its flags', () => {
+    assert.deepEqual(parseCli(['datapath', 'prune'], {}), { kind: 'datapath-prune', bpfRoot: '/sys/fs/bpf', json: false });
+    assert.deepEqual(parseCli(['datapath', 'prune', '--json'], { CTMAPD_BPF_ROOT: '/run/bpf' }), { kind: 'datapath-prune', bpfRoot: '/run/bpf', json: true });
+    assert.deepEqual(parseCli(['datapath', 'prune', '--bpf-root', '/b'], { CTMAPD_BPF_ROOT: '/run/bpf' }), { kind: 'datapath-prune', bpfRoot: '/b', json: false });
+    usage(['datapath', 'prune', '--bpf-root', 'relative'], '--bpf-root');
+    usage(['datapath', 'prune', '--netns', 'blue'], '--netns');
+    usage(['datapath', 'prune', '--dev', 'eth0'], '--dev');
+  });
+  it('has help text, and the group help says what it does', () => {
+    let text = '';
+    try {
+      parseCli(['datapath', 'prune', '--help'], {});
+    } catch (err) {
+      text = (err as Error).message;
+    }
+    assert.match(text, /network namespaces that are gone/);
+    for (const flag of ['--bpf-root', '--json']) assert.ok(text.includes(flag), flag);
+    try {
+      parseCli(['datapath', '--help'], {});
+    } catch (err) {
+      text = (err as Error).message;
+    }
+    assert.match(text, /prune removes the records of network namespaces that no longer exist/);
+  });
+});
+
 describe('ctmap ct list / gc run', () => {
   it('--socket defaults like the daemon (CTMAPD_SOCKET, else /run/ctmapd/ctmapd.sock)', () => {
     assert.deepEqual(parseCli(['ct', 'list'], {}), { kind: 'ct-list', socket: '/run/ctmapd/ctmapd.sock', family: undefined, clusterId: 0 });
@@ -162,6 +189,38 @@ describe('ctmap ct list / gc run', () => {
     ]);
     assert.equal(listMaps(undefined, 9).length, 4);
     assert.ok(listMaps(undefined, 9).every((m) => m.cluster_id === 9));
+  });
+});
+
+describe('ctmap health', () => {
+  it('checks the whole server on the daemon socket (CTMAPD_SOCKET, else the default) within 3 s', () => {
+    assert.deepEqual(parseCli(['health'], {}), { kind: 'health', socket: '/run/ctmapd/ctmapd.sock', service: '', timeoutMs: 3000 });
+    assert.deepEqual(parseCli(['health'], { CTMAPD_SOCKET: '/run/x/d.sock' }), { kind: 'health', socket: '/run/x/d.sock', service: '', timeoutMs: 3000 });
+    assert.deepEqual(parseCli(['health', '--socket', '/s.sock', '--service', 'ctmap.v1.CTMaps', '--timeout', '0.5'], { CTMAPD_SOCKET: '/ignored' }), {
+      kind: 'health',
+      socket: '/s.sock',
+      service: 'ctmap.v1.CTMaps',
+      timeoutMs: 500,
+    });
+  });
+
+  it('refuses a bad --timeout or --socket, naming the flag', () => {
+    for (const bad of ['0', '-1', 'soon', '1e3', '3601', '']) usage(['health', '--timeout', bad], '--timeout');
+    usage(['health', '--socket', 'relative.sock'], '--socket');
+    usage(['health'], '--socket', { CTMAPD_SOCKET: 'relative' });
+    usage(['health', '--dev', 'eth0'], '--dev');
+  });
+
+  it('--help says what the exit code means', () => {
+    try {
+      parseCli(['health', '--help'], {});
+      assert.fail('no help');
+    } catch (err) {
+      assert.ok(err instanceof CliUsageError);
+      assert.equal(err.exitCode, 0);
+      assert.match(err.message, /exit 0 only when SERVING/);
+      for (const flag of ['--socket', '--service', '--timeout']) assert.ok(err.message.includes(flag), flag);
+    }
   });
 });
 

@@ -22,6 +22,7 @@ describe('parseConfig', () => {
       backend: 'auto',
       bpfRoot: '/sys/fs/bpf',
       socket: '/run/ctmapd/ctmapd.sock',
+      listenInsecure: false,
       enableIpv4: true,
       enableIpv6: true,
       bpfCtGlobalTcpMax: 524288,
@@ -53,7 +54,7 @@ describe('parseConfig', () => {
 
   it('takes flags in both --flag=value and --flag value form', () => {
     const c = parseConfig(
-      ['--backend=memory', '--bpf-root', '/tmp/bpffs/', '--socket=/tmp/x.sock', '--listen', '127.0.0.1:0', '--bpf-ct-timeout-regular-tcp-fin=3'],
+      ['--backend=memory', '--bpf-root', '/tmp/bpffs/', '--socket=/tmp/x.sock', '--listen', '127.0.0.1:0', '--listen-insecure', '--bpf-ct-timeout-regular-tcp-fin=3'],
       {},
     );
     assert.equal(c.backend, 'memory');
@@ -64,7 +65,7 @@ describe('parseConfig', () => {
   });
 
   it('falls back to CTMAPD_* environment variables, flags win', () => {
-    const env = { CTMAPD_BPF_CT_GLOBAL_TCP_MAX: '2048', CTMAPD_LOG_LEVEL: 'debug', CTMAPD_ENABLE_IPV6: 'false', CTMAPD_LISTEN: '[::1]:50051' };
+    const env = { CTMAPD_BPF_CT_GLOBAL_TCP_MAX: '2048', CTMAPD_LOG_LEVEL: 'debug', CTMAPD_ENABLE_IPV6: 'false', CTMAPD_LISTEN: '[::1]:50051', CTMAPD_LISTEN_INSECURE: 'true' };
     const c = parseConfig([], env);
     assert.equal(c.bpfCtGlobalTcpMax, 2048);
     assert.equal(c.logLevel, 'debug');
@@ -124,6 +125,59 @@ describe('parseConfig', () => {
     rejects(['--bpf-root=relative/dir'], '--bpf-root');
     rejects([`--socket=/tmp/${'x'.repeat(120)}`], '--socket');
     for (const bad of ['50051', 'host:65536', '::1:50051', 'host:']) rejects([`--listen=${bad}`], '--listen');
+  });
+
+  it('takes the TLS files, the authz policy and the read-only socket (issue 12)', () => {
+    const c = parseConfig(
+      [
+        '--listen=127.0.0.1:50051',
+        '--tls-cert-file=/etc/ctmapd/tls.crt',
+        '--tls-key-file=/etc/ctmapd/tls.key',
+        '--tls-client-ca-files=/etc/ctmapd/ca.crt, /etc/ctmapd/ca2.crt',
+        '--authz-policy=/etc/ctmapd/authz.yaml',
+        '--socket-readonly=/run/ctmapd/ro.sock',
+        '--socket-readonly-mode=0666',
+        '--socket-readonly-group=monitoring',
+      ],
+      {},
+    );
+    assert.equal(c.listenInsecure, false);
+    assert.equal(c.tlsCertFile, '/etc/ctmapd/tls.crt');
+    assert.equal(c.tlsKeyFile, '/etc/ctmapd/tls.key');
+    assert.deepEqual(c.tlsClientCaFiles, ['/etc/ctmapd/ca.crt', '/etc/ctmapd/ca2.crt']);
+    assert.equal(c.authzPolicy, '/etc/ctmapd/authz.yaml');
+    assert.equal(c.socketReadonly, '/run/ctmapd/ro.sock');
+    assert.equal(c.socketReadonlyMode, 0o666);
+    assert.equal(c.socketReadonlyGroup, 'monitoring');
+    assert.equal(parseConfig(['--socket-readonly=/r.sock', '--socket-readonly-group=991'], {}).socketReadonlyGroup, 991);
+    assert.equal(parseConfig([], { CTMAPD_SOCKET_READONLY: '/r.sock' }).socketReadonlyMode, undefined, 'the server applies 0660');
+    const env = { CTMAPD_LISTEN: '127.0.0.1:1', CTMAPD_TLS_CERT_FILE: '/c', CTMAPD_TLS_KEY_FILE: '/k', CTMAPD_TLS_CLIENT_CA_FILES: '/a,/b' };
+    assert.deepEqual(parseConfig([], env).tlsClientCaFiles, ['/a', '/b']);
+  });
+
+  it('refuses a plaintext --listen without --listen-insecure, and TLS flags that do not go together', () => {
+    const tls = ['--tls-cert-file=/c', '--tls-key-file=/k', '--tls-client-ca-files=/a'];
+    const err = rejects(['--listen=127.0.0.1:50051'], '--listen');
+    assert.equal(err.field, '--listen');
+    assert.match(err.message, /--listen-insecure/);
+    assert.equal(parseConfig(['--listen=127.0.0.1:50051', '--listen-insecure'], {}).listenInsecure, true);
+    assert.equal(rejects(['--listen=127.0.0.1:1', '--tls-cert-file=/c', '--tls-client-ca-files=/a'], '--tls-key-file').field, '--tls-key-file');
+    assert.equal(rejects(['--listen=127.0.0.1:1', '--tls-cert-file=/c', '--tls-key-file=/k'], '--tls-client-ca-files').field, '--tls-client-ca-files');
+    assert.equal(rejects(tls, '--tls-cert-file').field, '--tls-cert-file'); // without --listen
+    assert.equal(rejects(['--listen=127.0.0.1:1', '--listen-insecure', ...tls], '--listen-insecure').field, '--listen-insecure');
+    assert.equal(rejects(['--listen-insecure'], '--listen-insecure').field, '--listen-insecure');
+    assert.equal(rejects(['--listen=127.0.0.1:1', '--listen-insecure', '--authz-policy=/p.yaml'], '--authz-policy').field, '--authz-policy');
+    rejects(['--listen=127.0.0.1:1', '--tls-cert-file=c.pem', '--tls-key-file=/k', '--tls-client-ca-files=/a'], '--tls-cert-file');
+    rejects(['--listen=127.0.0.1:1', '--tls-cert-file=/c', '--tls-key-file=/k', '--tls-client-ca-files=/a,,/b'], '--tls-client-ca-files');
+    rejects(['--listen=127.0.0.1:1', '--tls-cert-file=/c', '--tls-key-file=/k', '--tls-client-ca-files=/a,rel'], '--tls-client-ca-files');
+  });
+
+  it('checks the read-only socket flags', () => {
+    rejects(['--socket-readonly-mode=0666'], '--socket-readonly-mode');
+    rejects(['--socket-readonly-group=0'], '--socket-readonly-group');
+    rejects(['--socket=/s.sock', '--socket-readonly=/s.sock'], '--socket-readonly');
+    for (const bad of ['666x', '0o666', '1777', '66', '-1']) rejects(['--socket-readonly=/r.sock', `--socket-readonly-mode=${bad}`], '--socket-readonly-mode');
+    for (const bad of ['-x', 'a b', '']) rejects(['--socket-readonly=/r.sock', `--socket-readonly-group=${bad}`], '--socket-readonly-group');
   });
 
   it('rejects unknown flags, missing values and arguments', () => {

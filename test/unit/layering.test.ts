@@ -131,6 +131,13 @@ test('koffi is imported in src/sys/ alone', () => {
   assert.ok(FILES.some((f) => f.startsWith(boundary) && importsOf(f).some((i) => i.spec === 'koffi')), 'src/sys/ does load koffi');
 });
 
+test('each native library is loaded once, in src/sys/', () => {
+  const loads = FILES.flatMap((f) => [...fs.readFileSync(f, 'utf8').matchAll(/koffi\.load\(\s*['"]([^'"]+)['"]/g)].map((m) => `${m[1]} in ${path.relative(REPO_ROOT, f)}`));
+  const libraries = loads.map((l) => l.split(' in ')[0]);
+  assert.deepEqual([...new Set(libraries)].sort(), ['libbpf.so.1', 'libc.so.6'], loads.join(', '));
+  assert.equal(loads.length, new Set(libraries).size, `one load per library: ${loads.join(', ')}`);
+});
+
 /** Every file a module loads with it (eager imports only, transitively). */
 function eagerClosure(entry: string): Set<string> {
   const seen = new Set<string>();

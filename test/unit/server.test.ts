@@ -296,7 +296,7 @@ describe('startServer over a stale socket, then shutdown', () => {
     const fake = fakeCtMaps(log, shutdown.signal);
     fake.state.hang = true;
     const handle = await startServer({
-      config: { socket, listen: '127.0.0.1:0' },
+      config: { socket, listen: '127.0.0.1:0', listenInsecure: true },
       log,
       shutdown,
       services: [{ definition: services().CTMaps.service, implementation: fake.implementation }],

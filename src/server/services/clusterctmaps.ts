@@ -38,14 +38,20 @@ export function clusterCtMapsService(deps: ClusterCtMapsServiceDeps): ServiceReg
   const { membership, log, shutdown } = deps;
   const maps = membership.maps;
   const implementation: grpc.UntypedServiceImplementation = {
-    CreateClusterCTMaps: unary(log, 'ClusterCTMaps/CreateClusterCTMaps', async (req: ClusterIdRequestMsg): Promise<ClusterMapsMsg> => {
+    CreateClusterCTMaps: unary(log, 'ClusterCTMaps/CreateClusterCTMaps', async (req: ClusterIdRequestMsg, ctx): Promise<ClusterMapsMsg> => {
       const id = parseClusterId(req);
+      ctx.audit({ clusterId: id });
       await membership.claim('rpc', '', id, 'rpc');
-      return clusterMapsMsg(maps.get(id)!);
+      const created = clusterMapsMsg(maps.get(id)!);
+      ctx.audit({ maps: created.maps.map((m) => m.name) });
+      return created;
     }, shutdown),
 
-    DeleteClusterCTMaps: unary(log, 'ClusterCTMaps/DeleteClusterCTMaps', async (req: ClusterIdRequestMsg): Promise<DeleteClusterCTMapsResponseMsg> => {
-      const dropped = await membership.forceLeave(parseClusterId(req), 'rpc');
+    DeleteClusterCTMaps: unary(log, 'ClusterCTMaps/DeleteClusterCTMaps', async (req: ClusterIdRequestMsg, ctx): Promise<DeleteClusterCTMapsResponseMsg> => {
+      const id = parseClusterId(req);
+      ctx.audit({ clusterId: id });
+      const dropped = await membership.forceLeave(id, 'rpc');
+      ctx.audit({ deleted: dropped !== undefined, droppedEntries: dropped ?? 0 });
       return { deleted: dropped !== undefined, dropped_entries: String(dropped ?? 0) };
     }, shutdown),
 
@@ -53,9 +59,12 @@ export function clusterCtMapsService(deps: ClusterCtMapsServiceDeps): ServiceReg
       clusters: maps.ids().map((id) => clusterMapsMsg(maps.get(id)!)),
     }), shutdown),
 
-    CleanupPerClusterCTMaps: unary(log, 'ClusterCTMaps/CleanupPerClusterCTMaps', async (req: CleanupPerClusterCTMapsRequestMsg) => ({
-      removed: await membership.cleanup(req.ipv4 === true, req.ipv6 === true),
-    }), shutdown),
+    CleanupPerClusterCTMaps: unary(log, 'ClusterCTMaps/CleanupPerClusterCTMaps', async (req: CleanupPerClusterCTMapsRequestMsg, ctx) => {
+      ctx.audit({ ipv4: req.ipv4 === true, ipv6: req.ipv6 === true });
+      const removed = await membership.cleanup(req.ipv4 === true, req.ipv6 === true);
+      ctx.audit({ removed });
+      return { removed };
+    }, shutdown),
 
     WatchMembership: serverStream(log, 'ClusterCTMaps/WatchMembership', async (_req: object, writer: StreamWriter<object>, ctx) => {
       const queue = new BoundedQueue<MembershipEvent>(WATCH_BUFFER);

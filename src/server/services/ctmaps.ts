@@ -9,7 +9,7 @@ import { formatEntryLine } from '../../maps/ctmap/format';
 import { ctNow } from '../../maps/clock';
 import { CtTables, DumpBatch, DumpCursor, countEntries } from '../../maps/ctmap/tables';
 import { CT_ENTRY_SIZE } from '../../maps/ctmap/codec';
-import { MapRef } from '../../maps/ctmap/spec';
+import { MapRef, refLabel } from '../../maps/ctmap/spec';
 import { FLUSH_TIME } from '../../maps/ctmap/gc/engine';
 import type { GCRunner } from '../../maps/ctmap/gc/runner';
 import type { MigrationReport } from '../../maps/lifecycle';
@@ -196,7 +196,7 @@ export function ctMapsService(deps: CtMapsServiceDeps): ServiceRegistration {
       return { map: mapRefMsg(ref), key: req.key, entry: entryMsg(entry, ctNow()) };
     }, shutdown),
 
-    Update: unary(log, 'CTMaps/Update', async (req: UpdateRequestMsg): Promise<UpdateResponseMsg> => {
+    Update: unary(log, 'CTMaps/Update', async (req: UpdateRequestMsg, ctx): Promise<UpdateResponseMsg> => {
       const records = req.records ?? [];
       const families = records.map((r, i) => parseKey(r.key, `records[${i}].key`).family);
       const parsed = records.map((r, i) => ({
@@ -204,24 +204,36 @@ export function ctMapsService(deps: CtMapsServiceDeps): ServiceRegistration {
         key: parseKey(r.key, `records[${i}].key`).key,
         entry: parseEntry(r.entry as CtEntryMsg, `records[${i}].entry`),
       }));
-      return { written: tables.update(parsed, 'records', families) };
+      ctx.audit({ maps: [...new Set(parsed.map((p) => refLabel(p.ref)))], records: parsed.length });
+      const written = tables.update(parsed, 'records', families);
+      ctx.audit({ written });
+      return { written };
     }, shutdown),
 
-    Delete: unary(log, 'CTMaps/Delete', async (req: DeleteRequestMsg): Promise<DeleteResponseMsg> => {
+    Delete: unary(log, 'CTMaps/Delete', async (req: DeleteRequestMsg, ctx): Promise<DeleteResponseMsg> => {
       const ref = parseMapRef(req.map, 'map');
+      ctx.audit({ maps: [refLabel(ref)], keys: req.keys?.length ?? 0 });
       const keys = (req.keys ?? []).map((k, i) => {
         const { key, family } = parseKey(k, `keys[${i}]`);
         checkFamily(ref, family, `keys[${i}]`);
         return key;
       });
-      return { deleted: tables.delete(ref, keys) };
+      const deleted = tables.delete(ref, keys);
+      ctx.audit({ deleted });
+      return { deleted };
     }, shutdown),
 
-    Flush: unary(log, 'CTMaps/Flush', async (req: MapsRequestMsg): Promise<FlushResponseMsg> => {
+    Flush: unary(log, 'CTMaps/Flush', async (req: MapsRequestMsg, ctx): Promise<FlushResponseMsg> => {
       const selected = tables.resolve(parseMapRefs(req.maps, 'maps'), 'maps');
-      if (!gc) return { flushed: String(tables.flush(selected)) };
-      const result = await gc.run({ refs: selected.map((t) => t.ref), filter: { removeExpired: true, time: FLUSH_TIME } });
-      return { flushed: String(result.maps.reduce((n, m) => n + m.deleted, 0)) };
+      ctx.audit({ maps: selected.map((t) => refLabel(t.ref)) });
+      let flushed: number;
+      if (!gc) flushed = tables.flush(selected);
+      else {
+        const result = await gc.run({ refs: selected.map((t) => t.ref), filter: { removeExpired: true, time: FLUSH_TIME } });
+        flushed = result.maps.reduce((n, m) => n + m.deleted, 0);
+      }
+      ctx.audit({ flushed });
+      return { flushed: String(flushed) };
     }, shutdown),
   };
   return { definition: acceptEncodedResponses(services().CTMaps.service, ['DumpEntries', 'DumpEntriesBatched']), implementation };

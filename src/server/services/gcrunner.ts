@@ -8,6 +8,7 @@ import { merge } from 'rxjs';
 import { CtmapError } from '../../errors';
 import type { Family } from '../../maps/addr';
 import { SCAN_BATCH } from '../../maps/ctmap/gc/engine';
+import { refLabel } from '../../maps/ctmap/spec';
 import type { GCRunner } from '../../maps/ctmap/gc/runner';
 import type { GCEvent, GCRunResult } from '../../maps/ctmap/gc/types';
 import { familyEnum, parseFamily, parseMapRefs, parseOptionalFamily } from '../../api/ct-proto';
@@ -80,7 +81,9 @@ export function gcRunnerService(deps: GCRunnerServiceDeps): ServiceRegistration 
         pending = [];
         for (const m of out) await writer.write(m);
       };
+      ctx.audit({ maps: tables.map((t) => refLabel(t.ref)), matchIps: req.filter?.match_ips?.length ?? 0 });
       const result = await runner.run({ family, refs, filter, signal: ctx.signal, afterBatch: flush });
+      ctx.audit({ deleted: result.maps.reduce((n, m) => n + m.deleted, 0), natDeleted: result.natDeleted });
       await flush();
       deps.onRunResult?.(result, [...new Set(result.maps.map((m) => m.ref.family))]);
       await writer.write({ stats: gcRunStatsMsg(result) });
@@ -136,8 +139,9 @@ export function gcRunnerService(deps: GCRunnerServiceDeps): ServiceRegistration 
       };
     }, shutdown),
 
-    Signal: unary(log, 'GCRunner/Signal', async (req: GCFamilyRequestMsg) => {
+    Signal: unary(log, 'GCRunner/Signal', async (req: GCFamilyRequestMsg, ctx) => {
       const family = parseFamily(req.family, 'family');
+      ctx.audit({ family });
       if (!deps.families.includes(family)) throw new CtmapError('not-found', `family: ${family} maps are not enabled`);
       if (!deps.scheduler) throw new CtmapError('failed-precondition', 'the GC scheduler is not running');
       deps.scheduler.signal(family);

@@ -9,6 +9,7 @@ import { decodeKey } from '../../maps/ctmap/codec';
 import type { CtTables } from '../../maps/ctmap/tables';
 import { decodeNatEntry } from '../../maps/nat/codec';
 import { purgeOrphanNatEntries } from '../../maps/nat/purge';
+import { natRefLabel } from '../../maps/nat/spec';
 import type { NatRecordInput, NatTables } from '../../maps/nat/tables';
 import { familyEnum, parseKey } from '../../api/ct-proto';
 import {
@@ -68,7 +69,7 @@ export function natMapsService(deps: NatMapsServiceDeps): ServiceRegistration {
       }
     }, shutdown),
 
-    Update: unary(log, 'NATMaps/Update', async (req: NatUpdateRequestMsg) => {
+    Update: unary(log, 'NATMaps/Update', async (req: NatUpdateRequestMsg, ctx) => {
       const records: NatRecordInput[] = (req.records ?? []).map((r, i) => {
         const { family, clusterId } = parseNatMapSelector(r, `records[${i}].`);
         return {
@@ -78,27 +79,35 @@ export function natMapsService(deps: NatMapsServiceDeps): ServiceRegistration {
           entry: parseNatEntry(r.entry, `records[${i}].entry`),
         };
       });
-      return { written: nat.update(records, 'records') };
+      ctx.audit({ maps: [...new Set(records.map((r) => natRefLabel(r)))], records: records.length });
+      const written = nat.update(records, 'records');
+      ctx.audit({ written });
+      return { written };
     }, shutdown),
 
-    Delete: unary(log, 'NATMaps/Delete', async (req: NatDeleteRequestMsg) => {
+    Delete: unary(log, 'NATMaps/Delete', async (req: NatDeleteRequestMsg, ctx) => {
       const { family, clusterId } = parseNatMapSelector(req);
+      ctx.audit({ maps: [natRefLabel({ family, clusterId })], keys: req.keys?.length ?? 0 });
       nat.get(family, clusterId); // map errors before key errors, as the fields are ordered
       const keys = (req.keys ?? []).map((k, i) => {
         const parsed = parseKey(k, `keys[${i}]`);
         if (parsed.family !== family) throw invalidArgument(`keys[${i}]`, `${parsed.family} key for the ${family} NAT map`);
         return parsed.key;
       });
-      return { deleted: nat.delete(family, clusterId, keys) };
+      const deleted = nat.delete(family, clusterId, keys);
+      ctx.audit({ deleted });
+      return { deleted };
     }, shutdown),
 
     PurgeOrphanNATEntries: unary(log, 'NATMaps/PurgeOrphanNATEntries', async (req: NatMapSelectorMsg, ctx) => {
       const { family, clusterId } = parseNatMapSelector(req);
       const table = nat.get(family, clusterId);
+      ctx.audit({ maps: [natRefLabel(table.ref)] });
       const ctTcp = ct.get({ family, kind: 'tcp', clusterId }, 'family');
       const ctAny = ct.get({ family, kind: 'any', clusterId }, 'family');
       const stats = await purgeOrphanNatEntries(table, ctTcp, ctAny, ctx.signal);
       ctx.log.info({ family, clusterId, ...stats }, 'purged orphan SNAT entries');
+      ctx.audit({ ...stats });
       return natPurgeMsg(stats);
     }, shutdown),
   };

@@ -5,7 +5,8 @@ set -euo pipefail
 
 # etcd-server, etcd-client, openssl: the real etcd (etcdctl, test certificates) of the
 # clustermesh tests' etcd tier. iputils-ping: ICMP echo traffic of the datapath e2e tests.
-pkgs=(clang llvm libbpf-dev libbpf1 bpftool iproute2 gcc make libelf-dev zlib1g-dev etcd-server etcd-client openssl iputils-ping)
+# protobuf-compiler: protoc --decode, the reference parser request decoding is checked against.
+pkgs=(clang llvm libbpf-dev libbpf1 bpftool iproute2 gcc make libelf-dev zlib1g-dev etcd-server etcd-client openssl iputils-ping protobuf-compiler)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

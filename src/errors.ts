@@ -12,6 +12,7 @@ export type ErrorCode =
   | 'failed-precondition' // the kernel or backend cannot do this operation
   | 'permission-denied'
   | 'unavailable' // shutting down
+  | 'deadline-exceeded' // the call's deadline passed (the server's own timer saw it first)
   | 'internal';
 
 export class CtmapError extends Error {
@@ -56,6 +57,27 @@ export class UsageError extends CtmapError {
 /** INVALID_ARGUMENT naming the field: "<field>: <problem>". */
 export function invalidArgument(field: string, problem: string): CtmapError {
   return new CtmapError('invalid-argument', `${field}: ${problem}`, { field });
+}
+
+/**
+ * `value` as an error message quotes it: the JSON of its first `max` characters, and when
+ * that is not all of it, "…" and how long the whole was (`"badxxx…" (9000 characters)`).
+ * Messages go back to clients as status details, which travel as size-limited metadata,
+ * so a value from a request is never echoed whole (issue 12, defect 9). Non-strings are
+ * shown as their JSON (or String()), cut the same way.
+ */
+export function quote(value: unknown, max = 64): string {
+  if (typeof value === 'string') {
+    return value.length <= max ? JSON.stringify(value) : `${JSON.stringify(value.slice(0, max))}… (${value.length} characters)`;
+  }
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(value);
+  } catch {
+    // a bigint or a cycle
+  }
+  text ??= String(value);
+  return text.length <= max ? text : `${text.slice(0, max)}… (${text.length} characters)`;
 }
 
 export function notFound(message: string): CtmapError {

@@ -4,7 +4,7 @@
  * src/maps/ctmap. Request parsing validates and names the offending field.
  */
 import type { DatapathCounter, DatapathCounters } from '../datapath/side-maps';
-import { invalidArgument } from '../errors';
+import { invalidArgument, quote } from '../errors';
 import { CT_DATAPATH_STATS_COUNTERS } from '../maps/ctmap/layout';
 import { Family } from '../maps/addr';
 import { CtEntry, CtKey, checkUint, entryFlagNames, validateEntry, validateKey } from '../maps/ctmap/codec';
@@ -172,7 +172,7 @@ export function kindEnum(k: CtKind): string {
 /** A Family enum that must name one family. */
 export function parseFamily(value: unknown, field: string): Family {
   const f = FAMILIES[String(value)];
-  if (!f) throw invalidArgument(field, `must be FAMILY_IPV4 or FAMILY_IPV6, got ${String(value)}`);
+  if (!f) throw invalidArgument(field, `must be FAMILY_IPV4 or FAMILY_IPV6, got ${quote(value)}`);
   return f;
 }
 
@@ -186,7 +186,7 @@ export function parseMapRef(msg: MapRefMsg | null | undefined, field: string): M
   if (!msg) throw invalidArgument(field, 'is required');
   const family = parseFamily(msg.family, `${field}.family`);
   const kind = KINDS[String(msg.kind)];
-  if (!kind) throw invalidArgument(`${field}.kind`, `must be MAP_KIND_TCP or MAP_KIND_ANY, got ${String(msg.kind)}`);
+  if (!kind) throw invalidArgument(`${field}.kind`, `must be MAP_KIND_TCP or MAP_KIND_ANY, got ${quote(msg.kind)}`);
   checkUint(msg.cluster_id ?? 0, 0xffffffff, `${field}.cluster_id`);
   return { family, kind, clusterId: msg.cluster_id ?? 0 };
 }
@@ -208,7 +208,7 @@ export function parseU64(value: string | number | undefined, field: string): big
   try {
     return BigInt(value);
   } catch {
-    throw invalidArgument(field, `not an integer: ${String(value)}`);
+    throw invalidArgument(field, `not an integer: ${quote(value)}`);
   }
 }
 

@@ -4,7 +4,7 @@
  * messages Run and Observe stream (kept records and events straight from the map bytes,
  * see ct-wire.ts).
  */
-import { invalidArgument } from '../errors';
+import { invalidArgument, quote } from '../errors';
 import type { Family } from '../maps/addr';
 import { ctNow } from '../maps/clock';
 import { AddressSet } from '../maps/ctmap/gc/address-match';
@@ -102,7 +102,7 @@ export async function parseGCFilter(msg: GCFilterMsg | null | undefined): Promis
   const ips = msg?.match_ips ?? [];
   if (ips.length > MATCH_IPS_MAX) throw invalidArgument('filter.match_ips', `at most ${MATCH_IPS_MAX} addresses, got ${ips.length}`);
   if (ips.length > 0) {
-    filter.matchIPs = await AddressSet.from(ips, (i, ip) => invalidArgument(`filter.match_ips[${i}]`, `not an IP address: ${JSON.stringify(ip)}`));
+    filter.matchIPs = await AddressSet.from(ips, (i, ip) => invalidArgument(`filter.match_ips[${i}]`, `not an IP address: ${quote(ip)}`));
   }
   return filter;
 }

@@ -3,6 +3,7 @@
  * the client and reflection so that every side sees messages the same way (snake_case
  * fields, 64-bit integers as decimal strings, enums as their names).
  */
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
@@ -59,6 +60,25 @@ export function packageDefinition(): protoLoader.PackageDefinition {
     includeDirs: [protoRoot(), healthRoot, reflectionRoot],
   });
   return cached;
+}
+
+let cachedRoot: protobuf.Root | undefined;
+
+/**
+ * The protos of packageDefinition() as one resolved protobufjs Root (keepCase field
+ * names), for what needs the schema itself: decoding requests by the wire rules of the
+ * reference implementation (request-decoding.ts). Loaded once and cached.
+ */
+export function servedRoot(): protobuf.Root {
+  if (cachedRoot) return cachedRoot;
+  const dirs = [protoRoot(), healthRoot, reflectionRoot];
+  const root = new protobuf.Root();
+  // As proto-loader resolves imports: relative to the include directories, in order.
+  root.resolvePath = (_origin, target) => dirs.map((d) => path.join(d, target)).find((p) => fs.existsSync(p)) ?? target;
+  root.loadSync(PROTO_FILES, { keepCase: true });
+  root.resolveAll();
+  cachedRoot = root;
+  return root;
 }
 
 let cachedReflection: protoLoader.PackageDefinition | undefined;

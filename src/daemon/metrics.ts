@@ -10,7 +10,7 @@
 import * as http from 'node:http';
 import * as net from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { CtmapError, invalidArgument } from '../errors';
+import { CtmapError, invalidArgument, quote } from '../errors';
 import type { DatapathCounters } from '../datapath/side-maps';
 import type { Family } from '../maps/addr';
 import { CT_DATAPATH_STATS_COUNTERS } from '../maps/ctmap/layout';
@@ -240,7 +240,7 @@ function reply(res: http.ServerResponse, status: number, text: string): void {
 function parseHostPort(hostPort: string): { host: string; port: number } {
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]\s]+)):(\d{1,5})$/.exec(hostPort);
   const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535) throw invalidArgument('metrics-listen', `want HOST:PORT (IPv6 as [addr]:port), got ${JSON.stringify(hostPort)}`);
+  if (!m || port > 65535) throw invalidArgument('metrics-listen', `want HOST:PORT (IPv6 as [addr]:port), got ${quote(hostPort)}`);
   return { host: m[1] ?? m[2], port };
 }
 

@@ -3,8 +3,8 @@
  * on: the open maps of one family of tables, keyed by their ref, with the global maps
  * (cluster 0) opened at start and a joined cluster's inner maps added and removed by
  * src/cluster. It also holds what both tables do the same way: open the global maps with
- * close-on-failure, select a map for a request (cluster id check, NOT_FOUND wording) and
- * delete packed keys.
+ * close-on-failure, select a map for a request (cluster id check, NOT_FOUND wording), read
+ * one in batches while it may be taken away (liveCursor) and delete packed keys.
  */
 import type { Logger } from 'pino';
 import { CtmapError, notFound } from '../errors';
@@ -13,7 +13,7 @@ import { validateClusterId } from './cluster-spec';
 import type { MapOpener } from './lifecycle';
 import type { RankFn } from './migrate';
 import { openOrCreate } from './open';
-import type { BpfMap, MapBackend, MapSpec } from './types';
+import type { Batch, BatchCursor, BpfMap, MapBackend, MapSpec } from './types';
 
 /** What every registered map is: its ref (cluster 0: a global map) and the live map. */
 export interface RegisteredMap<Ref> {
@@ -149,4 +149,45 @@ export function deleteKeys<K>(map: BpfMap, keys: readonly K[], encode: (key: K, 
   const buf = Buffer.alloc(keys.length * ks);
   keys.forEach((k, i) => encode(k, buf, i * ks));
   return map.deleteBatch(buf, keys.length).deleted;
+}
+
+/**
+ * A cursor over a registered map for a read that awaits between batches (a dump, a GC
+ * pass, a purge): once the map is closed under it (its cluster left: src/cluster closes a
+ * leaving cluster's maps, whatever is reading them) next()/nextAsync() throw a CtmapError
+ * naming the map by `label` ("tcp4 cluster 3 CT map"): not-found for a cluster's map,
+ * unavailable for a global one (only the daemon's stop closes those). Never the backend's
+ * EBADF, which would reach the client as INTERNAL (issue 12, defect 10). A batch read
+ * before the close but handed out after it is not returned either.
+ */
+export function liveCursor<Ref extends { readonly clusterId: number }>(table: RegisteredMap<Ref>, label: string, batchSize?: number): BatchCursor {
+  const { map } = table;
+  const cursor = map.cursor(batchSize);
+  const gone = (cause?: unknown): CtmapError => {
+    const id = table.ref.clusterId;
+    return id === 0
+      ? new CtmapError('unavailable', `${label}: closed while it was read (the daemon is stopping)`, { cause })
+      : new CtmapError('not-found', `${label}: closed while it was read (cluster ${id} left)`, { cause });
+  };
+  const handOut = (b: Batch | null): Batch | null => {
+    if (map.closed) throw gone();
+    return b;
+  };
+  const failed = (err: unknown): never => {
+    throw map.closed ? gone(err) : err;
+  };
+  return {
+    next: () => {
+      if (map.closed) throw gone();
+      let b: Batch | null;
+      try {
+        b = cursor.next();
+      } catch (err) {
+        return failed(err);
+      }
+      return handOut(b);
+    },
+    nextAsync: () => (map.closed ? Promise.reject(gone()) : cursor.nextAsync().then(handOut, failed)),
+    close: () => cursor.close(),
+  };
 }

@@ -10,7 +10,7 @@
 import { X509Certificate } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { parse as parseYaml } from 'yaml';
-import { CtmapError } from '../errors';
+import { CtmapError, quote } from '../errors';
 import type { Logger } from 'pino';
 
 /** A read changes nothing; a write may change maps, cluster membership or GC state. A
@@ -155,7 +155,7 @@ export function parseAuthzPolicy(text: string, source: string): AuthzPolicy {
   doc ??= {};
   if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw bad('want a mapping {readers: [...], writers: [...]}');
   const extra = Object.keys(doc).filter((k) => k !== 'readers' && k !== 'writers');
-  if (extra.length > 0) throw bad(`unknown key ${JSON.stringify(extra[0])} (want readers, writers)`);
+  if (extra.length > 0) throw bad(`unknown key ${quote(extra[0])} (want readers, writers)`);
   const list = (key: 'readers' | 'writers'): Set<string> => {
     const v = (doc as Record<string, unknown>)[key] ?? [];
     if (!Array.isArray(v) || v.some((e) => typeof e !== 'string' || e.trim() === '')) throw bad(`${key}: want a list of identities`);

@@ -18,6 +18,7 @@ export const GRPC_STATUS: Readonly<Record<ErrorCode, grpc.status>> = Object.free
   'failed-precondition': grpc.status.FAILED_PRECONDITION,
   'permission-denied': grpc.status.PERMISSION_DENIED,
   unavailable: grpc.status.UNAVAILABLE,
+  'deadline-exceeded': grpc.status.DEADLINE_EXCEEDED,
   internal: grpc.status.INTERNAL,
 });
 
@@ -27,16 +28,34 @@ export interface GrpcStatus {
   readonly details: string;
 }
 
+/** Most UTF-8 bytes of status details sent; longer ones are cut (see toGrpcStatus). */
+export const MAX_DETAILS_BYTES = 1024;
+
 /**
  * Maps anything thrown to the status sent to the client. The message of a CtmapError is
  * sent as details (it is written for clients: "<field>: <problem>"), except for `internal`,
  * which always says "internal error": its message and cause may hold paths, errnos or
- * stack details that are for the log only.
+ * stack details that are for the log only. Details are cut to MAX_DETAILS_BYTES: messages
+ * quote request values shortly (quote() in src/errors.ts), and this is the backstop for
+ * one that does not, since clients refuse oversized status metadata (issue 12, defect 9).
  */
 export function toGrpcStatus(err: unknown): GrpcStatus {
   const e = CtmapError.from(err);
   if (e.code === 'internal') return { code: grpc.status.INTERNAL, details: 'internal error' };
-  return { code: GRPC_STATUS[e.code], details: e.message };
+  return { code: GRPC_STATUS[e.code], details: capDetails(e.message) };
+}
+
+function capDetails(details: string): string {
+  if (Buffer.byteLength(details) <= MAX_DETAILS_BYTES) return details;
+  const mark = '…';
+  let room = MAX_DETAILS_BYTES - Buffer.byteLength(mark);
+  let end = 0;
+  for (const ch of details) {
+    room -= Buffer.byteLength(ch);
+    if (room < 0) break;
+    end += ch.length;
+  }
+  return details.slice(0, end) + mark;
 }
 
 // Client-caused outcomes are routine (a NOT_FOUND lookup); they are logged at debug so a
@@ -46,6 +65,7 @@ const LOG_LEVEL: Readonly<Record<ErrorCode, 'debug' | 'warn' | 'error'>> = {
   'not-found': 'debug',
   'already-exists': 'debug',
   unavailable: 'debug',
+  'deadline-exceeded': 'debug',
   'resource-exhausted': 'warn',
   'failed-precondition': 'warn',
   'permission-denied': 'warn',
@@ -56,7 +76,9 @@ const LOG_LEVEL: Readonly<Record<ErrorCode, 'debug' | 'warn' | 'error'>> = {
 export const ABORT = Object.freeze({
   shutdown: new CtmapError('unavailable', 'server is shutting down'),
   cancelled: new CtmapError('unavailable', 'call cancelled by the client'),
-  deadline: new CtmapError('unavailable', 'deadline exceeded'),
+  // Issue 12, defect 11: grpc-js's own timer and this one race for the same instant; when
+  // this one wins, its status is what the client gets.
+  deadline: new CtmapError('deadline-exceeded', 'deadline exceeded'),
 });
 
 /** Per-call context handed to every handler. */
@@ -160,7 +182,8 @@ export function serverStream<Req, Res>(
 function fail(ctx: CallContext, err: unknown, send: (status: GrpcStatus) => void): void {
   const reason: unknown = ctx.signal.reason;
   if (ctx.signal.aborted && (reason === ABORT.cancelled || reason === ABORT.deadline)) {
-    // The client is gone or grpc-js already sent DEADLINE_EXCEEDED: nobody reads this status.
+    // The client is gone, or the deadline passed: grpc-js may have sent DEADLINE_EXCEEDED
+    // already (then this is dropped), or this timer fired first and this status is sent.
     ctx.log.debug({ reason: (reason as Error).message }, 'ended early');
     send(toGrpcStatus(reason));
     return;

@@ -9,11 +9,12 @@ import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
 import { ReflectionService } from '@grpc/reflection';
-import { CtmapError } from '../errors';
+import { CtmapError, quote } from '../errors';
 import type { Config } from '../config/config';
 import { DEFAULT_SOCKET_READONLY_MODE } from '../config/defaults';
 import type { Logger } from 'pino';
 import { reflectionPackageDefinition } from '../api/proto';
+import { decodeRequestsAsReference } from '../api/request-decoding';
 import { AuthzPolicy, FULL_ACCESS, Granter, READ_ONLY, accessInterceptor, parseAuthzPolicy, tlsGranter, unclassified } from './access';
 import { FileReloader } from './file-reloader';
 import { ReloadingTlsFiles } from './tls';
@@ -94,11 +95,13 @@ export async function startServer(opts: StartServerOptions): Promise<ServerHandl
   const shutdownController = opts.shutdown ?? new AbortController();
   const server = new grpc.Server(opts.serverOptions);
   // A method nobody classified would be refused to every caller; refuse to serve it instead.
+  // Every service, health and reflection included, decodes its requests as the reference
+  // protobuf implementation does (issue 12, defect 12).
   const registrar = {
     addService(definition: grpc.ServiceDefinition, implementation: grpc.UntypedServiceImplementation): void {
       const missing = unclassified(definition);
       if (missing.length > 0) throw new CtmapError('internal', `server: ${missing.join(', ')} not classified as read or write (src/server/access.ts)`);
-      server.addService(definition, implementation);
+      server.addService(decodeRequestsAsReference(definition), implementation);
     },
   };
 
@@ -240,14 +243,21 @@ function serviceName(def: grpc.ServiceDefinition): string {
 /**
  * Adds the health service. Health.Watch streams never end on their own, so each is ended
  * when shutdown begins (after it has sent NOT_SERVING); otherwise every watcher would hold
- * tryShutdown until the grace period runs out.
+ * tryShutdown until the grace period runs out. Check's NOT_FOUND for an unknown service
+ * quotes a short prefix of the name, not all of it (issue 12, defect 9).
  */
 function addHealth(server: Pick<grpc.Server, 'addService'>, health: HealthImplementation, shutdown: AbortSignal): void {
   health.addToServer({
     addService: (definition, implementation) => {
       const watch = implementation.watch as grpc.handleServerStreamingCall<unknown, unknown>;
+      const check = implementation.check as grpc.handleUnaryCall<{ service: string }, unknown>;
       server.addService(definition as grpc.ServiceDefinition, {
         ...implementation,
+        check: (call: grpc.ServerUnaryCall<{ service: string }, unknown>, callback: grpc.sendUnaryData<unknown>) =>
+          check(call, (err, value) => {
+            if (err?.code === grpc.status.NOT_FOUND) err = { ...err, details: `Health status unknown for service ${quote(call.request.service)}` };
+            callback(err, value);
+          }),
         watch: (call: grpc.ServerWritableStream<unknown, unknown>) => {
           watch(call);
           const end = () => call.end();

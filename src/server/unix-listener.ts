@@ -11,7 +11,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
-import { CtmapError } from '../errors';
+import { CtmapError, quote } from '../errors';
 
 export interface UnixListenerOptions {
   /** Absolute socket path; its directory is created 0755. */
@@ -110,13 +110,13 @@ export function resolveGroup(group: number | string, flag: string, groupFile = '
   try {
     text = fs.readFileSync(groupFile, 'utf8');
   } catch (err) {
-    throw new CtmapError('failed-precondition', `${flag}: cannot read ${groupFile} to look up ${JSON.stringify(group)}: ${(err as Error).message}`, { cause: err });
+    throw new CtmapError('failed-precondition', `${flag}: cannot read ${groupFile} to look up ${quote(group)}: ${(err as Error).message}`, { cause: err });
   }
   for (const line of text.split('\n')) {
     const [name, , gid] = line.split(':');
     if (name === group && gid !== undefined && /^\d+$/.test(gid)) return Number(gid);
   }
-  throw new CtmapError('failed-precondition', `${flag}: no group ${JSON.stringify(group)} in ${groupFile} (give its gid)`);
+  throw new CtmapError('failed-precondition', `${flag}: no group ${quote(group)} in ${groupFile} (give its gid)`);
 }
 
 /**

@@ -4,7 +4,7 @@ import { EventEmitter } from 'node:events';
 import * as grpc from '@grpc/grpc-js';
 import { CtmapError, invalidArgument, type ErrorCode } from '../../src/errors';
 import { createLogger } from '../../src/daemon/logger';
-import { ABORT, GRPC_STATUS, toGrpcStatus, unary, type CallContext } from '../../src/server/call-boundary';
+import { ABORT, GRPC_STATUS, MAX_DETAILS_BYTES, toGrpcStatus, unary, type CallContext } from '../../src/server/call-boundary';
 
 /** A logger writing parsed records into `lines`, so tests assert on what was logged. */
 function memoryLogger() {
@@ -46,6 +46,7 @@ describe('toGrpcStatus', () => {
     'failed-precondition': grpc.status.FAILED_PRECONDITION,
     'permission-denied': grpc.status.PERMISSION_DENIED,
     unavailable: grpc.status.UNAVAILABLE,
+    'deadline-exceeded': grpc.status.DEADLINE_EXCEEDED,
     internal: grpc.status.INTERNAL,
   };
 
@@ -63,6 +64,17 @@ describe('toGrpcStatus', () => {
       code: grpc.status.INVALID_ARGUMENT,
       details: 'records[3].key.dport: must be 0..65535',
     });
+  });
+
+  it('cuts details longer than MAX_DETAILS_BYTES at a character boundary (issue 12, defect 9)', () => {
+    for (const unit of ['x', 'é', '€', '😀']) {
+      const { details } = toGrpcStatus(new CtmapError('not-found', `key: ${unit.repeat(5000)}`));
+      assert.ok(Buffer.byteLength(details) <= MAX_DETAILS_BYTES, `${unit}: ${Buffer.byteLength(details)} bytes`);
+      assert.ok(Buffer.byteLength(details) > MAX_DETAILS_BYTES - 8, `${unit}: cut too short`);
+      assert.ok(details.startsWith(`key: ${unit}`) && details.endsWith(`${unit}…`), `${unit}: ${details.slice(-10)}`);
+    }
+    const short = 'key: not an IP address: "x"';
+    assert.equal(toGrpcStatus(new CtmapError('invalid-argument', short)).details, short);
   });
 
   it('never sends the message or cause of an internal error', () => {
@@ -131,7 +143,10 @@ describe('unary', () => {
     assert.equal((await p1).err?.details, ABORT.cancelled.message);
 
     const p2 = invoke(unary(log, 'X/Deadline', waitForAbort), fakeCall({}, Date.now() + 20));
-    assert.equal((await p2).err?.details, ABORT.deadline.message);
+    const r2 = await p2;
+    assert.equal(r2.err?.details, ABORT.deadline.message);
+    // Issue 12, defect 11: the boundary's own deadline timer answers DEADLINE_EXCEEDED.
+    assert.equal(r2.err?.code, grpc.status.DEADLINE_EXCEEDED);
 
     const shutdown = new AbortController();
     const p3 = invoke(unary(log, 'X/Shutdown', waitForAbort, shutdown.signal));

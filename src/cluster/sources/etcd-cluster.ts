@@ -14,7 +14,7 @@
  */
 import { Etcd3, type IKeyValue, type IOptions, type Watcher } from 'etcd3';
 import type { Logger } from 'pino';
-import { CtmapError, invalidArgument } from '../../errors';
+import { CtmapError, invalidArgument, quote } from '../../errors';
 import type { MembershipSink, MembershipSource } from '../membership-types';
 import type { EtcdConfig } from './etcd-config';
 import { SyncLatch } from './sync-latch';
@@ -68,7 +68,7 @@ export function parseClusterConfig(value: string): ClusterConfig {
   }
   const id = (parsed as { id?: unknown }).id;
   if (typeof id !== 'number' || !Number.isInteger(id) || id < 1) {
-    throw invalidArgument('id', `must be an integer >= 1, got ${JSON.stringify(id) ?? 'nothing'}`);
+    throw invalidArgument('id', `must be an integer >= 1, got ${id === undefined ? 'nothing' : quote(id)}`);
   }
   return { id };
 }

@@ -17,7 +17,7 @@ import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { isMap, parseDocument } from 'yaml';
-import { CtmapError } from '../../errors';
+import { CtmapError, quote } from '../../errors';
 
 /** The TLS material named by a config file, read when the file was parsed. */
 export interface EtcdTls {
@@ -125,15 +125,15 @@ function checkEndpoint(value: unknown, bad: (problem: string) => CtmapError): { 
   try {
     url = new URL(value);
   } catch {
-    throw bad(`${JSON.stringify(value)} is not a URL (want https://host:port)`);
+    throw bad(`${quote(value)} is not a URL (want https://host:port)`);
   }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw bad(`${JSON.stringify(value)}: scheme must be http or https`);
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw bad(`${quote(value)}: scheme must be http or https`);
   if ((url.pathname !== '/' && url.pathname !== '') || url.search !== '' || url.hash !== '' || url.username !== '') {
-    throw bad(`${JSON.stringify(value)}: must be scheme://host:port only`);
+    throw bad(`${quote(value)}: must be scheme://host:port only`);
   }
   // URL drops a port equal to the scheme's default (443 for https), so look at the text too.
   const port = url.port !== '' ? url.port : /:(\d+)\/?$/.exec(value)?.[1];
   // Without a port gRPC would dial 443, never etcd's 2379: make the operator say which.
-  if (port === undefined) throw bad(`${JSON.stringify(value)}: must include a port (etcd listens on 2379)`);
+  if (port === undefined) throw bad(`${quote(value)}: must include a port (etcd listens on 2379)`);
   return { protocol: url.protocol, href: `${url.protocol}//${url.hostname}:${port}` };
 }

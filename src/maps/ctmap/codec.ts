@@ -7,7 +7,7 @@
  * relative to the packet (daddr holds the flow's source), ports not (issue #5848). Ports,
  * rev_nat and nat_port are big-endian in the map and host numbers here.
  */
-import { invalidArgument } from '../../errors';
+import { invalidArgument, quote } from '../../errors';
 import { Family, addressFamily, formatAddress, writeAddress } from '../addr';
 import { CT_ENTRY, CT_ENTRY_BACKEND_ID_OFFSET, CT_ENTRY_FLAG_NAMES, CT_KEY4, CT_KEY6 } from './layout';
 import { StructLayout } from '../layout';
@@ -60,9 +60,9 @@ const E = CT_ENTRY.fields;
 export function validateKey(key: CtKey | undefined | null, field: string): Family {
   if (!key) throw invalidArgument(field, 'is required');
   const df = addressFamily(key.daddr ?? '');
-  if (!df) throw invalidArgument(`${field}.daddr`, `not an IP address: ${JSON.stringify(key.daddr)}`);
+  if (!df) throw invalidArgument(`${field}.daddr`, `not an IP address: ${quote(key.daddr)}`);
   const sf = addressFamily(key.saddr ?? '');
-  if (!sf) throw invalidArgument(`${field}.saddr`, `not an IP address: ${JSON.stringify(key.saddr)}`);
+  if (!sf) throw invalidArgument(`${field}.saddr`, `not an IP address: ${quote(key.saddr)}`);
   if (df !== sf) throw invalidArgument(`${field}.saddr`, `address family ${sf} differs from daddr's ${df}`);
   checkUint(key.dport, 0xffff, `${field}.dport`);
   checkUint(key.sport, 0xffff, `${field}.sport`);
@@ -73,7 +73,7 @@ export function validateKey(key: CtKey | undefined | null, field: string): Famil
 
 export function checkUint(value: unknown, max: number, field: string): void {
   const n = Number(value);
-  if (!Number.isInteger(n) || n < 0 || n > max) throw invalidArgument(field, `must be an integer in 0..${max}, got ${String(value)}`);
+  if (!Number.isInteger(n) || n < 0 || n > max) throw invalidArgument(field, `must be an integer in 0..${max}, got ${quote(value)}`);
 }
 
 /** Checks an entry from a request (numeric ranges, union0 length). */

@@ -3,10 +3,10 @@
  * all-or-nothing batch update, delete, flush, count and filtered batch dumps.
  */
 import type { Logger } from 'pino';
-import { invalidArgument, notFound } from '../../errors';
+import { invalidArgument, notFound, quote } from '../../errors';
 import { writeGrouped } from '../batch-write';
 import type { MapOpener } from '../lifecycle';
-import { MapRegistry, MapToOpen, RegisteredMap, deleteKeys, openMaps } from '../registry';
+import { MapRegistry, MapToOpen, RegisteredMap, deleteKeys, liveCursor, openMaps } from '../registry';
 import { BatchCursor, MapBackend } from '../types';
 import { Family, addressBytes } from '../addr';
 import { CtEntry, CtKey, decodeEntry, encodeEntry, encodeKey, entryLifetime, keyLayout } from './codec';
@@ -35,10 +35,21 @@ export interface DumpFilter {
 /** A CT entry's migration rank: its lifetime (a shrunk map keeps the latest-expiring entries). */
 export const ctEntryRank = (values: Buffer, off: number): number => entryLifetime(values, off);
 
+/** How messages name the CT map of `ref`: "tcp4 CT map", "any6 cluster 3 CT map". */
+export const ctTableLabel = (ref: MapRef): string => `${refLabel(ref)} CT map`;
+
+/**
+ * A batch cursor over `table` that throws NOT_FOUND naming the map and its cluster once the
+ * map is closed under it (a cluster leaving mid-read): see liveCursor.
+ */
+export function ctTableCursor(table: CtTable, batchSize?: number): BatchCursor {
+  return liveCursor(table, ctTableLabel(table.ref), batchSize);
+}
+
 /** The open CT maps (a MapRegistry by MapRef) and the CTMaps service's operations on them. */
 export class CtTables extends MapRegistry<MapRef, CtTable> {
   private constructor(tables: readonly CtTable[], cfg: CtMapsConfig) {
-    super({ key: refKey, label: (ref) => `${refLabel(ref)} CT map`, clusterIdMax: cfg.clusterIdMax }, tables);
+    super({ key: refKey, label: ctTableLabel, clusterIdMax: cfg.clusterIdMax }, tables);
   }
 
   /**
@@ -151,7 +162,7 @@ export function compileFilter(filter: DumpFilter | undefined, family: Family): (
   let addr: Buffer | undefined;
   if (filter.address !== undefined) {
     const parsed = addressBytes(filter.address);
-    if (!parsed) throw invalidArgument('filter.address', `not an IP address: ${JSON.stringify(filter.address)}`);
+    if (!parsed) throw invalidArgument('filter.address', `not an IP address: ${quote(filter.address)}`);
     if (parsed.family !== family) return null;
     addr = parsed.bytes;
   }
@@ -183,7 +194,8 @@ export interface DumpBatch {
 /**
  * Pull-based dump over several maps: a stream asks for the next batch only when its
  * client has drained the last one. Reads run off the event loop, one batch ahead (see
- * BatchCursor.nextAsync), so the kernel walk overlaps encoding and sending.
+ * BatchCursor.nextAsync), so the kernel walk overlaps encoding and sending. A map closed
+ * during the dump (its cluster left) ends it with NOT_FOUND naming the map (ctTableCursor).
  */
 export class DumpCursor {
   #tableIndex = 0;
@@ -209,7 +221,7 @@ export class DumpCursor {
           this.#tableIndex++;
           continue;
         }
-        this.#cursor = table.map.cursor(this.batchSize);
+        this.#cursor = ctTableCursor(table, this.batchSize);
       }
       const b = await this.#cursor.nextAsync();
       if (!b) {

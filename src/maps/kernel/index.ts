@@ -223,8 +223,13 @@ class KernelCursor implements BatchCursor {
     return null;
   }
 
-  /** Starts reading into `slot` from the current resume token, off the event loop. */
+  /**
+   * Starts reading into `slot` from the current resume token, off the event loop. Rejects
+   * with EBADF once the map is closed, also while holdFd() keeps its fd open for a read
+   * already under way: that fd serves those reads only.
+   */
   #read(slot: BatchSlot): Promise<bpf.BatchLookupResult> {
+    if (this.map.closed) return Promise.reject(new bpf.BpfSyscallError(`map ${this.map.spec.name}: use after close`, bpf.Errno.EBADF));
     const release = this.map.holdFd();
     return bpf
       .lookupBatchAsync(this.map.fd, this.#resume, slot.outBatch, slot.keys, slot.values, slot.capacity, slot.countCell)
@@ -248,9 +253,10 @@ class KernelCursor implements BatchCursor {
       }
       this.#pending = undefined;
       this.#advance(slot, res);
-      // Prefetch into the other slot while the caller handles this one.
+      // Prefetch into the other slot while the caller handles this one; not from a closed
+      // map (the next call reports that, instead of a rejection nobody waits for yet).
       this.#current ^= 1;
-      if (!this.#done) this.#pending = this.#read(this.#slots[this.#current]);
+      if (!this.#done && !this.map.closed) this.#pending = this.#read(this.#slots[this.#current]);
       if (res.count > 0) return this.#batch(slot, res.count);
     }
   }

@@ -8,7 +8,7 @@
  * created and needs_ct are host-order u64; to_saddr is network-order bytes; to_sport is
  * big-endian in the map and a host number here. Padding is written as zeros.
  */
-import { invalidArgument } from '../../errors';
+import { invalidArgument, quote } from '../../errors';
 import { Family, addressFamily, formatAddress, writeAddress } from '../addr';
 import { checkUint } from '../ctmap/codec';
 import type { StructLayout } from '../layout';
@@ -53,7 +53,7 @@ export function natValueSize(family: Family): number {
 export function validateNatEntry(family: Family, entry: Partial<NatEntry> | undefined | null, field: string): void {
   if (!entry) throw invalidArgument(field, 'is required');
   const af = addressFamily(entry.addr ?? '');
-  if (!af) throw invalidArgument(`${field}.addr`, `not an IP address: ${JSON.stringify(entry.addr)}`);
+  if (!af) throw invalidArgument(`${field}.addr`, `not an IP address: ${quote(entry.addr)}`);
   if (af !== family) throw invalidArgument(`${field}.addr`, `${af} address in the ${family} NAT map`);
   checkUint(entry.port ?? 0, 0xffff, `${field}.port`);
   const created = entry.created ?? 0n;

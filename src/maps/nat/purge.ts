@@ -22,7 +22,7 @@ import { keyLayout } from '../ctmap/codec';
 import { CT_ENTRY, CtEntryFlag, IPPROTO, TupleFlag } from '../ctmap/layout';
 import type { BpfMap } from '../types';
 import { natAddrField, natEntryLayout } from './codec';
-import type { NatTable } from './tables';
+import { NatTable, natTableCursor } from './tables';
 
 /** Cilium's NatGCStats: entries kept and removed, by direction. */
 export interface NatGCStats {
@@ -53,7 +53,8 @@ const DELETE_CHUNK = 8192;
  *
  * `signal` is checked between dump batches: when it is aborted before the deletes begin,
  * nothing is deleted and signal.reason is thrown. Throws INTERNAL for CT maps of another
- * family than the NAT map, and what the backend throws for the NAT dump or the deletes.
+ * family than the NAT map, NOT_FOUND naming the NAT map when it is closed during the dump
+ * (its cluster left), and what the backend throws for the NAT dump or the deletes.
  */
 export async function purgeOrphanNatEntries(nat: NatTable, ctTcp: CtMapOf, ctAny: CtMapOf, signal?: AbortSignal): Promise<NatGCStats> {
   const family = nat.ref.family;
@@ -68,7 +69,8 @@ export async function purgeOrphanNatEntries(nat: NatTable, ctTcp: CtMapOf, ctAny
   const ingressOrphans = new KeyList(ks);
   const egressOrphans = new KeyList(ks);
 
-  const cursor = nat.map.cursor();
+  // A map closed mid-purge (its cluster left) fails it with NOT_FOUND naming the map.
+  const cursor = natTableCursor(nat);
   try {
     for (let b = await cursor.nextAsync(); b; b = await cursor.nextAsync()) {
       if (signal?.aborted) throw signal.reason;

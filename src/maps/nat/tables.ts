@@ -10,7 +10,7 @@ import type { Logger } from 'pino';
 import { invalidArgument } from '../../errors';
 import { writeGrouped } from '../batch-write';
 import type { MapOpener } from '../lifecycle';
-import { MapRegistry, MapToOpen, RegisteredMap, deleteKeys, openMaps } from '../registry';
+import { MapRegistry, MapToOpen, RegisteredMap, deleteKeys, liveCursor, openMaps } from '../registry';
 import { Batch, BatchCursor, MapBackend } from '../types';
 import type { Family } from '../addr';
 import { CtKey, encodeKey, validateKey } from '../ctmap/codec';
@@ -31,10 +31,21 @@ export interface NatRecordInput {
 /** A SNAT entry's migration rank: when it was created (a shrunk map keeps the newest mappings). */
 export const natEntryRank = (values: Buffer, off: number): number => natEntryCreated(values, off);
 
+/** How messages name the NAT map of `ref`: "snat4 NAT map", "snat6 cluster 3 NAT map". */
+export const natTableLabel = (ref: NatMapRef): string => `${natRefLabel(ref)} NAT map`;
+
+/**
+ * A batch cursor over `table` that throws NOT_FOUND naming the map and its cluster once the
+ * map is closed under it (a cluster leaving mid-read): see liveCursor.
+ */
+export function natTableCursor(table: NatTable, batchSize?: number): BatchCursor {
+  return liveCursor(table, natTableLabel(table.ref), batchSize);
+}
+
 /** The open NAT maps (a MapRegistry by NatMapRef) and the operations on them. */
 export class NatTables extends MapRegistry<NatMapRef, NatTable> {
   private constructor(tables: readonly NatTable[], cfg: NatMapsConfig) {
-    super({ key: natRefKey, label: (ref) => `${natRefLabel(ref)} NAT map`, clusterIdMax: cfg.clusterIdMax }, tables);
+    super({ key: natRefKey, label: natTableLabel, clusterIdMax: cfg.clusterIdMax }, tables);
   }
 
   /**
@@ -123,7 +134,8 @@ export interface NatDumpBatch extends Batch {
  * Pull-based dump of one NAT map, like ctmap's DumpCursor: the consumer asks for the next
  * batch only when it has dealt with the last one, and the kernel backend reads the next
  * batch off the event loop meanwhile (BatchCursor.nextAsync). Entries written or deleted
- * during the dump may or may not be seen, as with any BPF map iteration.
+ * during the dump may or may not be seen, as with any BPF map iteration. A map closed
+ * during the dump (its cluster left) ends it with NOT_FOUND naming the map (natTableCursor).
  */
 export class NatDumpCursor {
   #cursor: BatchCursor | undefined;
@@ -137,7 +149,7 @@ export class NatDumpCursor {
   /** The next non-empty batch, or null at the end (after which the cursor is closed). */
   async next(): Promise<NatDumpBatch | null> {
     if (this.#done) return null;
-    this.#cursor ??= this.table.map.cursor(this.batchSize);
+    this.#cursor ??= natTableCursor(this.table, this.batchSize);
     const b = await this.#cursor.nextAsync();
     if (!b) {
       this.close();

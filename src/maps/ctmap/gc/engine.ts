@@ -13,7 +13,7 @@ import { Family } from '../../addr';
 import { CT_ENTRY_SIZE, keyLayout } from '../codec';
 import { CT_ENTRY } from '../layout';
 import { ctNow } from '../../clock';
-import { CtTable } from '../tables';
+import { CtTable, ctTableCursor } from '../tables';
 import { MapRef } from '../spec';
 import { EventLoopBudget } from './event-loop-budget';
 import { GCEventBatch, eventsOf } from './events';
@@ -124,7 +124,8 @@ export class GCEngine {
     let modes = new Uint8Array(cap);
     let status = new Uint8Array(cap);
 
-    const cursor = table.map.cursor(SCAN_BATCH);
+    // A map closed mid-pass (its cluster left) fails the pass with NOT_FOUND naming it.
+    const cursor = ctTableCursor(table, SCAN_BATCH);
     try {
       for (let b = await cursor.nextAsync(); b; b = await cursor.nextAsync()) {
         if (opts.signal?.aborted) throw opts.signal.reason;

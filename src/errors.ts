@@ -83,3 +83,24 @@ export function quote(value: unknown, max = 64): string {
 export function notFound(message: string): CtmapError {
   return new CtmapError('not-found', message);
 }
+
+/** Most UTF-8 bytes of status details sent; longer ones are cut (capBytes). */
+export const MAX_DETAILS_BYTES = 1024;
+
+/**
+ * `text` cut to at most `maxBytes` UTF-8 bytes at a character boundary, with "…" at the
+ * end when cut: the backstop that keeps a status message within what a default client
+ * accepts as metadata (issue 12, defect 9).
+ */
+export function capBytes(text: string, maxBytes: number): string {
+  if (Buffer.byteLength(text) <= maxBytes) return text;
+  const mark = '…';
+  let room = maxBytes - Buffer.byteLength(mark);
+  let end = 0;
+  for (const ch of text) {
+    room -= Buffer.byteLength(ch);
+    if (room < 0) break;
+    end += ch.length;
+  }
+  return text.slice(0, end) + mark;
+}

@@ -10,7 +10,7 @@
 import { X509Certificate } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { parse as parseYaml } from 'yaml';
-import { CtmapError, quote } from '../errors';
+import { CtmapError, MAX_DETAILS_BYTES, capBytes, quote } from '../errors';
 import type { Logger } from 'pino';
 
 /** A read changes nothing; a write may change maps, cluster membership or GC state. A
@@ -236,7 +236,8 @@ export function accessInterceptor(granter: Granter, log: Logger): grpc.ServerInt
             const details = refusal(method.path, caller, granter(caller));
             if (details === undefined) return forward(metadata);
             log.warn({ method: shortName(method.path), caller: caller.identity, peer: call.getPeer(), needs: accessOf(method.path) ?? 'unclassified' }, 'permission denied');
-            call.sendStatus({ code: grpc.status.PERMISSION_DENIED, details, metadata: new grpc.Metadata() });
+            // A certificate may name long identities: the status is cut like every other (call-boundary.ts).
+            call.sendStatus({ code: grpc.status.PERMISSION_DENIED, details: capBytes(details, MAX_DETAILS_BYTES), metadata: new grpc.Metadata() });
           },
         }),
     });

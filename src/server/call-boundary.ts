@@ -5,7 +5,7 @@
  * AbortSignal that fires on client cancel, deadline or server shutdown.
  */
 import * as grpc from '@grpc/grpc-js';
-import { CtmapError, type ErrorCode } from '../errors';
+import { CtmapError, MAX_DETAILS_BYTES, capBytes, type ErrorCode } from '../errors';
 import type { Logger } from 'pino';
 import { accessOf, callerOf } from './access';
 
@@ -28,8 +28,7 @@ export interface GrpcStatus {
   readonly details: string;
 }
 
-/** Most UTF-8 bytes of status details sent; longer ones are cut (see toGrpcStatus). */
-export const MAX_DETAILS_BYTES = 1024;
+export { MAX_DETAILS_BYTES };
 
 /**
  * Maps anything thrown to the status sent to the client. The message of a CtmapError is
@@ -42,21 +41,9 @@ export const MAX_DETAILS_BYTES = 1024;
 export function toGrpcStatus(err: unknown): GrpcStatus {
   const e = CtmapError.from(err);
   if (e.code === 'internal') return { code: grpc.status.INTERNAL, details: 'internal error' };
-  return { code: GRPC_STATUS[e.code], details: capDetails(e.message) };
+  return { code: GRPC_STATUS[e.code], details: capBytes(e.message, MAX_DETAILS_BYTES) };
 }
 
-function capDetails(details: string): string {
-  if (Buffer.byteLength(details) <= MAX_DETAILS_BYTES) return details;
-  const mark = '…';
-  let room = MAX_DETAILS_BYTES - Buffer.byteLength(mark);
-  let end = 0;
-  for (const ch of details) {
-    room -= Buffer.byteLength(ch);
-    if (room < 0) break;
-    end += ch.length;
-  }
-  return details.slice(0, end) + mark;
-}
 
 // Client-caused outcomes are routine (a NOT_FOUND lookup); they are logged at debug so a
 // busy client cannot flood the log. Errors that point at the node or the daemon are not.

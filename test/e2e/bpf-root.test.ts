@@ -33,8 +33,7 @@ test('issue 12 item 5: a --bpf-root created under bpffs by a daemon in a private
   const { kernelBackend } = require('../../src/maps/kernel') as KernelModule;
   const scope = cleanupScope(t);
   const bpf = privateBpfRoot(scope);
-  const tmp = tempDir();
-  scope.after(tmp.cleanup);
+  const tmp = tempDir(scope);
   const root = path.join(bpf.root, 'node', 'root');
   const pin = path.join(root, 'tc/globals/cilium_ct4_global');
   // As a container without the host's mount propagation runs it.
@@ -62,8 +61,7 @@ test("issue 12 item 4: a second ctmapd on a held bpf-root exits 1 before opening
   const { kernelBackend } = require('../../src/maps/kernel') as KernelModule;
   const scope = cleanupScope(t);
   const bpf = privateBpfRoot(scope);
-  const tmp = tempDir();
-  scope.after(tmp.cleanup);
+  const tmp = tempDir(scope);
   const globals = path.join(bpf.root, 'tc/globals');
   const pin = path.join(globals, 'cilium_ct4_global');
   const first = await startDaemonProcess(scope, bpf.root, path.join(tmp.dir, 'a.sock'), ['--conntrack-gc-interval', '3600']);

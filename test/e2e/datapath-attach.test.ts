@@ -29,8 +29,7 @@ test('ctmap datapath attach/detach: own filters only, in place on re-attach, for
   if (!datapathE2eTier(t, ['ip', 'tc', 'nsenter'])) return;
   const scope = cleanupScope(t);
   const bpf = privateBpfRoot(scope);
-  const tmp = tempDir();
-  scope.after(tmp.cleanup);
+  const tmp = tempDir(scope);
   const socket = path.join(tmp.dir, 'ctmapd.sock');
   const daemon = await startDaemonProcess(scope, bpf.root, socket, ['--conntrack-gc-interval', '3600']);
   const { a } = await createVethPair(scope);

@@ -302,8 +302,7 @@ test('datapath e2e: TCP, UDP, ICMP over IPv4 and IPv6 between namespaces, throug
   const scope = cleanupScope(t);
   const procs: ChildProcess[] = [];
   const bpf = privateBpfRoot(scope);
-  const tmp = tempDir();
-  scope.after(tmp.cleanup);
+  const tmp = tempDir(scope);
   const socket = path.join(tmp.dir, 'ctmapd.sock');
   const daemon = await startDaemonProcess(scope, bpf.root, socket, ['--conntrack-gc-interval', '3600']);
   const pair = await createVethPair(scope);

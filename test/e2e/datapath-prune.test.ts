@@ -46,8 +46,7 @@ test('issue 12 item 6: ctmap datapath prune removes the record of a deleted name
   if (!datapathE2eTier(t, ['ip', 'tc', 'nsenter', 'bpftool'])) return;
   const scope = cleanupScope(t);
   const bpf = privateBpfRoot(scope);
-  const tmp = tempDir();
-  scope.after(tmp.cleanup);
+  const tmp = tempDir(scope);
   const records = path.join(bpf.root, 'ctmapd/datapath');
   await startDaemonProcess(scope, bpf.root, path.join(tmp.dir, 'ctmapd.sock'), ['--conntrack-gc-interval', '3600']);
   const { a, b } = await createVethPair(scope);
@@ -90,8 +89,7 @@ test('issue 12 item 6: a daemon start prunes the record of a deleted namespace, 
   if (!datapathE2eTier(t, ['ip', 'tc', 'nsenter', 'bpftool'])) return;
   const scope = cleanupScope(t);
   const bpf = privateBpfRoot(scope);
-  const tmp = tempDir();
-  scope.after(tmp.cleanup);
+  const tmp = tempDir(scope);
   const ct4 = path.join(bpf.root, 'tc/globals/cilium_ct4_global');
   const first = await startDaemonProcess(scope, bpf.root, path.join(tmp.dir, 'a.sock'), ['--conntrack-gc-interval', '3600']);
   const { a } = await createVethPair(scope);

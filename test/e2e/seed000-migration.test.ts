@@ -67,8 +67,7 @@ test('seed 000: a live TCP connection across a TCP map resize and a restart keep
   if (!datapathE2eTier(t, ['ip', 'tc', 'nsenter', 'bpftool'])) return;
   const scope = cleanupScope(t);
   const bpf = privateBpfRoot(scope);
-  const tmp = tempDir();
-  scope.after(tmp.cleanup);
+  const tmp = tempDir(scope);
   const socket = path.join(tmp.dir, 'ctmapd.sock');
   const flags = ['--conntrack-gc-interval', '3600', '--enable-ipv6=false'];
   let daemon = await startDaemonProcess(scope, bpf.root, socket, flags);

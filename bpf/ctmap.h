@@ -170,7 +170,7 @@ struct ct_datapath_config {
 	__u8 report_flags;	/* TCP flags recorded in {rx,tx}_flags_seen (Cilium: all) */
 	__u8 enable_ipv4;	/* 0: IPv4 packets pass untracked (the daemon has no v4 maps) */
 	__u8 enable_ipv6;	/* 0: likewise for IPv6 */
-	__u8 pad;
+	__u8 events;		/* enum ct_events_mode (ct_events.h): --ct-events */
 	__u32 cluster_id_max;	/* ClusterIDMax: --max-connected-clusters, 255 or 511 */
 };
 

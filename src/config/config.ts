@@ -11,7 +11,12 @@ import {
   CT_TIMEOUT_DEFAULTS as CT,
   DEFAULT_BPF_ROOT,
   DEFAULT_CLUSTER_ID_MAX,
+  CT_EVENTS_MODES,
+  CtEventsMode,
   DEFAULT_CT_ANY_MAX,
+  DEFAULT_CT_EVENTS,
+  DEFAULT_CT_EVENTS_RING_SIZE,
+  DEFAULT_CT_FILL_UP_SHARE,
   DEFAULT_CT_TCP_MAX,
   DEFAULT_MONITOR_AGGREGATION_INTERVAL,
   DEFAULT_SOCKET,
@@ -86,6 +91,12 @@ export interface Config {
   readonly bpfCtTimeoutRegularTcpFin: number;
   /** CT_REPORT_INTERVAL in seconds. */
   readonly monitorAggregationInterval: number;
+  /** What the datapath sends the daemon through its ring buffer (bpf/ct_events.h). */
+  readonly ctEvents: CtEventsMode;
+  /** Percent of a CT map's size that, created since the family's last GC pass, raises a fill-up signal. */
+  readonly ctFillUpShare: number;
+  /** Bytes of the ctmapd_ct_events ring buffer: a power of two, at least a page. */
+  readonly ctEventsRingSize: number;
   readonly logLevel: LogLevel;
   readonly logFormat: LogFormat;
 }
@@ -154,6 +165,15 @@ const FLAGS: readonly Flag[] = [
   seconds('bpf-ct-timeout-service-tcp-grace', 'bpfCtTimeoutServiceTcpGrace', 'grace period before a closing TCP service connection is rebalanced', CT.serviceTcpGrace),
   seconds('bpf-ct-timeout-regular-tcp-syn', 'bpfCtTimeoutRegularTcpSyn', 'lifetime of TCP entries that have only seen a SYN', CT.regularTcpSyn),
   seconds('bpf-ct-timeout-regular-tcp-fin', 'bpfCtTimeoutRegularTcpFin', 'lifetime of closing TCP entries', CT.regularTcpFin),
+  flag(
+    'ct-events',
+    'ctEvents',
+    'what the datapath tells the daemon: none; signals (a map filling up starts an early GC pass); all (signals, and NEW/CLOSE events of every entry)',
+    DEFAULT_CT_EVENTS,
+    oneOf(CT_EVENTS_MODES),
+  ),
+  flag('ct-fill-up-share', 'ctFillUpShare', 'percent of a CT map created since its last GC pass that signals the map is filling up (1..100)', DEFAULT_CT_FILL_UP_SHARE, integer(1, 100)),
+  flag('ct-events-ring-size', 'ctEventsRingSize', 'bytes of the datapath event ring buffer (a power of two, 4096 .. 1 GiB)', DEFAULT_CT_EVENTS_RING_SIZE, powerOfTwo(4096, 1 << 30)),
   seconds('monitor-aggregation-interval', 'monitorAggregationInterval', 'minimum interval between monitor reports of one connection', DEFAULT_MONITOR_AGGREGATION_INTERVAL),
   flag('log-level', 'logLevel', 'trace, debug, info, warn, error or fatal', 'info', oneOf(['trace', 'debug', 'info', 'warn', 'error', 'fatal'])),
   flag('log-format', 'logFormat', 'json, or pretty for one human-readable line per record', 'json', oneOf(['json', 'pretty'])),
@@ -330,6 +350,15 @@ function integer(min: number, max: number): Parse {
     if (!/^\d+$/.test(v)) throw new Error(`want an integer in ${min}..${max}, got ${JSON.stringify(raw)}`);
     const n = Number(v);
     if (n < min || n > max) throw new Error(`${n} is out of range ${min}..${max}`);
+    return n;
+  };
+}
+
+function powerOfTwo(min: number, max: number): Parse {
+  const inRange = integer(min, max);
+  return (raw) => {
+    const n = inRange(raw) as number;
+    if ((n & (n - 1)) !== 0) throw new Error(`${n} is not a power of two`);
     return n;
   };
 }

@@ -41,6 +41,18 @@ export const CT_TIMEOUT_DEFAULTS = Object.freeze({
 });
 export const DEFAULT_MONITOR_AGGREGATION_INTERVAL = 5;
 
+/**
+ * --ct-events (bpf/ct_events.h, enum ct_events_mode): what the datapath writes into its
+ * ring buffer. `signals` by default: Cilium's datapath sends SIGNAL_CT_FILL_UP too.
+ */
+export const CT_EVENTS_MODES = ['none', 'signals', 'all'] as const;
+export type CtEventsMode = (typeof CT_EVENTS_MODES)[number];
+export const DEFAULT_CT_EVENTS: CtEventsMode = 'signals';
+/** --ct-fill-up-share: percent of a map created since the last pass that signals fill-up. */
+export const DEFAULT_CT_FILL_UP_SHARE = 50;
+/** --ct-events-ring-size: 4 MiB, ~37,000 NEW/CLOSE records of 112 bytes (+8 of header). */
+export const DEFAULT_CT_EVENTS_RING_SIZE = 4 << 20;
+
 /** The adaptive GC interval (facts §6): first pass after 5 min, never below 10 s, at most 12 h. */
 export const GC_INITIAL_INTERVAL_SECONDS = 5 * 60;
 export const GC_MIN_INTERVAL_SECONDS = 10;

@@ -8,7 +8,7 @@ import { CT_DATAPATH_CONFIG } from '../maps/ctmap/layout';
 import { clusterOuterMapName } from '../maps/ctmap/spec';
 import { CLUSTER_ID_MAX_VALUES } from '../config/defaults';
 import type { Config } from '../config/config';
-import { CT_TIMEOUT_DEFAULTS, DEFAULT_CLUSTER_ID_MAX, DEFAULT_MONITOR_AGGREGATION_INTERVAL } from '../config/defaults';
+import { CT_TIMEOUT_DEFAULTS, CtEventsMode, DEFAULT_CLUSTER_ID_MAX, DEFAULT_CT_EVENTS, DEFAULT_MONITOR_AGGREGATION_INTERVAL } from '../config/defaults';
 
 /** The global CT maps the object declares, by family (facts §1 names). */
 export const CT_DATAPATH_FAMILY_MAPS = {
@@ -53,7 +53,12 @@ export interface DatapathSettings {
   readonly clusterIdMax: number;
   readonly enableIpv4: boolean;
   readonly enableIpv6: boolean;
+  /** --ct-events: what the programs write into the ctmapd_ct_events ring (bpf/ct_events.h). */
+  readonly events: CtEventsMode;
 }
+
+/** enum ct_events_mode of bpf/ct_events.h, by --ct-events name. */
+export const CT_EVENTS_MODE_VALUES: Readonly<Record<CtEventsMode, number>> = Object.freeze({ none: 0, signals: 1, all: 2 });
 
 /** The settings ctmapd's flags ask for (facts §5): the daemon's and the CLI's one source. */
 export function datapathSettingsFrom(
@@ -67,6 +72,7 @@ export function datapathSettingsFrom(
     | 'enableIpv4'
     | 'enableIpv6'
     | 'maxConnectedClusters'
+    | 'ctEvents'
   >,
   clusterId = 0,
 ): DatapathSettings {
@@ -81,6 +87,7 @@ export function datapathSettingsFrom(
     clusterIdMax: config.maxConnectedClusters,
     enableIpv4: config.enableIpv4,
     enableIpv6: config.enableIpv6,
+    events: config.ctEvents,
   };
 }
 
@@ -95,6 +102,7 @@ export const DEFAULT_DATAPATH_SETTINGS: DatapathSettings = Object.freeze(
     enableIpv4: true,
     enableIpv6: true,
     maxConnectedClusters: DEFAULT_CLUSTER_ID_MAX,
+    ctEvents: DEFAULT_CT_EVENTS,
   }),
 );
 
@@ -113,6 +121,9 @@ export function validateDatapathSettings(s: DatapathSettings): void {
   for (const key of ['lifetimeTcp', 'lifetimeNonTcp', 'synTimeout', 'closeTimeout', 'reportInterval'] as const) {
     const v = s[key];
     if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) throw invalidArgument(key, `${v} seconds does not fit a u32`);
+  }
+  if (!Object.hasOwn(CT_EVENTS_MODE_VALUES, s.events)) {
+    throw invalidArgument('events', `${String(s.events)}: --ct-events is ${Object.keys(CT_EVENTS_MODE_VALUES).join(', ')}`);
   }
   if (!Number.isInteger(s.reportFlags) || s.reportFlags < 0 || s.reportFlags > 0xff) {
     throw invalidArgument('reportFlags', `${s.reportFlags} is not a TCP flags byte`);
@@ -145,6 +156,7 @@ export function encodeDatapathSettings(s: DatapathSettings): Buffer {
   buf.writeUInt8(s.reportFlags, f.report_flags.offset);
   buf.writeUInt8(s.enableIpv4 ? 1 : 0, f.enable_ipv4.offset);
   buf.writeUInt8(s.enableIpv6 ? 1 : 0, f.enable_ipv6.offset);
+  buf.writeUInt8(CT_EVENTS_MODE_VALUES[s.events], f.events.offset);
   buf.writeUInt32LE(s.clusterIdMax, f.cluster_id_max.offset);
   return buf;
 }
@@ -163,6 +175,13 @@ export function decodeDatapathSettings(buf: Buffer): DatapathSettings {
     clusterIdMax: buf.readUInt32LE(f.cluster_id_max.offset),
     enableIpv4: buf.readUInt8(f.enable_ipv4.offset) !== 0,
     enableIpv6: buf.readUInt8(f.enable_ipv6.offset) !== 0,
+    events: eventsModeOf(buf.readUInt8(f.events.offset)),
   };
 }
 
+
+/** The --ct-events name of an enum ct_events_mode value; an unknown value reads as none. */
+function eventsModeOf(value: number): CtEventsMode {
+  const found = (Object.keys(CT_EVENTS_MODE_VALUES) as CtEventsMode[]).find((m) => CT_EVENTS_MODE_VALUES[m] === value);
+  return found ?? 'none';
+}

@@ -40,6 +40,9 @@ describe('parseConfig', () => {
       bpfCtTimeoutRegularTcpSyn: 60,
       bpfCtTimeoutRegularTcpFin: 10,
       monitorAggregationInterval: 5,
+      ctEvents: 'signals',
+      ctFillUpShare: 50,
+      ctEventsRingSize: 4194304,
       logLevel: 'info',
       logFormat: 'json',
     });
@@ -93,6 +96,11 @@ describe('parseConfig', () => {
     assert.equal(parseConfig([], { CTMAPD_ALLOW_MAP_RECREATE: 'true' }).allowMapRecreate, true);
     rejects(['--allow-map-recreate=sometimes'], '--allow-map-recreate');
     rejects(['--enable-ipv4=maybe'], '--enable-ipv4');
+    rejects(['--ct-events=some'], '--ct-events');
+    rejects(['--ct-fill-up-share=0'], '--ct-fill-up-share');
+    rejects(['--ct-fill-up-share=101'], '--ct-fill-up-share');
+    rejects(['--ct-events-ring-size=12288'], '--ct-events-ring-size');
+    rejects(['--ct-events-ring-size=2048'], '--ct-events-ring-size');
   });
 
   it('rejects disabling both families', () => {

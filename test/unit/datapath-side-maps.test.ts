@@ -25,13 +25,13 @@ import { parseConfig } from '../../src/config/config';
 import { call, ctClient, startTestDaemon, tempDir } from '../helpers/grpc';
 
 test('settings: flags -> struct ct_datapath_config bytes -> settings', () => {
-  const s = datapathSettingsFrom(parseConfig(['--bpf-ct-timeout-regular-tcp-fin=7', '--max-connected-clusters=511', '--enable-ipv4=false'], {}), 42);
+  const s = datapathSettingsFrom(parseConfig(['--bpf-ct-timeout-regular-tcp-fin=7', '--max-connected-clusters=511', '--enable-ipv4=false', '--ct-events=all'], {}), 42);
   const buf = encodeDatapathSettings(s);
   assert.equal(buf.length, 32);
   // Offsets of bpf/ctmap.h (checked against BTF in test/kernel/btf-layout.test.ts).
   assert.deepEqual(
     [buf.readUInt32LE(0), buf.readUInt32LE(4), buf.readUInt32LE(8), buf.readUInt32LE(12), buf.readUInt32LE(16), buf.readUInt32LE(20), buf[24], buf[25], buf[26], buf[27], buf.readUInt32LE(28)],
-    [8000, 60, 60, 7, 5, 42, 0xff, 0, 1, 0, 511],
+    [8000, 60, 60, 7, 5, 42, 0xff, 0, 1, 2, 511],
   );
   assert.deepEqual(decodeDatapathSettings(buf), s);
 });
@@ -44,6 +44,7 @@ test('settings: what the datapath cannot take is invalid-argument naming the set
     [{ clusterId: 1.5 }, /^cluster-id: 1.5/],
     [{ lifetimeTcp: 2 ** 32 }, /^lifetimeTcp: 4294967296 seconds/],
     [{ reportFlags: 256 }, /^reportFlags: 256/],
+    [{ events: 'some' as never }, /^events: some: --ct-events is none, signals, all/],
   ];
   for (const [over, re] of bad) {
     assert.throws(

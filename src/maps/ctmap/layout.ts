@@ -102,6 +102,7 @@ export const CT_DATAPATH_CONFIG: StructLayout = {
     report_flags: { offset: 24, size: 1 },
     enable_ipv4: { offset: 25, size: 1 },
     enable_ipv6: { offset: 26, size: 1 },
+    events: { offset: 27, size: 1 },
     cluster_id_max: { offset: 28, size: 4 },
   },
 };

@@ -6,6 +6,7 @@
  */
 import { Command, CommanderError, Option } from 'commander';
 import { UsageError } from '../errors';
+import { parseDurationSeconds } from './duration';
 import {
   CLUSTER_ID_MAX_VALUES,
   CT_TIMEOUT_DEFAULTS as CT,
@@ -151,8 +152,8 @@ const FLAGS: readonly Flag[] = [
     false,
   ),
   flag('bpf-nat-global-max', 'bpfNatGlobalMax', 'max entries of the SNAT maps (default: 2/3 of tcp-max + any-max)', undefined, integer(MAP_SIZE_MIN, MAP_SIZE_MAX)),
-  flag('conntrack-gc-interval', 'conntrackGcInterval', `fixed interval between CT GC passes, seconds (default: adaptive, ${GC_MIN_INTERVAL_SECONDS} s .. ${GC_MAX_INTERVAL_SECONDS / 3600} h)`, undefined, integer(1, U32_MAX)),
-  flag('conntrack-gc-max-interval', 'conntrackGcMaxInterval', `upper bound of the adaptive CT GC interval, seconds (default: ${GC_MAX_INTERVAL_SECONDS / 3600} h)`, undefined, integer(GC_MIN_INTERVAL_SECONDS, U32_MAX)),
+  seconds('conntrack-gc-interval', 'conntrackGcInterval', `fixed interval between CT GC passes (default: adaptive, ${GC_MIN_INTERVAL_SECONDS} s .. ${GC_MAX_INTERVAL_SECONDS / 3600} h)`, undefined),
+  seconds('conntrack-gc-max-interval', 'conntrackGcMaxInterval', `upper bound of the adaptive CT GC interval (default: ${GC_MAX_INTERVAL_SECONDS / 3600} h)`, undefined, GC_MIN_INTERVAL_SECONDS),
   flag('metrics-listen', 'metricsListen', 'serve Prometheus metrics on HOST:PORT /metrics (off by default)', undefined, hostPort),
   flag('max-connected-clusters', 'maxConnectedClusters', 'ClusterIDMax: 255 or 511 (sizes the per-cluster outer maps)', DEFAULT_CLUSTER_ID_MAX, oneOfIntegers(CLUSTER_ID_MAX_VALUES)),
   flag('clustermesh-config', 'clustermeshConfig', 'clustermesh config directory: one etcd config file per remote cluster, named after it (off by default)', undefined, absolutePath),
@@ -309,8 +310,9 @@ function boolFlag(name: string, key: keyof Config, help: string, def: boolean): 
 }
 
 /** Durations are whole seconds; 0 would make every new entry expire at once. */
-function seconds(name: string, key: keyof Config, help: string, def: number): Flag {
-  return flag(name, key, `${help}, seconds`, def, integer(1, U32_MAX));
+/** A time flag: seconds, or Cilium's (Go's) duration syntax ("1h", "5m30s"). */
+function seconds(name: string, key: keyof Config, help: string, def: number | undefined, min = 1, max = U32_MAX): Flag {
+  return flag(name, key, `${help}, seconds or a duration (1h, 5m30s)`, def, durationIn(min, max));
 }
 
 // --- value parsers: throw an Error whose message completes "<flag>: ..." ---
@@ -359,6 +361,14 @@ function powerOfTwo(min: number, max: number): Parse {
   return (raw) => {
     const n = inRange(raw) as number;
     if ((n & (n - 1)) !== 0) throw new Error(`${n} is not a power of two`);
+    return n;
+  };
+}
+
+function durationIn(min: number, max: number): Parse {
+  return (raw) => {
+    const n = parseDurationSeconds(text(raw));
+    if (n < min || n > max) throw new Error(`${JSON.stringify(raw)} (${n} s) is out of range ${min}..${max} seconds`);
     return n;
   };
 }

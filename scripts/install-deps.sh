@@ -5,8 +5,10 @@ set -euo pipefail
 
 # etcd-server, etcd-client, openssl: the real etcd (etcdctl, test certificates) of the
 # clustermesh tests' etcd tier. iputils-ping: ICMP echo traffic of the datapath e2e tests.
-# protobuf-compiler: protoc --decode, the reference parser request decoding is checked against.
-pkgs=(clang llvm libbpf-dev libbpf1 bpftool iproute2 gcc make libelf-dev zlib1g-dev etcd-server etcd-client openssl iputils-ping protobuf-compiler)
+# protobuf-compiler: protoc --decode, the reference parser request decoding is checked against,
+# and protoc checking the descriptors reflection serves. python3-grpcio, python3-protobuf: a
+# gRPC client that is not ours (Debian's grpcio on the reference protobuf implementation).
+pkgs=(clang llvm libbpf-dev libbpf1 bpftool iproute2 gcc make libelf-dev zlib1g-dev etcd-server etcd-client openssl iputils-ping protobuf-compiler python3-grpcio python3-protobuf)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -95,7 +95,8 @@ export function reflectionPackageDefinition(): protoLoader.PackageDefinition {
   if (!files) return def;
   const commented = files.map((buf) => {
     const file = descriptor.FileDescriptorProto.decode(buf) as descriptor.IFileDescriptorProto & protobuf.Message;
-    if (file.package !== 'ctmap.v1') return buf;
+    const renamed = nameMapEntriesAsProtoc(file);
+    if (file.package !== 'ctmap.v1') return renamed ? Buffer.from(descriptor.FileDescriptorProto.encode(file).finish()) : buf;
     annotate(file, commentedRoot());
     return Buffer.from(descriptor.FileDescriptorProto.encode(file).finish());
   });
@@ -105,6 +106,35 @@ export function reflectionPackageDefinition(): protoLoader.PackageDefinition {
   }
   cachedReflection = withComments;
   return withComments;
+}
+
+/**
+ * Gives every map entry message the name protoc gives it, in place; returns whether any
+ * changed. protobufjs writes the entry of `map<K, V> statuses` as a nested message
+ * `Statuses` with map_entry set, where the reference implementation requires
+ * `StatusesEntry` (the field name in CamelCase + "Entry") and refuses the whole file
+ * otherwise ("map_entry should not be set explicitly"), so grpcurl and every client built
+ * from reflection failed on grpc.health.v1 (its HealthListResponse has such a map).
+ */
+function nameMapEntriesAsProtoc(file: descriptor.IFileDescriptorProto): boolean {
+  let changed = false;
+  const visit = (message: descriptor.IDescriptorProto, scope: string): void => {
+    const name = `${scope}.${message.name}`;
+    for (const nested of message.nestedType ?? []) {
+      if (!nested.options?.mapEntry) continue;
+      const field = (message.field ?? []).find((f) => f.typeName === nested.name || f.typeName === `${name}.${nested.name}`);
+      if (!field?.name) continue;
+      const want = `${field.name.replace(/(?:^|_)([a-z0-9])/g, (_m, c: string) => c.toUpperCase())}Entry`;
+      if (nested.name === want) continue;
+      // protoc resolves a relative type name from the message's scope, so both forms stay valid.
+      field.typeName = field.typeName!.startsWith('.') ? `${name}.${want}` : want;
+      nested.name = want;
+      changed = true;
+    }
+    for (const nested of message.nestedType ?? []) visit(nested, name);
+  };
+  for (const message of file.messageType ?? []) visit(message, file.package ? `.${file.package}` : '');
+  return changed;
 }
 
 /** ctmap.proto parsed by protobufjs with `//` comments kept on every reflection object. */

@@ -8,7 +8,8 @@ import { invalidArgument, quote } from '../errors';
 import { CT_DATAPATH_STATS_COUNTERS } from '../maps/ctmap/layout';
 import { Family } from '../maps/addr';
 import { CtEntry, CtKey, checkUint, entryFlagNames, validateEntry, validateKey } from '../maps/ctmap/codec';
-import { DumpFilter } from '../maps/ctmap/tables';
+import { DumpFilter, FlowDirection, FlowState } from '../maps/ctmap/flow-filter';
+import { AddressSet } from '../maps/ctmap/gc/address-match';
 import { CtKind, MapRef } from '../maps/ctmap/spec';
 import type { MigrationReport } from '../maps/lifecycle';
 import type { BpfMap } from '../maps/types';
@@ -51,10 +52,19 @@ export interface DumpFilterMsg {
   flags?: number | null;
   port?: number | null;
   address?: string;
+  src?: string[];
+  dst?: string[];
+  sport?: number | null;
+  dport?: number | null;
+  direction?: string;
+  state?: string;
+  all_clusters?: boolean;
   // proto3 `optional` presence, as proto-loader's oneofs option reports it
   _nexthdr?: string;
   _flags?: string;
   _port?: string;
+  _sport?: string;
+  _dport?: string;
 }
 
 /** CTMaps.Count and Flush requests: the maps to act on (empty = every open global map). */
@@ -258,23 +268,56 @@ export function parseMapRefs(list: MapRefMsg[] | undefined, field: string): MapR
   return (list ?? []).map((m, i) => parseMapRef(m, `${field}[${i}]`));
 }
 
-export function parseDumpFilter(msg: DumpFilterMsg | null | undefined): DumpFilter | undefined {
+/** The proto's FlowDirection and FlowState names, as DumpFilter takes them. */
+const FLOW_DIRECTIONS: Readonly<Record<string, FlowDirection>> = { FLOW_DIRECTION_IN: 'in', FLOW_DIRECTION_OUT: 'out', FLOW_DIRECTION_SERVICE: 'service' };
+const FLOW_STATES: Readonly<Record<string, FlowState>> = {
+  FLOW_STATE_ESTABLISHED: 'established',
+  FLOW_STATE_CLOSING: 'closing',
+  FLOW_STATE_SYN_ONLY: 'syn-only',
+  FLOW_STATE_EXPIRED: 'expired',
+};
+
+/** At most this many src (and dst) addresses or CIDRs in one filter, as GCFilter.match_ips. */
+export const FILTER_ADDRESSES_MAX = 65_536;
+
+/**
+ * The DumpFilter of a request, validated: INVALID_ARGUMENT naming the field for a number out
+ * of range, an address or CIDR that is not one (filter.src[i]), too many of them, or an
+ * unknown enum value. `now` (CT clock seconds) judges a state filter. undefined: no filter.
+ */
+export async function parseDumpFilter(msg: DumpFilterMsg | null | undefined, now: number): Promise<DumpFilter | undefined> {
   if (!msg) return undefined;
   const filter: DumpFilter = {};
   // With proto3 `optional`, presence shows as the synthetic oneof `_<name>` naming the field.
-  if (msg._nexthdr === 'nexthdr' && msg.nexthdr != null) {
-    checkUint(msg.nexthdr, 0xff, 'filter.nexthdr');
-    filter.nexthdr = msg.nexthdr;
-  }
-  if (msg._flags === 'flags' && msg.flags != null) {
-    checkUint(msg.flags, 0xff, 'filter.flags');
-    filter.flags = msg.flags;
-  }
-  if (msg._port === 'port' && msg.port != null) {
-    checkUint(msg.port, 0xffff, 'filter.port');
-    filter.port = msg.port;
-  }
+  const optional = (name: 'nexthdr' | 'flags' | 'port' | 'sport' | 'dport', max: number): number | undefined => {
+    if (msg[`_${name}`] !== name || msg[name] == null) return undefined;
+    checkUint(msg[name], max, `filter.${name}`);
+    return msg[name]!;
+  };
+  filter.nexthdr = optional('nexthdr', 0xff);
+  filter.flags = optional('flags', 0xff);
+  filter.port = optional('port', 0xffff);
+  filter.sport = optional('sport', 0xffff);
+  filter.dport = optional('dport', 0xffff);
   if (msg.address) filter.address = msg.address;
+  for (const side of ['src', 'dst'] as const) {
+    const list = msg[side] ?? [];
+    if (list.length === 0) continue;
+    if (list.length > FILTER_ADDRESSES_MAX) throw invalidArgument(`filter.${side}`, `at most ${FILTER_ADDRESSES_MAX} addresses or CIDRs, got ${list.length}`);
+    filter[side] = await AddressSet.from(list, (i, text) => invalidArgument(`filter.${side}[${i}]`, `not an IP address or CIDR: ${quote(text)}`));
+  }
+  if (msg.direction && msg.direction !== 'FLOW_DIRECTION_UNSPECIFIED') {
+    const d = FLOW_DIRECTIONS[msg.direction];
+    if (!d) throw invalidArgument('filter.direction', `unknown direction ${quote(String(msg.direction))}`);
+    filter.direction = d;
+  }
+  if (msg.state && msg.state !== 'FLOW_STATE_UNSPECIFIED') {
+    const st = FLOW_STATES[msg.state];
+    if (!st) throw invalidArgument('filter.state', `unknown state ${quote(String(msg.state))}`);
+    filter.state = st;
+    filter.now = now;
+  }
+  for (const k of Object.keys(filter) as Array<keyof DumpFilter>) if (filter[k] === undefined) delete filter[k];
   return filter;
 }
 

@@ -102,7 +102,7 @@ export async function parseGCFilter(msg: GCFilterMsg | null | undefined): Promis
   const ips = msg?.match_ips ?? [];
   if (ips.length > MATCH_IPS_MAX) throw invalidArgument('filter.match_ips', `at most ${MATCH_IPS_MAX} addresses, got ${ips.length}`);
   if (ips.length > 0) {
-    filter.matchIPs = await AddressSet.from(ips, (i, ip) => invalidArgument(`filter.match_ips[${i}]`, `not an IP address: ${quote(ip)}`));
+    filter.matchIPs = await AddressSet.from(ips, (i, ip) => invalidArgument(`filter.match_ips[${i}]`, `not an IP address or CIDR: ${quote(ip)}`));
   }
   return filter;
 }

@@ -68,3 +68,22 @@ test('65,536 addresses of each family: every member found, no non-member, turns 
     assert.ok(!has(set, `2001:db8:${((i * 7919 + 1) & 0xffff).toString(16)}::${i.toString(16)}`));
   }
 });
+
+test('CIDRs match every address of their prefix, of their family only, beside exact addresses', async () => {
+  const set = await AddressSet.from(['192.0.2.0/24', '198.51.100.128/25', '198.51.100.7', '2001:db8:1::/48', '2001:db8::5', '10.0.0.0/8', '0.0.0.0/0'], invalid);
+  const v4 = await AddressSet.from(['192.0.2.0/24', '198.51.100.128/25', '198.51.100.7', '203.0.113.64/27'], invalid);
+  for (const yes of ['192.0.2.0', '192.0.2.255', '198.51.100.128', '198.51.100.255', '198.51.100.7', '203.0.113.95']) assert.ok(has(v4, yes), yes);
+  for (const no of ['192.0.3.0', '192.0.1.255', '198.51.100.127', '198.51.100.6', '203.0.113.96', '203.0.113.63']) assert.ok(!has(v4, no), no);
+  assert.ok(has(set, '8.8.8.8'), '0.0.0.0/0 matches any IPv4 address');
+  for (const yes of ['2001:db8:1::', '2001:db8:1:ffff:ffff:ffff:ffff:ffff', '2001:db8::5']) assert.ok(has(set, yes), yes);
+  for (const no of ['2001:db8:2::', '2001:db8::6', '2001:db9:1::']) assert.ok(!has(set, no), no);
+  const odd = await AddressSet.from(['2001:db8:abcd:ab00::/57'], invalid);
+  assert.ok(has(odd, '2001:db8:abcd:ab7f::1'), 'a length that is not a multiple of 8: bit 57 is clear');
+  assert.ok(!has(odd, '2001:db8:abcd:ab80::1'), 'bit 57 set: outside');
+});
+
+test('a CIDR with host bits set, a length out of range or a malformed one is refused by index', async () => {
+  for (const bad of ['192.0.2.1/24', '192.0.2.0/33', '2001:db8::/129', '192.0.2.0/', '192.0.2.0/-1', '192.0.2.0/24/1', '/24', '192.0.2.0/0x18', '2001:db8::1/64']) {
+    await assert.rejects(AddressSet.from(['192.0.2.9', bad], invalid), new RegExp(`^Error: invalid 1: `), bad);
+  }
+});

@@ -236,7 +236,7 @@ describe('startServer', () => {
     const filter = file.messageType.find((m: any) => m.name === 'DumpFilter');
     assert.deepEqual(
       filter.field.filter((f: any) => f.proto3Optional).map((f: any) => f.name),
-      ['nexthdr', 'flags', 'port'],
+      ['nexthdr', 'flags', 'port', 'sport', 'dport'],
     );
   });
 

@@ -3,14 +3,15 @@
  * all-or-nothing batch update, delete, flush, count and filtered batch dumps.
  */
 import type { Logger } from 'pino';
-import { invalidArgument, notFound, quote } from '../../errors';
+import { invalidArgument, notFound } from '../../errors';
 import { writeGrouped } from '../batch-write';
 import type { MapOpener } from '../lifecycle';
 import { MapRegistry, MapToOpen, RegisteredMap, deleteKeys, liveCursor, openMaps } from '../registry';
 import { BatchCursor, MapBackend } from '../types';
-import { Family, addressBytes } from '../addr';
-import { CtEntry, CtKey, decodeEntry, encodeEntry, encodeKey, entryLifetime, keyLayout } from './codec';
+import type { Family } from '../addr';
+import { CT_ENTRY_SIZE, CtEntry, CtKey, decodeEntry, encodeEntry, encodeKey, entryLifetime } from './codec';
 import { IPPROTO } from './layout';
+import { DumpFilter, EntryPredicate, compileFilter } from './flow-filter';
 import { CtKind, CtMapsConfig, MapRef, globalCtMapRefs, globalCtMapSpec, refKey, refLabel } from './spec';
 
 /** One open map of the registry: its ref (cluster 0: a global map) and the live map. */
@@ -22,15 +23,6 @@ export interface CtRecordInput {
   entry: Partial<CtEntry>;
 }
 
-/** Dump filter on raw key fields; every set criterion must match. */
-export interface DumpFilter {
-  nexthdr?: number;
-  flags?: number;
-  /** Matches daddr or saddr. */
-  address?: string;
-  /** Matches dport or sport. */
-  port?: number;
-}
 
 /** A CT entry's migration rank: its lifetime (a shrunk map keeps the latest-expiring entries). */
 export const ctEntryRank = (values: Buffer, off: number): number => entryLifetime(values, off);
@@ -78,8 +70,12 @@ export class CtTables extends MapRegistry<MapRef, CtTable> {
   }
 
   /** The selected maps; an empty selection means every global map. Duplicates collapse. */
-  resolve(refs: MapRef[], field: string): CtTable[] {
-    if (refs.length === 0) return this.active().filter((t) => t.ref.clusterId === 0);
+  /**
+   * The maps a request names, each once; none named = every open global map, or with
+   * `allClusters` every open map (globals first, then clusters in join order).
+   */
+  resolve(refs: MapRef[], field: string, allClusters = false): CtTable[] {
+    if (refs.length === 0) return allClusters ? this.active() : this.active().filter((t) => t.ref.clusterId === 0);
     const seen = new Set<CtTable>();
     refs.forEach((r, i) => seen.add(this.get(r, `${field}[${i}]`)));
     return [...seen];
@@ -151,35 +147,6 @@ function checkKindMatches(kind: CtKind, nexthdr: number, field: string): void {
   if (kind === 'any' && nexthdr === IPPROTO.TCP) throw invalidArgument(field, 'TCP entries (nexthdr 6) belong in the TCP map, not the any map');
 }
 
-/**
- * Compiles a dump filter for one family into a predicate over a raw key at keys[off..].
- * Returns null when the filter can never match this family (an address of the other
- * family). Throws INVALID_ARGUMENT (field filter.address) for a malformed address.
- */
-export function compileFilter(filter: DumpFilter | undefined, family: Family): ((keys: Buffer, off: number) => boolean) | null {
-  if (!filter) return () => true;
-  const L = keyLayout(family).fields;
-  let addr: Buffer | undefined;
-  if (filter.address !== undefined) {
-    const parsed = addressBytes(filter.address);
-    if (!parsed) throw invalidArgument('filter.address', `not an IP address: ${quote(filter.address)}`);
-    if (parsed.family !== family) return null;
-    addr = parsed.bytes;
-  }
-  const { nexthdr, flags, port } = filter;
-  const alen = family === 'ipv4' ? 4 : 16;
-  return (keys, off) => {
-    if (nexthdr !== undefined && keys[off + L.nexthdr.offset] !== nexthdr) return false;
-    if (flags !== undefined && keys[off + L.flags.offset] !== flags) return false;
-    if (port !== undefined && keys.readUInt16BE(off + L.dport.offset) !== port && keys.readUInt16BE(off + L.sport.offset) !== port) return false;
-    if (addr) {
-      const d = off + L.daddr.offset;
-      const s = off + L.saddr.offset;
-      if (addr.compare(keys, d, d + alen) !== 0 && addr.compare(keys, s, s + alen) !== 0) return false;
-    }
-    return true;
-  };
-}
 
 /** One batch of a dump: the entries of `table` at the listed indices of keys/values. */
 export interface DumpBatch {
@@ -200,7 +167,7 @@ export interface DumpBatch {
 export class DumpCursor {
   #tableIndex = 0;
   #cursor: BatchCursor | undefined;
-  #pred: ((keys: Buffer, off: number) => boolean) | null = null;
+  #pred: EntryPredicate | null = null;
   #matches = new Uint32Array(0);
 
   constructor(
@@ -233,7 +200,8 @@ export class DumpCursor {
       if (this.#matches.length < b.count) this.#matches = new Uint32Array(b.count);
       const ks = table.map.spec.keySize;
       let n = 0;
-      for (let i = 0; i < b.count; i++) if (this.#pred!(b.keys, i * ks)) this.#matches[n++] = i;
+      const pred = this.#pred!;
+      for (let i = 0; i < b.count; i++) if (pred(b.keys, i * ks, b.values, i * CT_ENTRY_SIZE)) this.#matches[n++] = i;
       if (n === 0) continue;
       return { table, keys: b.keys, values: b.values, matches: this.#matches, count: n };
     }
@@ -249,5 +217,24 @@ export class DumpCursor {
 
 export function countEntries(tables: CtTable[]): Array<{ ref: MapRef; entries: number }> {
   return tables.map((t) => ({ ref: t.ref, entries: t.map.count() }));
+}
+
+/**
+ * The entries of each of `tables` that `filter` keeps, by a scan (DumpCursor's batches,
+ * read off the event loop); a map the filter rules out entirely counts 0 unscanned.
+ * Rejects with signal.reason when aborted between batches.
+ */
+export async function countMatching(tables: CtTable[], filter: DumpFilter, signal?: AbortSignal): Promise<Array<{ ref: MapRef; entries: number }>> {
+  const counts = new Map<CtTable, number>(tables.map((t) => [t, 0]));
+  const cursor = new DumpCursor(tables, filter);
+  try {
+    for (let b = await cursor.next(); b; b = await cursor.next()) {
+      if (signal?.aborted) throw signal.reason;
+      counts.set(b.table, counts.get(b.table)! + b.count);
+    }
+  } finally {
+    cursor.close();
+  }
+  return tables.map((t) => ({ ref: t.ref, entries: counts.get(t)! }));
 }
 

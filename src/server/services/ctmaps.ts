@@ -7,7 +7,7 @@ import type { DatapathCounters } from '../../datapath/side-maps';
 import { invalidArgument } from '../../errors';
 import { formatEntryLine } from '../../maps/ctmap/format';
 import { ctNow } from '../../maps/clock';
-import { CtTables, DumpBatch, DumpCursor, countEntries } from '../../maps/ctmap/tables';
+import { CtTables, DumpBatch, DumpCursor, countEntries, countMatching } from '../../maps/ctmap/tables';
 import { CT_ENTRY_SIZE } from '../../maps/ctmap/codec';
 import { MapRef, refLabel } from '../../maps/ctmap/spec';
 import { FLUSH_TIME } from '../../maps/ctmap/gc/engine';
@@ -101,8 +101,9 @@ export function ctMapsService(deps: CtMapsServiceDeps): ServiceRegistration {
     signal: AbortSignal,
     emit: (batch: DumpBatch, refBody: Buffer) => Promise<void>,
   ): Promise<void> {
-    const selected = tables.resolve(parseMapRefs(req.maps, 'maps'), 'maps');
-    const cursor = new DumpCursor(selected, parseDumpFilter(req.filter));
+    const filter = await parseDumpFilter(req.filter, ctNow());
+    const selected = tables.resolve(parseMapRefs(req.maps, 'maps'), 'maps', req.filter?.all_clusters === true);
+    const cursor = new DumpCursor(selected, filter);
     try {
       for (let b = await cursor.next(); b; b = await cursor.next()) {
         if (signal.aborted) throw signal.reason;
@@ -181,12 +182,13 @@ export function ctMapsService(deps: CtMapsServiceDeps): ServiceRegistration {
       });
     }, shutdown),
 
-    Count: unary(log, 'CTMaps/Count', async (req: MapsRequestMsg): Promise<CountResponseMsg> => ({
-      counts: countEntries(tables.resolve(parseMapRefs(req.maps, 'maps'), 'maps')).map((c) => ({
-        map: mapRefMsg(c.ref),
-        entries: String(c.entries),
-      })),
-    }), shutdown),
+    Count: unary(log, 'CTMaps/Count', async (req: DumpEntriesRequestMsg, ctx): Promise<CountResponseMsg> => {
+      const selected = tables.resolve(parseMapRefs(req.maps, 'maps'), 'maps', req.filter?.all_clusters === true);
+      const filter = await parseDumpFilter(req.filter, ctNow());
+      // No criterion: the maps' own counts. With one: a scan that counts what the filter keeps.
+      const counts = filter && Object.keys(filter).length > 0 ? await countMatching(selected, filter, ctx.signal) : countEntries(selected);
+      return { counts: counts.map((c) => ({ map: mapRefMsg(c.ref), entries: String(c.entries) })) };
+    }, shutdown),
 
     Lookup: unary(log, 'CTMaps/Lookup', async (req: LookupRequestMsg): Promise<CtRecordMsg> => {
       const ref = parseMapRef(req.map, 'map');

@@ -96,6 +96,7 @@ export const ctScan: BenchSection = {
     await Promise.all([waitReady(ct), waitReady(raw)]);
 
     const countReq = { maps: [TCP4] };
+    const cidrCountReq = { maps: [TCP4], filter: { src: ['0.0.0.0/1', '128.0.0.0/1'] } };
     const daemonCount = await countOnce(ct, countReq);
     if (daemonCount !== entries) {
       throw new HarnessError(
@@ -133,6 +134,16 @@ export const ctScan: BenchSection = {
         run: () =>
           withCpu(async () => {
             expect('Count', await countOnce(ct, countReq));
+            return {};
+          }),
+      },
+      {
+        // Two /1 prefixes cover every IPv4 source, so the count is exactly the map's and
+        // every entry pays the prefix test (mask + table lookup) and the key walk.
+        label: 'ctmapd Count (TCP4) with a CIDR filter, unary',
+        run: () =>
+          withCpu(async () => {
+            expect('Count with a CIDR filter', await countOnce(ct, cidrCountReq));
             return {};
           }),
       },
@@ -175,7 +186,7 @@ export const ctScan: BenchSection = {
       },
     ];
     ctx.progress(`ct-scan: map holds ${fmtInt(entries)} entries; measuring (${ctx.warmup} warm-up + ${ctx.runs} runs, bpftool ${Math.min(ctx.runs, BPFTOOL_RUNS)})`);
-    const [c, count, batched, single, decoded, bpftool, bpftoolJson] = await measureRounds(ctx, measurements);
+    const [c, count, cidrCount, batched, single, decoded, bpftool, bpftoolJson] = await measureRounds(ctx, measurements);
 
     await daemon.stop();
     if (ctx.cpuProfDir) ctx.progress(`ct-scan: daemon CPU profile in ${ctx.cpuProfDir}`);
@@ -187,6 +198,13 @@ export const ctScan: BenchSection = {
     const rows: Row[] = [
       { m: c, note: `${fmtRatesM(entries, c.medianMs)} rec/s; kernel time of the batch loop (ctscan's clock)` },
       { m: count, target: 1.1, note: 'unary call wall time at the client' },
+      {
+        m: cidrCount,
+        note: (() => {
+          const vsCount = cidrCount.medianMs / count.medianMs;
+          return `filter.src 0.0.0.0/1 + 128.0.0.0/1 (every entry tested, all match): ${fmtRatio(vsCount)} the unfiltered Count, target ≤ 1.5× ${vsCount <= 1.5 ? 'PASS' : 'MISS'}`;
+        })(),
+      },
       { m: batched, target: 2, note: dumpNote(batched) },
       { m: single, note: dumpNote(single) },
       { m: decoded, note: `${dumpNote(decoded)}; protobufjs objects (proto-loader options)` },

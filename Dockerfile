@@ -75,7 +75,7 @@ COPY . .
 # Only the two objects the daemon (ct_gc) and the CLI (ct_datapath) load; the others in
 # bpf/Makefile are for the tests and the bench.
 RUN npx tsc -p tsconfig.json \
- && make -C bpf .output/ct_gc.bpf.o .output/ct_datapath.bpf.o \
+ && make -C bpf .output/ct_gc.bpf.o .output/ct_datapath.bpf.o .output/ct_fate.bpf.o \
  && npm prune --omit=dev
 
 FROM ${NODE_IMAGE}
@@ -94,7 +94,7 @@ COPY --from=build /src/package.json ./
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist/src ./dist/src
 COPY --from=build /src/proto ./proto
-COPY --from=build /src/bpf/.output/ct_gc.bpf.o /src/bpf/.output/ct_datapath.bpf.o ./bpf/.output/
+COPY --from=build /src/bpf/.output/ct_gc.bpf.o /src/bpf/.output/ct_datapath.bpf.o /src/bpf/.output/ct_fate.bpf.o ./bpf/.output/
 COPY --from=build /src/bin ./bin
 # On PATH for `docker exec` / `kubectl exec`; bin/* find the rest through their real path.
 RUN ln -s /opt/ctmapd/bin/ctmapd /usr/local/bin/ctmapd \

@@ -2,7 +2,7 @@
 /*
  * Layout carrier: its only job is to put the structs (and enums) of bpf/'s headers into
  * BTF, the CT and NAT layouts of ctmap.h and the ct_gc program's interface of ct_gc.h,
- * through the definitions below, so the layout test (test/kernel/btf-layout.test.ts) can
+ * through the definitions below (ct_fate.h's counters too), so the layout test (test/kernel/btf-layout.test.ts) can
  * read them back. The no-op program makes it a loadable object, the empty-program
  * baseline for later benches. The real programs live elsewhere.
  */
@@ -13,6 +13,7 @@
 
 #include "ctmap.h"
 #include "ct_gc.h"
+#include "ct_fate.h"
 
 /* Placeholder size: the daemon creates the real maps with their configured sizes. */
 #define LAYOUT_MAX_ENTRIES 1024
@@ -44,6 +45,7 @@ struct {
  * through a pointer: BTF still gets its full definition, the object no room for it.
  */
 struct ct_datapath_config ctmap_layout_config SEC(".data.layout");
+struct ct_fate_stats ctmap_layout_fate_stats SEC(".data.layout");
 struct ct_gc_args ctmap_layout_gc_args SEC(".data.layout");
 struct ct_gc_area *ctmap_layout_gc_area SEC(".data.layout");
 enum ct_gc_mode ctmap_layout_gc_mode SEC(".data.layout");

@@ -3,9 +3,9 @@
  * enums as names, 64-bit numbers as decimal strings) and the domain types of
  * src/maps/ctmap. Request parsing validates and names the offending field.
  */
-import type { DatapathCounter, DatapathCounters } from '../datapath/side-maps';
+import type { DatapathCounter, DatapathCounters, FateCounter, FateCounters } from '../datapath/side-maps';
 import { invalidArgument, quote } from '../errors';
-import { CT_DATAPATH_STATS_COUNTERS } from '../maps/ctmap/layout';
+import { CT_DATAPATH_STATS_COUNTERS, CT_FATE_STATS_COUNTERS } from '../maps/ctmap/layout';
 import { Family } from '../maps/addr';
 import { CtEntry, CtKey, checkUint, entryFlagNames, validateEntry, validateKey } from '../maps/ctmap/codec';
 import { DumpFilter, FlowDirection, FlowState } from '../maps/ctmap/flow-filter';
@@ -146,7 +146,7 @@ export interface MapInfoMsg {
 }
 
 /** The datapath's counters by their C names, uint64 as decimal strings. */
-export type DatapathStatsMsg = Record<DatapathCounter, string>;
+export type DatapathStatsMsg = Record<DatapathCounter | `fate_${FateCounter}`, string>;
 
 export interface ActiveMapsRequestMsg {
   with_counts?: boolean;
@@ -365,8 +365,10 @@ export function mapInfoMsg(ref: MapRefMsg, map: BpfMap, entries?: number, migrat
  * A DatapathStats message: the datapath's counters, uint64 as decimal strings (the
  * proto-loader `longs: String` convention); field names are the C counter names.
  */
-export function datapathStatsMsg(counters: DatapathCounters): DatapathStatsMsg {
+export function datapathStatsMsg(counters: DatapathCounters, fate?: FateCounters): DatapathStatsMsg {
   const out = {} as DatapathStatsMsg;
   for (const name of CT_DATAPATH_STATS_COUNTERS) out[name] = counters[name].toString();
+  // Fate-sharing's counters (struct ct_fate_stats) as fate_<name>; 0 without a source.
+  for (const name of CT_FATE_STATS_COUNTERS) out[`fate_${name}`] = (fate?.[name] ?? 0n).toString();
   return out;
 }

@@ -25,6 +25,10 @@ export type CliCommand =
   | { readonly kind: 'datapath-status'; readonly netns?: string; readonly bpfRoot: string; readonly json: boolean }
   | { readonly kind: 'datapath-reattach'; readonly netns?: string; readonly bpfRoot: string; readonly json: boolean }
   | { readonly kind: 'datapath-prune'; readonly bpfRoot: string; readonly json: boolean }
+  | { readonly kind: 'fate-attach'; readonly cgroup: string; readonly bpfRoot: string; readonly clusterId: number; readonly json: boolean }
+  | { readonly kind: 'fate-detach'; readonly cgroup: string; readonly bpfRoot: string; readonly json: boolean }
+  | { readonly kind: 'fate-status'; readonly bpfRoot: string; readonly json: boolean }
+  | { readonly kind: 'fate-reattach'; readonly bpfRoot: string; readonly json: boolean }
   | { readonly kind: 'ct-list'; readonly socket: string; readonly family?: Family; readonly clusterId: number }
   | { readonly kind: 'gc-run'; readonly socket: string; readonly family?: Family; readonly time?: number }
   | { readonly kind: 'health'; readonly socket: string; readonly service: string; readonly timeoutMs: number };
@@ -124,6 +128,26 @@ Examples:
   ctmap datapath status --netns blue
   ctmap datapath prune`;
 
+const FATE_HELP = `
+Fate-sharing is bpf/ct_fate.bpf.o: three cgroup programs that make the CT entries of a
+socket in the cgroup expire when the socket closes (both closing bits, lifetime = now +
+--bpf-ct-timeout-regular-tcp-fin), instead of living out their lifetime until GC:
+sockops records a TCP socket's flow when it is established, cgroup_skb/egress a UDP
+socket's at its first packet, and cgroup/sock_release (close, exit, kill -9) and the TCP
+state change to CLOSE (an RST) expire its entries, in the global maps and, with
+--cluster-id, in that cluster's maps. Entries are expired, never deleted.
+
+Ownership: attach pins its bpf_links under <bpf-root>/ctmapd/fate/cg<cgroup id>, so the
+programs stay attached after ctmap exits; other programs on the cgroup are never touched.
+detach detaches and unpins exactly those links. Attaching again replaces ctmap's programs
+in place. ctmapd reattaches them over the new maps after a map migration.
+
+Examples:
+  ctmap fate attach --cgroup /sys/fs/cgroup/unified/workload
+  ctmap fate attach --cgroup /sys/fs/cgroup/remote --cluster-id 7
+  ctmap fate detach --cgroup /sys/fs/cgroup/unified/workload
+  ctmap fate status`;
+
 /**
  * Parses the arguments after the program name. Returns the command to run; throws
  * CliUsageError: exitCode 2 for unknown commands or flags, missing or invalid values (the
@@ -207,6 +231,49 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCo
     .addOption(json())
     .action((o) => {
       result = { kind: 'datapath-prune', bpfRoot: o.bpfRoot, json: !!o.json };
+    });
+
+  const cgroup = (): Option => new Option('--cgroup <path>', 'a cgroup2 directory (absolute path)').makeOptionMandatory().argParser(parseAbsolutePath);
+  const fate = program
+    .command('fate')
+    .description("expire a socket's CT entries when it closes: attach fate-sharing to a cgroup, detach it, list attachments")
+    .addHelpText('after', FATE_HELP);
+  fate
+    .command('attach')
+    .description("load fate-sharing over the daemon's maps and attach it to a cgroup (its sockets and its descendants')")
+    .addOption(cgroup())
+    .addOption(bpfRoot())
+    .addOption(
+      new Option('--cluster-id <n>', "also expire entries in this cluster's per-cluster maps (0..511, 0 = the global maps only)").default(0).argParser(parseClusterId),
+    )
+    .addOption(json())
+    .action((o) => {
+      result = { kind: 'fate-attach', cgroup: o.cgroup, bpfRoot: o.bpfRoot, clusterId: o.clusterId, json: !!o.json };
+    });
+  fate
+    .command('detach')
+    .description('detach the fate-sharing links ctmap attached to a cgroup')
+    .addOption(cgroup())
+    .addOption(bpfRoot())
+    .addOption(json())
+    .action((o) => {
+      result = { kind: 'fate-detach', cgroup: o.cgroup, bpfRoot: o.bpfRoot, json: !!o.json };
+    });
+  fate
+    .command('status')
+    .description('list the cgroups ctmap attached fate-sharing to, and whether its links are still attached')
+    .addOption(bpfRoot())
+    .addOption(json())
+    .action((o) => {
+      result = { kind: 'fate-status', bpfRoot: o.bpfRoot, json: !!o.json };
+    });
+  fate
+    .command('reattach')
+    .description('load fate-sharing again over the maps now pinned, into every link ctmap recorded (ctmapd runs it after a migration)')
+    .addOption(bpfRoot())
+    .addOption(json())
+    .action((o) => {
+      result = { kind: 'fate-reattach', bpfRoot: o.bpfRoot, json: !!o.json };
     });
 
   const ct = program.command('ct').description('read the CT maps through the daemon');

@@ -96,7 +96,7 @@ export function formatPrune(pruned: readonly PrunedRecord[], bpfRoot = ''): stri
  * With CTMAP_CHECK_LEAKS=1 (the e2e tests run the real command line so): says on stderr
  * when a bpf fd or object opened by the command is still open. Returns whether it did.
  */
-function reportLeaks(env: NodeJS.ProcessEnv, io: Io): boolean {
+export function reportLeaks(env: NodeJS.ProcessEnv, io: Io): boolean {
   if (env[CHECK_LEAKS_ENV] !== '1') return false;
   const bpf = require('../sys') as typeof import('../sys');
   const fds = bpf.openFdCount();

@@ -157,6 +157,7 @@ async function bringUp(config: Config, log: Logger, opts: DaemonOptions, teardow
   const metrics = new CtmapdMetrics();
   // Read at each scrape; nothing once the maps are closed at shutdown.
   metrics.setDatapathSource(() => (datapath.closed ? undefined : datapath.counters()));
+  metrics.setFateSource(() => (datapath.closed ? undefined : datapath.fateCounters()));
   const migrations = lifecycle.reports();
   metrics.recordMigrations(migrations);
   const membership = new Membership(clusters, log.child({ component: 'membership' }));

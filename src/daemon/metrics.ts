@@ -11,9 +11,9 @@ import * as http from 'node:http';
 import * as net from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { CtmapError, invalidArgument, quote } from '../errors';
-import type { DatapathCounters } from '../datapath/side-maps';
+import type { DatapathCounters, FateCounters } from '../datapath/side-maps';
 import type { Family } from '../maps/addr';
-import { CT_DATAPATH_STATS_COUNTERS } from '../maps/ctmap/layout';
+import { CT_DATAPATH_STATS_COUNTERS, CT_FATE_STATS_COUNTERS } from '../maps/ctmap/layout';
 import type { GCRunResult } from '../maps/ctmap/gc/types';
 import type { MigrationReport } from '../maps/lifecycle';
 import type { NatGCStats } from '../maps/nat/purge';
@@ -80,6 +80,20 @@ export class CtmapdMetrics {
       for (const event of CT_DATAPATH_STATS_COUNTERS) this.#datapathEvents.inc({ event }, Number(counters[event]));
     },
   });
+  #fateSource?: () => FateCounters | undefined;
+  /** Socket fate-sharing's counters (struct ct_fate_stats), read like the datapath's. */
+  readonly #fateEvents: Counter<'event'> = new Counter({
+    name: 'ctmapd_datapath_fate_events_total',
+    help: 'Events counted by socket fate-sharing (bpf/ct_fate.bpf.c, ctmap fate attach) since its stats map was created, summed over CPUs, by event (the ctmapd_fate_stats counter name: keys_recorded, expired, storage_full, key_missing, events_lost)',
+    labelNames: ['event'] as const,
+    registers: [this.registry],
+    collect: () => {
+      const counters = this.#fateSource?.();
+      if (!counters) return;
+      this.#fateEvents.reset();
+      for (const event of CT_FATE_STATS_COUNTERS) this.#fateEvents.inc({ event }, Number(counters[event]));
+    },
+  });
   readonly #migrations = new Counter({
     name: 'ctmapd_map_migrations_total',
     help: 'Pinned maps migrated, resumed, rolled back or recreated at start because their attributes differed from the configuration, by map and outcome',
@@ -138,6 +152,11 @@ export class CtmapdMetrics {
    */
   setDatapathSource(source: () => DatapathCounters | undefined): void {
     this.#datapathSource = source;
+  }
+
+  /** Where ctmapd_datapath_fate_events_total reads fate-sharing's counters at each scrape. */
+  setFateSource(source: () => FateCounters | undefined): void {
+    this.#fateSource = source;
   }
 
   /**

@@ -85,7 +85,6 @@ export class CtDatapath {
     if (!fs.existsSync(objectPath)) {
       throw new CtmapError('failed-precondition', `datapath object ${objectPath} is missing: run make build (make -C bpf)`);
     }
-    const dir = globalsDir(opts.bpfRoot);
     const side = datapathSideMapSpecs(opts.bpfRoot);
     const pinned: KernelMap[] = [];
     try {
@@ -96,42 +95,9 @@ export class CtDatapath {
       pinned.push(stats);
       const object = BpfObject.open(objectPath);
       try {
-        const reused: string[] = [];
-        const reuseMap = (name: string, map: KernelMap): void => {
-          object.map(name).reuseFd(map.fd);
-          reused.push(name);
-        };
-        const reuse = (name: string): boolean => {
-          const map = openPinned(kernelBackend, declaredSpec(object.map(name), path.join(dir, name)))?.map;
-          if (!map) return false;
-          pinned.push(map);
-          reuseMap(name, map);
-          return true;
-        };
-        // A placeholder is a one-entry map libbpf creates for the object alone.
-        const placeholder = (name: string): void => object.map(name).setMaxEntries(1);
-        for (const family of ['ipv4', 'ipv6'] as const) {
-          const enabled = family === 'ipv4' ? settings.enableIpv4 : settings.enableIpv6;
-          const names = CT_DATAPATH_FAMILY_MAPS[family];
-          if (!enabled) {
-            // Maps the program never touches: the family is switched off in the settings.
-            for (const name of [...names, ...CT_DATAPATH_CLUSTER_MAPS[family]]) placeholder(name);
-            continue;
-          }
-          const found = names.filter(reuse);
-          if (found.length !== names.length) {
-            const missing = names.filter((n) => !found.includes(n));
-            throw new CtmapError(
-              'failed-precondition',
-              `datapath: ${missing.join(', ')} not pinned under ${dir}: start ctmapd with --bpf-root=${opts.bpfRoot} ` +
-                `(and --enable-${family}) first`,
-            );
-          }
-          // The per-cluster outer maps exist once a cluster has joined (and until a cleanup):
-          // without them no cluster id finds an inner map, which the program counts.
-          for (const name of CT_DATAPATH_CLUSTER_MAPS[family]) if (!reuse(name)) placeholder(name);
-        }
-        reuseMap(CT_DATAPATH_STATS_MAP, stats);
+        const reused = reuseDaemonCtMaps(object, settings, opts.bpfRoot, pinned);
+        object.map(CT_DATAPATH_STATS_MAP).reuseFd(stats.fd);
+        reused.push(CT_DATAPATH_STATS_MAP);
         // Every value, on every load: the object's .rodata is one zeroed struct
         // ct_datapath_config with no defaults of its own (bpf/ct_datapath.bpf.c), and libbpf
         // refuses (EINVAL) a buffer that is not exactly its size.
@@ -156,6 +122,51 @@ export class CtDatapath {
 }
 
 /**
+ * Hands `object` every CT map (global and per-cluster outer) of the daemon pinned under
+ * <bpfRoot>/tc/globals that `settings` need, and one-entry placeholders for the rest: a
+ * family switched off, outer maps not pinned yet. Every map opened is pushed onto `pinned`
+ * for the caller to close after load (libbpf dups what it reuses). Returns the names
+ * reused. Throws failed-precondition naming the maps when an enabled family's global maps
+ * are not pinned. Shared by every object that works on the daemon's CT maps (the
+ * datapath, fate-sharing: ./fate.ts).
+ */
+export function reuseDaemonCtMaps(object: BpfObject, settings: DatapathSettings, bpfRoot: string, pinned: KernelMap[]): string[] {
+  const dir = globalsDir(bpfRoot);
+  const reused: string[] = [];
+  const reuse = (name: string): boolean => {
+    const map = openPinned(kernelBackend, declaredSpec(object.map(name), path.join(dir, name)))?.map;
+    if (!map) return false;
+    pinned.push(map);
+    object.map(name).reuseFd(map.fd);
+    reused.push(name);
+    return true;
+  };
+  // A placeholder is a one-entry map libbpf creates for the object alone.
+  const placeholder = (name: string): void => object.map(name).setMaxEntries(1);
+  for (const family of ['ipv4', 'ipv6'] as const) {
+    const enabled = family === 'ipv4' ? settings.enableIpv4 : settings.enableIpv6;
+    const names = CT_DATAPATH_FAMILY_MAPS[family];
+    if (!enabled) {
+      // Maps the program never touches: the family is switched off in the settings.
+      for (const name of [...names, ...CT_DATAPATH_CLUSTER_MAPS[family]]) placeholder(name);
+      continue;
+    }
+    const found = names.filter(reuse);
+    if (found.length !== names.length) {
+      const missing = names.filter((n) => !found.includes(n));
+      throw new CtmapError(
+        'failed-precondition',
+        `datapath: ${missing.join(', ')} not pinned under ${dir}: start ctmapd with --bpf-root=${bpfRoot} ` + `(and --enable-${family}) first`,
+      );
+    }
+    // The per-cluster outer maps exist once a cluster has joined (and until a cleanup):
+    // without them no cluster id finds an inner map, which the program counts.
+    for (const name of CT_DATAPATH_CLUSTER_MAPS[family]) if (!reuse(name)) placeholder(name);
+  }
+  return reused;
+}
+
+/**
  * The map the object declares as `m`, pinned at `pinPath`: what a CT or per-cluster map of
  * the daemon is opened with to be reused. Its mismatches are not held against the pin: the
  * daemon's flags size those maps, not the object, and bpf_map__reuse_fd takes the pinned
@@ -169,7 +180,7 @@ function declaredSpec(m: BpfObjectMap, pinPath: string): MapSpec {
  * Opens a side map the daemon pins (side-maps.ts) and checks it has this build's layout.
  * Throws failed-precondition naming the path when it is not pinned or differs.
  */
-function openSideMap(spec: MapSpec, bpfRoot: string): KernelMap {
+export function openSideMap(spec: MapSpec, bpfRoot: string): KernelMap {
   const pinned = openPinned(kernelBackend, spec, { expected: 'build', remedy: 'ctmapd and bpf/ are from different builds' });
   if (!pinned) {
     throw new CtmapError(
@@ -184,7 +195,7 @@ function openSideMap(spec: MapSpec, bpfRoot: string): KernelMap {
  * The settings the daemon wrote into its config map. Throws failed-precondition as
  * openSideMap, and when the map holds no valid settings.
  */
-function readDaemonSettings(spec: MapSpec, bpfRoot: string): DatapathSettings {
+export function readDaemonSettings(spec: MapSpec, bpfRoot: string): DatapathSettings {
   const map = openSideMap(spec, bpfRoot);
   try {
     // An ARRAY's slot 0 always exists: never written, it holds zeros.

@@ -12,6 +12,10 @@
  * A namespace is found by its inode (findNetns in ./records: /run/netns, nsfs mounts, the
  * namespaces of running processes); the daemon prunes the records of vanished ones before
  * it opens its maps, so this rarely meets one.
+ *
+ * Fate-sharing (`ctmap fate attach`, recorded under <bpf-root>/ctmapd/fate) is attached to
+ * cgroups, which belong to no network namespace: its links get the programs loaded over
+ * the new maps in this process (reattachFate in ./fate: BPF_LINK_UPDATE, atomic).
  */
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -45,9 +49,13 @@ export class AttachedDatapathReloader implements DatapathReloader {
    * commit point and the next start retries (lifecycle.ts).
    */
   async reload(maps: readonly SwappedMap[]): Promise<void> {
-    const namespaces = recordedNamespaces(this.bpfRoot);
-    if (namespaces.length === 0) return;
     const names = maps.map((m) => m.name);
+    const fate = this.reloadFate(names);
+    const namespaces = recordedNamespaces(this.bpfRoot);
+    if (namespaces.length === 0) {
+      if (fate) await new Promise((resolve) => setTimeout(resolve, IN_FLIGHT_MS));
+      return;
+    }
     for (const inode of namespaces) {
       const nsPath = findNetns(inode);
       if (!nsPath) {
@@ -68,5 +76,26 @@ export class AttachedDatapathReloader implements DatapathReloader {
       }
     }
     await new Promise((resolve) => setTimeout(resolve, IN_FLIGHT_MS));
+  }
+
+  /**
+   * Puts fate-sharing programs loaded over the new maps into every recorded link. Returns
+   * whether any link was updated. Throws CtmapError internal when that fails (as a failed
+   * datapath reattach does: the next start retries).
+   */
+  private reloadFate(names: readonly string[]): boolean {
+    // Loaded only when there is something to reload: it binds libbpf.
+    const { hasFateRecords, reattachFate } = require('./fate') as typeof import('./fate');
+    if (!hasFateRecords(this.bpfRoot)) return false;
+    try {
+      const r = reattachFate(this.bpfRoot);
+      for (const u of r.updated) {
+        this.log.info({ cgroup: u.cgroup, progIds: u.hooks.map((h) => h.progId), maps: names }, 'fate-sharing reattached over the migrated maps');
+      }
+      if (r.dropped.length > 0) this.log.info({ cgroupIds: r.dropped }, 'dropped the fate records of removed cgroups');
+      return r.updated.length > 0;
+    } catch (err) {
+      throw new CtmapError('internal', `fate-sharing reattach failed: ${(err as Error).message}`, { cause: err });
+    }
   }
 }

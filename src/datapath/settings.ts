@@ -33,6 +33,18 @@ export const CT_DATAPATH_CLUSTER_MAPS = {
 export const CT_DATAPATH_STATS_MAP = 'ctmapd_ct_stats';
 
 /**
+ * The fate-sharing counters map (PERCPU_ARRAY, one slot, struct ct_fate_stats of
+ * bpf/ct_fate.h), pinned by the daemon like CT_DATAPATH_STATS_MAP.
+ */
+export const CT_FATE_STATS_MAP = 'ctmapd_fate_stats';
+
+/**
+ * The ring buffer of the datapath's events (bpf/ct_events.h), pinned by the daemon under
+ * <bpf-root>/tc/globals; the programs that write into it reuse it from there.
+ */
+export const CT_EVENTS_RING_MAP = 'ctmapd_ct_events';
+
+/**
  * The daemon's datapath settings (ARRAY, one slot, struct ct_datapath_config), written at
  * every daemon start from its flags: what the loader writes into .rodata, under overrides.
  */

@@ -9,17 +9,20 @@
  *   daemon's flags ask for (datapathSettingsFrom), rewritten at every start, so a
  *   datapath loaded later (ctmap datapath attach) runs with the daemon's timeouts,
  *   families and ClusterIDMax.
+ * - `ctmapd_fate_stats` (PERCPU_ARRAY, 1 slot, struct ct_fate_stats of bpf/ct_fate.h): the
+ *   counters of socket fate-sharing (bpf/ct_fate.bpf.c, `ctmap fate attach`), likewise
+ *   one map for every loaded fate program (issue 13 item 1).
  *
  * Backend-neutral (the MapBackend interface, no libbpf): the memory backend keeps the
  * same maps in process, where nothing counts into them.
  */
 import * as path from 'node:path';
 import type { Logger } from 'pino';
-import { CT_DATAPATH_CONFIG, CT_DATAPATH_STATS, CT_DATAPATH_STATS_COUNTERS } from '../maps/ctmap/layout';
+import { CT_DATAPATH_CONFIG, CT_DATAPATH_STATS, CT_DATAPATH_STATS_COUNTERS, CT_FATE_STATS, CT_FATE_STATS_COUNTERS } from '../maps/ctmap/layout';
 import { globalsDir } from '../maps/cluster-spec';
 import { openOrCreate } from '../maps/open';
 import { BpfMap, MapBackend, MapSpec, MapType } from '../maps/types';
-import { CT_DATAPATH_CONFIG_MAP, CT_DATAPATH_STATS_MAP, DatapathSettings, decodeDatapathSettings, encodeDatapathSettings } from './settings';
+import { CT_DATAPATH_CONFIG_MAP, CT_DATAPATH_STATS_MAP, CT_FATE_STATS_MAP, DatapathSettings, decodeDatapathSettings, encodeDatapathSettings } from './settings';
 
 /** One counter of struct ct_datapath_stats. */
 export type DatapathCounter = (typeof CT_DATAPATH_STATS_COUNTERS)[number];
@@ -27,8 +30,14 @@ export type DatapathCounter = (typeof CT_DATAPATH_STATS_COUNTERS)[number];
 /** The counters summed over every CPU's copy. */
 export type DatapathCounters = Readonly<Record<DatapathCounter, bigint>>;
 
-/** The specs of the two side maps under `bpfRoot` (pure). */
-export function datapathSideMapSpecs(bpfRoot: string): { stats: MapSpec; config: MapSpec } {
+/** One counter of struct ct_fate_stats. */
+export type FateCounter = (typeof CT_FATE_STATS_COUNTERS)[number];
+
+/** The fate-sharing counters summed over every CPU's copy. */
+export type FateCounters = Readonly<Record<FateCounter, bigint>>;
+
+/** The specs of the side maps under `bpfRoot` (pure). */
+export function datapathSideMapSpecs(bpfRoot: string): { stats: MapSpec; config: MapSpec; fateStats: MapSpec } {
   const dir = globalsDir(bpfRoot);
   return {
     stats: {
@@ -49,6 +58,15 @@ export function datapathSideMapSpecs(bpfRoot: string): { stats: MapSpec; config:
       flags: 0,
       pinPath: path.join(dir, CT_DATAPATH_CONFIG_MAP),
     },
+    fateStats: {
+      name: CT_FATE_STATS_MAP,
+      type: MapType.PERCPU_ARRAY,
+      keySize: 4,
+      valueSize: CT_FATE_STATS.size,
+      maxEntries: 1,
+      flags: 0,
+      pinPath: path.join(dir, CT_FATE_STATS_MAP),
+    },
   };
 }
 
@@ -57,11 +75,20 @@ export function datapathSideMapSpecs(bpfRoot: string): { stats: MapSpec; config:
  * at a multiple of the 8-byte-rounded struct size) counter by counter.
  */
 export function sumDatapathStats(value: Buffer): DatapathCounters {
-  const stride = Math.ceil(CT_DATAPATH_STATS.size / 8) * 8;
+  return sumPerCpu(value, CT_DATAPATH_STATS, CT_DATAPATH_STATS_COUNTERS);
+}
+
+/** sumDatapathStats for struct ct_fate_stats. */
+export function sumFateStats(value: Buffer): FateCounters {
+  return sumPerCpu(value, CT_FATE_STATS, CT_FATE_STATS_COUNTERS);
+}
+
+function sumPerCpu<N extends string>(value: Buffer, layout: { size: number; fields: Record<string, { offset: number }> }, names: readonly N[]): Record<N, bigint> {
+  const stride = Math.ceil(layout.size / 8) * 8;
   const cpus = Math.floor(value.length / stride);
-  const out = {} as Record<DatapathCounter, bigint>;
-  for (const name of CT_DATAPATH_STATS_COUNTERS) {
-    const off = CT_DATAPATH_STATS.fields[name].offset;
+  const out = {} as Record<N, bigint>;
+  for (const name of names) {
+    const off = layout.fields[name].offset;
     let sum = 0n;
     for (let c = 0; c < cpus; c++) sum += value.readBigUInt64LE(c * stride + off);
     out[name] = sum;
@@ -78,6 +105,7 @@ export class DatapathSideMaps {
   private constructor(
     readonly stats: BpfMap,
     readonly config: BpfMap,
+    readonly fateStats: BpfMap,
   ) {}
 
   /**
@@ -90,22 +118,21 @@ export class DatapathSideMaps {
   static open(backend: MapBackend, bpfRoot: string, settings: DatapathSettings, log: Logger): DatapathSideMaps {
     const value = encodeDatapathSettings(settings);
     const specs = datapathSideMapSpecs(bpfRoot);
-    const stats = openOrCreate(backend, specs.stats, log).map;
-    let config: BpfMap;
+    const opened: BpfMap[] = [];
     try {
-      config = openOrCreate(backend, specs.config, log).map;
+      for (const spec of [specs.stats, specs.config, specs.fateStats]) opened.push(openOrCreate(backend, spec, log).map);
     } catch (err) {
-      stats.close();
+      for (const m of opened) m.close();
       throw err;
     }
-    const self = new DatapathSideMaps(stats, config);
+    const self = new DatapathSideMaps(opened[0], opened[1], opened[2]);
     try {
-      const before = config.lookup(SLOT0)!;
+      const before = self.config.lookup(SLOT0)!;
       if (!before.equals(value)) {
         const previous = before.every((b) => b === 0) ? undefined : decodeDatapathSettings(before);
         log.info({ previous, settings }, 'datapath settings written (a datapath loaded from now on uses them)');
       }
-      config.update(SLOT0, value);
+      self.config.update(SLOT0, value);
     } catch (err) {
       self.close();
       throw err;
@@ -122,6 +149,11 @@ export class DatapathSideMaps {
     return sumDatapathStats(this.stats.lookup(SLOT0)!);
   }
 
+  /** The fate-sharing counters summed over the CPUs. Throws CtmapError after close(). */
+  fateCounters(): FateCounters {
+    return sumFateStats(this.fateStats.lookup(SLOT0)!);
+  }
+
   /** The settings the config map holds. */
   settings(): DatapathSettings {
     return decodeDatapathSettings(this.config.lookup(SLOT0)!);
@@ -132,5 +164,6 @@ export class DatapathSideMaps {
     this.#closed = true;
     this.stats.close();
     this.config.close();
+    this.fateStats.close();
   }
 }

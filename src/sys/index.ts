@@ -279,3 +279,70 @@ export function pinProgram(progFd: number, pinPath: string): void {
 
 // flock(2) on directories: one owner per bpf-root (src/maps/root-lock.ts).
 export { DirLock, flockHolders, tryLockDir } from './lock';
+
+// bpf_link: cgroup attachments that live as long as their pin (src/link/cgroup.ts).
+
+const O_RDONLY = 0;
+const O_DIRECTORY = 0o200000;
+const O_CLOEXEC = 0o2000000;
+
+/**
+ * open(path, O_RDONLY | O_DIRECTORY): a directory fd, e.g. of a cgroup, as BPF_LINK_CREATE
+ * takes for its target. Throws BpfSyscallError (ENOENT, ENOTDIR) naming the path.
+ */
+export function openDirectory(dirPath: string): Fd {
+  const fd = native.open(dirPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) throw new BpfSyscallError(`open ${dirPath}`, lastErrno());
+  return new Fd(fd, dirPath);
+}
+
+/** BPF_LINK_CREATE: attaches `progFd` to `targetFd` at `attachType`; the link is the returned fd. */
+export function linkCreate(progFd: number, target: Fd, attachType: number): Fd {
+  return new Fd(check(`link create (attach type ${attachType})`, native.linkCreate(progFd, target.value, attachType, null)), `link type ${attachType}`);
+}
+
+/** BPF_LINK_UPDATE: the link runs `progFd` from now on, with no moment without a program. */
+export function linkUpdate(link: Fd, progFd: number): void {
+  check('link update', native.linkUpdate(link.value, progFd, null));
+}
+
+/** BPF_LINK_DETACH: detaches the link's program now, whoever else holds the link. */
+export function linkDetach(link: Fd): void {
+  check('link detach', native.linkDetach(link.value));
+}
+
+export interface LinkInfo {
+  readonly type: number;
+  readonly id: number;
+  readonly progId: number;
+  /** BPF_LINK_TYPE_CGROUP only: the cgroup's id (its cgroup2 inode); 0 once the cgroup is gone. */
+  readonly cgroupId: bigint;
+  readonly attachType: number;
+}
+
+/** BPF_LINK_TYPE_CGROUP (uapi enum bpf_link_type). */
+export const BPF_LINK_TYPE_CGROUP = 3;
+
+/**
+ * BPF_OBJ_GET_INFO_BY_FD for a link (struct bpf_link_info: type, id, prog_id, then the
+ * per-type union at offset 16; for cgroup links { u64 cgroup_id; u32 attach_type; }).
+ */
+export function linkInfo(link: Fd): LinkInfo {
+  const info = Buffer.alloc(64);
+  const len = new Uint32Array([info.length]);
+  check('link info', native.objGetInfoByFd(link.value, info, len));
+  const type = info.readUInt32LE(0);
+  const cgroup = type === BPF_LINK_TYPE_CGROUP;
+  return {
+    type,
+    id: info.readUInt32LE(4),
+    progId: info.readUInt32LE(8),
+    cgroupId: cgroup ? info.readBigUInt64LE(16) : 0n,
+    attachType: cgroup ? info.readUInt32LE(24) : 0,
+  };
+}
+
+/** BPF_OBJ_PIN of a link (or any object fd this process owns); parent must exist on bpffs. */
+export function pinFd(fd: Fd, pinPath: string): void {
+  check(`obj pin ${pinPath}`, native.objPin(fd.value, pinPath));
+}

@@ -28,6 +28,8 @@ export const libcFunctions = {
   socket: libc.func('int socket(int domain, int type, int protocol)') as (domain: number, type: number, protocol: number) => number,
   send: libc.func('intptr_t send(int fd, const void *buf, size_t len, int flags)') as (fd: number, buf: Buffer, len: number, flags: number) => number,
   recv: libc.func('intptr_t recv(int fd, void *buf, size_t len, int flags)') as (fd: number, buf: Buffer, len: number, flags: number) => number,
+  // Without O_CREAT the variadic mode argument is never read, so two arguments suffice.
+  open: libc.func('int open(const char *path, int flags)') as (path: string, flags: number) => number,
   close: libc.func('int close(int fd)') as (fd: number) => number,
   // Returns -1 and sets errno (read with lastErrno()); see sys/lock.ts.
   flock: libc.func('int flock(int fd, int operation)') as (fd: number, operation: number) => number,

@@ -176,6 +176,15 @@ export const native = {
   tcAttach: libbpf.func('int bpf_tc_attach(const void *hook, void *opts)') as (hook: Buffer, opts: Buffer) => number,
   tcDetach: libbpf.func('int bpf_tc_detach(const void *hook, const void *opts)') as (hook: Buffer, opts: Buffer) => number,
   tcQuery: libbpf.func('int bpf_tc_query(const void *hook, void *opts)') as (hook: Buffer, opts: Buffer) => number,
+  // bpf_link (cgroup attachments: src/link/cgroup.ts). opts NULL: no flags, no replace target.
+  linkCreate: libbpf.func('int bpf_link_create(int prog_fd, int target_fd, int attach_type, const void *opts)') as (
+    progFd: number,
+    targetFd: number,
+    attachType: number,
+    opts: null,
+  ) => number,
+  linkUpdate: libbpf.func('int bpf_link_update(int link_fd, int new_prog_fd, const void *opts)') as (linkFd: number, progFd: number, opts: null) => number,
+  linkDetach: libbpf.func('int bpf_link_detach(int link_fd)') as (linkFd: number) => number,
   // libc (./libc.ts)
   ...libcFunctions,
 };

@@ -23,7 +23,7 @@ import { definesStruct, enumValuesFromBtf, structLayoutFromBtf } from '../helper
 /** The layout carrier: every struct and enum of the headers is in its BTF. */
 const OBJ = bpfObjectPath('ctmap_layout.bpf.o');
 /** The objects the daemon loads: each struct they define must match as well. */
-const PROGRAM_OBJECTS = ['ct_gc.bpf.o', 'ct_datapath.bpf.o'].map(bpfObjectPath);
+const PROGRAM_OBJECTS = ['ct_gc.bpf.o', 'ct_datapath.bpf.o', 'ct_fate.bpf.o'].map(bpfObjectPath);
 const BPF_DIR = repoPath('bpf');
 /** Every header of bpf/: the single C source of truth for what the daemon reads. */
 const HEADERS = fs.readdirSync(BPF_DIR).filter((f) => f.endsWith('.h')).sort();
@@ -75,6 +75,7 @@ test('every expected layout is exported', () => {
     'ct_datapath_config',
     'ct_datapath_stats',
     'ct_entry',
+    'ct_fate_stats',
     'ct_gc_area',
     'ct_gc_args',
     'ipv4_ct_tuple',

@@ -14,7 +14,7 @@ import { TCP_FLAGS, eth, icmp, ip, quote, tcp, udp } from '../helpers/frames';
 import { Client, call, ctClient, startTestDaemon, tempDir } from '../helpers/grpc';
 import { kernelTier, privateBpfRoot } from '../helpers/kernel';
 import { clusterIdMark } from '../../src/datapath/settings';
-import { CT_DATAPATH_STATS_COUNTERS } from '../../src/maps/ctmap/layout';
+import { CT_DATAPATH_STATS_COUNTERS, CT_FATE_STATS_COUNTERS } from '../../src/maps/ctmap/layout';
 import { services } from '../../src/api/proto';
 
 type LoaderModule = typeof import('../../src/datapath/loader');
@@ -94,13 +94,16 @@ test('kernel: the daemon pins the datapath side maps; the config follows its fla
 
 /** Every counter, `counts` where given, else 0, as ActiveMaps spells uint64s. */
 function expectedStats(counts: Partial<Record<(typeof CT_DATAPATH_STATS_COUNTERS)[number], number>>): Record<string, string> {
-  return Object.fromEntries(CT_DATAPATH_STATS_COUNTERS.map((n) => [n, String(counts[n] ?? 0)]));
+  // No fate-sharing is attached here: its counters (fate_*) stay 0 beside the datapath's.
+  return Object.fromEntries([...CT_DATAPATH_STATS_COUNTERS.map((n) => [n, String(counts[n] ?? 0)]), ...CT_FATE_STATS_COUNTERS.map((n) => [`fate_${n}`, '0'])]);
 }
 
 /** The ctmapd_datapath_conntrack_events_total series of a /metrics body, by event. */
 function scrapeEvents(body: string): Record<string, string> {
   const out: Record<string, string> = {};
   for (const m of body.matchAll(/^ctmapd_datapath_conntrack_events_total\{event="(\w+)"\} (\d+)$/gm)) out[m[1]] = m[2];
+  // Fate-sharing's series, under the names ActiveMaps gives them.
+  for (const m of body.matchAll(/^ctmapd_datapath_fate_events_total\{event="(\w+)"\} (\d+)$/gm)) out[`fate_${m[1]}`] = m[2];
   return out;
 }
 

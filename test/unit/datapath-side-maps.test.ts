@@ -17,7 +17,7 @@ import {
   validateDatapathSettings,
 } from '../../src/datapath/settings';
 import { datapathSideMapSpecs, sumDatapathStats } from '../../src/datapath/side-maps';
-import { CT_DATAPATH_STATS_COUNTERS } from '../../src/maps/ctmap/layout';
+import { CT_DATAPATH_STATS_COUNTERS, CT_FATE_STATS_COUNTERS } from '../../src/maps/ctmap/layout';
 import { memoryBackend } from '../../src/maps/memory';
 import { parseCpuList, possibleCpus } from '../../src/sys/cpus';
 import { MapType } from '../../src/maps/types';
@@ -131,9 +131,12 @@ test('memory backend: ActiveMaps and /metrics show the stats map\'s counters, ze
   const scrape = async (): Promise<Record<string, string>> => {
     const body = await (await fetch(`http://${d.daemon.metricsServer!.address}/metrics`)).text();
     assert.match(body, /^# TYPE ctmapd_datapath_conntrack_events_total counter$/m);
-    return Object.fromEntries([...body.matchAll(/^ctmapd_datapath_conntrack_events_total\{event="(\w+)"\} (\d+)$/gm)].map((m) => [m[1], m[2]]));
+    const dp = Object.fromEntries([...body.matchAll(/^ctmapd_datapath_conntrack_events_total\{event="(\w+)"\} (\d+)$/gm)].map((m) => [m[1], m[2]]));
+    // Fate-sharing's counters: their own series, named fate_<counter> as in ActiveMaps.
+    const fate = Object.fromEntries([...body.matchAll(/^ctmapd_datapath_fate_events_total\{event="(\w+)"\} (\d+)$/gm)].map((m) => [`fate_${m[1]}`, m[2]]));
+    return { ...dp, ...fate };
   };
-  const zeros = Object.fromEntries(CT_DATAPATH_STATS_COUNTERS.map((n) => [n, '0']));
+  const zeros = Object.fromEntries([...CT_DATAPATH_STATS_COUNTERS, ...CT_FATE_STATS_COUNTERS.map((n) => `fate_${n}`)].map((n) => [n, '0']));
   assert.deepEqual((await call(client, 'ActiveMaps', {})).datapath, zeros);
   assert.deepEqual(await scrape(), zeros);
 
@@ -146,8 +149,19 @@ test('memory backend: ActiveMaps and /metrics show the stats map\'s counters, ze
     for (let c = 0; c < ncpu; c++) v.writeBigUInt64LE(BigInt((i + 1) * 10 ** c), c * 104 + i * 8);
   });
   stats.update(Buffer.alloc(4), v);
+  // The fate counters map likewise, with other values so that a mix-up of the maps shows.
+  const fateStats = memoryBackend.open(datapathSideMapSpecs(root).fateStats)!;
+  t.after(() => fateStats.close());
+  const fv = Buffer.alloc(fateStats.valueBufferSize);
+  CT_FATE_STATS_COUNTERS.forEach((_, i) => {
+    for (let c = 0; c < ncpu; c++) fv.writeBigUInt64LE(BigInt((i + 21) * 10 ** c), c * 40 + i * 8);
+  });
+  fateStats.update(Buffer.alloc(4), fv);
   const ones = (10 ** ncpu - 1) / 9; // 1 + 10 + 100 + ...
-  const want = Object.fromEntries(CT_DATAPATH_STATS_COUNTERS.map((n, i) => [n, String((i + 1) * ones)]));
+  const want = {
+    ...Object.fromEntries(CT_DATAPATH_STATS_COUNTERS.map((n, i) => [n, String((i + 1) * ones)])),
+    ...Object.fromEntries(CT_FATE_STATS_COUNTERS.map((n, i) => [`fate_${n}`, String((i + 21) * ones)])),
+  };
   assert.deepEqual((await call(client, 'ActiveMaps', {})).datapath, want);
   assert.deepEqual(await scrape(), want);
 });

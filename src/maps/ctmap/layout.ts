@@ -85,6 +85,19 @@ export const CT_DATAPATH_STATS: StructLayout = {
   fields: Object.fromEntries(CT_DATAPATH_STATS_COUNTERS.map((name, i) => [name, { offset: i * 8, size: 8 }])),
 };
 
+/** Counters of struct ct_fate_stats (bpf/ct_fate.h), in C order; each a u64. */
+export const CT_FATE_STATS_COUNTERS = ['keys_recorded', 'expired', 'storage_full', 'key_missing', 'events_lost'] as const;
+
+/**
+ * struct ct_fate_stats (40 bytes): the per-CPU value of map ctmapd_fate_stats, the
+ * counters of socket fate-sharing (bpf/ct_fate.bpf.c).
+ */
+export const CT_FATE_STATS: StructLayout = {
+  cName: 'ct_fate_stats',
+  size: CT_FATE_STATS_COUNTERS.length * 8,
+  fields: Object.fromEntries(CT_FATE_STATS_COUNTERS.map((name, i) => [name, { offset: i * 8, size: 8 }])),
+};
+
 /**
  * struct ct_datapath_config (32 bytes): the .rodata of bpf/ct_datapath.bpf.c
  * (`ctmapd_config`), written by src/datapath/ before the object is loaded.

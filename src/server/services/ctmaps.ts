@@ -3,7 +3,7 @@
  * Errors thrown here are CtmapErrors; unary()/serverStream() map them to gRPC statuses.
  */
 import type * as grpc from '@grpc/grpc-js';
-import type { DatapathCounters } from '../../datapath/side-maps';
+import type { DatapathCounters, FateCounters } from '../../datapath/side-maps';
 import { invalidArgument } from '../../errors';
 import { formatEntryLine } from '../../maps/ctmap/format';
 import { ctNow } from '../../maps/clock';
@@ -67,6 +67,8 @@ class BatchSizer {
 /** Where ActiveMaps reads the datapath's counters (the daemon's DatapathSideMaps). */
 export interface DatapathCountersSource {
   counters(): DatapathCounters;
+  /** Socket fate-sharing's counters (ctmapd_fate_stats); without it they read 0. */
+  fateCounters?(): FateCounters;
 }
 
 /** What ctMapsService needs. */
@@ -117,7 +119,7 @@ export function ctMapsService(deps: CtMapsServiceDeps): ServiceRegistration {
   const implementation: grpc.UntypedServiceImplementation = {
     ActiveMaps: unary(log, 'CTMaps/ActiveMaps', async (req: ActiveMapsRequestMsg): Promise<ActiveMapsResponseMsg> => ({
       maps: tables.active().map((t) => mapInfoMsg(mapRefMsg(t.ref), t.map, req.with_counts ? t.map.count() : undefined, lastByPin.get(t.map.spec.pinPath ?? ''))),
-      datapath: datapath ? datapathStatsMsg(datapath.counters()) : null,
+      datapath: datapath ? datapathStatsMsg(datapath.counters(), datapath.fateCounters?.()) : null,
       migrations: migrations.map(mapMigrationMsg),
     }), shutdown),
 

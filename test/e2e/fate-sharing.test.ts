@@ -1,0 +1,222 @@
+/**
+ * Issue 13 item 1, "Must show": socket fate-sharing on real sockets. Two namespaces joined
+ * by a veth pair, bin/ctmapd on a private bpf-root, the datapath attached to vethA in A
+ * (`ctmap datapath attach`), a cgroup this test creates, and client processes placed into
+ * it (cgroup.procs) that talk to echo servers in B which never close a connection
+ * themselves. Each of TCP FIN close, TCP RST, kill -9 of a process holding an established
+ * TCP socket, and UDP socket close, over IPv4 and IPv6, runs twice: before `ctmap fate
+ * attach --cgroup`, when the datapath alone leaves the entry its long lifetime (8000 s
+ * TCP: one side closing is not the end of a flow; 60 s UDP), and after it, when the entry
+ * has both closing bits and lifetime now + the close timeout (±1 s) within 1 s of the
+ * close. A GC pass at now + close timeout + 1 then removes exactly the fate-expired
+ * entries. Last, a cluster's socket (datapath and fate attached with --cluster-id 7)
+ * expires its entry in that cluster's map. The fate counters in ActiveMaps count every
+ * socket recorded and every entry expired.
+ */
+import assert from 'node:assert/strict';
+import { ChildProcess, spawn } from 'node:child_process';
+import * as path from 'node:path';
+import { test } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
+import { services } from '../../src/api/proto';
+import { ctNow } from '../../src/maps/clock';
+import { createCgroup, inCgroup } from '../helpers/cgroup';
+import { cleanupScope, ctmapOk, datapathE2eTier, startDaemonProcess } from '../helpers/datapath-e2e';
+import { Client, call, collect, tempDir } from '../helpers/grpc';
+import { privateBpfRoot } from '../helpers/kernel';
+import { NetnsSide, createVethPair, waitQuiet } from '../helpers/netns';
+
+const TRAFFIC = path.join(__dirname, '../helpers/fate-traffic.js');
+const TCP_PORT = 7101;
+const UDP_PORT = 7102;
+const CLOSE_TIMEOUT = 10; // --bpf-ct-timeout-regular-tcp-fin default (facts §5)
+const RX_CLOSING = 0x1;
+const TX_CLOSING = 0x2;
+const BOTH_CLOSING = RX_CLOSING | TX_CLOSING;
+
+type Kind = 'tcp-fin' | 'tcp-rst' | 'kill-9' | 'udp';
+const KINDS: readonly Kind[] = ['tcp-fin', 'tcp-rst', 'kill-9', 'udp'];
+
+interface Flow {
+  readonly label: string;
+  readonly fam: 4 | 6;
+  readonly kind: Kind;
+  readonly map: { family: string; kind: string; cluster_id: number };
+  readonly key: { daddr: string; saddr: string; sport: number; dport: number; nexthdr: number; flags: number };
+  /** CT clock just before the socket was closed (or its process killed). */
+  readonly closedAt: number;
+}
+
+function spawnClient(ns: string, cgroup: string, cfg: object, procs: ChildProcess[]): ChildProcess {
+  const argv = inCgroup(cgroup, ['ip', 'netns', 'exec', ns, process.execPath, TRAFFIC, JSON.stringify(cfg)]);
+  const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+  procs.push(child);
+  return child;
+}
+
+/** Resolves with the first line matching `re` on the child's stdout; rejects if it exits first. */
+function lineOf(child: ChildProcess, re: RegExp, what: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let out = '';
+    let err = '';
+    const onData = (d: Buffer): void => {
+      out += d;
+      const line = out.split('\n').find((l) => re.test(l));
+      if (line !== undefined) {
+        child.stdout!.off('data', onData);
+        resolve(line);
+      }
+    };
+    child.stdout!.on('data', onData);
+    child.stderr!.on('data', (d) => (err += d));
+    child.on('exit', (code) => reject(new Error(`${what}: exited ${code} before ${re}: ${out}${err}`)));
+  });
+}
+
+async function startServer(side: NetnsSide, procs: ChildProcess[]): Promise<void> {
+  const child = spawn('ip', ['netns', 'exec', side.ns, process.execPath, TRAFFIC, JSON.stringify({ mode: 'serve', addresses: [side.ipv4, side.ipv6], tcpPort: TCP_PORT, udpPort: UDP_PORT })], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  procs.push(child);
+  await lineOf(child, /^ready$/, `server in ${side.ns}`);
+}
+
+/** One flow of `kind` from A (in the cgroup) to B; resolves once its socket is closed. */
+async function runFlow(a: NetnsSide, b: NetnsSide, cgroup: string, fam: 4 | 6, kind: Kind, clusterId: number, procs: ChildProcess[]): Promise<Flow> {
+  const host = fam === 4 ? b.ipv4 : b.ipv6;
+  const udp = kind === 'udp';
+  const child = spawnClient(a.ns, cgroup, { mode: 'client', kind: kind === 'kill-9' ? 'tcp-hold' : kind, host, port: udp ? UDP_PORT : TCP_PORT }, procs);
+  const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
+  const { localPort } = JSON.parse(await lineOf(child, /^\{/, `${kind} IPv${fam}`)) as { localPort: number };
+  // For the others the client closes right after printing; kill -9 closes it here.
+  const closedAt = ctNow();
+  if (kind === 'kill-9') child.kill('SIGKILL');
+  await exited;
+  return {
+    label: `${kind} IPv${fam}${clusterId ? ` cluster ${clusterId}` : ''}`,
+    fam,
+    kind,
+    map: { family: fam === 4 ? 'FAMILY_IPV4' : 'FAMILY_IPV6', kind: udp ? 'MAP_KIND_ANY' : 'MAP_KIND_TCP', cluster_id: clusterId },
+    // OUT: A's first packet went out on A's egress, where the datapath runs (facts §2 swap).
+    key: { daddr: fam === 4 ? a.ipv4 : a.ipv6, saddr: host, sport: localPort, dport: udp ? UDP_PORT : TCP_PORT, nexthdr: udp ? 17 : 6, flags: 0 },
+    closedAt,
+  };
+}
+
+async function lookup(client: Client, f: Flow): Promise<{ flags: number; lifetime: number } | undefined> {
+  try {
+    const r = await call(client, 'Lookup', { map: f.map, key: f.key });
+    return { flags: r.entry.flags, lifetime: r.entry.lifetime };
+  } catch (err) {
+    if ((err as grpc.ServiceError).code === grpc.status.NOT_FOUND) return undefined;
+    throw err;
+  }
+}
+
+/** Waits up to 1 s (from the close) for both closing bits; returns the entry as then read. */
+async function expiredWithinOneSecond(client: Client, f: Flow): Promise<{ flags: number; lifetime: number; readAt: number }> {
+  for (;;) {
+    const readAt = ctNow();
+    const e = await lookup(client, f);
+    assert.ok(e, `${f.label}: entry present`);
+    if ((e.flags & BOTH_CLOSING) === BOTH_CLOSING) return { ...e, readAt };
+    assert.ok(readAt - f.closedAt < 1, `${f.label}: closing bits not set 1 s after the close (flags 0x${e.flags.toString(16)}, lifetime ${e.lifetime})`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+function fateCounters(am: any): Record<string, number> {
+  return Object.fromEntries(Object.entries(am.datapath).filter(([k]) => k.startsWith('fate_')).map(([k, v]) => [k, Number(v)]));
+}
+
+test('fate-sharing: a socket closing in an attached cgroup expires its CT entries; without fate they live on', async (t) => {
+  if (!datapathE2eTier(t, ['ip', 'tc', 'nsenter', 'sh'])) return;
+  const scope = cleanupScope(t);
+  const procs: ChildProcess[] = [];
+  scope.after(() => {
+    for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
+  });
+  const root = privateBpfRoot(scope).root;
+  const sockDir = tempDir(scope);
+  const { a, b } = await createVethPair(scope);
+  const cg = createCgroup(scope, 'fate');
+  const socket = path.join(sockDir.dir, 'ctmapd.sock');
+  const daemon = await startDaemonProcess(scope, root, socket);
+  const client = new (services().CTMaps)(daemon.address, grpc.credentials.createInsecure()) as unknown as Client;
+  const gc = new (services().GCRunner)(daemon.address, grpc.credentials.createInsecure()) as unknown as Client;
+  const clusters = new (services().ClusterCTMaps)(daemon.address, grpc.credentials.createInsecure()) as unknown as Client;
+  scope.after(() => [client, gc, clusters].forEach((c) => c.close()));
+  await waitQuiet(a.ns, a.dev);
+  ctmapOk(['datapath', 'attach', '--netns', a.ns, '--dev', a.dev, '--bpf-root', root, '--json']);
+  scope.after(() => ctmapOk(['datapath', 'detach', '--netns', a.ns, '--dev', a.dev, '--bpf-root', root]));
+  await startServer(b, procs);
+  const zero = fateCounters(await call(client, 'ActiveMaps', {}));
+  assert.deepEqual(zero, { fate_keys_recorded: 0, fate_expired: 0, fate_storage_full: 0, fate_key_missing: 0, fate_events_lost: 0 });
+
+  // --- without fate: the same closes leave the entries their long lifetimes ---
+  const without: Flow[] = [];
+  for (const fam of [4, 6] as const) for (const kind of KINDS) without.push(await runFlow(a, b, cg.path, fam, kind, 0, procs));
+  // Give fate-sharing the same second it gets below: nothing may change in it.
+  await new Promise((r) => setTimeout(r, 1000));
+  for (const f of without) {
+    const e = await lookup(client, f);
+    assert.ok(e, `${f.label} without fate: entry present`);
+    assert.notEqual(e.flags & BOTH_CLOSING, BOTH_CLOSING, `${f.label} without fate: not both sides closing (flags 0x${e.flags.toString(16)})`);
+    const long = f.kind === 'udp' ? 60 : 8000;
+    assert.ok(e.lifetime >= Math.floor(f.closedAt) + long - 1, `${f.label} without fate: lifetime ${e.lifetime} keeps now + ${long}`);
+  }
+  assert.deepEqual(fateCounters(await call(client, 'ActiveMaps', {})), zero, 'nothing counted while fate is not attached');
+
+  // --- with fate attached to the cgroup ---
+  const attached = ctmapOk(['fate', 'attach', '--cgroup', cg.path, '--bpf-root', root, '--json']);
+  assert.deepEqual(attached.hooks.map((h: any) => h.hook), ['sockops', 'egress', 'sock_release']);
+  scope.after(() => ctmapOk(['fate', 'detach', '--cgroup', cg.path, '--bpf-root', root]));
+  const status = ctmapOk(['fate', 'status', '--bpf-root', root, '--json']);
+  assert.deepEqual(status.map((r: any) => [r.cgroup, r.hooks.map((h: any) => h.state)]), [[cg.path, ['attached', 'attached', 'attached']]]);
+
+  const withFate: Flow[] = [];
+  for (const fam of [4, 6] as const) {
+    for (const kind of KINDS) {
+      const f = await runFlow(a, b, cg.path, fam, kind, 0, procs);
+      const e = await expiredWithinOneSecond(client, f);
+      assert.ok(
+        e.lifetime >= Math.floor(f.closedAt) + CLOSE_TIMEOUT - 1 && e.lifetime <= Math.floor(e.readAt) + CLOSE_TIMEOUT + 1,
+        `${f.label}: lifetime ${e.lifetime} is the close time ${f.closedAt.toFixed(2)} + ${CLOSE_TIMEOUT} s (±1 s)`,
+      );
+      withFate.push(f);
+    }
+  }
+  const counted = fateCounters(await call(client, 'ActiveMaps', {}));
+  assert.deepEqual(counted, { ...zero, fate_keys_recorded: withFate.length, fate_expired: withFate.length }, 'one socket recorded and one entry expired per flow');
+  // The entries of the flows before the attach are untouched.
+  for (const f of without) assert.notEqual(((await lookup(client, f))!.flags & BOTH_CLOSING), BOTH_CLOSING, `${f.label}: still not expired`);
+
+  // --- a GC pass at now + close timeout + 1 removes the fate-expired entries only ---
+  const time = Math.floor(ctNow()) + CLOSE_TIMEOUT + 1;
+  const updates = await collect(gc, 'Run', { filter: { remove_expired: true, time: String(time) } });
+  const deleted = updates.at(-1).stats.maps.reduce((n: number, m: any) => n + Number(m.deleted), 0);
+  for (const f of withFate) assert.equal(await lookup(client, f), undefined, `${f.label}: removed by the GC pass at ${time}`);
+  for (const f of without) assert.ok(await lookup(client, f), `${f.label}: kept by the GC pass`);
+  // Besides the flows: the per-pair RELATED entries only, which fate-sharing leaves alone.
+  assert.ok(deleted >= withFate.length, `deleted ${deleted}`);
+
+  // --- a cluster's socket expires its entry in that cluster's map ---
+  await call(clusters, 'CreateClusterCTMaps', { cluster_id: 7 });
+  ctmapOk(['datapath', 'attach', '--netns', a.ns, '--dev', a.dev, '--bpf-root', root, '--cluster-id', '7']);
+  ctmapOk(['fate', 'attach', '--cgroup', cg.path, '--bpf-root', root, '--cluster-id', '7']);
+  for (const fam of [4, 6] as const) {
+    const f = await runFlow(a, b, cg.path, fam, 'tcp-rst', 7, procs);
+    const e = await expiredWithinOneSecond(client, f);
+    assert.ok(e.lifetime >= Math.floor(f.closedAt) + CLOSE_TIMEOUT - 1 && e.lifetime <= Math.floor(e.readAt) + CLOSE_TIMEOUT + 1, `${f.label}: lifetime ${e.lifetime}`);
+    assert.equal(await lookup(client, { ...f, map: { ...f.map, cluster_id: 0 } }), undefined, `${f.label}: nothing in the global map`);
+  }
+
+  // --- detach: the links are gone, and a socket closing now expires nothing ---
+  const detached = ctmapOk(['fate', 'detach', '--cgroup', cg.path, '--bpf-root', root, '--json']);
+  assert.deepEqual(detached.hooks.map((h: any) => h.outcome), ['removed', 'removed', 'removed']);
+  const before = fateCounters(await call(client, 'ActiveMaps', {}));
+  const after = await runFlow(a, b, cg.path, 4, 'tcp-rst', 7, procs);
+  await new Promise((r) => setTimeout(r, 300));
+  assert.notEqual(((await lookup(client, after))!.flags & BOTH_CLOSING), BOTH_CLOSING, 'after detach: not expired');
+  assert.deepEqual(fateCounters(await call(client, 'ActiveMaps', {})), before, 'after detach: nothing counted');
+});

@@ -213,7 +213,7 @@ async function bringUp(config: Config, log: Logger, opts: DaemonOptions, teardow
     shutdown,
     services: [
       ctMapsService({ ...base, tables, gc, events, datapath, migrations }),
-      ctEventsService({ ...base, bus: events }),
+      ctEventsService({ ...base, bus: events, subscriberBuffer: config.ctEventsBuffer }),
       natMapsService({ ...base, nat, ct: tables }),
       clusterCtMapsService({ ...base, membership }),
       gcRunnerService({

@@ -7,6 +7,7 @@ import { CtmapError } from '../errors';
 import { CliUsageError, parseCli } from './args';
 import { CliRpcError, ctList, gcRun, health } from './client';
 import { Io, runDatapath } from './datapath';
+import { watchEvents } from './events';
 
 const stdio: Io = {
   out: (text) => process.stdout.write(text),
@@ -27,6 +28,8 @@ export async function run(argv: readonly string[], env: NodeJS.ProcessEnv, io: I
         return await gcRun(cmd, io);
       case 'health':
         return await health(cmd, io);
+      case 'events':
+        return await watchEvents(cmd, io);
       default:
         return runDatapath(cmd, argv, env, io);
     }

@@ -17,7 +17,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { clusterCtMapsClient, ctEventsClient, ctMapsClient, gcRunnerClient } from '../../src/api/clients';
 import type { CtLifecycleEventBatchMsg, CtLifecycleEventMsg } from '../../src/api/events-proto';
 import { protoRoot } from '../../src/api/proto';
-import { REPO_ROOT } from '../../src/config/paths';
+import { CTMAP_BIN, REPO_ROOT } from '../../src/config/paths';
 import { DaemonChild, spawnDaemon } from '../helpers/daemon-process';
 import { tempDir } from '../helpers/grpc';
 import { kernelTierDecision, privateBpfRoot } from '../helpers/kernel';
@@ -262,4 +262,51 @@ test('memory: a subscriber that stalls is told exactly how many events it lost; 
   const lostTotal = lost.reduce((n, e) => n + Number(e.lost!.count), 0);
   t.diagnostic(`stalled subscriber: ${N - lostTotal} delivered, ${lostTotal} lost (buffer ${BUFFER})`);
   assert.ok(fs.existsSync(d.address.slice(5)));
+});
+
+test('memory: `ctmap events` prints the stream as JSON lines and as text, filtered by kind and family', async (t) => {
+  const d = startDaemon(t, backends[0]);
+  await d.waitFor(/ctmapd serving/);
+  const ct = ctMapsClient(d.address);
+  t.after(() => ct.close());
+  const socket = d.address.slice('unix:'.length);
+  const cli = (args: string[]) => {
+    const child = spawn(process.execPath, [CTMAP_BIN, 'events', '--socket', socket, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    t.after(() => {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    });
+    let out = '';
+    let err = '';
+    child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+    child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+    return { child, exited, out: () => out, err: () => err };
+  };
+  const json = cli(['--output', 'json', '--kind', 'destroy', '--family', 'ipv4']);
+  const text = cli(['--output', 'text']);
+  await waitUntil(async () => {
+    await unary((cb) => ct.Update({ records: [record('ipv4', 250, 9, FAR, 1)] }, cb));
+    await unary((cb) => ct.Delete({ map: tcp('ipv4'), keys: [record('ipv4', 250, 9, FAR, 1).key] }, cb));
+    return json.out().length > 0 && text.out().length > 0;
+  }, 'both ctmap events processes see the probe', 15_000, 300);
+  await unary((cb) => ct.Update({ records: [record('ipv4', 9, 443, FAR, 5), record('ipv6', 9, 443, FAR, 6)] }, cb));
+  await unary((cb) => ct.Flush({ maps: [tcp('ipv4'), tcp('ipv6')] }, cb));
+  await waitUntil(() => json.out().includes('"flush"') && text.out().split('\n').filter((l) => / flush /.test(l)).length === 2, 'the flush events are printed');
+  json.child.kill('SIGINT');
+  text.child.kill('SIGINT');
+  assert.equal(await json.exited, 0, json.err());
+  assert.equal(await text.exited, 0, text.err());
+
+  const lines = json.out().trim().split('\n').map((l) => JSON.parse(l));
+  assert.ok(lines.every((l) => l.kind === 'destroy' && l.family === 'ipv4'), 'only IPv4 DESTROY events');
+  const flush = lines.filter((l) => l.reason === 'flush');
+  assert.equal(flush.length, 1);
+  assert.equal(flush[0].key.daddr, '192.0.2.9');
+  assert.equal(flush[0].entry.packets, '5');
+  assert.equal(flush[0].sequence, lines.at(-2).sequence + 1, 'the flush follows the last probe in sequence');
+  assert.ok(lines.slice(0, -1).every((l) => l.reason === 'delete'));
+
+  const flushText = text.out().split('\n').filter((l) => / flush /.test(l));
+  assert.match(flushText[0], /^seq=\d+ DESTROY flush TCP OUT 192\.0\.2\.9:40000 -> 198\.51\.100\.1:443 .*Packets=5 /);
+  assert.match(flushText[1], /^seq=1 DESTROY flush TCP OUT \[2001:db8::9\]:40000 -> \[2001:db8::ffff\]:443 .*Packets=6 /);
 });

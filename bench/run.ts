@@ -14,12 +14,13 @@
 import * as path from 'node:path';
 import { ctScan } from './ct-scan';
 import { datapathBench } from './datapath';
+import { eventsBench } from './events';
 import { gcBench } from './gc';
 import { migrateBench } from './migrate';
 import { BenchContext, BenchSection, Cleanup, RESULTS_FILE, errText, killCommands, writeResultsSection } from './lib';
 
 /** Every bench, in the order `run.js` with no section names runs them. New benches go here. */
-const SECTIONS: readonly BenchSection[] = [ctScan, gcBench, datapathBench, migrateBench];
+const SECTIONS: readonly BenchSection[] = [ctScan, gcBench, datapathBench, migrateBench, eventsBench];
 
 interface Args {
   sections: BenchSection[];

@@ -15,12 +15,13 @@ import * as path from 'node:path';
 import { ctScan } from './ct-scan';
 import { datapathBench } from './datapath';
 import { fateBench } from './fate';
+import { eventsBench } from './events';
 import { gcBench } from './gc';
 import { migrateBench } from './migrate';
 import { BenchContext, BenchSection, Cleanup, RESULTS_FILE, errText, killCommands, writeResultsSection } from './lib';
 
 /** Every bench, in the order `run.js` with no section names runs them. New benches go here. */
-const SECTIONS: readonly BenchSection[] = [ctScan, gcBench, datapathBench, migrateBench, fateBench];
+const SECTIONS: readonly BenchSection[] = [ctScan, gcBench, datapathBench, migrateBench, fateBench, eventsBench];
 
 interface Args {
   sections: BenchSection[];

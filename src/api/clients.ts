@@ -8,6 +8,7 @@
 import * as grpc from '@grpc/grpc-js';
 import type * as cluster from './cluster-proto';
 import type * as ct from './ct-proto';
+import type * as events from './events-proto';
 import type * as gc from './gc-proto';
 import type * as nat from './nat-proto';
 import { CtmapGrpc, services } from './proto';
@@ -60,6 +61,11 @@ export interface ClusterCtMapsClient extends grpc.Client {
   WatchMembership: ServerStreamMethod<EmptyMsg, cluster.MembershipEventMsg>;
 }
 
+export interface CtEventsClient extends grpc.Client {
+  Watch: ServerStreamMethod<events.WatchCtEventsRequestMsg, events.CtLifecycleEventMsg>;
+  WatchBatched: ServerStreamMethod<events.WatchCtEventsRequestMsg, events.CtLifecycleEventBatchMsg>;
+}
+
 /** grpc.health.v1.HealthCheckResponse as proto-loader presents it (status by its enum name). */
 export interface HealthCheckResponseMsg {
   status: 'UNKNOWN' | 'SERVING' | 'NOT_SERVING' | 'SERVICE_UNKNOWN';
@@ -83,4 +89,5 @@ export const ctMapsClient: ClientFactory<CtMapsClient> = clientOf('CTMaps');
 export const gcRunnerClient: ClientFactory<GCRunnerClient> = clientOf('GCRunner');
 export const natMapsClient: ClientFactory<NatMapsClient> = clientOf('NATMaps');
 export const clusterCtMapsClient: ClientFactory<ClusterCtMapsClient> = clientOf('ClusterCTMaps');
+export const ctEventsClient: ClientFactory<CtEventsClient> = clientOf('CTEvents');
 export const healthClient: ClientFactory<HealthClient> = clientOf('Health');

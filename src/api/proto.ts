@@ -198,6 +198,7 @@ export interface CtmapGrpc {
   readonly GCRunner: grpc.ServiceClientConstructor;
   readonly NATMaps: grpc.ServiceClientConstructor;
   readonly ClusterCTMaps: grpc.ServiceClientConstructor;
+  readonly CTEvents: grpc.ServiceClientConstructor;
   readonly Health: grpc.ServiceClientConstructor;
 }
 
@@ -213,6 +214,7 @@ export function services(): CtmapGrpc {
     GCRunner: lookup(root, 'ctmap.v1.GCRunner'),
     NATMaps: lookup(root, 'ctmap.v1.NATMaps'),
     ClusterCTMaps: lookup(root, 'ctmap.v1.ClusterCTMaps'),
+    CTEvents: lookup(root, 'ctmap.v1.CTEvents'),
     Health: lookup(root, HEALTH_SERVICE),
   };
   return cachedServices;

@@ -13,6 +13,7 @@ import { envName } from '../config/config';
 import { CLUSTER_ID_MAX_VALUES, DEFAULT_BPF_ROOT, DEFAULT_SOCKET } from '../config/defaults';
 import { UsageError } from '../errors';
 import type { Family } from '../maps/addr';
+import type { CtEventKind } from '../maps/ctmap/events/types';
 
 export type { Family } from '../maps/addr';
 
@@ -31,7 +32,17 @@ export type CliCommand =
   | { readonly kind: 'fate-reattach'; readonly bpfRoot: string; readonly json: boolean }
   | { readonly kind: 'ct-list'; readonly socket: string; readonly family?: Family; readonly clusterId: number }
   | { readonly kind: 'gc-run'; readonly socket: string; readonly family?: Family; readonly time?: number }
-  | { readonly kind: 'health'; readonly socket: string; readonly service: string; readonly timeoutMs: number };
+  | { readonly kind: 'health'; readonly socket: string; readonly service: string; readonly timeoutMs: number }
+  | {
+      readonly kind: 'events';
+      readonly socket: string;
+      readonly family?: Family;
+      /** Empty: every kind. */
+      readonly kinds: readonly CtEventKind[];
+      readonly output: 'json' | 'text';
+      /** Stop after this many events (lost notices not counted); undefined: until interrupted. */
+      readonly count?: number;
+    };
 
 /**
  * Bad usage (exitCode 2; `field` = the flag, e.g. "--dev") or a help request (exitCode 0;
@@ -83,6 +94,24 @@ export function parseFamily(raw: string): Family {
   if (v === 'ipv4' || v === '4') return 'ipv4';
   if (v === 'ipv6' || v === '6') return 'ipv6';
   throw new InvalidArgumentError('want ipv4 or ipv6');
+}
+
+const EVENT_KINDS: readonly CtEventKind[] = ['new', 'close', 'destroy'];
+
+/** `--kind new,close,destroy`: a comma-separated list of event kinds, each at most once counted. */
+export function parseEventKinds(raw: string): CtEventKind[] {
+  const kinds = raw.split(',').map((k) => k.trim().toLowerCase());
+  const bad = kinds.find((k) => !(EVENT_KINDS as readonly string[]).includes(k));
+  if (bad !== undefined) throw new InvalidArgumentError(`want a comma-separated list of new, close, destroy; got ${JSON.stringify(bad)}`);
+  return [...new Set(kinds as CtEventKind[])];
+}
+
+/** `--count N`: a positive integer. */
+export function parseCount(raw: string): number {
+  const v = raw.trim();
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError('want a positive integer');
+  return n;
 }
 
 /** Seconds to wait for the daemon's answer: a positive number, fractions allowed (0.5). */
@@ -294,6 +323,18 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCo
     .addOption(socket())
     .action((o) => {
       result = { kind: 'gc-run', socket: o.socket, family: o.family, time: o.time };
+    });
+
+  program
+    .command('events')
+    .description('watch the CT lifecycle events (CTEvents.WatchBatched): NEW, CLOSE and DESTROY with their reasons and sequence numbers, and notices of lost events')
+    .addOption(family())
+    .addOption(new Option('--kind <kinds>', 'only these kinds, comma-separated: new, close, destroy (default: all)').argParser(parseEventKinds))
+    .addOption(new Option('--output <format>', 'json (one object per line) or text').choices(['json', 'text']).default('text'))
+    .addOption(new Option('--count <n>', 'exit 0 after this many events (default: watch until interrupted)').argParser(parseCount))
+    .addOption(socket())
+    .action((o) => {
+      result = { kind: 'events', socket: o.socket, family: o.family, kinds: o.kind ?? [], output: o.output, count: o.count };
     });
 
   program

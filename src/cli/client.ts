@@ -17,7 +17,8 @@ export class CliRpcError extends Error {
 
 const FAMILY = { ipv4: 'FAMILY_IPV4', ipv6: 'FAMILY_IPV6' } as const;
 
-function rpcError(rpc: string, socket: string, err: grpc.ServiceError): CliRpcError {
+/** A failed call as CliRpcError: the RPC, the status name, the server's message, and a hint when no daemon answers. */
+export function rpcError(rpc: string, socket: string, err: grpc.ServiceError): CliRpcError {
   const hint = err.code === grpc.status.UNAVAILABLE ? ` (is ctmapd running with --socket ${socket}?)` : '';
   return new CliRpcError(`${rpc}: ${grpc.status[err.code] ?? err.code}: ${err.details}${hint}`);
 }

@@ -8,6 +8,7 @@ import { CliUsageError, parseCli } from './args';
 import { CliRpcError, ctList, gcRun, health } from './client';
 import { Io, runDatapath } from './datapath';
 import { runFate } from './fate';
+import { watchEvents } from './events';
 
 const stdio: Io = {
   out: (text) => process.stdout.write(text),
@@ -33,6 +34,8 @@ export async function run(argv: readonly string[], env: NodeJS.ProcessEnv, io: I
       case 'fate-status':
       case 'fate-reattach':
         return runFate(cmd, env, io);
+      case 'events':
+        return await watchEvents(cmd, io);
       default:
         return runDatapath(cmd, argv, env, io);
     }

@@ -17,6 +17,7 @@ import {
   DEFAULT_CT_ANY_MAX,
   DEFAULT_CT_EVENTS,
   DEFAULT_CT_EVENTS_RING_SIZE,
+  DEFAULT_CT_EVENTS_BUFFER,
   DEFAULT_CT_FILL_UP_SHARE,
   DEFAULT_CT_TCP_MAX,
   DEFAULT_MONITOR_AGGREGATION_INTERVAL,
@@ -98,6 +99,7 @@ export interface Config {
   readonly ctFillUpShare: number;
   /** Bytes of the ctmapd_ct_events ring buffer: a power of two, at least a page. */
   readonly ctEventsRingSize: number;
+  readonly ctEventsBuffer: number;
   readonly logLevel: LogLevel;
   readonly logFormat: LogFormat;
 }
@@ -175,6 +177,7 @@ const FLAGS: readonly Flag[] = [
   ),
   flag('ct-fill-up-share', 'ctFillUpShare', 'percent of a CT map created since its last GC pass that signals the map is filling up (1..100)', DEFAULT_CT_FILL_UP_SHARE, integer(1, 100)),
   flag('ct-events-ring-size', 'ctEventsRingSize', 'bytes of the datapath event ring buffer (a power of two, 4096 .. 1 GiB)', DEFAULT_CT_EVENTS_RING_SIZE, powerOfTwo(4096, 1 << 30)),
+  flag('ct-events-buffer', 'ctEventsBuffer', 'CT lifecycle events buffered per CTEvents subscriber before it loses some (and is told how many)', DEFAULT_CT_EVENTS_BUFFER, integer(1, 1 << 24)),
   seconds('monitor-aggregation-interval', 'monitorAggregationInterval', 'minimum interval between monitor reports of one connection', DEFAULT_MONITOR_AGGREGATION_INTERVAL),
   flag('log-level', 'logLevel', 'trace, debug, info, warn, error or fatal', 'info', oneOf(['trace', 'debug', 'info', 'warn', 'error', 'fatal'])),
   flag('log-format', 'logFormat', 'json, or pretty for one human-readable line per record', 'json', oneOf(['json', 'pretty'])),

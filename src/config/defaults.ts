@@ -52,6 +52,12 @@ export const DEFAULT_CT_EVENTS: CtEventsMode = 'signals';
 export const DEFAULT_CT_FILL_UP_SHARE = 50;
 /** --ct-events-ring-size: 4 MiB, ~37,000 NEW/CLOSE records of 112 bytes (+8 of header). */
 export const DEFAULT_CT_EVENTS_RING_SIZE = 4 << 20;
+/**
+ * --ct-events-buffer: events per CTEvents subscriber (~100 bytes each held, the events
+ * themselves shared between subscribers): 16 GC delete steps, or ~1/8 s of a busy node's
+ * NEW/CLOSE rate, before a stalled client starts losing events.
+ */
+export const DEFAULT_CT_EVENTS_BUFFER = 65536;
 
 /** The adaptive GC interval (facts §6): first pass after 5 min, never below 10 s, at most 12 h. */
 export const GC_INITIAL_INTERVAL_SECONDS = 5 * 60;

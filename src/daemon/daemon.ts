@@ -17,6 +17,8 @@ import { DatapathReloader, MapLifecycle, MigrationHooks, MigrationReport } from 
 import { FLUSH_TIME, GCEngine } from '../maps/ctmap/gc/engine';
 import { GCRunner } from '../maps/ctmap/gc/runner';
 import { GCScheduler } from '../maps/ctmap/gc/scheduler';
+import { CtEventBus } from '../maps/ctmap/events/bus';
+import { connectGCToBus } from '../maps/ctmap/events/producers';
 import { conditionalDeleter } from '../maps/ctmap/gc/deleter';
 import { CtTables } from '../maps/ctmap/tables';
 import { NatCoupling } from '../maps/nat/coupling';
@@ -27,6 +29,7 @@ import { globalsDir } from '../maps/cluster-spec';
 import type { MapBackend } from '../maps/types';
 import { Config, natGlobalMax } from '../config/config';
 import { clusterCtMapsService } from '../server/services/clusterctmaps';
+import { ctEventsService } from '../server/services/ctevents';
 import { ctMapsService } from '../server/services/ctmaps';
 import { gcRunnerService } from '../server/services/gcrunner';
 import { natMapsService } from '../server/services/natmaps';
@@ -58,6 +61,8 @@ export interface Daemon {
   readonly datapath: DatapathSideMaps;
   readonly membership: Membership;
   readonly gc: GCRunner;
+  /** The CT lifecycle event bus: producers publish here, CTEvents subscribers read it. */
+  readonly events: CtEventBus;
   readonly scheduler: GCScheduler;
   readonly metrics: CtmapdMetrics;
   readonly metricsServer?: MetricsServer;
@@ -138,10 +143,17 @@ async function bringUp(config: Config, log: Logger, opts: DaemonOptions, teardow
   const coupling = new NatCoupling(nat, families.map((f) => engine.batches(f)), log);
   teardown.push('nat coupling', () => coupling.close()); // closed before the NAT maps
   const gc = new GCRunner(tables, engine, coupling);
+  // The CT lifecycle event stream (issue 13): GC passes (Flush and cluster leaves are GC
+  // passes with their own reason) and Delete publish DESTROY; the datapath's ring reader
+  // publishes NEW / CLOSE and its loss count (bus.publish / bus.reportSourceLoss).
+  const events = new CtEventBus();
+  teardown.push('ct event bus', () => events.close());
+  const disconnectGCEvents = connectGCToBus(engine, families, events);
+  teardown.push('gc events', () => disconnectGCEvents());
   // A leaving cluster's entries go through the GC: events for Observe, SNAT pairs removed.
   const flushThroughGC = async (refs: MapRef[]): Promise<number> => {
     if (refs.length === 0) return 0;
-    const result = await gc.run({ refs, filter: { removeExpired: true, time: FLUSH_TIME } });
+    const result = await gc.run({ refs, filter: { removeExpired: true, time: FLUSH_TIME }, eventReason: 'cluster-leave' });
     return result.maps.reduce((n, m) => n + m.deleted, 0);
   };
   const clusters = await ClusterCtMaps.open(backend, lifecycle, { ...mapsConfig, natMax: natGlobalMax(config) }, tables, nat, flushThroughGC, log);
@@ -201,7 +213,8 @@ async function bringUp(config: Config, log: Logger, opts: DaemonOptions, teardow
     log,
     shutdown,
     services: [
-      ctMapsService({ ...base, tables, gc, datapath, migrations }),
+      ctMapsService({ ...base, tables, gc, events, datapath, migrations }),
+      ctEventsService({ ...base, bus: events, subscriberBuffer: config.ctEventsBuffer }),
       natMapsService({ ...base, nat, ct: tables }),
       clusterCtMapsService({ ...base, membership }),
       gcRunnerService({
@@ -263,6 +276,7 @@ async function bringUp(config: Config, log: Logger, opts: DaemonOptions, teardow
     datapath,
     membership,
     gc,
+    events,
     scheduler,
     metrics,
     metricsServer,

@@ -45,6 +45,8 @@ export const RPC_ACCESS: Readonly<Record<string, Access>> = Object.freeze({
   '/ctmap.v1.ClusterCTMaps/GetAllClusterCTMaps': 'read',
   '/ctmap.v1.ClusterCTMaps/CleanupPerClusterCTMaps': 'write',
   '/ctmap.v1.ClusterCTMaps/WatchMembership': 'read',
+  '/ctmap.v1.CTEvents/Watch': 'read',
+  '/ctmap.v1.CTEvents/WatchBatched': 'read',
   '/grpc.health.v1.Health/Check': 'read',
   '/grpc.health.v1.Health/Watch': 'read',
   '/grpc.health.v1.Health/List': 'read',

@@ -43,6 +43,7 @@ describe('parseConfig', () => {
       ctEvents: 'signals',
       ctFillUpShare: 50,
       ctEventsRingSize: 4194304,
+      ctEventsBuffer: 65536,
       logLevel: 'info',
       logFormat: 'json',
     });

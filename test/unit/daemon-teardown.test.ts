@@ -15,7 +15,7 @@ import { startDaemon } from '../../src/daemon/daemon';
 import { LogSink, tempDir } from '../helpers/grpc';
 
 /** Stack steps below the server, in drain order (the maps and what uses them). */
-const MAP_STEPS = ['membership', 'datapath side maps', 'cluster maps', 'nat coupling', 'gc engine', 'gc deleter', 'nat maps', 'ct maps', 'map lifecycle', 'bpf-root lock'];
+const MAP_STEPS = ['membership', 'datapath side maps', 'cluster maps', 'gc events', 'ct event bus', 'nat coupling', 'gc engine', 'gc deleter', 'nat maps', 'ct maps', 'map lifecycle', 'bpf-root lock'];
 
 function start(socket: string, flags: string[]) {
   const logs = new LogSink();

@@ -197,6 +197,7 @@ describe('startServer', () => {
       const [res] = await reflect(handle.addresses[0]!, version, { list_services: '' });
       const names = res.list_services_response.service.map((s: { name: string }) => s.name).sort();
       assert.deepEqual(names, [
+        'ctmap.v1.CTEvents',
         'ctmap.v1.CTMaps',
         'ctmap.v1.ClusterCTMaps',
         'ctmap.v1.GCRunner',

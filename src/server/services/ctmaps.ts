@@ -8,7 +8,9 @@ import { invalidArgument } from '../../errors';
 import { formatEntryLine } from '../../maps/ctmap/format';
 import { ctNow } from '../../maps/clock';
 import { CtTables, DumpBatch, DumpCursor, countEntries, countMatching } from '../../maps/ctmap/tables';
-import { CT_ENTRY_SIZE } from '../../maps/ctmap/codec';
+import { CT_ENTRY_SIZE, encodeKey } from '../../maps/ctmap/codec';
+import type { CtEventBus } from '../../maps/ctmap/events/bus';
+import { publishKeyDeletion } from '../../maps/ctmap/events/producers';
 import { MapRef, refLabel } from '../../maps/ctmap/spec';
 import { FLUSH_TIME } from '../../maps/ctmap/gc/engine';
 import type { GCRunner } from '../../maps/ctmap/gc/runner';
@@ -82,6 +84,13 @@ export interface CtMapsServiceDeps extends ServiceDeps {
    * batches, silently.
    */
   readonly gc?: GCRunner;
+  /**
+   * The CT lifecycle event bus (issue 13). With it and `gc`, Delete removes each key with
+   * the GC's deleter, which hands back the entry as it was deleted, and publishes them as
+   * DESTROY reason delete; Flush's pass publishes DESTROY reason flush (through the GC's
+   * connection to the bus, see connectGCToBus).
+   */
+  readonly events?: CtEventBus;
   /** With it, ActiveMaps reports the datapath's counters, read at each call. */
   readonly datapath?: DatapathCountersSource;
   /** What this start did to pinned maps (ActiveMaps reports them). Default: none. */
@@ -94,7 +103,7 @@ export interface CtMapsServiceDeps extends ServiceDeps {
  * protobufjs), and its handlers. `deps.shutdown` ends calls when the server stops.
  */
 export function ctMapsService(deps: CtMapsServiceDeps): ServiceRegistration {
-  const { tables, log, shutdown, gc, datapath, migrations = [] } = deps;
+  const { tables, log, shutdown, gc, events, datapath, migrations = [] } = deps;
   // The latest report per pin: a rolled-back migration is followed by the one that completed.
   const lastByPin = new Map(migrations.map((m) => [m.pinPath, m]));
   /** Streams the selected maps batch by batch; `emit` turns one batch into messages. */
@@ -222,7 +231,18 @@ export function ctMapsService(deps: CtMapsServiceDeps): ServiceRegistration {
         checkFamily(ref, family, `keys[${i}]`);
         return key;
       });
-      const deleted = tables.delete(ref, keys);
+      let deleted: number;
+      if (gc && events) {
+        const table = tables.get(ref, 'map');
+        const ks = table.map.spec.keySize;
+        const packed = Buffer.alloc(keys.length * ks);
+        keys.forEach((k, i) => encodeKey(ref.family, k, packed, i * ks));
+        const result = gc.engine.deleteKeys(table, packed, keys.length);
+        publishKeyDeletion(events, ref, packed, result);
+        deleted = result.deleted;
+      } else {
+        deleted = tables.delete(ref, keys);
+      }
       ctx.audit({ deleted });
       return { deleted };
     }, shutdown),
@@ -233,7 +253,7 @@ export function ctMapsService(deps: CtMapsServiceDeps): ServiceRegistration {
       let flushed: number;
       if (!gc) flushed = tables.flush(selected);
       else {
-        const result = await gc.run({ refs: selected.map((t) => t.ref), filter: { removeExpired: true, time: FLUSH_TIME } });
+        const result = await gc.run({ refs: selected.map((t) => t.ref), filter: { removeExpired: true, time: FLUSH_TIME }, eventReason: 'flush' });
         flushed = result.maps.reduce((n, m) => n + m.deleted, 0);
       }
       ctx.audit({ flushed });

@@ -17,7 +17,7 @@ import { CtTable, ctTableCursor } from '../tables';
 import { MapRef } from '../spec';
 import { EventLoopBudget } from './event-loop-budget';
 import { GCEventBatch, eventsOf } from './events';
-import { ConditionalDeleter, DeleteMode, DeleteStatus, GCEvent, GCFilter, GCMapStats, GCRunResult } from './types';
+import { ConditionalDeleter, DeleteMode, DeleteStatus, GCDestroyReason, GCEvent, GCFilter, GCMapStats, GCRunResult } from './types';
 
 /** CT clock value that makes every entry expired: a flush (facts §6). */
 export const FLUSH_TIME = 0xffffffff;
@@ -43,6 +43,27 @@ export interface GCRunOptions {
    * the candidate keys: a test refreshes entries here to drive the race deterministically.
    */
   beforeDelete?: (ref: MapRef, keys: Buffer, count: number) => void;
+  /**
+   * What the pass is for, as every deletion's lifecycle event reason (issue 13): 'flush'
+   * for CTMaps.Flush, 'cluster-leave' for a leaving cluster's maps. Without it each
+   * deletion says why it was deleted: gc-filter for a match_ips match or a caller's time
+   * other than now, gc-expired otherwise.
+   */
+  eventReason?: GCDestroyReason;
+}
+
+/** The outcome of GCEngine.deleteKeys: candidate i's DeleteStatus, and its entry when DELETED. */
+export interface KeyDeletion {
+  readonly status: Uint8Array;
+  /** Entry i at entries[i*CT_ENTRY_SIZE], as it was at deletion (DELETED only). */
+  readonly entries: Buffer;
+  readonly deleted: number;
+}
+
+/** The lifecycle reasons of one pass's deletions, by DeleteMode. */
+interface Reasons {
+  readonly expired: GCDestroyReason;
+  readonly matched: GCDestroyReason;
 }
 
 export class GCEngine {
@@ -87,7 +108,12 @@ export class GCEngine {
    */
   async run(opts: GCRunOptions): Promise<GCRunResult> {
     const started = process.hrtime.bigint();
-    const time = opts.filter.time ?? ctNow();
+    const now = ctNow();
+    const time = opts.filter.time ?? now;
+    const reasons: Reasons = {
+      expired: opts.eventReason ?? (time === now ? 'gc-expired' : 'gc-filter'),
+      matched: opts.eventReason ?? 'gc-filter',
+    };
     const budget = new EventLoopBudget();
     const maps: GCMapStats[] = [];
     for (const table of opts.tables) {
@@ -96,13 +122,13 @@ export class GCEngine {
       if (table.map.closed) continue;
       const stats: GCMapStats = { ref: table.ref, alive: 0, deleted: 0, skipped: 0, refreshed: 0, maxEntries: table.map.spec.maxEntries };
       maps.push(stats);
-      await this.#collect(table, opts, time, stats, budget);
+      await this.#collect(table, opts, time, stats, budget, reasons);
     }
     const ratio = maps.reduce((r, m) => Math.max(r, m.maxEntries ? m.deleted / m.maxEntries : 0), 0);
     return { maps, natDeleted: 0, durationNs: process.hrtime.bigint() - started, ratio };
   }
 
-  async #collect(table: CtTable, opts: GCRunOptions, time: number, stats: GCMapStats, budget: EventLoopBudget): Promise<void> {
+  async #collect(table: CtTable, opts: GCRunOptions, time: number, stats: GCMapStats, budget: EventLoopBudget, reasons: Reasons): Promise<void> {
     const { filter } = opts;
     const family = table.ref.family;
     const ks = table.map.spec.keySize;
@@ -156,7 +182,7 @@ export class GCEngine {
         if (n > 0) {
           opts.beforeDelete?.(table.ref, candKeys, n);
           this.deleter.deleteIf(table.map, candKeys, n, modes, time, status, candValues);
-          this.#settle(table, n, candKeys, candValues, status, stats, filter);
+          this.#settle(table, n, candKeys, candValues, status, stats, filter, modes, reasons);
         }
         await opts.afterBatch?.();
         if (budget.spent()) await budget.giveTurn();
@@ -167,7 +193,7 @@ export class GCEngine {
   }
 
   /** Counts the outcome of each candidate and publishes the deleted ones. */
-  #settle(table: CtTable, n: number, keys: Buffer, values: Buffer, status: Uint8Array, stats: GCMapStats, filter: GCFilter): void {
+  #settle(table: CtTable, n: number, keys: Buffer, values: Buffer, status: Uint8Array, stats: GCMapStats, filter: GCFilter, modes: Uint8Array, reasons: Reasons): void {
     const family = table.ref.family;
     const ks = table.map.spec.keySize;
     let deleted = 0;
@@ -198,8 +224,25 @@ export class GCEngine {
     this.#sequence[family] += deleted;
     const subject = this.#subjects[family];
     if (subject.observed) {
-      subject.next({ family, ref: table.ref, count: n, keys, entries: values, status, deleted, firstSequence });
+      subject.next({ family, ref: table.ref, count: n, keys, entries: values, status, deleted, firstSequence, modes, expiredReason: reasons.expired, matchedReason: reasons.matched });
     }
+  }
+
+  /**
+   * Deletes `count` packed keys of `table` whatever their entries hold, each re-read at its
+   * deletion by the same deleter as a pass (in the kernel for kernel maps), so the entries
+   * returned are exactly what was deleted: for CTMaps.Delete, whose events carry them.
+   * Publishes nothing on the GC streams: a Delete is no GC pass (Observe and the NAT
+   * coupling never saw Deletes, and do not now). Throws only on a backend failure.
+   */
+  deleteKeys(table: CtTable, keys: Buffer, count: number): KeyDeletion {
+    const status = new Uint8Array(count);
+    const entries = Buffer.alloc(count * CT_ENTRY_SIZE);
+    if (count === 0) return { status, entries, deleted: 0 };
+    this.deleter.deleteIf(table.map, keys, count, new Uint8Array(count).fill(DeleteMode.ALWAYS), 0, status, entries);
+    let deleted = 0;
+    for (let i = 0; i < count; i++) if (status[i] === DeleteStatus.DELETED) deleted++;
+    return { status, entries, deleted };
   }
 
   /** Completes the event streams (subscribers see `complete`). */

@@ -9,7 +9,7 @@
 import type { Family } from '../../addr';
 import { CT_ENTRY_SIZE, keyLayout } from '../codec';
 import type { MapRef } from '../spec';
-import { DeleteStatus, GCEvent } from './types';
+import { DeleteMode, DeleteStatus, GCDestroyReason, GCEvent } from './types';
 
 /**
  * The outcome of one delete step. Candidate i has its key at keys[i*keySize] and status
@@ -29,6 +29,17 @@ export interface GCEventBatch {
   readonly deleted: number;
   /** Sequence number of the first deleted candidate; the k-th deleted one has first + k. */
   readonly firstSequence: number;
+  /** Candidate i's DeleteMode: why it was a candidate (a filter match, or its lifetime). */
+  readonly modes: Uint8Array;
+  /** The lifecycle reason of a candidate deleted for its lifetime (mode EXPIRED_BEFORE). */
+  readonly expiredReason: GCDestroyReason;
+  /** The lifecycle reason of a candidate deleted for a filter match (mode ALWAYS). */
+  readonly matchedReason: GCDestroyReason;
+}
+
+/** The lifecycle reason of candidate i of `batch` (see GCEventBatch.modes). */
+export function destroyReasonOf(batch: GCEventBatch, i: number): GCDestroyReason {
+  return batch.modes[i] === DeleteMode.ALWAYS ? batch.matchedReason : batch.expiredReason;
 }
 
 /**
@@ -84,5 +95,8 @@ export function batchOf(events: readonly GCEvent[]): GCEventBatch {
     status: new Uint8Array(events.length).fill(DeleteStatus.DELETED),
     deleted: events.length,
     firstSequence: events[0].sequence,
+    modes: new Uint8Array(events.length).fill(DeleteMode.EXPIRED_BEFORE),
+    expiredReason: 'gc-expired',
+    matchedReason: 'gc-filter',
   };
 }

@@ -27,6 +27,8 @@ export interface GCPassRequest {
   signal?: AbortSignal;
   afterBatch?: GCRunOptions['afterBatch'];
   beforeDelete?: GCRunOptions['beforeDelete'];
+  /** See GCRunOptions.eventReason. */
+  eventReason?: GCRunOptions['eventReason'];
 }
 
 export class GCRunner {
@@ -51,7 +53,7 @@ export class GCRunner {
     const waitFor = families.map((f) => this.#queues[f]);
     const pass = Promise.all(waitFor.map((p) => p.catch(() => undefined))).then(async () => {
       const natBefore = this.nat?.deletedTotal ?? 0;
-      const result = await this.engine.run({ tables, filter: req.filter, signal: req.signal, afterBatch: req.afterBatch, beforeDelete: req.beforeDelete });
+      const result = await this.engine.run({ tables, filter: req.filter, signal: req.signal, afterBatch: req.afterBatch, beforeDelete: req.beforeDelete, eventReason: req.eventReason });
       result.natDeleted = (this.nat?.deletedTotal ?? 0) - natBefore;
       return result;
     });

@@ -6,6 +6,14 @@ import type { BpfMap } from '../../types';
 import type { Family } from '../../addr';
 import type { MapRef } from '../spec';
 import type { AddressMatcher } from './address-match';
+import type { CtEventReason } from '../events/types';
+
+/**
+ * Why a GC pass deleted an entry, as the lifecycle event stream reports it (issue 13):
+ * gc-expired (its lifetime had passed "now"), gc-filter (match_ips, or a time the caller
+ * chose), or what the pass was run for: flush (CTMaps.Flush), cluster-leave.
+ */
+export type GCDestroyReason = Extract<CtEventReason, 'gc-expired' | 'gc-filter' | 'flush' | 'cluster-leave'>;
 
 /** Which entries a pass removes. Neither criterion set: the pass only counts (and emits). */
 export interface GCFilter {

@@ -14,94 +14,23 @@
  * socket recorded and every entry expired.
  */
 import assert from 'node:assert/strict';
-import { ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { services } from '../../src/api/proto';
 import { ctNow } from '../../src/maps/clock';
-import { createCgroup, inCgroup } from '../helpers/cgroup';
+import { createCgroup } from '../helpers/cgroup';
+import { Flow, KINDS, runFlow, startServer } from '../helpers/socket-flows';
 import { cleanupScope, ctmapOk, datapathE2eTier, startDaemonProcess } from '../helpers/datapath-e2e';
 import { Client, call, collect, tempDir } from '../helpers/grpc';
 import { privateBpfRoot } from '../helpers/kernel';
-import { NetnsSide, createVethPair, waitQuiet } from '../helpers/netns';
+import { createVethPair, waitQuiet } from '../helpers/netns';
 
-const TRAFFIC = path.join(__dirname, '../helpers/fate-traffic.js');
-const TCP_PORT = 7101;
-const UDP_PORT = 7102;
 const CLOSE_TIMEOUT = 10; // --bpf-ct-timeout-regular-tcp-fin default (facts §5)
 const RX_CLOSING = 0x1;
 const TX_CLOSING = 0x2;
 const BOTH_CLOSING = RX_CLOSING | TX_CLOSING;
-
-type Kind = 'tcp-fin' | 'tcp-rst' | 'kill-9' | 'udp';
-const KINDS: readonly Kind[] = ['tcp-fin', 'tcp-rst', 'kill-9', 'udp'];
-
-interface Flow {
-  readonly label: string;
-  readonly fam: 4 | 6;
-  readonly kind: Kind;
-  readonly map: { family: string; kind: string; cluster_id: number };
-  readonly key: { daddr: string; saddr: string; sport: number; dport: number; nexthdr: number; flags: number };
-  /** CT clock just before the socket was closed (or its process killed). */
-  readonly closedAt: number;
-}
-
-function spawnClient(ns: string, cgroup: string, cfg: object, procs: ChildProcess[]): ChildProcess {
-  const argv = inCgroup(cgroup, ['ip', 'netns', 'exec', ns, process.execPath, TRAFFIC, JSON.stringify(cfg)]);
-  const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
-  procs.push(child);
-  return child;
-}
-
-/** Resolves with the first line matching `re` on the child's stdout; rejects if it exits first. */
-function lineOf(child: ChildProcess, re: RegExp, what: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let out = '';
-    let err = '';
-    const onData = (d: Buffer): void => {
-      out += d;
-      const line = out.split('\n').find((l) => re.test(l));
-      if (line !== undefined) {
-        child.stdout!.off('data', onData);
-        resolve(line);
-      }
-    };
-    child.stdout!.on('data', onData);
-    child.stderr!.on('data', (d) => (err += d));
-    child.on('exit', (code) => reject(new Error(`${what}: exited ${code} before ${re}: ${out}${err}`)));
-  });
-}
-
-async function startServer(side: NetnsSide, procs: ChildProcess[]): Promise<void> {
-  const child = spawn('ip', ['netns', 'exec', side.ns, process.execPath, TRAFFIC, JSON.stringify({ mode: 'serve', addresses: [side.ipv4, side.ipv6], tcpPort: TCP_PORT, udpPort: UDP_PORT })], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  procs.push(child);
-  await lineOf(child, /^ready$/, `server in ${side.ns}`);
-}
-
-/** One flow of `kind` from A (in the cgroup) to B; resolves once its socket is closed. */
-async function runFlow(a: NetnsSide, b: NetnsSide, cgroup: string, fam: 4 | 6, kind: Kind, clusterId: number, procs: ChildProcess[]): Promise<Flow> {
-  const host = fam === 4 ? b.ipv4 : b.ipv6;
-  const udp = kind === 'udp';
-  const child = spawnClient(a.ns, cgroup, { mode: 'client', kind: kind === 'kill-9' ? 'tcp-hold' : kind, host, port: udp ? UDP_PORT : TCP_PORT }, procs);
-  const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
-  const { localPort } = JSON.parse(await lineOf(child, /^\{/, `${kind} IPv${fam}`)) as { localPort: number };
-  // For the others the client closes right after printing; kill -9 closes it here.
-  const closedAt = ctNow();
-  if (kind === 'kill-9') child.kill('SIGKILL');
-  await exited;
-  return {
-    label: `${kind} IPv${fam}${clusterId ? ` cluster ${clusterId}` : ''}`,
-    fam,
-    kind,
-    map: { family: fam === 4 ? 'FAMILY_IPV4' : 'FAMILY_IPV6', kind: udp ? 'MAP_KIND_ANY' : 'MAP_KIND_TCP', cluster_id: clusterId },
-    // OUT: A's first packet went out on A's egress, where the datapath runs (facts §2 swap).
-    key: { daddr: fam === 4 ? a.ipv4 : a.ipv6, saddr: host, sport: localPort, dport: udp ? UDP_PORT : TCP_PORT, nexthdr: udp ? 17 : 6, flags: 0 },
-    closedAt,
-  };
-}
 
 async function lookup(client: Client, f: Flow): Promise<{ flags: number; lifetime: number } | undefined> {
   try {

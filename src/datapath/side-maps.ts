@@ -35,6 +35,7 @@ import { invalidArgument } from '../errors';
 import type { Config } from '../config/config';
 import { DEFAULT_CT_ANY_MAX, DEFAULT_CT_EVENTS_RING_SIZE, DEFAULT_CT_FILL_UP_SHARE, DEFAULT_CT_TCP_MAX } from '../config/defaults';
 import { possibleCpus } from '../sys/cpus';
+import type { Fd } from '../sys/fd';
 import {
   CT_DATAPATH_CONFIG_MAP,
   CT_DATAPATH_STATS_MAP,
@@ -260,6 +261,17 @@ export class DatapathSideMaps {
   /** The programs' counters summed over the CPUs. Throws CtmapError after close(). */
   counters(): DatapathCounters {
     return sumDatapathStats(this.stats.lookup(SLOT0)!);
+  }
+
+  /**
+   * The event ring's fd and size (kernel backend only; undefined on memory): what
+   * RingReader.open takes. The fd stays this object's, closed by close().
+   */
+  eventRing(): { fd: Fd; size: number } | undefined {
+    // Duck-typed: importing KernelMap would load libbpf, which this module must not need.
+    const ring = this.events as (BpfMap & { readonly fd?: Fd }) | undefined;
+    if (!ring?.fd) return undefined;
+    return { fd: ring.fd, size: ring.spec.maxEntries };
   }
 
   /** The settings the config map holds. */

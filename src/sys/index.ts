@@ -279,3 +279,5 @@ export function pinProgram(progFd: number, pinPath: string): void {
 
 // flock(2) on directories: one owner per bpf-root (src/maps/root-lock.ts).
 export { DirLock, flockHolders, tryLockDir } from './lock';
+export { EpollWaiter, MappedRing, openRingCount, pageSize } from './ringbuf';
+export type { WaitResult } from './ringbuf';

@@ -30,8 +30,9 @@ import * as path from 'node:path';
 import pino from 'pino';
 import { CtDatapath } from '../src/datapath/loader';
 import { datapathSettingsFrom } from '../src/datapath/settings';
-import { DatapathSideMaps } from '../src/datapath/side-maps';
-import { BpfObject, BpfProgram, SK_BUFF_CTX, TestRunContext } from '../src/sys';
+import { DatapathSideMaps, eventSideMapOptionsFrom } from '../src/datapath/side-maps';
+import type { CtEventsMode } from '../src/config/defaults';
+import { BpfObject, BpfProgram, MappedRing, SK_BUFF_CTX, TestRunContext } from '../src/sys';
 import { globalCtMapSpec, clusterOuterCtMapSpec } from '../src/maps/ctmap/spec';
 import { kernelBackend } from '../src/maps/kernel';
 import { parseConfig } from '../src/config/config';
@@ -55,6 +56,8 @@ const BENCH_PROGRAM = 'ct_bench_egress';
 const NOOP_OBJECT = path.join(REPO_ROOT, 'bpf/.output/ctmap_layout.bpf.o');
 const NOOP_PROGRAM = 'ctmap_layout_noop';
 const FLOOR_OBJECT = path.join(REPO_ROOT, 'bpf/.output/ct_floor.bpf.o');
+/** The floor with the bench build's port write (bpf/ct_floor_bench.bpf.c). */
+const FLOOR_BENCH_OBJECT = path.join(REPO_ROOT, 'bpf/.output/ct_floor_bench.bpf.o');
 const TC_ACT_OK = 0;
 /** ct_datapath's verdict: it only observes, tc goes on to the next filter. */
 const TC_ACT_UNSPEC = -1;
@@ -76,31 +79,62 @@ export const datapathBench: BenchSection = {
   async run(ctx: BenchContext) {
     const root = privateBpffsDir(ctx);
     const flags = parseConfig(['--bpf-root', root], {});
-    const cfg = {
-      bpfRoot: root,
+    const makeCfg = (r: string) => ({
+      bpfRoot: r,
       enableIPv4: flags.enableIpv4,
       enableIPv6: flags.enableIpv6,
       ctTcpMax: flags.bpfCtGlobalTcpMax,
       ctAnyMax: flags.bpfCtGlobalAnyMax,
       distributedLru: flags.bpfDistributedLru,
       clusterIdMax: flags.maxConnectedClusters,
-    };
-    // What the daemon would pin at start, made with its own code.
-    for (const family of ['ipv4', 'ipv6'] as const) {
-      for (const kind of ['tcp', 'any'] as const) {
-        for (const spec of [globalCtMapSpec(cfg, family, kind), clusterOuterCtMapSpec(cfg, family, kind)]) {
-          const map = kernelBackend.create(spec);
-          ctx.cleanup.add(`close ${spec.name}`, () => map.close());
+    });
+    const cfg = makeCfg(root);
+    /**
+     * What the daemon would pin at start, made with its own code, under `r`: the CT maps at
+     * the default sizes and the side maps (event ring, fill-up steps) with --ct-events=`mode`.
+     * Each events mode gets its own maps, so that no row's creates fill another's map.
+     */
+    const daemonMaps = (r: string, mode: CtEventsMode): DatapathSideMaps => {
+      const c = makeCfg(r);
+      for (const family of ['ipv4', 'ipv6'] as const) {
+        for (const kind of ['tcp', 'any'] as const) {
+          for (const spec of [globalCtMapSpec(c, family, kind), clusterOuterCtMapSpec(c, family, kind)]) {
+            const map = kernelBackend.create(spec);
+            ctx.cleanup.add(`close ${spec.pinPath}`, () => map.close());
+          }
         }
       }
-    }
-    const side = DatapathSideMaps.open(kernelBackend, root, datapathSettingsFrom(flags), pino({ level: 'silent' }));
-    ctx.cleanup.add('close side maps', () => side.close());
+      const modeFlags = parseConfig(['--bpf-root', r, '--ct-events', mode], {});
+      const sm = DatapathSideMaps.open(kernelBackend, r, datapathSettingsFrom(modeFlags), pino({ level: 'silent' }), eventSideMapOptionsFrom(modeFlags));
+      ctx.cleanup.add(`close side maps ${r}`, () => sm.close());
+      return sm;
+    };
+    // The default, --ct-events=signals, in `root`; none and all beside it.
+    const side = daemonMaps(root, 'signals');
     const dp = CtDatapath.load({ bpfRoot: root });
     ctx.cleanup.add('close datapath', () => dp.close());
     const benchDp = CtDatapath.load({ bpfRoot: root, objectPath: BENCH_OBJECT });
     ctx.cleanup.add('close bench datapath', () => benchDp.close());
     const benchEgress = benchDp.object.program(BENCH_PROGRAM);
+    const modes = Object.fromEntries(
+      (['none', 'all'] as const).map((mode) => {
+        const r = path.join(root, `events-${mode}`);
+        const sm = daemonMaps(r, mode);
+        const d = CtDatapath.load({ bpfRoot: r });
+        ctx.cleanup.add(`close datapath ${mode}`, () => d.close());
+        const b = CtDatapath.load({ bpfRoot: r, objectPath: BENCH_OBJECT });
+        ctx.cleanup.add(`close bench datapath ${mode}`, () => b.close());
+        const ringFd = sm.eventRing()!;
+        const ring = new MappedRing(ringFd.fd, ringFd.size);
+        ctx.cleanup.add(`unmap ring ${mode}`, () => ring.close());
+        return [mode, { side: sm, dp: d, bench: b.object.program(BENCH_PROGRAM), ring }];
+      }),
+    ) as Record<'none' | 'all', { side: DatapathSideMaps; dp: CtDatapath; bench: BpfProgram; ring: MappedRing }>;
+    const floorBenchObj = BpfObject.open(FLOOR_BENCH_OBJECT);
+    ctx.cleanup.add('close floor bench object', () => floorBenchObj.close());
+    floorBenchObj.map('ct_floor_ct4').setMaxEntries(cfg.ctTcpMax);
+    const floorBench = floorBenchObj.program('ct_floor_bench_egress');
+    floorBenchObj.load([floorBench]);
     const noopObj = BpfObject.open(NOOP_OBJECT);
     ctx.cleanup.add('close noop object', () => noopObj.close());
     const noop = noopObj.program(NOOP_PROGRAM);
@@ -115,7 +149,7 @@ export const datapathBench: BenchSection = {
     ctx.cleanup.add('free test run', () => run.close());
     const once = (prog: BpfProgram, repeat: number): number => {
       run.repeat = repeat;
-      const want = prog === noop || prog === floor ? TC_ACT_OK : TC_ACT_UNSPEC;
+      const want = prog === noop || prog === floor || prog === floorBench ? TC_ACT_OK : TC_ACT_UNSPEC;
       if (prog.testRun(run) !== want) throw new HarnessError(`${prog.name}: verdict is not ${want}`);
       return run.duration;
     };
@@ -135,15 +169,27 @@ export const datapathBench: BenchSection = {
     }
     const established = side.counters();
     if (established.creates !== 1n || established.hits_reply !== 2n) throw new HarnessError(`set-up: ${JSON.stringify(established, (_, v) => String(v))}`);
+    // The same established flow in the other modes' maps (mode all writes its NEW record).
+    for (const m of Object.values(modes)) {
+      for (const [prog, frame] of [
+        [m.dp.egress, out(40000, SYN)],
+        [m.dp.ingress, back(SYN | ACK)],
+        [m.dp.ingress, back(ACK)],
+      ] as const) {
+        run.setPacket(frame);
+        once(prog, 1);
+      }
+      m.ring.drain(() => undefined);
+    }
 
     /** The repeat method: one test run of REPEAT repetitions of `frame`. */
-    const repeated = (prog: BpfProgram, frame: Buffer, counter?: 'hits_established' | 'hits_reply'): (() => Promise<{ ms: number; extra: Record<string, number> }>) => async () => {
+    const repeated = (prog: BpfProgram, frame: Buffer, counter?: 'hits_established' | 'hits_reply', sm: DatapathSideMaps = side): (() => Promise<{ ms: number; extra: Record<string, number> }>) => async () => {
       run.setPacket(frame);
-      const before = counter && side.counters()[counter];
+      const before = counter && sm.counters()[counter];
       const t0 = process.hrtime.bigint();
       const ns = once(prog, REPEAT);
       const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-      if (counter && side.counters()[counter] - before! !== BigInt(REPEAT)) throw new HarnessError(`${prog.name}: not every repetition was a ${counter}`);
+      if (counter && sm.counters()[counter] - before! !== BigInt(REPEAT)) throw new HarnessError(`${prog.name}: not every repetition was a ${counter}`);
       return { ms, extra: { ns } };
     };
 
@@ -175,17 +221,35 @@ export const datapathBench: BenchSection = {
 
     /** Test runs of the repeat-creates method so far: each gets its own source address. */
     let createRuns = 0;
-    /** The repeat method on the bench build: REPEAT_CREATES new flows back to back. */
-    const repeatedCreates = async (): Promise<{ ms: number; extra: Record<string, number> }> => {
+    /**
+     * The repeat method on the bench build: REPEAT_CREATES new flows back to back (with
+     * `ring`, mode all: every NEW record must have found room, and the ring is emptied
+     * after the run, outside the timing, as the daemon's reader would).
+     */
+    const repeatedCreates =
+      (prog: BpfProgram = benchEgress, sm: DatapathSideMaps = side, ring?: MappedRing) =>
+      async (): Promise<{ ms: number; extra: Record<string, number> }> => {
+        const frame = out(1024, SYN);
+        frame.writeUInt32BE((0x64400001 + createRuns++) >>> 0, SADDR); // 100.64.0.0/10: no other flow uses it
+        run.setPacket(frame);
+        const before = sm.counters();
+        const t0 = process.hrtime.bigint();
+        const ns = once(prog, REPEAT_CREATES);
+        const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+        const after = sm.counters();
+        if (after.creates - before.creates !== BigInt(REPEAT_CREATES)) throw new HarnessError('bench build: not every repetition created a flow');
+        if (after.events_lost !== before.events_lost) throw new HarnessError(`${prog.name}: the ring lost records`);
+        if (ring && ring.drain(() => undefined) < REPEAT_CREATES) throw new HarnessError('mode all: fewer NEW records than creates');
+        return { ms, extra: { ns } };
+      };
+    /** The floor's bench build: REPEAT_CREATES floor creates back to back. */
+    const floorRepeatedCreates = async (): Promise<{ ms: number; extra: Record<string, number> }> => {
       const frame = out(1024, SYN);
-      frame.writeUInt32BE((0x64400001 + createRuns++) >>> 0, SADDR); // 100.64.0.0/10: no other flow uses it
+      frame.writeUInt32BE((0x64400001 + createRuns++) >>> 0, SADDR);
       run.setPacket(frame);
-      const before = side.counters().creates;
       const t0 = process.hrtime.bigint();
-      const ns = once(benchEgress, REPEAT_CREATES);
-      const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-      if (side.counters().creates - before !== BigInt(REPEAT_CREATES)) throw new HarnessError('bench build: not every repetition created a flow');
-      return { ms, extra: { ns } };
+      const ns = once(floorBench, REPEAT_CREATES);
+      return { ms: Number(process.hrtime.bigint() - t0) / 1e6, extra: { ns } };
     };
 
     const measurements: Measurement[] = [
@@ -198,10 +262,18 @@ export const datapathBench: BenchSection = {
       { label: 'floor: two lookups miss, one insert (ct_floor)', run: single(floor) },
       { label: 'create: new flow, egress SYN', run: single(dp.egress, 'creates') },
       { label: 'create: new flow of a new address pair', run: single(dp.egress, 'creates', true) },
-      { label: 'create: new flow every repetition (bench build)', run: repeatedCreates },
+      { label: 'create: new flow every repetition (bench build)', run: repeatedCreates() },
+      { label: 'floor: new flow every repetition (ct_floor_bench_egress)', run: floorRepeatedCreates },
+      { label: 'create, bench build, --ct-events=none', run: repeatedCreates(modes.none.bench, modes.none.side) },
+      { label: 'create, bench build, --ct-events=all (NEW records)', run: repeatedCreates(modes.all.bench, modes.all.side, modes.all.ring) },
+      { label: 'hit: established flow, egress ACK, --ct-events=none', run: repeated(modes.none.dp.egress, out(40000, ACK), 'hits_established', modes.none.side) },
+      { label: 'hit: established flow, egress ACK, --ct-events=all', run: repeated(modes.all.dp.egress, out(40000, ACK), 'hits_established', modes.all.side) },
     ];
     ctx.progress(`datapath: repeat ${REPEAT.toLocaleString('en-US')} per run; ${CREATES.toLocaleString('en-US')} single runs per create run`);
-    const [baseRepeat, floorHit, hitFwd, hitReply, hitWrite, baseSingle, floorCreate, create, createPair, createRepeat] = await measureRounds(ctx, measurements);
+    const [baseRepeat, floorHit, hitFwd, hitReply, hitWrite, baseSingle, floorCreate, create, createPair, createRepeat, floorRepeat, createNone, createAll, hitNone, hitAll] =
+      await measureRounds(ctx, measurements);
+    /** Issue 13's target for a create with events on: the like-for-like floor + 150 ns. */
+    const createTarget = Math.round(floorRepeat.extra.ns + 150);
     const fill = side.counters().creates;
 
     const rows: Row[] = [
@@ -226,9 +298,14 @@ export const datapathBench: BenchSection = {
       {
         m: createRepeat,
         method: 'repeat',
-        target: 400,
-        note: `ct_bench_egress (bpf/ct_datapath_bench.bpf.c) on a SYN: ${REPEAT_CREATES.toLocaleString('en-US')} new flows back to back per test run (the source port set to a counter in the packet, then ct_egress's path), no syscall between packets`,
+        target: createTarget,
+        note: `ct_bench_egress (bpf/ct_datapath_bench.bpf.c) on a SYN: ${REPEAT_CREATES.toLocaleString('en-US')} new flows back to back per test run (the source port set to a counter in the packet, then ct_egress's path), no syscall between packets; --ct-events=signals (the default), target: the floor below + 150 ns = ${createTarget} ns`,
       },
+      { m: floorRepeat, method: 'repeat', note: 'bpf/ct_floor_bench.bpf.c: the same port write, then ct_floor\'s two missing lookups and one insert, back to back: the like-for-like floor of the bench build\'s creates' },
+      { m: createNone, method: 'repeat', note: 'the bench build over its own maps with --ct-events=none: the ring is never touched' },
+      { m: createAll, method: 'repeat', target: createTarget, note: 'the bench build with --ct-events=all: a 112-byte NEW record reserved and submitted per create (no wakeup), the ring emptied between runs; target: floor + 150 ns' },
+      { m: hitNone, method: 'repeat', target: 100, note: 'the established hit with --ct-events=none' },
+      { m: hitAll, method: 'repeat', target: 100, note: 'the established hit with --ct-events=all: a hit writes no record' },
     ];
     const base = (r: Row): Measured => (r.method === 'repeat' ? baseRepeat : baseSingle);
     const ns = (m: Measured): string => m.extra.ns.toFixed(1);
@@ -236,7 +313,7 @@ export const datapathBench: BenchSection = {
       ['measurement', 'method', 'ns/packet (median)', 'baseline ns', 'net of baseline', 'target', 'result', 'runs', 'notes'],
       rows.map((r) => [
         r.m.label,
-        r.m === createRepeat
+        r.m === createRepeat || r.m === floorRepeat || r.m === createNone || r.m === createAll
           ? `repeat ${REPEAT_CREATES.toLocaleString('en-US')}`
           : r.method === 'repeat'
             ? `repeat ${REPEAT.toLocaleString('en-US')}`

@@ -48,6 +48,7 @@
 #include <bpf/bpf_endian.h>
 
 #include "ctmap.h"
+#include "ct_events.h"
 
 /*
  * Lifetimes in seconds and the other load-time settings (facts §5). The object carries no
@@ -115,6 +116,22 @@ CT_OUTER_MAP(cilium_per_cluster_ct_tcp4, struct ipv4_ct_tuple);
 CT_OUTER_MAP(cilium_per_cluster_ct_any4, struct ipv4_ct_tuple);
 CT_OUTER_MAP(cilium_per_cluster_ct_tcp6, struct ipv6_ct_tuple);
 CT_OUTER_MAP(cilium_per_cluster_ct_any6, struct ipv6_ct_tuple);
+
+/*
+ * The daemon's ring buffer and fill-up steps (bpf/ct_events.h, src/datapath/side-maps.ts),
+ * reused from its pins like the stats map. The ring's size is a placeholder.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096);
+} ctmapd_ct_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ct_pressure_config);
+} ctmapd_ct_pressure SEC(".maps");
 
 /* The daemon's counters map (src/datapath/side-maps.ts); the loader requires it pinned. */
 struct {
@@ -233,6 +250,87 @@ static __always_inline __u32 ct_now(void)
 	return sec;
 }
 
+/*
+ * --ct-events (ct_events.h). .rodata is frozen at load, so the verifier knows the mode and
+ * drops the event code a mode does not use: with none, nothing below touches the ring.
+ */
+#define CT_EVENTS_ON	(ctmapd_config.events != CT_EVENTS_NONE)
+#define CT_EVENTS_FULL	(ctmapd_config.events == CT_EVENTS_ALL)
+
+/* What an event says about where the entry lives; constant per call site. */
+struct ct_where {
+	__u32 cluster_id;
+	bool v6;
+	bool tcp;	/* the flow's map is the TCP map */
+};
+
+static __always_inline __u8 ct_event_map_of(const struct ct_where *w)
+{
+	return w->tcp ? CT_EVENT_MAP_TCP : CT_EVENT_MAP_ANY;
+}
+
+/* A FILL_UP signal about `w`'s flow map (`any`: its non-TCP map instead). */
+static __always_inline void ct_signal_fill_up(const struct ct_where *w, bool any, __u8 reason, struct ct_datapath_stats *st)
+{
+	st->fill_up_signals++;
+	ct_event_fill_up(&ctmapd_ct_events, &st->events, w->v6 ? 6 : 4, any ? CT_EVENT_MAP_ANY : ct_event_map_of(w), reason,
+			 w->cluster_id, ct_now());
+}
+
+/*
+ * Signals one failed insert in CT_FILL_UP_FAILED_STEP per CPU (the first one at once): a
+ * map refusing inserts refuses many, and one signal per step says as much.
+ */
+#define CT_FILL_UP_FAILED_STEP 64
+
+static __always_inline void ct_insert_failed(const struct ct_where *w, bool any, struct ct_datapath_stats *st)
+{
+	if (!st)
+		return;
+	st->create_failed++;
+	if (CT_EVENTS_ON && (st->create_failed & (CT_FILL_UP_FAILED_STEP - 1)) == 1)
+		ct_signal_fill_up(w, any, CT_REASON_INSERT_FAILED, st);
+}
+
+/*
+ * A flow entry inserted: counted by map kind, and a PRESSURE signal when this CPU's count
+ * reaches a multiple of the daemon's step for that map (struct ct_pressure_config).
+ */
+static __always_inline void ct_count_create(const struct ct_where *w, struct ct_datapath_stats *st)
+{
+	const struct ct_pressure_config *pc;
+	__u32 zero = 0, mask;
+	__u64 n;
+
+	if (!st)
+		return;
+	st->creates++;
+	if (w->v6)
+		n = w->tcp ? ++st->creates_tcp6 : ++st->creates_any6;
+	else
+		n = w->tcp ? ++st->creates_tcp4 : ++st->creates_any4;
+	if (!CT_EVENTS_ON)
+		return;
+	pc = bpf_map_lookup_elem(&ctmapd_ct_pressure, &zero);
+	if (!pc)
+		return;
+	if (w->v6)
+		mask = w->tcp ? pc->step_mask_tcp6 : pc->step_mask_any6;
+	else
+		mask = w->tcp ? pc->step_mask_tcp4 : pc->step_mask_any4;
+	if (mask && !(n & mask))
+		ct_signal_fill_up(w, false, CT_REASON_PRESSURE, st);
+}
+
+/* A NEW or CLOSE record (mode all only) of the entry at `key`. */
+static __always_inline void ct_emit_entry(const struct ct_where *w, __u8 type, __u8 reason, const void *key, const struct ct_entry *e,
+					  struct ct_datapath_stats *st)
+{
+	if (!CT_EVENTS_FULL || !st)
+		return;
+	ct_event_entry(&ctmapd_ct_events, &st->events, type, reason, w->v6, ct_event_map_of(w), w->cluster_id, ct_now(), key, e);
+}
+
 /* Cilium's ct_entry_alive: a flow is live until both sides have closed. */
 static __always_inline bool ct_entry_alive(const struct ct_entry *e)
 {
@@ -288,10 +386,11 @@ static __always_inline void ct_update_timeout(struct ct_entry *e, const struct c
  * One lookup: refresh, account and apply the packet's action to a found entry. Returns
  * whether the key was found (Cilium's CT_ESTABLISHED; the caller names it by direction).
  */
-static __always_inline bool __ct_lookup(void *map, void *tuple, const struct ct_pkt *p, int dir,
+static __always_inline bool __ct_lookup(void *map, void *tuple, const struct ct_pkt *p, int dir, const struct ct_where *w,
 				       struct ct_datapath_stats *st)
 {
 	struct ct_entry *e;
+	bool was_closing;
 
 	STAT_INC(st, lookups);
 	e = bpf_map_lookup_elem(map, tuple);
@@ -316,6 +415,7 @@ static __always_inline bool __ct_lookup(void *map, void *tuple, const struct ct_
 		}
 		break;
 	case ACTION_CLOSE:
+		was_closing = e->rx_closing || e->tx_closing;
 		/*
 		 * An RST before both sides' SYNs were seen (a refused or aborted handshake)
 		 * closes both sides at once, as Cilium does since 1.15 ("RST and have not
@@ -334,6 +434,13 @@ static __always_inline bool __ct_lookup(void *map, void *tuple, const struct ct_
 		STAT_INC(st, closes);
 		if (!ct_entry_alive(e))
 			__ct_update_timeout(e, CT_CLOSE_TIMEOUT, dir, p->tcp_flags);
+		/*
+		 * CLOSE once per flow, at its first FIN or RST, and like Cilium's monitor
+		 * reports only for the flags --monitor-aggregation-flags reports.
+		 */
+		if (!was_closing && (p->tcp_flags & CT_REPORT_FLAGS & (TCP_FIN | TCP_RST)))
+			ct_emit_entry(w, CT_EVENT_CLOSE, (p->tcp_flags & CT_REPORT_FLAGS & TCP_RST) ? CT_REASON_RST : CT_REASON_FIN,
+				      tuple, e, st);
 		break;
 	}
 	return true;
@@ -493,14 +600,15 @@ related:
  * `icmp_proto` are the map and protocol of the flow's RELATED entry. `v6` is a constant in
  * each caller, so the family branches fold away.
  */
-static __always_inline void ct_process(void *map, void *any, void *tuple, bool v6, const struct ct_pkt *p,
+static __always_inline void ct_process(void *map, void *any, void *tuple, bool v6, __u32 cluster_id, const struct ct_pkt *p,
 				       int dir, struct ct_datapath_stats *st)
 {
 	struct ct_tuple_tail *t = tuple + (v6 ? 32 : 8);
+	struct ct_where w = { .cluster_id = cluster_id, .v6 = v6, .tcp = p->is_tcp };
 	struct ct_entry e, *r;
 	bool related = t->flags & TUPLE_F_RELATED;
 
-	if (__ct_lookup(map, tuple, p, dir, st)) {
+	if (__ct_lookup(map, tuple, p, dir, &w, st)) {
 		if (related)
 			STAT_INC(st, hits_related);
 		else
@@ -511,7 +619,7 @@ static __always_inline void ct_process(void *map, void *any, void *tuple, bool v
 		ipv6_ct_tuple_reverse(tuple);
 	else
 		ipv4_ct_tuple_reverse(tuple);
-	if (__ct_lookup(map, tuple, p, dir, st)) {
+	if (__ct_lookup(map, tuple, p, dir, &w, st)) {
 		if (related)
 			STAT_INC(st, hits_related);
 		else
@@ -527,10 +635,11 @@ static __always_inline void ct_process(void *map, void *any, void *tuple, bool v
 	__builtin_memset(&e, 0, sizeof(e));
 	ct_new_entry(&e, p, dir);
 	if (bpf_map_update_elem(map, tuple, &e, BPF_ANY) < 0) {
-		STAT_INC(st, create_failed);
+		ct_insert_failed(&w, false, st);
 		return;
 	}
-	STAT_INC(st, creates);
+	ct_count_create(&w, st);
+	ct_emit_entry(&w, CT_EVENT_NEW, CT_REASON_CREATED, tuple, &e, st);
 	/*
 	 * The RELATED entry: the flow's addresses and direction, no ports, so that any ICMP
 	 * error quoting the flow finds it. SeenNonSyn since ICMP has no SYN. If this insert
@@ -554,7 +663,7 @@ static __always_inline void ct_process(void *map, void *any, void *tuple, bool v
 	}
 	e.seen_non_syn = 1;
 	if (bpf_map_update_elem(any, tuple, &e, BPF_ANY) < 0)
-		STAT_INC(st, create_failed);
+		ct_insert_failed(&w, true, st);
 }
 
 /*
@@ -572,13 +681,13 @@ static __always_inline void ct_process_cluster(void *outer_tcp, void *outer_any,
 	if (!any)
 		goto missing;
 	if (!p->is_tcp) {
-		ct_process(any, any, tuple, v6, p, dir, st);
+		ct_process(any, any, tuple, v6, cluster_id, p, dir, st);
 		return;
 	}
 	tcp = bpf_map_lookup_elem(outer_tcp, &cluster_id);
 	if (!tcp)
 		goto missing;
-	ct_process(tcp, any, tuple, v6, p, dir, st);
+	ct_process(tcp, any, tuple, v6, cluster_id, p, dir, st);
 	return;
 missing:
 	STAT_INC(st, cluster_map_missing);
@@ -647,9 +756,9 @@ static __always_inline void ct4(struct __sk_buff *skb, int dir, __u32 cluster_id
 	if (cluster_id)
 		ct_process_cluster(&cilium_per_cluster_ct_tcp4, &cilium_per_cluster_ct_any4, cluster_id, &tuple, false, &p, dir, st);
 	else if (p.is_tcp)
-		ct_process(&cilium_ct4_global, &cilium_ct_any4_global, &tuple, false, &p, dir, st);
+		ct_process(&cilium_ct4_global, &cilium_ct_any4_global, &tuple, false, 0, &p, dir, st);
 	else
-		ct_process(&cilium_ct_any4_global, &cilium_ct_any4_global, &tuple, false, &p, dir, st);
+		ct_process(&cilium_ct_any4_global, &cilium_ct_any4_global, &tuple, false, 0, &p, dir, st);
 }
 
 /* Extension headers skipped before the L4 header; more than this is left untracked. */
@@ -717,9 +826,9 @@ static __always_inline void ct6(struct __sk_buff *skb, int dir, __u32 cluster_id
 	if (cluster_id)
 		ct_process_cluster(&cilium_per_cluster_ct_tcp6, &cilium_per_cluster_ct_any6, cluster_id, &tuple, true, &p, dir, st);
 	else if (p.is_tcp)
-		ct_process(&cilium_ct6_global, &cilium_ct_any6_global, &tuple, true, &p, dir, st);
+		ct_process(&cilium_ct6_global, &cilium_ct_any6_global, &tuple, true, 0, &p, dir, st);
 	else
-		ct_process(&cilium_ct_any6_global, &cilium_ct_any6_global, &tuple, true, &p, dir, st);
+		ct_process(&cilium_ct_any6_global, &cilium_ct_any6_global, &tuple, true, 0, &p, dir, st);
 }
 
 static __always_inline int ct_handle(struct __sk_buff *skb, int dir)

@@ -134,6 +134,18 @@ struct ipv6_nat_entry {
 };
 
 /*
+ * Per-CPU state of a program that writes into the ring, kept inside its per-CPU counters
+ * (struct ct_datapath_stats.events), so that emitting costs no map lookup of its own. Here
+ * rather than in ct_events.h (whose helpers use it) because the stats struct embeds it.
+ * `lost - lost_reported` is what the next record from this CPU carries in hdr.lost.
+ */
+struct ct_events_cpu {
+	__u64 sent;		/* records submitted */
+	__u64 lost;		/* reserves that failed (ring full): records that never existed */
+	__u64 lost_reported;	/* of those, carried in a record's hdr.lost */
+};
+
+/*
  * Per-CPU counters of bpf/ct_datapath.bpf.c (map ctmapd_ct_stats, one slot). All u64 so
  * userspace can sum the CPUs' copies field by field.
  */
@@ -151,6 +163,17 @@ struct ct_datapath_stats {
 	__u64 skipped;		/* not IP, other L4 protocol, or a non-first fragment */
 	__u64 malformed;	/* headers shorter than they claim */
 	__u64 cluster_map_missing; /* cluster id with no inner map (not joined): untracked */
+	/*
+	 * Issue 13. Flow entries inserted, by map kind and family (per-cluster maps counted
+	 * with their kind): the fill-up pressure counters (struct ct_pressure_config).
+	 */
+	__u64 creates_tcp4;
+	__u64 creates_any4;
+	__u64 creates_tcp6;
+	__u64 creates_any6;
+	__u64 fill_up_signals;	/* FILL_UP records submitted (either reason) */
+	/* The ring's per-CPU state: records sent, lost (ring full) and losses carried in-band. */
+	struct ct_events_cpu events;
 };
 
 /*
@@ -199,9 +222,11 @@ _Static_assert(sizeof(struct ct_entry) == 56, "ct_entry size");
 _Static_assert(__builtin_offsetof(struct ct_entry, flags) == 36, "ct_entry flags offset");
 _Static_assert(sizeof(struct ipv4_nat_entry) == 40, "ipv4_nat_entry size");
 _Static_assert(sizeof(struct ipv6_nat_entry) == 56, "ipv6_nat_entry size");
-_Static_assert(sizeof(struct ct_datapath_stats) == 104, "ct_datapath_stats size");
+_Static_assert(sizeof(struct ct_events_cpu) == 24, "ct_events_cpu size");
+_Static_assert(sizeof(struct ct_datapath_stats) == 168, "ct_datapath_stats size");
 _Static_assert(sizeof(struct ct_datapath_config) == 32, "ct_datapath_config size");
 _Static_assert(__builtin_offsetof(struct ct_datapath_stats, cluster_map_missing) == 96, "stats: new counters go last");
+_Static_assert(__builtin_offsetof(struct ct_datapath_stats, events) == 144, "stats: the ring state goes last");
 _Static_assert(__builtin_offsetof(struct ct_datapath_config, cluster_id_max) == 28, "config: cluster_id_max offset");
 
 #endif /* CTMAPD_CTMAP_H */

@@ -2,7 +2,8 @@
 /*
  * Layout carrier: its only job is to put the structs (and enums) of bpf/'s headers into
  * BTF, the CT and NAT layouts of ctmap.h and the ct_gc program's interface of ct_gc.h,
- * through the definitions below (ct_fate.h's counters too), so the layout test (test/kernel/btf-layout.test.ts) can
+ * through the definitions below (ct_fate.h's counters, and the datapath's ring records and
+ * fill-up steps of ct_events.h), so the layout test (test/kernel/btf-layout.test.ts) can
  * read them back. The no-op program makes it a loadable object, the empty-program
  * baseline for later benches. The real programs live elsewhere.
  */
@@ -14,6 +15,7 @@
 #include "ctmap.h"
 #include "ct_gc.h"
 #include "ct_fate.h"
+#include "ct_events.h"
 
 /* Placeholder size: the daemon creates the real maps with their configured sizes. */
 #define LAYOUT_MAX_ENTRIES 1024
@@ -50,6 +52,12 @@ struct ct_gc_args ctmap_layout_gc_args SEC(".data.layout");
 struct ct_gc_area *ctmap_layout_gc_area SEC(".data.layout");
 enum ct_gc_mode ctmap_layout_gc_mode SEC(".data.layout");
 enum ct_gc_status ctmap_layout_gc_status SEC(".data.layout");
+struct ct_event ctmap_layout_event SEC(".data.layout");
+struct ct_pressure_config ctmap_layout_pressure SEC(".data.layout");
+enum ct_events_mode ctmap_layout_events_mode SEC(".data.layout");
+enum ct_event_type ctmap_layout_event_type SEC(".data.layout");
+enum ct_event_reason ctmap_layout_event_reason SEC(".data.layout");
+enum ct_event_map ctmap_layout_event_map SEC(".data.layout");
 
 SEC("tc")
 int ctmap_layout_noop(struct __sk_buff *skb)

@@ -72,6 +72,11 @@ export interface GCFamilyStatusMsg {
   alive: string;
   last_ratio: number;
   last_sequence: string;
+  last_pass_reason: string;
+  last_signal_source: string;
+  signals_api: string;
+  signals_insert_failed: string;
+  signals_pressure: string;
 }
 
 export interface GCStatusResponseMsg {

@@ -9,7 +9,9 @@ import { ConfigDirSource } from '../cluster/sources/config-dir';
 import { datapathSettingsFrom } from '../datapath/settings';
 import { AttachedDatapathReloader } from '../datapath/reloader';
 import { pruneVanishedNamespaces } from '../datapath/records';
-import { DatapathSideMaps } from '../datapath/side-maps';
+import { DatapathSideMaps, eventSideMapOptionsFrom } from '../datapath/side-maps';
+import { FillUpPressure } from '../datapath/fill-up';
+import { RingBatch, RingReader } from '../datapath/ring-reader';
 import { ensureBpffs, ensurePinDir } from '../maps/bpffs';
 import { lockBpfRoot } from '../maps/root-lock';
 import { selectBackend } from '../maps/backend';
@@ -59,6 +61,14 @@ export interface Daemon {
   readonly clusters: ClusterCtMaps;
   /** The datapath's side maps: its counters and the settings from these flags. */
   readonly datapath: DatapathSideMaps;
+  /**
+   * The reader of the datapath's event ring (kernel backend, --ct-events other than none):
+   * its `batches` carry NEW/CLOSE events, in-band loss counts and fill-up signals (the
+   * daemon itself turns the signals into early GC passes).
+   */
+  readonly ring?: RingReader;
+  /** Entries created since each family's last GC pass, against the fill-up share. */
+  readonly fillUp: FillUpPressure;
   readonly membership: Membership;
   readonly gc: GCRunner;
   /** The CT lifecycle event bus: producers publish here, CTEvents subscribers read it. */
@@ -161,7 +171,13 @@ async function bringUp(config: Config, log: Logger, opts: DaemonOptions, teardow
   // The datapath's counters and settings: a datapath loaded later counts into these
   // maps and runs with these flags (src/datapath/side-maps.ts). Opened before the
   // migrations complete: their reloader loads the datapath, which needs them.
-  const datapath = DatapathSideMaps.open(backend, config.bpfRoot, datapathSettingsFrom(config), log.child({ component: 'datapath' }));
+  const datapath = DatapathSideMaps.open(
+    backend,
+    config.bpfRoot,
+    datapathSettingsFrom(config),
+    log.child({ component: 'datapath' }),
+    eventSideMapOptionsFrom(config),
+  );
   teardown.push('datapath side maps', () => datapath.close());
   // Reloader, delta copies, `_old` pins removed: every map is final before anything is served.
   await lifecycle.complete();
@@ -172,6 +188,7 @@ async function bringUp(config: Config, log: Logger, opts: DaemonOptions, teardow
   metrics.setFateSource(() => (datapath.closed ? undefined : datapath.fateCounters()));
   const migrations = lifecycle.reports();
   metrics.recordMigrations(migrations);
+  const fillUp = new FillUpPressure(() => datapath.counters(), datapath.thresholds, families);
   const membership = new Membership(clusters, log.child({ component: 'membership' }));
   teardown.push('membership', () => membership.close());
   // Periodic passes remove expired entries (facts §6); every pass, scheduled or asked
@@ -182,6 +199,9 @@ async function bringUp(config: Config, log: Logger, opts: DaemonOptions, teardow
     fixedIntervalSeconds: config.conntrackGcInterval,
     maxIntervalSeconds: config.conntrackGcMaxInterval,
     runPass: async (family, reason, signal) => {
+      // Creates count towards the next fill-up from the start of this pass (fill-up.ts).
+      if (!datapath.closed) fillUp.passStarted(family);
+      metrics.recordGCPass(family, reason);
       try {
         const result = await gc.run({ family, filter: { removeExpired: true }, signal });
         metrics.recordGCRun(result, family, true);
@@ -241,6 +261,23 @@ async function bringUp(config: Config, log: Logger, opts: DaemonOptions, teardow
   }
   scheduler.start();
   teardown.push('gc scheduler', () => scheduler.stop({ abort: true }));
+  // The datapath's ring (issue 13): fill-up signals ask the scheduler for early passes.
+  // Stopped (its fds closed) before the scheduler and the side maps it reads.
+  let ring: RingReader | undefined;
+  const ringFd = datapath.eventRing();
+  if (ringFd && config.ctEvents !== 'none') {
+    const reader = RingReader.open({ ...ringFd, log: log.child({ component: 'event-ring' }) });
+    teardown.push('event ring reader', () => reader.stop());
+    reader.batches.subscribe((batch) => {
+      // NEW and CLOSE (fate expiry included) join the one lifecycle stream, in ring order,
+      // and the ring's in-band loss count reaches subscribers as a source loss.
+      if (batch.lost > 0) events.reportSourceLoss(batch.lost);
+      if (batch.events.length > 0) events.publish(batch.events);
+      onRingBatch(batch, { scheduler, fillUp, metrics, datapath, log });
+    });
+    reader.start();
+    ring = reader;
+  }
   // Clustermesh: each remote cluster's etcd says which id it has; claims join, releases leave.
   const sources: MembershipSource[] = [];
   if (config.clustermeshConfig) {
@@ -274,6 +311,8 @@ async function bringUp(config: Config, log: Logger, opts: DaemonOptions, teardow
     nat,
     clusters,
     datapath,
+    ring,
+    fillUp,
     membership,
     gc,
     events,
@@ -290,6 +329,32 @@ async function bringUp(config: Config, log: Logger, opts: DaemonOptions, teardow
       return stopping;
     },
   };
+}
+
+/**
+ * One drained batch of the event ring: losses into the metrics, and each fill-up signal
+ * to the scheduler. An insert failure always asks for a pass; a pressure signal only when
+ * the family's creates since its last pass reached the share (FillUpPressure), read once
+ * per batch and family however many signals the batch holds. The scheduler coalesces.
+ */
+function onRingBatch(
+  batch: RingBatch,
+  d: { scheduler: GCScheduler; fillUp: FillUpPressure; metrics: CtmapdMetrics; datapath: DatapathSideMaps; log: Logger },
+): void {
+  d.metrics.recordRingLoss(batch.lost);
+  if (batch.fillUps.length === 0 || d.datapath.closed) return;
+  const counters = d.datapath.counters();
+  for (const s of batch.fillUps) {
+    if (s.reason === 'pressure' && !d.fillUp.reached(s.family, s.kind, counters)) {
+      d.metrics.recordFillUpSignal(s.family, s.reason, 'below-share');
+      continue;
+    }
+    const outcome = d.scheduler.signal(s.family, s.reason);
+    d.metrics.recordFillUpSignal(s.family, s.reason, outcome);
+    if (outcome === 'started') {
+      d.log.info({ family: s.family, kind: s.kind, clusterId: s.clusterId, reason: s.reason, created: d.fillUp.createdSincePass(s.family, counters) }, 'ct map filling up: early gc pass');
+    }
+  }
 }
 
 /**

@@ -61,6 +61,24 @@ export class CtmapdMetrics {
     registers: [this.registry],
   });
 
+  readonly #gcPasses = new Counter({
+    name: 'ctmapd_gc_passes_total',
+    help: 'Scheduled conntrack GC passes by family and why they ran: initial (at start), periodic (the interval), signal (an early pass asked for)',
+    labelNames: ['family', 'reason'] as const,
+    registers: [this.registry],
+  });
+  readonly #fillUpSignals = new Counter({
+    name: 'ctmapd_datapath_fill_up_signals_total',
+    help: 'Fill-up signals read from the datapath\'s event ring, by family, reason (insert-failed, pressure) and outcome: what the GC scheduler did with it (started, coalesced, stopped, disabled), or below-share for a pressure signal whose map had not reached --ct-fill-up-share since its last pass',
+    labelNames: ['family', 'reason', 'outcome'] as const,
+    registers: [this.registry],
+  });
+  readonly #ringLost = new Counter({
+    name: 'ctmapd_datapath_events_lost_total',
+    help: 'Records the datapath could not write into the event ring (it was full), as reported in-band by the records that followed',
+    registers: [this.registry],
+  });
+
   #datapathSource?: () => DatapathCounters | undefined;
   /**
    * The datapath's counters (struct ct_datapath_stats summed over CPUs), one series per
@@ -143,6 +161,21 @@ export class CtmapdMetrics {
       this.#gcEntries.set({ family, protocol, status: 'deleted' }, t.deleted);
       this.#gcDuration.observe({ family, protocol, status }, seconds);
     }
+  }
+
+  /** Counts one scheduled GC pass of `family` started for `reason` (GCPassReason). */
+  recordGCPass(family: Family, reason: string): void {
+    this.#gcPasses.inc({ family, reason });
+  }
+
+  /** Counts a fill-up signal of the datapath and what became of it. */
+  recordFillUpSignal(family: Family, reason: string, outcome: string): void {
+    this.#fillUpSignals.inc({ family, reason, outcome });
+  }
+
+  /** Adds losses the event ring's records reported in-band. */
+  recordRingLoss(lost: number): void {
+    if (lost > 0) this.#ringLost.inc(lost);
   }
 
   /**

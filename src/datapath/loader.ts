@@ -1,7 +1,7 @@
 /**
  * Loads bpf/ct_datapath.bpf.c over the maps the daemon pinned: read the daemon's settings
  * (its ctmapd_datapath_config map) -> open -> configure (reuse every pinned map, the
- * ctmapd_ct_stats counters included, write the .rodata settings) -> load. The object never creates a CT
+ * ctmapd_ct_stats counters, the ctmapd_ct_events ring and the ctmapd_ct_pressure steps included, write the .rodata settings) -> load. The object never creates a CT
  * map of its own ("no second copy", issue 5): a map the daemon manages is reused from
  * <bpf-root>/tc/globals, and a family the daemon does not manage (--enable-ipv6=false)
  * gets a one-entry placeholder and is switched off in the settings, so its packets pass
@@ -28,6 +28,8 @@ import {
   CT_DATAPATH_CLUSTER_MAPS,
   CT_DATAPATH_FAMILY_MAPS,
   CT_DATAPATH_STATS_MAP,
+  CT_EVENTS_RING_MAP,
+  CT_PRESSURE_MAP,
   DatapathSettings,
   decodeDatapathSettings,
   encodeDatapathSettings,
@@ -93,11 +95,20 @@ export class CtDatapath {
       validateDatapathSettings(settings);
       const stats = openSideMap(side.stats, opts.bpfRoot);
       pinned.push(stats);
+      const pressure = openSideMap(side.pressure, opts.bpfRoot);
+      pinned.push(pressure);
+      const ring = openRingPin(side.events, opts.bpfRoot);
+      pinned.push(ring);
       const object = BpfObject.open(objectPath);
       try {
         const reused = reuseDaemonCtMaps(object, settings, opts.bpfRoot, pinned);
         object.map(CT_DATAPATH_STATS_MAP).reuseFd(stats.fd);
         reused.push(CT_DATAPATH_STATS_MAP);
+        // Mode none never touches them, but the object declares them: reused all the same,
+        // so that no load ever creates a second ring.
+        object.map(CT_PRESSURE_MAP).reuseFd(pressure.fd);
+        object.map(CT_EVENTS_RING_MAP).reuseFd(ring.fd);
+        reused.push(CT_PRESSURE_MAP, CT_EVENTS_RING_MAP);
         // Every value, on every load: the object's .rodata is one zeroed struct
         // ct_datapath_config with no defaults of its own (bpf/ct_datapath.bpf.c), and libbpf
         // refuses (EINVAL) a buffer that is not exactly its size.
@@ -212,4 +223,19 @@ export function readDaemonSettings(spec: MapSpec, bpfRoot: string): DatapathSett
   } finally {
     map.close();
   }
+}
+
+/**
+ * Opens the daemon's event ring. Its size is the daemon's flag (--ct-events-ring-size), so
+ * only the rest of the spec is checked. Throws failed-precondition as openSideMap.
+ */
+function openRingPin(spec: MapSpec, bpfRoot: string): KernelMap {
+  const pinned = openPinned(kernelBackend, spec);
+  if (!pinned) return openSideMap(spec, bpfRoot);
+  const differs = pinned.mismatches.filter((m) => !m.startsWith('max_entries'));
+  if (differs.length > 0) {
+    pinned.map.close();
+    return openSideMap(spec, bpfRoot);
+  }
+  return pinned.map;
 }

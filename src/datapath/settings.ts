@@ -5,6 +5,7 @@
  */
 import { invalidArgument } from '../errors';
 import { CT_DATAPATH_CONFIG } from '../maps/ctmap/layout';
+import { CtEventsModeCode } from '../maps/ctmap/events/layout';
 import { clusterOuterMapName } from '../maps/ctmap/spec';
 import { CLUSTER_ID_MAX_VALUES } from '../config/defaults';
 import type { Config } from '../config/config';
@@ -50,6 +51,9 @@ export const CT_EVENTS_RING_MAP = 'ctmapd_ct_events';
  */
 export const CT_DATAPATH_CONFIG_MAP = 'ctmapd_datapath_config';
 
+/** The fill-up steps (ARRAY, one slot, struct ct_pressure_config), written by the daemon. */
+export const CT_PRESSURE_MAP = 'ctmapd_ct_pressure';
+
 /** The load-time settings (struct ct_datapath_config), in seconds where a time. */
 export interface DatapathSettings {
   readonly lifetimeTcp: number;
@@ -70,7 +74,11 @@ export interface DatapathSettings {
 }
 
 /** enum ct_events_mode of bpf/ct_events.h, by --ct-events name. */
-export const CT_EVENTS_MODE_VALUES: Readonly<Record<CtEventsMode, number>> = Object.freeze({ none: 0, signals: 1, all: 2 });
+export const CT_EVENTS_MODE_VALUES: Readonly<Record<CtEventsMode, number>> = Object.freeze({
+  none: CtEventsModeCode.NONE,
+  signals: CtEventsModeCode.SIGNALS,
+  all: CtEventsModeCode.ALL,
+});
 
 /** The settings ctmapd's flags ask for (facts §5): the daemon's and the CLI's one source. */
 export function datapathSettingsFrom(

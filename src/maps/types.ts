@@ -12,6 +12,7 @@ export const MapType = {
   LRU_HASH: 9,
   ARRAY_OF_MAPS: 12,
   HASH_OF_MAPS: 13,
+  RINGBUF: 27,
 } as const;
 export type MapTypeValue = (typeof MapType)[keyof typeof MapType];
 

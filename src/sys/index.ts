@@ -346,3 +346,6 @@ export function linkInfo(link: Fd): LinkInfo {
 export function pinFd(fd: Fd, pinPath: string): void {
   check(`obj pin ${pinPath}`, native.objPin(fd.value, pinPath));
 }
+
+export { EpollWaiter, MappedRing, openRingCount, pageSize } from './ringbuf';
+export type { WaitResult } from './ringbuf';

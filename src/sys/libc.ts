@@ -45,6 +45,14 @@ export const libcFunctions = {
     size: number,
     mask: Buffer,
   ) => number,
+  // The event ring reader (./ringbuf.ts): -1 and errno on failure.
+  epollCreate1: libc.func('int epoll_create1(int flags)') as (flags: number) => number,
+  epollCtl: libc.func('int epoll_ctl(int epfd, int op, int fd, void *event)') as (epfd: number, op: number, fd: number, event: Buffer) => number,
+  epollWait: libc.func('int epoll_wait(int epfd, void *events, int maxevents, int timeout)') as EpollWaitFn,
+  eventfd: libc.func('int eventfd(unsigned int initval, int flags)') as (initval: number, flags: number) => number,
+  write: libc.func('intptr_t write(int fd, const void *buf, size_t count)') as (fd: number, buf: Buffer, count: number) => number,
+  read: libc.func('intptr_t read(int fd, void *buf, size_t count)') as (fd: number, buf: Buffer, count: number) => number,
+  sysconf: libc.func('long sysconf(int name)') as (name: number) => number,
   getsockopt: libc.func('int getsockopt(int fd, int level, int optname, void *optval, void *optlen)') as (
     fd: number,
     level: number,
@@ -52,4 +60,10 @@ export const libcFunctions = {
     value: Buffer,
     len: Buffer,
   ) => number,
+};
+
+type EpollWaitFn = {
+  (epfd: number, events: Buffer, maxevents: number, timeout: number): number;
+  /** koffi: the same call on a libuv pool thread; `events` must stay alive until cb. */
+  async(epfd: number, events: Buffer, maxevents: number, timeout: number, cb: (err: unknown, ret: number) => void): void;
 };

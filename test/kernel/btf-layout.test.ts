@@ -14,6 +14,7 @@ import path from 'node:path';
 
 import { bpfObjectPath, repoPath } from '../../src/config/paths';
 import * as ctLayout from '../../src/maps/ctmap/layout';
+import * as eventsLayout from '../../src/maps/ctmap/events/layout';
 import * as gcLayout from '../../src/maps/ctmap/gc/layout';
 import { DeleteMode, DeleteStatus } from '../../src/maps/ctmap/gc/types';
 import type { StructLayout } from '../../src/maps/layout';
@@ -37,7 +38,7 @@ function isStructLayout(v: unknown): v is StructLayout {
 }
 
 /** Every exported layout, so one added later is checked without touching this test. */
-const LAYOUTS = [...Object.values(ctLayout), ...Object.values(natLayout), ...Object.values(gcLayout)].filter(isStructLayout);
+const LAYOUTS = [...Object.values(ctLayout), ...Object.values(eventsLayout), ...Object.values(natLayout), ...Object.values(gcLayout)].filter(isStructLayout);
 
 /**
  * The TS value objects of the headers' enums, by C enum name; a C constant is the TS key
@@ -46,6 +47,10 @@ const LAYOUTS = [...Object.values(ctLayout), ...Object.values(natLayout), ...Obj
 const ENUMS: Record<string, { prefix: string; values: Readonly<Record<string, number>> }> = {
   ct_gc_mode: { prefix: 'CT_GC_', values: DeleteMode },
   ct_gc_status: { prefix: 'CT_GC_', values: DeleteStatus },
+  ct_events_mode: { prefix: 'CT_EVENTS_', values: eventsLayout.CtEventsModeCode },
+  ct_event_type: { prefix: 'CT_EVENT_', values: eventsLayout.CtEventTypeCode },
+  ct_event_reason: { prefix: 'CT_REASON_', values: eventsLayout.CtEventReasonCode },
+  ct_event_map: { prefix: 'CT_EVENT_MAP_', values: eventsLayout.CtEventMapCode },
 };
 
 /** Declarations of `kind` ("struct" or "enum") in the headers of bpf/. */
@@ -75,6 +80,9 @@ test('every expected layout is exported', () => {
     'ct_datapath_config',
     'ct_datapath_stats',
     'ct_entry',
+    'ct_event',
+    'ct_event_header',
+    'ct_events_cpu',
     'ct_fate_stats',
     'ct_gc_area',
     'ct_gc_args',
@@ -82,12 +90,13 @@ test('every expected layout is exported', () => {
     'ipv4_nat_entry',
     'ipv6_ct_tuple',
     'ipv6_nat_entry',
-  ]);
+    'ct_pressure_config',
+  ].sort());
 });
 
 test('every struct in bpf/*.h has a TS layout', () => {
   // A struct added to a header without a layout would go unchecked.
-  assert.ok(HEADERS.includes('ctmap.h') && HEADERS.includes('ct_gc.h'), `headers found: ${HEADERS.join(', ')}`);
+  assert.ok(HEADERS.includes('ctmap.h') && HEADERS.includes('ct_gc.h') && HEADERS.includes('ct_events.h'), `headers found: ${HEADERS.join(', ')}`);
   assert.deepEqual(declared('struct'), LAYOUTS.map((l) => l.cName).sort());
 });
 

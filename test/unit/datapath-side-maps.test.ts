@@ -17,7 +17,7 @@ import {
   validateDatapathSettings,
 } from '../../src/datapath/settings';
 import { datapathSideMapSpecs, sumDatapathStats } from '../../src/datapath/side-maps';
-import { CT_DATAPATH_STATS_COUNTERS, CT_FATE_STATS_COUNTERS } from '../../src/maps/ctmap/layout';
+import { CT_DATAPATH_STATS, CT_DATAPATH_STATS_COUNTERS, CT_FATE_STATS_COUNTERS } from '../../src/maps/ctmap/layout';
 import { memoryBackend } from '../../src/maps/memory';
 import { parseCpuList, possibleCpus } from '../../src/sys/cpus';
 import { MapType } from '../../src/maps/types';
@@ -78,7 +78,7 @@ test('possible CPUs are counted as libbpf counts them: every listed CPU, also on
 });
 
 test('sumDatapathStats adds every CPU\'s copy, counter by counter', () => {
-  const stride = 104;
+  const stride = CT_DATAPATH_STATS.size;
   const v = Buffer.alloc(3 * stride);
   CT_DATAPATH_STATS_COUNTERS.forEach((_, i) => {
     for (let c = 0; c < 3; c++) v.writeBigUInt64LE(BigInt((i + 1) * 10 ** c), c * stride + i * 8);
@@ -88,6 +88,8 @@ test('sumDatapathStats adds every CPU\'s copy, counter by counter', () => {
   assert.equal(sum.packets, 111n);
   assert.equal(sum.lookups, 2n ** 63n + 20n + 200n);
   assert.equal(sum.cluster_map_missing, 13n * 111n);
+  // The ring state is a nested struct in C; its counters are the last three u64.
+  assert.equal(sum.events_lost_reported, BigInt(CT_DATAPATH_STATS_COUNTERS.length) * 111n);
 });
 
 test('memory backend: the daemon pins both side maps, writes its flags, and rewrites them at a restart', async (t) => {
@@ -106,9 +108,9 @@ test('memory backend: the daemon pins both side maps, writes its flags, and rewr
   });
   assert.deepEqual(
     { type: stats.info().type, value: stats.info().valueSize, buffer: stats.valueBufferSize, max: stats.info().maxEntries },
-    { type: MapType.PERCPU_ARRAY, value: 104, buffer: possibleCpus() * 104, max: 1 },
+    { type: MapType.PERCPU_ARRAY, value: 168, buffer: possibleCpus() * 168, max: 1 },
   );
-  assert.deepEqual(stats.lookup(Buffer.alloc(4)), Buffer.alloc(possibleCpus() * 104), 'no datapath counts in memory');
+  assert.deepEqual(stats.lookup(Buffer.alloc(4)), Buffer.alloc(possibleCpus() * 168), 'no datapath counts in memory');
   assert.equal(config.info().type, MapType.ARRAY);
   assert.equal(decodeDatapathSettings(config.lookup(Buffer.alloc(4))!).lifetimeNonTcp, 33);
   assert.deepEqual(d.daemon.datapath.settings(), datapathSettingsFrom(parseConfig([...flags, '--bpf-ct-timeout-regular-any=33'], {})));
@@ -146,7 +148,7 @@ test('memory backend: ActiveMaps and /metrics show the stats map\'s counters, ze
   const ncpu = possibleCpus();
   const v = Buffer.alloc(stats.valueBufferSize);
   CT_DATAPATH_STATS_COUNTERS.forEach((_, i) => {
-    for (let c = 0; c < ncpu; c++) v.writeBigUInt64LE(BigInt((i + 1) * 10 ** c), c * 104 + i * 8);
+    for (let c = 0; c < ncpu; c++) v.writeBigUInt64LE(BigInt((i + 1) * 10 ** c), c * CT_DATAPATH_STATS.size + i * 8);
   });
   stats.update(Buffer.alloc(4), v);
   // The fate counters map likewise, with other values so that a mix-up of the maps shows.

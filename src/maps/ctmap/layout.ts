@@ -73,16 +73,51 @@ export const CT_DATAPATH_STATS_COUNTERS = [
   'skipped',
   'malformed',
   'cluster_map_missing',
+  // Issue 13: flow entries inserted by map (the fill-up pressure counters), FILL_UP signals.
+  'creates_tcp4',
+  'creates_any4',
+  'creates_tcp6',
+  'creates_any6',
+  'fill_up_signals',
+  // struct ct_events_cpu `events`, the last member: the ring's per-CPU state.
+  'events_sent',
+  'events_lost',
+  'events_lost_reported',
 ] as const;
 
+/** The counters that are struct ct_events_cpu's members (sent, lost, lost_reported), in order. */
+const EVENTS_CPU_COUNTERS = ['events_sent', 'events_lost', 'events_lost_reported'] as const;
+
+/** Byte offset of each counter in struct ct_datapath_stats: the i-th u64. */
+export const CT_DATAPATH_STATS_OFFSETS: Readonly<Record<(typeof CT_DATAPATH_STATS_COUNTERS)[number], number>> = Object.freeze(
+  Object.fromEntries(CT_DATAPATH_STATS_COUNTERS.map((name, i) => [name, i * 8])) as Record<(typeof CT_DATAPATH_STATS_COUNTERS)[number], number>,
+);
+
 /**
- * struct ct_datapath_stats (104 bytes): the per-CPU value of bpf/ct_datapath.bpf.c's
- * ctmapd_ct_stats map, one u64 counter after the other.
+ * struct ct_events_cpu (24 bytes, ctmap.h): a ring writer's per-CPU state, embedded as the
+ * last member `events` of struct ct_datapath_stats.
+ */
+export const CT_EVENTS_CPU: StructLayout = {
+  cName: 'ct_events_cpu',
+  size: 24,
+  fields: { sent: { offset: 0, size: 8 }, lost: { offset: 8, size: 8 }, lost_reported: { offset: 16, size: 8 } },
+};
+
+/**
+ * struct ct_datapath_stats (168 bytes): the per-CPU value of bpf/ct_datapath.bpf.c's
+ * ctmapd_ct_stats map, one u64 counter after the other; its last member is a struct
+ * ct_events_cpu whose three u64 are the counters events_sent, events_lost and
+ * events_lost_reported (CT_DATAPATH_STATS_OFFSETS has every counter's offset).
  */
 export const CT_DATAPATH_STATS: StructLayout = {
   cName: 'ct_datapath_stats',
   size: CT_DATAPATH_STATS_COUNTERS.length * 8,
-  fields: Object.fromEntries(CT_DATAPATH_STATS_COUNTERS.map((name, i) => [name, { offset: i * 8, size: 8 }])),
+  fields: {
+    ...Object.fromEntries(
+      CT_DATAPATH_STATS_COUNTERS.filter((n) => !(EVENTS_CPU_COUNTERS as readonly string[]).includes(n)).map((name) => [name, { offset: CT_DATAPATH_STATS_OFFSETS[name], size: 8 }]),
+    ),
+    events: { offset: CT_DATAPATH_STATS_OFFSETS.events_sent, size: CT_EVENTS_CPU.size },
+  },
 };
 
 /** Counters of struct ct_fate_stats (bpf/ct_fate.h), in C order; each a u64. */

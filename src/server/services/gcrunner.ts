@@ -35,6 +35,9 @@ export interface GCSchedulerPort {
       deleted: number;
       alive: number;
       lastRatio: number;
+      lastPassReason?: string;
+      lastSignalSource?: string;
+      signals?: Readonly<Record<'api' | 'insert-failed' | 'pressure', number>>;
     }>;
   };
 }
@@ -146,6 +149,11 @@ export function gcRunnerService(deps: GCRunnerServiceDeps): ServiceRegistration 
             alive: String(fs?.alive ?? 0),
             last_ratio: fs?.lastRatio ?? 0,
             last_sequence: String(runner.engine.lastSequence(f)),
+            last_pass_reason: fs?.lastPassReason ?? '',
+            last_signal_source: fs?.lastSignalSource ?? '',
+            signals_api: String(fs?.signals?.api ?? 0),
+            signals_insert_failed: String(fs?.signals?.['insert-failed'] ?? 0),
+            signals_pressure: String(fs?.signals?.pressure ?? 0),
           };
         }),
       };

@@ -20,6 +20,14 @@ import type { GCRunResult } from './types';
 /** Why a pass runs: the first pass at start(), a due timer, or a signal(). */
 export type GCPassReason = 'periodic' | 'signal' | 'initial';
 
+/**
+ * Who asked for an early pass: a GCRunner.Signal call, or the datapath's fill-up signal
+ * (src/datapath/ring-decoder.ts FillUpReason: an insert failed, or the creates since the
+ * family's last pass reached --ct-fill-up-share of a map).
+ */
+export type GCSignalSource = 'api' | 'insert-failed' | 'pressure';
+export const GC_SIGNAL_SOURCES: readonly GCSignalSource[] = ['api', 'insert-failed', 'pressure'];
+
 /** What signal() did with the request. */
 export type GCSignalOutcome =
   | 'started' // a signal pass for the family was started
@@ -96,6 +104,12 @@ export interface GCFamilySchedule {
   readonly alive: number;
   /** The last counted pass's ratio (max deleted / max_entries). */
   readonly lastRatio: number;
+  /** Why the last scheduled pass of the family ran; undefined before the first. */
+  readonly lastPassReason?: GCPassReason;
+  /** What asked for the last signal pass (the first signal it served); undefined before one. */
+  readonly lastSignalSource?: GCSignalSource;
+  /** Signals received, by source (coalesced ones included; not those refused after stop). */
+  readonly signals: Readonly<Record<GCSignalSource, number>>;
 }
 
 export interface GCSchedulerStatus {
@@ -125,6 +139,11 @@ interface FamilyState {
   deleted: number;
   alive: number;
   lastRatio: number;
+  lastPassReason?: GCPassReason;
+  lastSignalSource?: GCSignalSource;
+  /** Source of the first signal since the last signal pass started. */
+  pendingSource?: GCSignalSource;
+  signals: Record<GCSignalSource, number>;
 }
 
 /**
@@ -149,7 +168,18 @@ export class GCScheduler {
     this.#maxSeconds = maxIntervalSeconds(opts.maxIntervalSeconds);
     const first = initialInterval({ fixedSeconds: opts.fixedIntervalSeconds, maxSeconds: opts.maxIntervalSeconds });
     for (const family of opts.families) {
-      this.#states.set(family, { family, intervalSeconds: first, signalled: false, inHook: false, runs: 0, failures: 0, deleted: 0, alive: 0, lastRatio: 0 });
+      this.#states.set(family, {
+        family,
+        intervalSeconds: first,
+        signalled: false,
+        inHook: false,
+        runs: 0,
+        failures: 0,
+        deleted: 0,
+        alive: 0,
+        lastRatio: 0,
+        signals: { api: 0, 'insert-failed': 0, pressure: 0 },
+      });
     }
   }
 
@@ -166,11 +196,14 @@ export class GCScheduler {
    * pass starts on a later tick, never inside this call; once it is done, afterSignal runs.
    * A signal that arrives while a pass of the family is pending or running (its hook
    * included) is served by that pass. The other family's schedule is never touched.
+   * `source` (default 'api') is counted in the family's status.
    */
-  signal(family: Family): GCSignalOutcome {
+  signal(family: Family, source: GCSignalSource = 'api'): GCSignalOutcome {
     const st = this.#states.get(family);
     if (!st) return 'disabled';
     if (this.#stopping) return 'stopped';
+    st.signals[source]++;
+    st.pendingSource ??= source;
     if (!this.#started || st.busy) {
       // The pending initial pass, or the running one, serves it and its hook runs
       // afterwards; a signal during the hook itself is served by that hook.
@@ -203,6 +236,9 @@ export class GCScheduler {
       deleted: st.deleted,
       alive: st.alive,
       lastRatio: st.lastRatio,
+      lastPassReason: st.lastPassReason,
+      lastSignalSource: st.lastSignalSource,
+      signals: { ...st.signals },
     }));
     return { families, fixedInterval: this.#opts.fixedIntervalSeconds !== undefined, maxIntervalSeconds: this.#maxSeconds };
   }
@@ -224,7 +260,12 @@ export class GCScheduler {
 
   #launch(st: FamilyState, reason: GCPassReason): void {
     this.#disarm(st);
-    if (reason === 'signal') st.signalled = true;
+    if (reason === 'signal') {
+      st.signalled = true;
+      st.lastSignalSource = st.pendingSource;
+    }
+    st.pendingSource = undefined;
+    st.lastPassReason = reason;
     st.busy = this.#pass(st, reason);
   }
 

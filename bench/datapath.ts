@@ -27,16 +27,12 @@
  *   same way also pays.
  */
 import * as path from 'node:path';
-import pino from 'pino';
 import { CtDatapath } from '../src/datapath/loader';
-import { datapathSettingsFrom } from '../src/datapath/settings';
-import { DatapathSideMaps, eventSideMapOptionsFrom } from '../src/datapath/side-maps';
+import type { DatapathSideMaps } from '../src/datapath/side-maps';
 import type { CtEventsMode } from '../src/config/defaults';
 import { BpfObject, BpfProgram, MappedRing, SK_BUFF_CTX, TestRunContext } from '../src/sys';
-import { globalCtMapSpec, clusterOuterCtMapSpec } from '../src/maps/ctmap/spec';
-import { kernelBackend } from '../src/maps/kernel';
-import { parseConfig } from '../src/config/config';
 import { TCP_FLAGS, ip, tcp } from '../test/helpers/frames';
+import { ctMapsConfigOf, pinDaemonMaps } from './daemon-maps';
 import { BenchContext, BenchSection, HarnessError, Measured, Measurement, REPO_ROOT, machineInfo, markdownTable, measureRounds, privateBpffsDir } from './lib';
 
 /** Repetitions per test run for the repeat method. */
@@ -78,37 +74,9 @@ export const datapathBench: BenchSection = {
 
   async run(ctx: BenchContext) {
     const root = privateBpffsDir(ctx);
-    const flags = parseConfig(['--bpf-root', root], {});
-    const makeCfg = (r: string) => ({
-      bpfRoot: r,
-      enableIPv4: flags.enableIpv4,
-      enableIPv6: flags.enableIpv6,
-      ctTcpMax: flags.bpfCtGlobalTcpMax,
-      ctAnyMax: flags.bpfCtGlobalAnyMax,
-      distributedLru: flags.bpfDistributedLru,
-      clusterIdMax: flags.maxConnectedClusters,
-    });
-    const cfg = makeCfg(root);
-    /**
-     * What the daemon would pin at start, made with its own code, under `r`: the CT maps at
-     * the default sizes and the side maps (event ring, fill-up steps) with --ct-events=`mode`.
-     * Each events mode gets its own maps, so that no row's creates fill another's map.
-     */
-    const daemonMaps = (r: string, mode: CtEventsMode): DatapathSideMaps => {
-      const c = makeCfg(r);
-      for (const family of ['ipv4', 'ipv6'] as const) {
-        for (const kind of ['tcp', 'any'] as const) {
-          for (const spec of [globalCtMapSpec(c, family, kind), clusterOuterCtMapSpec(c, family, kind)]) {
-            const map = kernelBackend.create(spec);
-            ctx.cleanup.add(`close ${spec.pinPath}`, () => map.close());
-          }
-        }
-      }
-      const modeFlags = parseConfig(['--bpf-root', r, '--ct-events', mode], {});
-      const sm = DatapathSideMaps.open(kernelBackend, r, datapathSettingsFrom(modeFlags), pino({ level: 'silent' }), eventSideMapOptionsFrom(modeFlags));
-      ctx.cleanup.add(`close side maps ${r}`, () => sm.close());
-      return sm;
-    };
+    const cfg = ctMapsConfigOf(root);
+    /** Each events mode gets its own maps, so that no row's creates fill another's map. */
+    const daemonMaps = (r: string, mode: CtEventsMode): DatapathSideMaps => pinDaemonMaps(ctx, r, ['--ct-events', mode]);
     // The default, --ct-events=signals, in `root`; none and all beside it.
     const side = daemonMaps(root, 'signals');
     const dp = CtDatapath.load({ bpfRoot: root });
@@ -117,7 +85,7 @@ export const datapathBench: BenchSection = {
     ctx.cleanup.add('close bench datapath', () => benchDp.close());
     const benchEgress = benchDp.object.program(BENCH_PROGRAM);
     const modes = Object.fromEntries(
-      (['none', 'all'] as const).map((mode) => {
+      (['none', 'signals', 'all'] as const).map((mode) => {
         const r = path.join(root, `events-${mode}`);
         const sm = daemonMaps(r, mode);
         const d = CtDatapath.load({ bpfRoot: r });
@@ -129,7 +97,7 @@ export const datapathBench: BenchSection = {
         ctx.cleanup.add(`unmap ring ${mode}`, () => ring.close());
         return [mode, { side: sm, dp: d, bench: b.object.program(BENCH_PROGRAM), ring }];
       }),
-    ) as Record<'none' | 'all', { side: DatapathSideMaps; dp: CtDatapath; bench: BpfProgram; ring: MappedRing }>;
+    ) as Record<CtEventsMode, { side: DatapathSideMaps; dp: CtDatapath; bench: BpfProgram; ring: MappedRing }>;
     const floorBenchObj = BpfObject.open(FLOOR_BENCH_OBJECT);
     ctx.cleanup.add('close floor bench object', () => floorBenchObj.close());
     floorBenchObj.map('ct_floor_ct4').setMaxEntries(cfg.ctTcpMax);
@@ -265,12 +233,14 @@ export const datapathBench: BenchSection = {
       { label: 'create: new flow every repetition (bench build)', run: repeatedCreates() },
       { label: 'floor: new flow every repetition (ct_floor_bench_egress)', run: floorRepeatedCreates },
       { label: 'create, bench build, --ct-events=none', run: repeatedCreates(modes.none.bench, modes.none.side) },
+      { label: 'create, bench build, --ct-events=signals (own maps)', run: repeatedCreates(modes.signals.bench, modes.signals.side) },
       { label: 'create, bench build, --ct-events=all (NEW records)', run: repeatedCreates(modes.all.bench, modes.all.side, modes.all.ring) },
       { label: 'hit: established flow, egress ACK, --ct-events=none', run: repeated(modes.none.dp.egress, out(40000, ACK), 'hits_established', modes.none.side) },
+      { label: 'hit: established flow, egress ACK, --ct-events=signals', run: repeated(modes.signals.dp.egress, out(40000, ACK), 'hits_established', modes.signals.side) },
       { label: 'hit: established flow, egress ACK, --ct-events=all', run: repeated(modes.all.dp.egress, out(40000, ACK), 'hits_established', modes.all.side) },
     ];
     ctx.progress(`datapath: repeat ${REPEAT.toLocaleString('en-US')} per run; ${CREATES.toLocaleString('en-US')} single runs per create run`);
-    const [baseRepeat, floorHit, hitFwd, hitReply, hitWrite, baseSingle, floorCreate, create, createPair, createRepeat, floorRepeat, createNone, createAll, hitNone, hitAll] =
+    const [baseRepeat, floorHit, hitFwd, hitReply, hitWrite, baseSingle, floorCreate, create, createPair, createRepeat, floorRepeat, createNone, createSignals, createAll, hitNone, hitSignals, hitAll] =
       await measureRounds(ctx, measurements);
     /** Issue 13's target for a create with events on: the like-for-like floor + 150 ns. */
     const createTarget = Math.round(floorRepeat.extra.ns + 150);
@@ -298,13 +268,14 @@ export const datapathBench: BenchSection = {
       {
         m: createRepeat,
         method: 'repeat',
-        target: createTarget,
-        note: `ct_bench_egress (bpf/ct_datapath_bench.bpf.c) on a SYN: ${REPEAT_CREATES.toLocaleString('en-US')} new flows back to back per test run (the source port set to a counter in the packet, then ct_egress's path), no syscall between packets; --ct-events=signals (the default), target: the floor below + 150 ns = ${createTarget} ns`,
+        note: `ct_bench_egress (bpf/ct_datapath_bench.bpf.c) on a SYN: ${REPEAT_CREATES.toLocaleString('en-US')} new flows back to back per test run (the source port set to a counter in the packet, then ct_egress's path), no syscall between packets; --ct-events=signals, on the maps every row above also fills (hundreds of thousands of entries more than the floor's map, so more cache misses per lookup): not the like-for-like comparison, which is the "own maps" rows below`,
       },
       { m: floorRepeat, method: 'repeat', note: 'bpf/ct_floor_bench.bpf.c: the same port write, then ct_floor\'s two missing lookups and one insert, back to back: the like-for-like floor of the bench build\'s creates' },
       { m: createNone, method: 'repeat', note: 'the bench build over its own maps with --ct-events=none: the ring is never touched' },
+      { m: createSignals, method: 'repeat', target: createTarget, note: 'the bench build over its own maps with --ct-events=signals (the default): like the none and all rows, its maps hold only its own creates; target: floor + 150 ns' },
       { m: createAll, method: 'repeat', target: createTarget, note: 'the bench build with --ct-events=all: a 112-byte NEW record reserved and submitted per create (no wakeup), the ring emptied between runs; target: floor + 150 ns' },
       { m: hitNone, method: 'repeat', target: 100, note: 'the established hit with --ct-events=none' },
+      { m: hitSignals, method: 'repeat', target: 100, note: 'the established hit with --ct-events=signals' },
       { m: hitAll, method: 'repeat', target: 100, note: 'the established hit with --ct-events=all: a hit writes no record' },
     ];
     const base = (r: Row): Measured => (r.method === 'repeat' ? baseRepeat : baseSingle);
@@ -313,7 +284,7 @@ export const datapathBench: BenchSection = {
       ['measurement', 'method', 'ns/packet (median)', 'baseline ns', 'net of baseline', 'target', 'result', 'runs', 'notes'],
       rows.map((r) => [
         r.m.label,
-        r.m === createRepeat || r.m === floorRepeat || r.m === createNone || r.m === createAll
+        r.m === createRepeat || r.m === floorRepeat || r.m === createNone || r.m === createSignals || r.m === createAll
           ? `repeat ${REPEAT_CREATES.toLocaleString('en-US')}`
           : r.method === 'repeat'
             ? `repeat ${REPEAT.toLocaleString('en-US')}`

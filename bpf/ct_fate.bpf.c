@@ -105,8 +105,10 @@ struct {
 
 /*
  * Records this object could not reserve on each CPU since its last one (carried in the
- * next record's hdr.lost). Private to the object: a private copy of the emit helper the
- * datapath's bpf/ct_events.h will share (issue 13, another branch).
+ * next record's hdr.lost). Not ct_events.h's helpers: those count without atomics, which
+ * is right for TC programs (bottom halves disabled, nothing else on the CPU writes the
+ * counters meanwhile) but not here, where sock_release runs in process context and a
+ * sockops callback (an RST received in softirq) can interrupt it on the same CPU.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

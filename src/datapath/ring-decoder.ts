@@ -44,9 +44,10 @@ const ENTRY_REASON: Readonly<Record<number, Readonly<Record<number, CtEventReaso
 
 /**
  * Decodes one record's data (as MappedRing.drain hands it: a view valid during the call).
- * The key and entry of an event are copied out, so the result outlives the ring's space.
+ * The key and entry of an event are copied out, so the result outlives the ring's space,
+ * unless `owned`: `data` is already the caller's copy, and they are views of it.
  */
-export function decodeRingRecord(data: Buffer): RingRecord {
+export function decodeRingRecord(data: Buffer, owned = false): RingRecord {
   if (data.length < CT_EVENT_HEADER.size) return { type: 'unknown', lost: 0, why: `${data.length}-byte record, shorter than its header` };
   const lost = data.readUInt32LE(H.lost.offset);
   const type = data[H.type.offset];
@@ -73,8 +74,8 @@ export function decodeRingRecord(data: Buffer): RingRecord {
       kind: type === CtEventTypeCode.NEW ? 'new' : 'close',
       reason,
       ref: { family, kind, clusterId },
-      key: Buffer.from(data.subarray(keyAt, keyAt + keySize)),
-      entry: Buffer.from(data.subarray(entryAt, entryAt + CT_ENTRY.size)),
+      key: owned ? data.subarray(keyAt, keyAt + keySize) : Buffer.from(data.subarray(keyAt, keyAt + keySize)),
+      entry: owned ? data.subarray(entryAt, entryAt + CT_ENTRY.size) : Buffer.from(data.subarray(entryAt, entryAt + CT_ENTRY.size)),
     },
   };
 }

@@ -20,6 +20,7 @@ import { Subject, type Observable } from 'rxjs';
 import type { Logger } from 'pino';
 import { EpollWaiter, Fd, MappedRing } from '../sys';
 import type { CtEventInput } from '../maps/ctmap/events/types';
+import { CT_EVENT } from '../maps/ctmap/events/layout';
 import { FillUpSignal, decodeRingRecord } from './ring-decoder';
 
 /** What one drain step read. */
@@ -123,8 +124,19 @@ export class RingReader {
       const fillUps: FillUpSignal[] = [];
       let lost = 0;
       let unknown = 0;
+      // One copy of the batch's records, which its events' keys and entries are views of:
+      // two allocations per event cost as much as the rest of the decoding.
+      const copy = Buffer.allocUnsafe(this.#maxBatch * CT_EVENT.size);
+      let used = 0;
       const n = this.#ring.drain((data) => {
-        const r = decodeRingRecord(data);
+        let r;
+        if (data.length <= CT_EVENT.size) {
+          data.copy(copy, used);
+          r = decodeRingRecord(copy.subarray(used, used + data.length), true);
+          used += data.length;
+        } else {
+          r = decodeRingRecord(data);
+        }
         lost += r.lost;
         if (r.type === 'event') events.push(r.event);
         else if (r.type === 'fill-up') fillUps.push(r.signal);

@@ -21,12 +21,13 @@
  * rxjs inside: one hot Subject carries sequenced batches and source losses; a subscription
  * is an rxjs subscription that feeds the subscriber's buffer.
  */
+import { DEFAULT_CT_EVENTS_BUFFER } from '../../../config/defaults';
 import { Subject } from 'rxjs';
 import type { Family } from '../../addr';
 import type { CtEventInput, CtEventKind, CtLifecycleEvent } from './types';
 
-/** Events buffered per subscriber unless it asks for another bound. */
-export const DEFAULT_SUBSCRIBER_BUFFER = 65536;
+/** Events buffered per subscriber unless it asks for another bound (--ct-events-buffer's default). */
+export const DEFAULT_SUBSCRIBER_BUFFER = DEFAULT_CT_EVENTS_BUFFER;
 
 /** Where events were lost: at this subscriber (it fell behind) or before the bus (the datapath ring). */
 export type CtLossPoint = 'subscriber' | 'source';

@@ -25,7 +25,10 @@ import { conditionalDeleter } from '../maps/ctmap/gc/deleter';
 import { CtTables } from '../maps/ctmap/tables';
 import { NatCoupling } from '../maps/nat/coupling';
 import { purgeOrphanNatEntries } from '../maps/nat/purge';
-import { NatTables } from '../maps/nat/tables';
+import { NatTables, natTableLabel } from '../maps/nat/tables';
+import { liveCursor } from '../maps/registry';
+import type { Family } from '../maps/addr';
+import type { GCRunResult } from '../maps/ctmap/gc/types';
 import { MapRef, refLabel } from '../maps/ctmap/spec';
 import { globalsDir } from '../maps/cluster-spec';
 import type { MapBackend } from '../maps/types';
@@ -193,6 +196,33 @@ async function bringUp(config: Config, log: Logger, opts: DaemonOptions, teardow
   teardown.push('membership', () => membership.close());
   // Periodic passes remove expired entries (facts §6); every pass, scheduled or asked
   // for over gRPC, feeds the Cilium metrics.
+  /**
+   * cilium_bpf_map_pressure after a pass of `family`: its CT maps from the pass's alive
+   * counts (a pass over only some maps updates those), its SNAT maps counted off the event
+   * loop. Never rejects: a map closed meanwhile (its cluster left) is skipped.
+   */
+  const recordPressure = async (family: Family, result: GCRunResult): Promise<void> => {
+    try {
+      const maps: Array<{ name: string; clusterId: number; entries: number; maxEntries: number }> = [];
+      for (const t of tables.active().filter((x) => x.ref.family === family)) {
+        const m = result.maps.find((r) => r.ref.kind === t.ref.kind && r.ref.clusterId === t.ref.clusterId);
+        if (m) maps.push({ name: t.map.spec.name, clusterId: t.ref.clusterId, entries: m.alive, maxEntries: t.map.spec.maxEntries });
+      }
+      for (const t of nat.active().filter((x) => x.ref.family === family)) {
+        const cursor = liveCursor(t, natTableLabel(t.ref));
+        let entries = 0;
+        try {
+          for (let b = await cursor.nextAsync(); b; b = await cursor.nextAsync()) entries += b.count;
+        } finally {
+          cursor.close();
+        }
+        maps.push({ name: t.map.spec.name, clusterId: t.ref.clusterId, entries, maxEntries: t.map.spec.maxEntries });
+      }
+      metrics.recordMapPressure(family, maps);
+    } catch (err) {
+      log.debug({ err, family }, 'map pressure: a map went away while it was counted');
+    }
+  };
   const scheduler = new GCScheduler({
     families,
     log: log.child({ component: 'gc-scheduler' }),
@@ -205,6 +235,7 @@ async function bringUp(config: Config, log: Logger, opts: DaemonOptions, teardow
       try {
         const result = await gc.run({ family, filter: { removeExpired: true }, signal });
         metrics.recordGCRun(result, family, true);
+        await recordPressure(family, result);
         log.debug({ family, reason, deleted: result.maps.reduce((n, m) => n + m.deleted, 0), ratio: result.ratio }, 'gc pass');
         return result;
       } catch (err) {
@@ -247,6 +278,7 @@ async function bringUp(config: Config, log: Logger, opts: DaemonOptions, teardow
             const own = { ...result, maps: result.maps.filter((m) => m.ref.family === f) };
             scheduler.recordExternalPass(f, own);
             metrics.recordGCRun(own, f, true);
+            void recordPressure(f, own);
           }
         },
       }),

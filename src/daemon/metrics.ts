@@ -205,6 +205,34 @@ export class CtmapdMetrics {
     }
   }
 
+  /**
+   * Cilium's cilium_bpf_map_pressure: a map's entries / max_entries, per map name, with the
+   * cluster of a per-cluster map (0: global). Set by recordMapPressure after GC passes.
+   */
+  readonly #mapPressure = new Gauge({
+    name: 'cilium_bpf_map_pressure',
+    help: 'Fill level of a BPF map: entries / max_entries, for the CT maps (alive entries at the end of each GC pass of their family) and the SNAT maps (counted after it); cluster_id 0 = a global map',
+    labelNames: ['map_name', 'cluster_id'] as const,
+    registers: [this.registry],
+  });
+  /** The series last set per family, so that a map gone since (a cluster left) is dropped. */
+  readonly #pressureSeries = new Map<Family, Set<string>>();
+
+  /**
+   * Sets cilium_bpf_map_pressure for every map of one pass of `family`, and drops the
+   * series of that family's maps the pass no longer saw (closed: their cluster left).
+   */
+  recordMapPressure(family: Family, maps: ReadonlyArray<{ name: string; clusterId: number; entries: number; maxEntries: number }>): void {
+    const seen = new Set<string>();
+    for (const m of maps) {
+      const labels = { map_name: m.name, cluster_id: String(m.clusterId) };
+      this.#mapPressure.set(labels, m.maxEntries > 0 ? m.entries / m.maxEntries : 0);
+      seen.add(JSON.stringify(labels));
+    }
+    for (const key of this.#pressureSeries.get(family) ?? []) if (!seen.has(key)) this.#mapPressure.remove(JSON.parse(key));
+    this.#pressureSeries.set(family, seen);
+  }
+
   /** Sets the NAT gauges from one orphan NAT purge of `family`. */
   recordNatPurge(family: Family, stats: NatGCStats): void {
     this.#natEntries.set({ family, direction: 'ingress', status: 'alive' }, stats.ingressAlive);

@@ -37,7 +37,7 @@ describe('flow filters', () => {
   const now = ctNow();
   const alive = now + 1000;
   before(async () => {
-    d = await startTestDaemon(sock.dir, ['--backend', 'memory', '--bpf-root', root.dir, '--bpf-ct-global-tcp-max', '4096', '--bpf-ct-global-any-max', '4096']);
+    d = await startTestDaemon(sock.dir, ['--backend', 'memory', '--bpf-root', root.dir, '--bpf-ct-global-tcp-max', '4096', '--bpf-ct-global-any-max', '4096', '--metrics-listen', '127.0.0.1:0']);
     ct = ctClient(d.address);
     gc = serviceClient(services().GCRunner.service, 'GCRunner', d.address);
     clusters = serviceClient(services().ClusterCTMaps.service, 'ClusterCTMaps', d.address);
@@ -103,10 +103,33 @@ describe('flow filters', () => {
     await rejectsWith(call(ct, 'Count', { maps: [], filter: { sport: 70000 } }), grpc.status.INVALID_ARGUMENT, 'filter.sport');
   });
 
-  it('GC match_ips takes CIDRs: either side of a flow in the prefix', async () => {
+  it('GC match_ips takes CIDRs: either side of a flow in the prefix; the manual pass is the family\'s last run in Status', async () => {
+    const ipv4 = (s: any) => s.families.find((f: any) => f.family === 'FAMILY_IPV4');
+    const before = ipv4(await call(gc, 'Status', {}));
+    const startedMs = Date.now();
     const [{ stats }] = (await collect(gc, 'Run', { maps: [TCP4, ANY4], filter: { match_ips: ['198.51.100.0/28'] } })).slice(-1);
     const deleted = stats.maps.reduce((n: number, m: { deleted: string }) => n + Number(m.deleted), 0);
     assert.equal(deleted, 4, 'flows 1-4 have 198.51.100.1, .5 or .9 on one side; .100 is outside the /28');
     assert.deepEqual(await dumped({}), [1234, 40003]);
+    const after = ipv4(await call(gc, 'Status', {}));
+    assert.equal(after.last_pass_reason, 'manual');
+    assert.ok(Number(after.last_run_unix_ms) >= startedMs - 1000, `last run ${after.last_run_unix_ms} is the manual pass (started ${startedMs})`);
+    assert.equal(Number(after.runs), Number(before.runs) + 1);
+    assert.equal(Number(after.deleted), Number(before.deleted) + 4);
+  });
+
+  it('cilium_bpf_map_pressure: each map\'s alive entries / max_entries after a pass, per-cluster maps with their cluster', async () => {
+    // IPv4 and every map: the global TCP map keeps flow 5, the any map nothing, cluster 7's TCP map its flow.
+    await collect(gc, 'Run', { family: 'FAMILY_IPV4', filter: { remove_expired: true } });
+    await new Promise((r) => setTimeout(r, 200)); // the SNAT count runs after the pass
+    const body = await (await fetch(`http://${d.daemon.metricsServer!.address}/metrics`)).text();
+    const pressure = Object.fromEntries(
+      [...body.matchAll(/^cilium_bpf_map_pressure\{map_name="(\w+)",cluster_id="(\d+)"\} ([\d.e-]+)$/gm)].map((m) => [`${m[1]}/${m[2]}`, Number(m[3])]),
+    );
+    assert.equal(pressure['cilium_ct4_global/0'], 1 / 4096, JSON.stringify(pressure));
+    assert.equal(pressure['cilium_ct_any4_global/0'], 0);
+    const cluster = Object.entries(pressure).filter(([k]) => k.endsWith('/7'));
+    assert.ok(cluster.some(([, v]) => v === 1 / 4096), `cluster 7's TCP map holds its flow: ${JSON.stringify(pressure)}`);
+    assert.ok(Object.keys(pressure).some((k) => k.startsWith('cilium_snat_v4_external')), `the SNAT map too: ${JSON.stringify(pressure)}`);
   });
 });

@@ -473,8 +473,25 @@ describe('GCScheduler', () => {
     assert.equal(st.alive, 8);
     assert.equal(st.deleted, 512);
     assert.equal(st.lastRatio, 0.5);
-    assert.equal(st.lastRunUnixMs, 0, 'the schedule is left alone');
+    assert.equal(st.lastRunUnixMs, Math.round(h.clock.now()), 'a manual pass is the last run (issue 14 item 6)');
+    assert.equal(st.lastPassReason, 'manual');
     assert.equal(st.intervalSeconds, 300);
+    await stopAll(h.clock, h.scheduler);
+  });
+
+  it('a manual pass between periodic ones moves the last run, not the next one', async () => {
+    const h = harness({ families: ['ipv4'] });
+    h.scheduler.start();
+    await settle();
+    const before = h.statusOf('ipv4');
+    await h.clock.advance(100 * S);
+    h.scheduler.recordExternalPass('ipv4', result(0.1, 7));
+    const after = h.statusOf('ipv4');
+    assert.equal(after.lastRunUnixMs, Math.round(h.clock.now()));
+    assert.ok(after.lastRunUnixMs > before.lastRunUnixMs);
+    assert.equal(after.lastPassReason, 'manual');
+    assert.equal(after.nextRunUnixMs, before.nextRunUnixMs, 'the periodic pass stays due when it was');
+    assert.equal(after.runs, before.runs + 1);
     await stopAll(h.clock, h.scheduler);
   });
 });

@@ -87,7 +87,13 @@ export function gcRunnerService(deps: GCRunnerServiceDeps): ServiceRegistration 
       };
       ctx.audit({ maps: tables.map((t) => refLabel(t.ref)), matchIps: req.filter?.match_ips?.length ?? 0 });
       const result = await runner.run({ family, refs, filter, signal: ctx.signal, afterBatch: flush });
-      ctx.audit({ deleted: result.maps.reduce((n, m) => n + m.deleted, 0), natDeleted: result.natDeleted });
+      const deleted = result.maps.reduce((n, m) => n + m.deleted, 0);
+      ctx.audit({ deleted, natDeleted: result.natDeleted });
+      // A manual pass is news for an operator as a scheduled one is: its counts at info.
+      log.info(
+        { maps: result.maps.map((m) => ({ map: refLabel(m.ref), alive: m.alive, deleted: m.deleted, skipped: m.skipped, refreshed: m.refreshed })), deleted, natDeleted: result.natDeleted, ms: Number(result.durationNs) / 1e6 },
+        'gc: manual pass (GCRunner.Run) done',
+      );
       await flush();
       deps.onRunResult?.(result, [...new Set(result.maps.map((m) => m.ref.family))]);
       await writer.write({ stats: gcRunStatsMsg(result) });

@@ -17,8 +17,11 @@ import type { Family } from '../../addr';
 import { initialInterval, maxIntervalSeconds, nextInterval } from './interval';
 import type { GCRunResult } from './types';
 
-/** Why a pass runs: the first pass at start(), a due timer, or a signal(). */
-export type GCPassReason = 'periodic' | 'signal' | 'initial';
+/**
+ * Why a pass ran: the first pass at start(), a due timer, a signal(), or (counted with
+ * recordExternalPass, never run by the scheduler) a manual pass, GCRunner.Run.
+ */
+export type GCPassReason = 'periodic' | 'signal' | 'initial' | 'manual';
 
 /**
  * Who asked for an early pass: a GCRunner.Signal call, or the datapath's fill-up signal
@@ -216,11 +219,16 @@ export class GCScheduler {
 
   /**
    * Counts a pass run outside the schedule (a GCRunner.Run request) in the family's status:
-   * runs, deleted, alive, lastRatio. The schedule itself is left alone. Unknown family: no-op.
+   * runs, deleted, alive, lastRatio, its end as the last run and 'manual' as the last pass
+   * reason. The schedule itself is left alone: the next periodic pass stays due when it
+   * was. Unknown family: no-op.
    */
   recordExternalPass(family: Family, result: GCRunResult): void {
     const st = this.#states.get(family);
-    if (st) count(st, result);
+    if (!st) return;
+    count(st, result);
+    st.lastEndMs = this.#clock.now();
+    st.lastPassReason = 'manual';
   }
 
   /** A snapshot of every family's schedule and counters, in the order of options.families. */

@@ -89,6 +89,7 @@ export interface UpdateRequestMsg {
 export interface DeleteRequestMsg {
   map?: MapRefMsg | null;
   keys?: CtKeyMsg[];
+  filter?: DumpFilterMsg | null;
 }
 
 /** CTMaps.Update response; NATMaps.Update's has the same shape. */

@@ -6,15 +6,18 @@
  */
 import { invalidArgument, quote } from '../errors';
 import type { Family } from '../maps/addr';
-import type { CtBusItem, CtLossPoint } from '../maps/ctmap/events/bus';
-import type { CtEventKind, CtEventReason, CtLifecycleEvent } from '../maps/ctmap/events/types';
-import { CtRecordMsg, parseOptionalFamily } from './ct-proto';
+import type { CtBusItem, CtEventFilter, CtLossPoint } from '../maps/ctmap/events/bus';
+import type { CtEventInput, CtEventKind, CtEventReason, CtLifecycleEvent } from '../maps/ctmap/events/types';
+import { ctNow } from '../maps/clock';
+import { DumpFilter, EntryPredicate, compileFilter } from '../maps/ctmap/flow-filter';
+import { CtRecordMsg, DumpFilterMsg, parseDumpFilter, parseOptionalFamily } from './ct-proto';
 import { WireWriter, mapRefBody, writeCtRecord } from './ct-wire';
 
 /** WatchCtEventsRequest. */
 export interface WatchCtEventsRequestMsg {
   family?: string;
   kinds?: Array<string | number>;
+  filter?: DumpFilterMsg | null;
 }
 
 /** CtEventsLost. */
@@ -88,14 +91,38 @@ export function reasonOfName(name: string): CtEventReason | undefined {
 }
 
 /** A WatchCtEventsRequest's filter. INVALID_ARGUMENT naming `family` or `kinds[i]`. */
-export function parseWatchRequest(req: WatchCtEventsRequestMsg | undefined): { families?: Family[]; kinds?: CtEventKind[] } {
+export async function parseWatchRequest(req: WatchCtEventsRequestMsg | undefined): Promise<CtEventFilter> {
   const family = parseOptionalFamily(req?.family, 'family');
   const kinds = (req?.kinds ?? []).map((k, i) => {
     const kind = KIND_BY_WIRE[String(k)];
     if (!kind) throw invalidArgument(`kinds[${i}]`, `must be CT_EVENT_KIND_NEW, CT_EVENT_KIND_CLOSE or CT_EVENT_KIND_DESTROY, got ${quote(k)}`);
     return kind;
   });
-  return { families: family ? [family] : undefined, kinds: kinds.length > 0 ? [...new Set(kinds)] : undefined };
+  const filter = await parseDumpFilter(req?.filter, ctNow());
+  return { families: family ? [family] : undefined, kinds: kinds.length > 0 ? [...new Set(kinds)] : undefined, match: filter && eventMatcher(filter) };
+}
+
+/**
+ * The test of a subscription's DumpFilter on each event's key and entry, per family; a
+ * state is judged at the CT clock's now when the event passes, so the filter is compiled
+ * again when that second changes.
+ */
+function eventMatcher(filter: DumpFilter): (e: CtEventInput) => boolean {
+  let at = -1;
+  let tests: Record<Family, EntryPredicate | null> | undefined;
+  return (e) => {
+    if (filter.state !== undefined) {
+      const now = Math.floor(ctNow());
+      if (now !== at) {
+        at = now;
+        tests = undefined;
+        filter = { ...filter, now };
+      }
+    }
+    tests ??= { ipv4: compileFilter(filter, 'ipv4'), ipv6: compileFilter(filter, 'ipv6') };
+    const test = tests[e.ref.family];
+    return test !== null && test(e.key, 0, e.entry, 0);
+  };
 }
 
 const familyNumber = (f: Family): number => (f === 'ipv4' ? 1 : 2);

@@ -35,7 +35,7 @@ export function ctEventsService(deps: CtEventsServiceDeps): ServiceRegistration 
 
   /** Subscribes for the call and hands every item to `send` until the call ends. */
   async function watch(req: WatchCtEventsRequestMsg, ctx: CallContext, maxEvents: number, send: (item: CtBusItem) => Promise<void>): Promise<void> {
-    const filter = parseWatchRequest(req); // before subscribing: a bad request subscribes nothing
+    const filter = await parseWatchRequest(req); // before subscribing: a bad request subscribes nothing
     const sub = bus.subscribe({ ...filter, buffer: deps.subscriberBuffer });
     const onAbort = () => sub.close();
     ctx.signal.addEventListener('abort', onAbort);

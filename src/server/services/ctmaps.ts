@@ -7,7 +7,9 @@ import type { DatapathCounters, FateCounters } from '../../datapath/side-maps';
 import { invalidArgument } from '../../errors';
 import { formatEntryLine } from '../../maps/ctmap/format';
 import { ctNow } from '../../maps/clock';
-import { CtTables, DumpBatch, DumpCursor, countEntries, countMatching } from '../../maps/ctmap/tables';
+import { CtTable, CtTables, DumpBatch, DumpCursor, countEntries, countMatching } from '../../maps/ctmap/tables';
+import { DumpFilter, EntryPredicate, compileFilter } from '../../maps/ctmap/flow-filter';
+import type { Family } from '../../maps/addr';
 import { CT_ENTRY_SIZE, encodeKey } from '../../maps/ctmap/codec';
 import type { CtEventBus } from '../../maps/ctmap/events/bus';
 import { publishKeyDeletion } from '../../maps/ctmap/events/producers';
@@ -27,7 +29,6 @@ import {
   DumpTextChunkMsg,
   FlushResponseMsg,
   LookupRequestMsg,
-  MapsRequestMsg,
   UpdateRequestMsg,
   UpdateResponseMsg,
   datapathStatsMsg,
@@ -123,6 +124,33 @@ export function ctMapsService(deps: CtMapsServiceDeps): ServiceRegistration {
     } finally {
       cursor.close();
     }
+  }
+
+  /**
+   * Removes the entries of `selected` that `filter` keeps: a GC pass selecting them (so each
+   * is a DESTROY event with `reason`, and takes its SNAT mapping with it), or without a GC
+   * runner a scan and a batch delete. Returns how many were removed.
+   */
+  async function removeMatching(selected: CtTable[], filter: DumpFilter, reason: 'flush' | 'delete', signal: AbortSignal): Promise<number> {
+    if (gc) {
+      const select = (family: Family): EntryPredicate | null => compileFilter(filter, family);
+      const result = await gc.run({ refs: selected.map((t) => t.ref), filter: { removeExpired: false, select }, eventReason: reason, signal });
+      return result.maps.reduce((n, m) => n + m.deleted, 0);
+    }
+    let removed = 0;
+    const cursor = new DumpCursor(selected, filter);
+    try {
+      for (let b = await cursor.next(); b; b = await cursor.next()) {
+        if (signal.aborted) throw signal.reason;
+        const ks = b.table.map.spec.keySize;
+        const keys = Buffer.alloc(b.count * ks);
+        for (let j = 0; j < b.count; j++) b.keys.copy(keys, j * ks, b.matches[j] * ks, (b.matches[j] + 1) * ks);
+        removed += b.table.map.deleteBatch(keys, b.count).deleted;
+      }
+    } finally {
+      cursor.close();
+    }
+    return removed;
   }
 
   const implementation: grpc.UntypedServiceImplementation = {
@@ -225,6 +253,15 @@ export function ctMapsService(deps: CtMapsServiceDeps): ServiceRegistration {
 
     Delete: unary(log, 'CTMaps/Delete', async (req: DeleteRequestMsg, ctx): Promise<DeleteResponseMsg> => {
       const ref = parseMapRef(req.map, 'map');
+      if (req.filter) {
+        if ((req.keys?.length ?? 0) > 0) throw invalidArgument('filter', 'give keys or a filter, not both');
+        const filter = (await parseDumpFilter(req.filter, ctNow()))!;
+        const table = tables.get(ref, 'map');
+        ctx.audit({ maps: [refLabel(ref)], filter: true });
+        const deleted = await removeMatching([table], filter, 'delete', ctx.signal);
+        ctx.audit({ deleted });
+        return { deleted };
+      }
       ctx.audit({ maps: [refLabel(ref)], keys: req.keys?.length ?? 0 });
       const keys = (req.keys ?? []).map((k, i) => {
         const { key, family } = parseKey(k, `keys[${i}]`);
@@ -247,11 +284,13 @@ export function ctMapsService(deps: CtMapsServiceDeps): ServiceRegistration {
       return { deleted };
     }, shutdown),
 
-    Flush: unary(log, 'CTMaps/Flush', async (req: MapsRequestMsg, ctx): Promise<FlushResponseMsg> => {
-      const selected = tables.resolve(parseMapRefs(req.maps, 'maps'), 'maps');
-      ctx.audit({ maps: selected.map((t) => refLabel(t.ref)) });
+    Flush: unary(log, 'CTMaps/Flush', async (req: DumpEntriesRequestMsg, ctx): Promise<FlushResponseMsg> => {
+      const filter = await parseDumpFilter(req.filter, ctNow());
+      const selected = tables.resolve(parseMapRefs(req.maps, 'maps'), 'maps', req.filter?.all_clusters === true);
+      ctx.audit({ maps: selected.map((t) => refLabel(t.ref)), filter: filter !== undefined });
       let flushed: number;
-      if (!gc) flushed = tables.flush(selected);
+      if (filter) flushed = await removeMatching(selected, filter, 'flush', ctx.signal);
+      else if (!gc) flushed = tables.flush(selected);
       else {
         const result = await gc.run({ refs: selected.map((t) => t.ref), filter: { removeExpired: true, time: FLUSH_TIME }, eventReason: 'flush' });
         flushed = result.maps.reduce((n, m) => n + m.deleted, 0);

@@ -49,6 +49,8 @@ export interface CtEventFilter {
   readonly families?: readonly Family[];
   /** Kinds to receive; undefined or empty = all. Events left out are neither delivered nor counted as lost. */
   readonly kinds?: readonly CtEventKind[];
+  /** Events to receive, tested one by one after families and kinds; left out like those. */
+  readonly match?: (event: CtEventInput) => boolean;
 }
 
 export interface CtSubscribeOptions extends CtEventFilter {
@@ -182,6 +184,7 @@ export class CtEventSubscription {
   readonly capacity: number;
   readonly #families: ReadonlySet<Family> | undefined;
   readonly #kinds: ReadonlySet<CtEventKind> | undefined;
+  readonly #match: ((event: CtEventInput) => boolean) | undefined;
   /** A deque: #slots[#head ..] are buffered; compacted when the head passes half. */
   #slots: Slot[] = [];
   #head = 0;
@@ -204,6 +207,7 @@ export class CtEventSubscription {
     this.capacity = capacity;
     this.#families = opts.families && opts.families.length > 0 ? new Set(opts.families) : undefined;
     this.#kinds = opts.kinds && opts.kinds.length > 0 ? new Set(opts.kinds) : undefined;
+    this.#match = opts.match;
   }
 
   /** Events this subscriber lost because it fell behind (source losses not included). */
@@ -237,6 +241,10 @@ export class CtEventSubscription {
     if (this.#kinds) {
       const kinds = this.#kinds;
       events = events.filter((e) => kinds.has(e.kind));
+      if (events.length === 0) return;
+    }
+    if (this.#match) {
+      events = events.filter(this.#match);
       if (events.length === 0) return;
     }
     const fit = Math.min(events.length, this.capacity - this.#size);

@@ -137,6 +137,7 @@ export class GCEngine {
     const saddrOffset = L.saddr.offset;
     // One hash lookup per address (issue 12, item 7), not a scan of the list per entry.
     const matchIPs = filter.matchIPs?.forFamily(family);
+    const select = filter.select?.(family) ?? undefined;
 
     const removeExpired = filter.removeExpired;
     const lifetimeOffset = CT_ENTRY.fields.lifetime.offset;
@@ -169,6 +170,7 @@ export class GCEngine {
           const voff = i * CT_ENTRY_SIZE;
           let mode = -1;
           if (matchIPs && (matchIPs.matches(b.keys, koff + daddrOffset) || matchIPs.matches(b.keys, koff + saddrOffset))) mode = DeleteMode.ALWAYS;
+          else if (select && select(b.keys, koff, b.values, voff)) mode = DeleteMode.ALWAYS;
           else if (removeExpired && lifetimeAt(b.values, voff) < time) mode = DeleteMode.EXPIRED_BEFORE;
           if (mode < 0) {
             stats.alive++;

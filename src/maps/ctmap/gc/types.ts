@@ -13,7 +13,7 @@ import type { CtEventReason } from '../events/types';
  * gc-expired (its lifetime had passed "now"), gc-filter (match_ips, or a time the caller
  * chose), or what the pass was run for: flush (CTMaps.Flush), cluster-leave.
  */
-export type GCDestroyReason = Extract<CtEventReason, 'gc-expired' | 'gc-filter' | 'flush' | 'cluster-leave'>;
+export type GCDestroyReason = Extract<CtEventReason, 'gc-expired' | 'gc-filter' | 'flush' | 'delete' | 'cluster-leave'>;
 
 /** Which entries a pass removes. Neither criterion set: the pass only counts (and emits). */
 export interface GCFilter {
@@ -23,6 +23,12 @@ export interface GCFilter {
   time?: number;
   /** Remove entries whose saddr or daddr it matches (match_ips: an AddressSet). */
   matchIPs?: AddressMatcher;
+  /**
+   * Remove the entries this test of their raw key and value selects, per family (a
+   * DumpFilter compiled by flow-filter.ts, for a filtered Flush or Delete); null for a
+   * family it rules out entirely.
+   */
+  select?: (family: Family) => ((keys: Buffer, koff: number, values: Buffer, voff: number) => boolean) | null;
   /** Called for every kept entry, with the raw bytes (valid only during the call). */
   emitKept?: (ref: MapRef, keys: Buffer, koff: number, values: Buffer, voff: number) => void;
 }

@@ -20,6 +20,16 @@ export type { Family } from '../maps/addr';
 /** Cluster ids of the datapath: 0 = the global maps, else 1..ClusterIDMax (at most 511). */
 export const CLUSTER_ID_MAX = Math.max(...CLUSTER_ID_MAX_VALUES);
 
+/**
+ * Where the daemon is (`--server`, CTMAP_SERVER; else `--socket` / CTMAPD_SOCKET): a gRPC
+ * target, "unix:/path" or "host:port", and for host:port the TLS files (the daemon's TCP
+ * listener wants a client certificate), or none with --insecure (its --listen-insecure).
+ */
+export interface CliServer {
+  readonly target: string;
+  readonly tls?: { readonly caFile: string; readonly certFile: string; readonly keyFile: string };
+}
+
 export type CliCommand =
   | { readonly kind: 'datapath-attach'; readonly dev: string; readonly netns?: string; readonly bpfRoot: string; readonly clusterId: number; readonly json: boolean }
   | { readonly kind: 'datapath-detach'; readonly dev: string; readonly netns?: string; readonly bpfRoot: string; readonly json: boolean }
@@ -30,12 +40,12 @@ export type CliCommand =
   | { readonly kind: 'fate-detach'; readonly cgroup: string; readonly bpfRoot: string; readonly json: boolean }
   | { readonly kind: 'fate-status'; readonly bpfRoot: string; readonly json: boolean }
   | { readonly kind: 'fate-reattach'; readonly bpfRoot: string; readonly json: boolean }
-  | { readonly kind: 'ct-list'; readonly socket: string; readonly family?: Family; readonly clusterId: number }
-  | { readonly kind: 'gc-run'; readonly socket: string; readonly family?: Family; readonly time?: number }
-  | { readonly kind: 'health'; readonly socket: string; readonly service: string; readonly timeoutMs: number }
+  | { readonly kind: 'ct-list'; readonly server: CliServer; readonly family?: Family; readonly clusterId: number }
+  | { readonly kind: 'gc-run'; readonly server: CliServer; readonly family?: Family; readonly time?: number }
+  | { readonly kind: 'health'; readonly server: CliServer; readonly service: string; readonly timeoutMs: number }
   | {
       readonly kind: 'events';
-      readonly socket: string;
+      readonly server: CliServer;
       readonly family?: Family;
       /** Empty: every kind. */
       readonly kinds: readonly CtEventKind[];
@@ -87,6 +97,19 @@ export function parseSocket(raw: string): string {
   // sun_path is 108 bytes including the terminating NUL.
   if (!path.isAbsolute(raw) || Buffer.byteLength(raw) > 107) throw new InvalidArgumentError('want an absolute unix socket path of at most 107 bytes');
   return raw;
+}
+
+/**
+ * `--server`: an absolute socket path or "unix:PATH" (a unix socket), else "HOST:PORT"
+ * (an IPv6 host in brackets). Returns the gRPC target.
+ */
+export function parseServer(raw: string): string {
+  const v = raw.trim();
+  if (v.startsWith('unix:')) return `unix:${parseSocket(v.slice(5))}`;
+  if (v.startsWith('/')) return `unix:${parseSocket(v)}`;
+  const m = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(v);
+  if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535) throw new InvalidArgumentError('want a unix socket path, unix:PATH, or HOST:PORT');
+  return v;
 }
 
 export function parseFamily(raw: string): Family {
@@ -201,8 +224,31 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCo
     new Option('--bpf-root <dir>', `bpffs mount the daemon runs with [env CTMAPD_BPF_ROOT]`).default(bpfRootDefault).argParser(parseAbsolutePath);
   const netns = (): Option => new Option('--netns <name>', 'act inside the network namespace /run/netns/<name>').argParser(parseNetns);
   const json = (): Option => new Option('--json', 'print the result as JSON');
-  const socket = (): Option =>
-    new Option('--socket <path>', `unix socket of the daemon [env CTMAPD_SOCKET]`).default(socketDefault).argParser(parseSocket);
+  /** The options that say where the daemon is; serverOf() reads them. */
+  const withServer = (c: Command): Command =>
+    c
+      .addOption(new Option('--server <address>', 'the daemon: a unix socket path, unix:PATH, or HOST:PORT (TLS unless --insecure) [env CTMAP_SERVER]').argParser(parseServer))
+      .addOption(new Option('--socket <path>', `unix socket of the daemon, when no --server is given [env CTMAPD_SOCKET]`).default(socketDefault).argParser(parseSocket))
+      .addOption(new Option('--tls-ca-file <file>', 'HOST:PORT: PEM CA the daemon\'s certificate must chain to').argParser(parseAbsolutePath))
+      .addOption(new Option('--tls-cert-file <file>', 'HOST:PORT: PEM client certificate to present').argParser(parseAbsolutePath))
+      .addOption(new Option('--tls-key-file <file>', 'HOST:PORT: PEM private key of --tls-cert-file').argParser(parseAbsolutePath))
+      .addOption(new Option('--insecure', 'HOST:PORT in plaintext (a daemon started with --listen-insecure)'));
+  const serverOf = (o: Record<string, string | boolean | undefined>): CliServer => {
+    let target: string;
+    if (o.server !== undefined) target = o.server as string;
+    else if (env.CTMAP_SERVER) {
+      try {
+        target = parseServer(env.CTMAP_SERVER);
+      } catch (err) {
+        throw new CliUsageError(`--server from CTMAP_SERVER=${JSON.stringify(env.CTMAP_SERVER)}: ${(err as Error).message}`, 2, '--server');
+      }
+    } else target = `unix:${o.socket as string}`;
+    if (target.startsWith('unix:')) return { target };
+    if (o.insecure) return { target };
+    const missing = (['tls-ca-file', 'tls-cert-file', 'tls-key-file'] as const).filter((f) => !o[f.replace(/-(\w)/g, (_m, c: string) => c.toUpperCase())]);
+    if (missing.length > 0) throw new CliUsageError(`--server ${target}: TCP needs --tls-ca-file, --tls-cert-file and --tls-key-file (missing ${missing.map((f) => `--${f}`).join(', ')}), or --insecure`, 2, `--${missing[0]}`);
+    return { target, tls: { caFile: o.tlsCaFile as string, certFile: o.tlsCertFile as string, keyFile: o.tlsKeyFile as string } };
+  };
   const family = (): Option => new Option('--family <family>', 'ipv4 or ipv6 (default: both)').argParser(parseFamily);
 
   const datapath = program
@@ -306,47 +352,41 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCo
     });
 
   const ct = program.command('ct').description('read the CT maps through the daemon');
-  ct.command('list')
+  withServer(ct.command('list'))
     .description('print the entries as `cilium bpf ct list global` does, with the remaining lifetime (CTMaps.DumpEntriesWithTimeDiff)')
     .addOption(family())
     .addOption(new Option('--cluster-id <n>', "a cluster's per-cluster maps instead of the global ones (0 = global)").default(0).argParser(parseClusterId))
-    .addOption(socket())
     .action((o) => {
-      result = { kind: 'ct-list', socket: o.socket, family: o.family, clusterId: o.clusterId };
+      result = { kind: 'ct-list', server: serverOf(o), family: o.family, clusterId: o.clusterId };
     });
 
   const gc = program.command('gc').description('garbage collection through the daemon');
-  gc.command('run')
+  withServer(gc.command('run'))
     .description('run one GC pass now that removes expired entries (GCRunner.Run) and print what it did')
     .addOption(family())
     .addOption(new Option('--time <seconds>', 'remove entries whose lifetime is below this CT clock time (default: now)').argParser(parseCtTime))
-    .addOption(socket())
     .action((o) => {
-      result = { kind: 'gc-run', socket: o.socket, family: o.family, time: o.time };
+      result = { kind: 'gc-run', server: serverOf(o), family: o.family, time: o.time };
     });
 
-  program
-    .command('events')
+  withServer(program.command('events'))
     .description('watch the CT lifecycle events (CTEvents.WatchBatched): NEW, CLOSE and DESTROY with their reasons and sequence numbers, and notices of lost events')
     .addOption(family())
     .addOption(new Option('--kind <kinds>', 'only these kinds, comma-separated: new, close, destroy (default: all)').argParser(parseEventKinds))
     .addOption(new Option('--output <format>', 'json (one object per line) or text').choices(['json', 'text']).default('text'))
     .addOption(new Option('--count <n>', 'exit 0 after this many events (default: watch until interrupted)').argParser(parseCount))
-    .addOption(socket())
     .action((o) => {
-      result = { kind: 'events', socket: o.socket, family: o.family, kinds: o.kind ?? [], output: o.output, count: o.count };
+      result = { kind: 'events', server: serverOf(o), family: o.family, kinds: o.kind ?? [], output: o.output, count: o.count };
     });
 
-  program
-    .command('health')
+  withServer(program.command('health'))
     .description(
       "ask the daemon's health service (grpc.health.v1.Health/Check) whether it is serving; exit 0 only when SERVING (a container's liveness/readiness probe)",
     )
-    .addOption(socket())
     .addOption(new Option('--service <name>', 'a served service (e.g. ctmap.v1.CTMaps) instead of the whole server').default(''))
     .addOption(new Option('--timeout <seconds>', 'give up after this long (exit 1)').default(3000, '3').argParser(parseTimeout))
     .action((o) => {
-      result = { kind: 'health', socket: o.socket, service: o.service, timeoutMs: o.timeout };
+      result = { kind: 'health', server: serverOf(o), service: o.service, timeoutMs: o.timeout };
     });
 
   try {
@@ -363,7 +403,7 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCo
   if (!result) throw new CliUsageError(`missing command\n\n${program.helpInformation()}`, 2);
   // Environment defaults bypass commander's argParser: check them here, naming both.
   if ('bpfRoot' in result) checkEnvDefault(result.bpfRoot, parseAbsolutePath, '--bpf-root', 'CTMAPD_BPF_ROOT');
-  if ('socket' in result) checkEnvDefault(result.socket, parseSocket, '--socket', 'CTMAPD_SOCKET');
+  if ('server' in result && result.server.target.startsWith('unix:')) checkEnvDefault(result.server.target.slice(5), parseSocket, '--socket', 'CTMAPD_SOCKET');
   return result;
 }
 

@@ -1,5 +1,6 @@
 /**
- * `ctmap ct list`, `ctmap gc run` and `ctmap health`: thin gRPC clients of the daemon on its unix socket.
+ * `ctmap ct list`, `ctmap gc run` and `ctmap health`: thin gRPC clients of the daemon, on its
+ * unix socket or, with `--server HOST:PORT`, its TLS listener.
  * gRPC failures become CliRpcError with the status name and the server's message, plus a
  * hint when the daemon is not reachable.
  */
@@ -7,7 +8,8 @@ import * as grpc from '@grpc/grpc-js';
 import { ctMapsClient, gcRunnerClient, healthClient } from '../api/clients';
 import type { DumpTextChunkMsg, MapRefMsg } from '../api/ct-proto';
 import type { GCRunStatsMsg, GCRunUpdateMsg } from '../api/gc-proto';
-import type { CliCommand, Family } from './args';
+import * as fs from 'node:fs';
+import type { CliCommand, CliServer, Family } from './args';
 import type { Io } from './datapath';
 
 /** A failed call: exit code 1, the message names the RPC and the status. */
@@ -18,9 +20,27 @@ export class CliRpcError extends Error {
 const FAMILY = { ipv4: 'FAMILY_IPV4', ipv6: 'FAMILY_IPV6' } as const;
 
 /** A failed call as CliRpcError: the RPC, the status name, the server's message, and a hint when no daemon answers. */
-export function rpcError(rpc: string, socket: string, err: grpc.ServiceError): CliRpcError {
-  const hint = err.code === grpc.status.UNAVAILABLE ? ` (is ctmapd running with --socket ${socket}?)` : '';
+export function rpcError(rpc: string, server: CliServer, err: grpc.ServiceError): CliRpcError {
+  const where = server.target.startsWith('unix:') ? `--socket ${server.target.slice(5)}` : `--listen ${server.target}`;
+  const hint = err.code === grpc.status.UNAVAILABLE ? ` (is ctmapd running with ${where}?)` : '';
   return new CliRpcError(`${rpc}: ${grpc.status[err.code] ?? err.code}: ${err.details}${hint}`);
+}
+
+/**
+ * The address and credentials for `server`: insecure on a unix socket (the socket's mode
+ * is the access control) and with --insecure; else TLS with the client certificate. Throws
+ * CliRpcError naming a TLS file that cannot be read.
+ */
+export function connection(server: CliServer): [string, grpc.ChannelCredentials] {
+  if (!server.tls) return [server.target, grpc.credentials.createInsecure()];
+  const read = (file: string): Buffer => {
+    try {
+      return fs.readFileSync(file);
+    } catch (err) {
+      throw new CliRpcError(`cannot read ${file}: ${(err as Error).message}`);
+    }
+  };
+  return [server.target, grpc.credentials.createSsl(read(server.tls.caFile), read(server.tls.keyFile), read(server.tls.certFile))];
 }
 
 /** Map selection of `ct list`: both kinds of the family (or of both families) of one cluster; [] = every global map. */
@@ -32,18 +52,18 @@ export function listMaps(family: Family | undefined, clusterId: number): MapRefM
 
 /** CTMaps.DumpEntriesWithTimeDiff, written to io as it streams. Resolves with exit code 0. */
 export function ctList(cmd: Extract<CliCommand, { kind: 'ct-list' }>, io: Io): Promise<number> {
-  const client = ctMapsClient(`unix:${cmd.socket}`);
+  const client = ctMapsClient(...connection(cmd.server));
   return new Promise<number>((resolve, reject) => {
     const stream = client.DumpEntriesWithTimeDiff({ maps: listMaps(cmd.family, cmd.clusterId) });
     stream.on('data', (chunk: DumpTextChunkMsg) => io.out(chunk.text));
-    stream.on('error', (err: grpc.ServiceError) => reject(rpcError('CTMaps.DumpEntriesWithTimeDiff', cmd.socket, err)));
+    stream.on('error', (err: grpc.ServiceError) => reject(rpcError('CTMaps.DumpEntriesWithTimeDiff', cmd.server, err)));
     stream.on('end', () => resolve(0));
   }).finally(() => client.close());
 }
 
 /** GCRunner.Run removing expired entries (at `time`, default now); prints the per-map result. */
 export function gcRun(cmd: Extract<CliCommand, { kind: 'gc-run' }>, io: Io): Promise<number> {
-  const client = gcRunnerClient(`unix:${cmd.socket}`);
+  const client = gcRunnerClient(...connection(cmd.server));
   const req = {
     family: cmd.family === undefined ? 'FAMILY_UNSPECIFIED' : FAMILY[cmd.family],
     filter: { remove_expired: true, time: String(cmd.time ?? 0) },
@@ -54,7 +74,7 @@ export function gcRun(cmd: Extract<CliCommand, { kind: 'gc-run' }>, io: Io): Pro
     stream.on('data', (u: GCRunUpdateMsg) => {
       if (u.stats) stats = u.stats;
     });
-    stream.on('error', (err: grpc.ServiceError) => reject(rpcError('GCRunner.Run', cmd.socket, err)));
+    stream.on('error', (err: grpc.ServiceError) => reject(rpcError('GCRunner.Run', cmd.server, err)));
     stream.on('end', () => {
       if (!stats) return reject(new CliRpcError('GCRunner.Run: the stream ended without the final stats'));
       const lines = stats.maps.map((m) => {
@@ -77,11 +97,11 @@ export function gcRun(cmd: Extract<CliCommand, { kind: 'gc-run' }>, io: Io): Pro
  * when the call fails (no daemon, an unknown service, no answer within `timeoutMs`).
  */
 export function health(cmd: Extract<CliCommand, { kind: 'health' }>, io: Io): Promise<number> {
-  const client = healthClient(`unix:${cmd.socket}`);
+  const client = healthClient(...connection(cmd.server));
   const what = cmd.service === '' ? 'ctmapd' : cmd.service;
   return new Promise<number>((resolve, reject) => {
     client.Check({ service: cmd.service }, { deadline: Date.now() + cmd.timeoutMs }, (err, res) => {
-      if (err) return reject(rpcError('grpc.health.v1.Health/Check', cmd.socket, err));
+      if (err) return reject(rpcError('grpc.health.v1.Health/Check', cmd.server, err));
       if (!res) return reject(new CliRpcError('grpc.health.v1.Health/Check: no response'));
       io.out(`${what}: ${res.status}\n`);
       resolve(res.status === 'SERVING' ? 0 : 1);

@@ -1,5 +1,5 @@
 /**
- * `ctmap events`: watches CTEvents.WatchBatched on the daemon's socket and prints each CT
+ * `ctmap events`: watches CTEvents.WatchBatched on the daemon and prints each CT
  * lifecycle event (or lost notice) as it arrives, as JSON lines or text. Text lines are
  * `seq=N KIND reason [cluster N] ` followed by the entry as `ctmap ct list` prints it.
  */
@@ -10,7 +10,7 @@ import { CtLifecycleEventBatchMsg, CtLifecycleEventMsg, KIND_NAME, kindOfName, r
 import { CT_ENTRY_SIZE, encodeEntry, encodeKey, keyLayout } from '../maps/ctmap/codec';
 import { formatEntryLine } from '../maps/ctmap/format';
 import type { CliCommand } from './args';
-import { rpcError } from './client';
+import { connection, rpcError } from './client';
 import type { Io } from './datapath';
 
 type EventsCommand = Extract<CliCommand, { kind: 'events' }>;
@@ -62,7 +62,7 @@ function familyName(f: string | undefined): string | undefined {
  * (resolves 0) or the call fails (rejects with CliRpcError). SIGINT ends it with 0.
  */
 export function watchEvents(cmd: EventsCommand, io: Io): Promise<number> {
-  const client = ctEventsClient(`unix:${cmd.socket}`);
+  const client = ctEventsClient(...connection(cmd.server));
   const req = {
     family: cmd.family === 'ipv4' ? 'FAMILY_IPV4' : cmd.family === 'ipv6' ? 'FAMILY_IPV6' : 'FAMILY_UNSPECIFIED',
     kinds: cmd.kinds.map((k) => KIND_NAME[k]),
@@ -92,7 +92,7 @@ export function watchEvents(cmd: EventsCommand, io: Io): Promise<number> {
     stream.on('error', (err: grpc.ServiceError) => {
       if (done) return;
       process.off('SIGINT', finish);
-      reject(rpcError('CTEvents.WatchBatched', cmd.socket, err));
+      reject(rpcError('CTEvents.WatchBatched', cmd.server, err));
     });
     stream.on('end', () => {
       if (done) return;

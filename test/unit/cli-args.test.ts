@@ -157,10 +157,10 @@ describe('ctmap datapath prune (issue 12 item 6)', () => {
 
 describe('ctmap ct list / gc run', () => {
   it('--socket defaults like the daemon (CTMAPD_SOCKET, else /run/ctmapd/ctmapd.sock)', () => {
-    assert.deepEqual(parseCli(['ct', 'list'], {}), { kind: 'ct-list', socket: '/run/ctmapd/ctmapd.sock', family: undefined, clusterId: 0 });
+    assert.deepEqual(parseCli(['ct', 'list'], {}), { kind: 'ct-list', server: { target: 'unix:/run/ctmapd/ctmapd.sock' }, family: undefined, clusterId: 0 });
     assert.deepEqual(parseCli(['ct', 'list', '--family', 'ipv6', '--cluster-id', '3'], { CTMAPD_SOCKET: '/tmp/s.sock' }), {
       kind: 'ct-list',
-      socket: '/tmp/s.sock',
+      server: { target: 'unix:/tmp/s.sock' },
       family: 'ipv6',
       clusterId: 3,
     });
@@ -170,10 +170,30 @@ describe('ctmap ct list / gc run', () => {
     usage(['ct', 'list'], '--socket', { CTMAPD_SOCKET: 'rel' });
   });
 
+  it('--server takes a socket path, unix:PATH or HOST:PORT with TLS files or --insecure (CTMAP_SERVER too)', () => {
+    const server = (argv: string[], env: NodeJS.ProcessEnv = {}) => (parseCli(['ct', 'list', ...argv], env) as { server: unknown }).server;
+    assert.deepEqual(server(['--server', '/run/x.sock']), { target: 'unix:/run/x.sock' });
+    assert.deepEqual(server(['--server', 'unix:/run/x.sock']), { target: 'unix:/run/x.sock' });
+    assert.deepEqual(server([], { CTMAP_SERVER: 'unix:/run/e.sock', CTMAPD_SOCKET: '/ignored.sock' }), { target: 'unix:/run/e.sock' });
+    assert.deepEqual(server(['--server', '/run/flag.sock'], { CTMAP_SERVER: 'unix:/run/e.sock' }), { target: 'unix:/run/flag.sock' }, 'the flag wins');
+    assert.deepEqual(server(['--server', '127.0.0.1:50051', '--insecure']), { target: '127.0.0.1:50051' });
+    assert.deepEqual(server(['--server', '[::1]:50051', '--tls-ca-file', '/ca.pem', '--tls-cert-file', '/c.pem', '--tls-key-file', '/k.pem']), {
+      target: '[::1]:50051',
+      tls: { caFile: '/ca.pem', certFile: '/c.pem', keyFile: '/k.pem' },
+    });
+    usage(['ct', 'list', '--server', 'node1:50051'], '--tls-ca-file');
+    usage(['ct', 'list', '--server', 'node1:50051', '--tls-ca-file', '/ca.pem'], '--tls-cert-file');
+    for (const bad of ['node1', 'node1:0', 'node1:65536', 'unix:rel.sock', '::1:50051']) usage(['ct', 'list', '--server', bad], '--server');
+    usage(['ct', 'list'], '--server', { CTMAP_SERVER: 'nowhere' });
+    for (const cmd of [['gc', 'run'], ['events'], ['health']]) {
+      assert.deepEqual((parseCli([...cmd, '--server', 'h:1', '--insecure'], {}) as { server: unknown }).server, { target: 'h:1' }, cmd.join(' '));
+    }
+  });
+
   it('gc run takes --time in CT clock seconds', () => {
     assert.deepEqual(parseCli(['gc', 'run', '--time', '4294967295', '--family', '4'], {}), {
       kind: 'gc-run',
-      socket: '/run/ctmapd/ctmapd.sock',
+      server: { target: 'unix:/run/ctmapd/ctmapd.sock' },
       family: 'ipv4',
       time: 4294967295,
     });
@@ -194,11 +214,11 @@ describe('ctmap ct list / gc run', () => {
 
 describe('ctmap health', () => {
   it('checks the whole server on the daemon socket (CTMAPD_SOCKET, else the default) within 3 s', () => {
-    assert.deepEqual(parseCli(['health'], {}), { kind: 'health', socket: '/run/ctmapd/ctmapd.sock', service: '', timeoutMs: 3000 });
-    assert.deepEqual(parseCli(['health'], { CTMAPD_SOCKET: '/run/x/d.sock' }), { kind: 'health', socket: '/run/x/d.sock', service: '', timeoutMs: 3000 });
+    assert.deepEqual(parseCli(['health'], {}), { kind: 'health', server: { target: 'unix:/run/ctmapd/ctmapd.sock' }, service: '', timeoutMs: 3000 });
+    assert.deepEqual(parseCli(['health'], { CTMAPD_SOCKET: '/run/x/d.sock' }), { kind: 'health', server: { target: 'unix:/run/x/d.sock' }, service: '', timeoutMs: 3000 });
     assert.deepEqual(parseCli(['health', '--socket', '/s.sock', '--service', 'ctmap.v1.CTMaps', '--timeout', '0.5'], { CTMAPD_SOCKET: '/ignored' }), {
       kind: 'health',
-      socket: '/s.sock',
+      server: { target: 'unix:/s.sock' },
       service: 'ctmap.v1.CTMaps',
       timeoutMs: 500,
     });

@@ -128,7 +128,7 @@ describe('deploy/ctmapd-daemonset.yaml', () => {
       const cmd = parseCli(argv, env);
       assert.equal(cmd.kind, 'health', `${kind}: ${argv.join(' ')}`);
       if (cmd.kind !== 'health') continue;
-      assert.equal(cmd.socket, config.socket, `${kind} asks the daemon's socket`);
+      assert.equal(cmd.server.target, `unix:${config.socket}`, `${kind} asks the daemon's socket`);
       assert.equal(cmd.service, '', 'the whole server');
       // Node's start-up (about 0.4 s) plus the call's own timeout, within the kubelet's.
       assert.ok(cmd.timeoutMs + 1000 <= probe.timeoutSeconds * 1000, `${kind}: --timeout ${cmd.timeoutMs} ms vs timeoutSeconds ${probe.timeoutSeconds}`);

@@ -5,6 +5,7 @@
  * refused write writes nothing; certificates, CAs and the policy rotate on disk without
  * a restart; plaintext needs --listen-insecure. Memory backend, 127.0.0.1, ephemeral port.
  */
+import { run as runCli } from '../../src/cli/main';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawnSync } from 'node:child_process';
@@ -109,6 +110,25 @@ describe('TLS with client certificates on --listen (issue 12)', () => {
   after(async () => {
     await d.stop();
     fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('ctmap --server HOST:PORT with the TLS files reaches the daemon; with a certificate of another CA it does not', async () => {
+    const write = (name: string, text: string | Buffer): string => {
+      const f = path.join(dir, name);
+      fs.writeFileSync(f, text);
+      return f;
+    };
+    const tlsFlags = ['--tls-ca-file', write('cli-ca.pem', ca.cert), '--tls-cert-file', write('cli.crt', id.reader.cert), '--tls-key-file', write('cli.key', id.reader.key)];
+    const out = { out: '', err: '' };
+    const io = { out: (t: string) => void (out.out += t), err: (t: string) => void (out.err += t) };
+    // The daemon's certificate names 127.0.0.1 and localhost: the CLI checks it like any client.
+    assert.equal(await runCli(['health', '--server', `localhost:${port}`, ...tlsFlags], {}, io), 0, out.err);
+    assert.match(out.out, /SERVING/);
+    assert.equal(await runCli(['ct', 'list', '--server', `localhost:${port}`, ...tlsFlags], {}, io), 0, out.err);
+    out.err = '';
+    const stranger = ['--tls-ca-file', write('cli-ca2.pem', ca.cert), '--tls-cert-file', write('s.crt', id.foreign.cert), '--tls-key-file', write('s.key', id.foreign.key)];
+    assert.equal(await runCli(['health', '--server', `localhost:${port}`, '--timeout', '2', ...stranger], {}, io), 1, 'a certificate of another CA is refused');
+    assert.match(out.err, /UNAVAILABLE|handshake|certificate/i);
   });
 
   it('serves a client with a valid certificate, and audits its write with the certificate subject', async () => {

@@ -54,40 +54,8 @@ const volatile struct ct_datapath_config ctmapd_config = {};
 
 #define CT_CLOSE_TIMEOUT (ctmapd_config.close_timeout)
 
-/* Reused from the daemon's pins (sizes are placeholders), as in ct_datapath.bpf.c. */
-#define CT_MAP(_name, _key, _max)				\
-	struct {						\
-		__uint(type, BPF_MAP_TYPE_LRU_HASH);		\
-		__uint(max_entries, _max);			\
-		__type(key, _key);				\
-		__type(value, struct ct_entry);			\
-	} _name SEC(".maps")
-
-CT_MAP(cilium_ct4_global, struct ipv4_ct_tuple, 524288);
-CT_MAP(cilium_ct_any4_global, struct ipv4_ct_tuple, 262144);
-CT_MAP(cilium_ct6_global, struct ipv6_ct_tuple, 524288);
-CT_MAP(cilium_ct_any6_global, struct ipv6_ct_tuple, 262144);
-
-#define CT_INNER_MAP(_key)					\
-	struct {						\
-		__uint(type, BPF_MAP_TYPE_LRU_HASH);		\
-		__uint(max_entries, 1);				\
-		__type(key, _key);				\
-		__type(value, struct ct_entry);			\
-	}
-
-#define CT_OUTER_MAP(_name, _key)				\
-	struct {						\
-		__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);	\
-		__uint(max_entries, 256);			\
-		__type(key, __u32);				\
-		__array(values, CT_INNER_MAP(_key));		\
-	} _name SEC(".maps")
-
-CT_OUTER_MAP(cilium_per_cluster_ct_tcp4, struct ipv4_ct_tuple);
-CT_OUTER_MAP(cilium_per_cluster_ct_any4, struct ipv4_ct_tuple);
-CT_OUTER_MAP(cilium_per_cluster_ct_tcp6, struct ipv6_ct_tuple);
-CT_OUTER_MAP(cilium_per_cluster_ct_any6, struct ipv6_ct_tuple);
+/* The daemon's CT maps, reused from its pins (ct_maps.h). */
+#include "ct_maps.h"
 
 /* The daemon's counters map (side-maps.ts); the loader requires it pinned. */
 struct {

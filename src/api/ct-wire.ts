@@ -13,7 +13,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { Family, formatIPv6 } from '../maps/addr';
 import { entryFlagNames, keyLayout } from '../maps/ctmap/codec';
 import { CT_ENTRY, CT_ENTRY_BACKEND_ID_OFFSET } from '../maps/ctmap/layout';
-import { MapRef, refKey } from '../maps/ctmap/spec';
+import type { MapRef } from '../maps/ctmap/spec';
 
 const E = CT_ENTRY.fields;
 
@@ -183,11 +183,12 @@ function flagNamesBytes(flags: number): Uint8Array {
   return b;
 }
 
-const mapRefBodies = new Map<string, Buffer>();
+/** Cached per map under a number (family, kind, cluster id): no key string per record. */
+const mapRefBodies = new Map<number, Buffer>();
 
 /** The encoded MapRef message body for a map (field values only; < 128 bytes), cached per map. */
 export function mapRefBody(ref: MapRef): Buffer {
-  const key = refKey(ref);
+  const key = ((ref.family === 'ipv4' ? 0 : 2) + (ref.kind === 'tcp' ? 0 : 1)) * 0x100000000 + ref.clusterId;
   let body = mapRefBodies.get(key);
   if (!body) {
     const w = new WireWriter(16);

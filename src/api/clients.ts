@@ -32,11 +32,11 @@ export interface CtMapsClient extends grpc.Client {
   DumpEntries: ServerStreamMethod<ct.DumpEntriesRequestMsg, ct.CtRecordMsg>;
   DumpEntriesBatched: ServerStreamMethod<ct.DumpEntriesRequestMsg, ct.CtRecordBatchMsg>;
   DumpEntriesWithTimeDiff: ServerStreamMethod<ct.DumpEntriesRequestMsg, ct.DumpTextChunkMsg>;
-  Count: UnaryMethod<ct.MapsRequestMsg, ct.CountResponseMsg>;
+  Count: UnaryMethod<ct.DumpEntriesRequestMsg, ct.CountResponseMsg>;
   Lookup: UnaryMethod<ct.LookupRequestMsg, ct.CtRecordMsg>;
   Update: UnaryMethod<ct.UpdateRequestMsg, ct.UpdateResponseMsg>;
   Delete: UnaryMethod<ct.DeleteRequestMsg, ct.DeleteResponseMsg>;
-  Flush: UnaryMethod<ct.MapsRequestMsg, ct.FlushResponseMsg>;
+  Flush: UnaryMethod<ct.DumpEntriesRequestMsg, ct.FlushResponseMsg>;
 }
 
 export interface GCRunnerClient extends grpc.Client {

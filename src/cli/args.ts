@@ -30,6 +30,29 @@ export interface CliServer {
   readonly tls?: { readonly caFile: string; readonly certFile: string; readonly keyFile: string };
 }
 
+/** The flow criteria of `ct list | count | delete | flush` (DumpFilter), as the flow reads. */
+export interface CtFlowFilter {
+  /** Flow source addresses or CIDRs (-s, repeatable or comma-separated). */
+  readonly src: readonly string[];
+  readonly dst: readonly string[];
+  readonly sport?: number;
+  readonly dport?: number;
+  /** IP protocol number (-p tcp, udp, icmp, icmpv6 or a number). */
+  readonly proto?: number;
+  readonly dir?: 'in' | 'out' | 'service';
+  readonly state?: 'established' | 'closing' | 'syn-only' | 'expired';
+}
+
+/** What every `ct` command shares: where, which maps, which flows, how to print. */
+interface CtSelection {
+  readonly server: CliServer;
+  readonly family?: Family;
+  /** A cluster's maps (0: the global ones), or every open map. */
+  readonly clusterId: number | 'all';
+  readonly filter: CtFlowFilter;
+  readonly output: 'text' | 'json' | 'jsonl';
+}
+
 export type CliCommand =
   | { readonly kind: 'datapath-attach'; readonly dev: string; readonly netns?: string; readonly bpfRoot: string; readonly clusterId: number; readonly json: boolean }
   | { readonly kind: 'datapath-detach'; readonly dev: string; readonly netns?: string; readonly bpfRoot: string; readonly json: boolean }
@@ -40,7 +63,10 @@ export type CliCommand =
   | { readonly kind: 'fate-detach'; readonly cgroup: string; readonly bpfRoot: string; readonly json: boolean }
   | { readonly kind: 'fate-status'; readonly bpfRoot: string; readonly json: boolean }
   | { readonly kind: 'fate-reattach'; readonly bpfRoot: string; readonly json: boolean }
-  | { readonly kind: 'ct-list'; readonly server: CliServer; readonly family?: Family; readonly clusterId: number }
+  | (CtSelection & { readonly kind: 'ct-list' })
+  | (CtSelection & { readonly kind: 'ct-count' })
+  | (CtSelection & { readonly kind: 'ct-delete' })
+  | (CtSelection & { readonly kind: 'ct-flush' })
   | { readonly kind: 'gc-run'; readonly server: CliServer; readonly family?: Family; readonly time?: number }
   | { readonly kind: 'health'; readonly server: CliServer; readonly service: string; readonly timeoutMs: number }
   | {
@@ -110,6 +136,34 @@ export function parseServer(raw: string): string {
   const m = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(v);
   if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535) throw new InvalidArgumentError('want a unix socket path, unix:PATH, or HOST:PORT');
   return v;
+}
+
+/** `-p`: a protocol name conntrack and Cilium print, or a number 0..255. */
+export function parseProto(raw: string): number {
+  const names: Record<string, number> = { tcp: 6, udp: 17, icmp: 1, icmpv6: 58, 'ipv6-icmp': 58, sctp: 132 };
+  const v = raw.trim().toLowerCase();
+  if (v in names) return names[v]!;
+  if (/^\d+$/.test(v) && Number(v) <= 255) return Number(v);
+  throw new InvalidArgumentError('want tcp, udp, icmp, icmpv6, sctp or a protocol number 0..255');
+}
+
+/** A port 0..65535. */
+export function parsePort(raw: string): number {
+  const v = raw.trim();
+  if (!/^\d+$/.test(v) || Number(v) > 65535) throw new InvalidArgumentError('want a port, 0..65535');
+  return Number(v);
+}
+
+/** `--cluster-id N|all`. */
+export function parseClusterSelection(raw: string): number | 'all' {
+  return raw.trim().toLowerCase() === 'all' ? 'all' : parseClusterId(raw);
+}
+
+/** -s / -d: addresses or CIDRs, repeatable and comma-separated; checked by the daemon. */
+function collectAddresses(raw: string, previous: string[] = []): string[] {
+  const items = raw.split(',').map((x) => x.trim()).filter((x) => x.length > 0);
+  if (items.length === 0) throw new InvalidArgumentError('want an address or CIDR');
+  return [...previous, ...items];
 }
 
 export function parseFamily(raw: string): Family {
@@ -352,13 +406,44 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCo
     });
 
   const ct = program.command('ct').description('read the CT maps through the daemon');
-  withServer(ct.command('list'))
-    .description('print the entries as `cilium bpf ct list global` does, with the remaining lifetime (CTMaps.DumpEntriesWithTimeDiff)')
-    .addOption(family())
-    .addOption(new Option('--cluster-id <n>', "a cluster's per-cluster maps instead of the global ones (0 = global)").default(0).argParser(parseClusterId))
-    .action((o) => {
-      result = { kind: 'ct-list', server: serverOf(o), family: o.family, clusterId: o.clusterId };
-    });
+  /** The maps, the flow filter and the output of a `ct` command. */
+  const ctCommand = (name: string, description: string, outputs: readonly string[] = ['text', 'json']): Command =>
+    withServer(ct.command(name))
+      .description(description)
+      .addOption(new Option('-f, --family <family>', 'ipv4 or ipv6 (default: both)').argParser(parseFamily))
+      .addOption(new Option('--cluster-id <n|all>', "a cluster's per-cluster maps (0 = the global maps), or all: every open map").default(0).argParser(parseClusterSelection))
+      .addOption(new Option('-s, --src <addr|cidr>', "the flow's source, as `ct list` prints it (repeatable, or comma-separated)").argParser(collectAddresses))
+      .addOption(new Option('-d, --dst <addr|cidr>', "the flow's destination").argParser(collectAddresses))
+      .addOption(new Option('--sport <port>', "the flow's source port").argParser(parsePort))
+      .addOption(new Option('--dport <port>', "the flow's destination port").argParser(parsePort))
+      .addOption(new Option('-p, --proto <proto>', 'tcp, udp, icmp, icmpv6, sctp or a protocol number').argParser(parseProto))
+      .addOption(new Option('--dir <dir>', 'in, out or service (the entry\'s direction)').choices(['in', 'out', 'service']))
+      .addOption(new Option('--state <state>', 'established, closing, syn-only or expired (at the CT clock\'s now)').choices(['established', 'closing', 'syn-only', 'expired']))
+      .addOption(new Option('-o, --output <format>', outputs.join(', ')).choices([...outputs]).default('text'));
+  const selectionOf = (o: Record<string, any>): Omit<CtSelection, 'output'> & { output: 'text' | 'json' | 'jsonl' } => ({
+    server: serverOf(o),
+    family: o.family,
+    clusterId: o.clusterId,
+    filter: { src: o.src ?? [], dst: o.dst ?? [], sport: o.sport, dport: o.dport, proto: o.proto, dir: o.dir, state: o.state },
+    output: o.output,
+  });
+  ctCommand('list', 'print the entries the filter keeps: text as `cilium bpf ct list global` with the remaining lifetime, json (one array) or jsonl (one record per line)', ['text', 'json', 'jsonl']).action((o) => {
+    result = { kind: 'ct-list', ...selectionOf(o) };
+  });
+  ctCommand('count', 'count the entries the filter keeps, per map and in total (CTMaps.Count)').action((o) => {
+    result = { kind: 'ct-count', ...selectionOf(o) };
+  });
+  ctCommand('delete', 'delete the entries the filter keeps, each with its SNAT mapping (CTMaps.Delete with a filter); at least one criterion is required').action((o) => {
+    const sel = selectionOf(o);
+    const f = sel.filter;
+    if (f.src.length + f.dst.length === 0 && [f.sport, f.dport, f.proto, f.dir, f.state].every((x) => x === undefined)) {
+      throw new CliUsageError('ct delete needs a filter (-s/--src, -d/--dst, --sport, --dport, -p/--proto, --dir or --state); ct flush removes everything', 2, '--src');
+    }
+    result = { kind: 'ct-delete', ...sel };
+  });
+  ctCommand('flush', 'remove every entry of the maps, or only those the filter keeps (CTMaps.Flush)').action((o) => {
+    result = { kind: 'ct-flush', ...selectionOf(o) };
+  });
 
   const gc = program.command('gc').description('garbage collection through the daemon');
   withServer(gc.command('run'))
@@ -416,5 +501,6 @@ function checkEnvDefault(value: string, parse: (raw: string) => unknown, flag: s
 }
 
 function optionIn(message: string): string | undefined {
-  return /'(--[a-z0-9-]+)/.exec(message)?.[1];
+  // "option '--family <family>'" or, with a short form, "option '-f, --family <family>'".
+  return /'(?:-[a-zA-Z], )?(--[a-z0-9-]+)/.exec(message)?.[1];
 }

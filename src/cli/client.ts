@@ -5,11 +5,10 @@
  * hint when the daemon is not reachable.
  */
 import * as grpc from '@grpc/grpc-js';
-import { ctMapsClient, gcRunnerClient, healthClient } from '../api/clients';
-import type { DumpTextChunkMsg, MapRefMsg } from '../api/ct-proto';
+import { gcRunnerClient, healthClient } from '../api/clients';
 import type { GCRunStatsMsg, GCRunUpdateMsg } from '../api/gc-proto';
 import * as fs from 'node:fs';
-import type { CliCommand, CliServer, Family } from './args';
+import type { CliCommand, CliServer } from './args';
 import type { Io } from './datapath';
 
 /** A failed call: exit code 1, the message names the RPC and the status. */
@@ -41,24 +40,6 @@ export function connection(server: CliServer): [string, grpc.ChannelCredentials]
     }
   };
   return [server.target, grpc.credentials.createSsl(read(server.tls.caFile), read(server.tls.keyFile), read(server.tls.certFile))];
-}
-
-/** Map selection of `ct list`: both kinds of the family (or of both families) of one cluster; [] = every global map. */
-export function listMaps(family: Family | undefined, clusterId: number): MapRefMsg[] {
-  if (family === undefined && clusterId === 0) return [];
-  const families = family === undefined ? (['ipv4', 'ipv6'] as const) : [family];
-  return families.flatMap((f) => ['MAP_KIND_TCP', 'MAP_KIND_ANY'].map((kind) => ({ family: FAMILY[f], kind, cluster_id: clusterId })));
-}
-
-/** CTMaps.DumpEntriesWithTimeDiff, written to io as it streams. Resolves with exit code 0. */
-export function ctList(cmd: Extract<CliCommand, { kind: 'ct-list' }>, io: Io): Promise<number> {
-  const client = ctMapsClient(...connection(cmd.server));
-  return new Promise<number>((resolve, reject) => {
-    const stream = client.DumpEntriesWithTimeDiff({ maps: listMaps(cmd.family, cmd.clusterId) });
-    stream.on('data', (chunk: DumpTextChunkMsg) => io.out(chunk.text));
-    stream.on('error', (err: grpc.ServiceError) => reject(rpcError('CTMaps.DumpEntriesWithTimeDiff', cmd.server, err)));
-    stream.on('end', () => resolve(0));
-  }).finally(() => client.close());
 }
 
 /** GCRunner.Run removing expired entries (at `time`, default now); prints the per-map result. */

@@ -5,7 +5,8 @@
  */
 import { CtmapError } from '../errors';
 import { CliUsageError, parseCli } from './args';
-import { CliRpcError, ctList, gcRun, health } from './client';
+import { CliRpcError, gcRun, health } from './client';
+import { runCt } from './ct';
 import { Io, runDatapath } from './datapath';
 import { runFate } from './fate';
 import { watchEvents } from './events';
@@ -24,7 +25,10 @@ export async function run(argv: readonly string[], env: NodeJS.ProcessEnv, io: I
     const cmd = parseCli(argv, env);
     switch (cmd.kind) {
       case 'ct-list':
-        return await ctList(cmd, io);
+      case 'ct-count':
+      case 'ct-delete':
+      case 'ct-flush':
+        return await runCt(cmd, io);
       case 'gc-run':
         return await gcRun(cmd, io);
       case 'health':
@@ -57,5 +61,11 @@ export async function run(argv: readonly string[], env: NodeJS.ProcessEnv, io: I
 }
 
 export async function main(): Promise<void> {
+  // A reader that went away (`ctmap ct list | head -1`) ends the command quietly, as
+  // conntrack does: nothing more can be written, and that is no failure of the command.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(0);
+    throw err;
+  });
   process.exitCode = await run(process.argv.slice(2), process.env);
 }

@@ -7,7 +7,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { CliUsageError, parseCli } from '../../src/cli/args';
-import { listMaps } from '../../src/cli/client';
 import { formatAttach, formatDetach } from '../../src/cli/datapath';
 import { run } from '../../src/cli/main';
 import { DEFAULT_DATAPATH_SETTINGS } from '../../src/datapath/settings';
@@ -157,12 +156,13 @@ describe('ctmap datapath prune (issue 12 item 6)', () => {
 
 describe('ctmap ct list / gc run', () => {
   it('--socket defaults like the daemon (CTMAPD_SOCKET, else /run/ctmapd/ctmapd.sock)', () => {
-    assert.deepEqual(parseCli(['ct', 'list'], {}), { kind: 'ct-list', server: { target: 'unix:/run/ctmapd/ctmapd.sock' }, family: undefined, clusterId: 0 });
+    assert.deepEqual(parseCli(['ct', 'list'], {}), { kind: 'ct-list', server: { target: 'unix:/run/ctmapd/ctmapd.sock' }, family: undefined, clusterId: 0, filter: { src: [], dst: [], sport: undefined, dport: undefined, proto: undefined, dir: undefined, state: undefined }, output: 'text' });
     assert.deepEqual(parseCli(['ct', 'list', '--family', 'ipv6', '--cluster-id', '3'], { CTMAPD_SOCKET: '/tmp/s.sock' }), {
       kind: 'ct-list',
       server: { target: 'unix:/tmp/s.sock' },
       family: 'ipv6',
       clusterId: 3,
+      filter: { src: [], dst: [], sport: undefined, dport: undefined, proto: undefined, dir: undefined, state: undefined }, output: 'text',
     });
     usage(['ct', 'list', '--family', 'ipx'], '--family');
     usage(['ct', 'list', '--socket', 'rel.sock'], '--socket');
@@ -190,6 +190,28 @@ describe('ctmap ct list / gc run', () => {
     }
   });
 
+  it('ct commands take conntrack-style flow filters and outputs, naming a bad flag', () => {
+    const cmd = parseCli(['ct', 'delete', '-s', '192.0.2.0/24,198.51.100.7', '-s', '2001:db8::/32', '-d', '198.51.100.1', '--sport', '1024', '--dport', '443', '-p', 'tcp', '--dir', 'out', '--state', 'syn-only', '-f', '4', '--cluster-id', 'all', '-o', 'json'], {});
+    assert.deepEqual(cmd, {
+      kind: 'ct-delete',
+      server: { target: 'unix:/run/ctmapd/ctmapd.sock' },
+      family: 'ipv4',
+      clusterId: 'all',
+      filter: { src: ['192.0.2.0/24', '198.51.100.7', '2001:db8::/32'], dst: ['198.51.100.1'], sport: 1024, dport: 443, proto: 6, dir: 'out', state: 'syn-only' },
+      output: 'json',
+    });
+    for (const [name, n] of [['udp', 17], ['ICMP', 1], ['icmpv6', 58], ['132', 132]] as const) {
+      assert.equal((parseCli(['ct', 'count', '-p', name], {}) as { filter: { proto?: number } }).filter.proto, n, name);
+    }
+    assert.equal((parseCli(['ct', 'list', '-o', 'jsonl'], {}) as { output: string }).output, 'jsonl');
+    usage(['ct', 'count', '-o', 'jsonl'], '--output');
+    usage(['ct', 'list', '-p', 'gre2'], '--proto');
+    usage(['ct', 'list', '--dport', '70000'], '--dport');
+    usage(['ct', 'list', '--state', 'open'], '--state');
+    usage(['ct', 'list', '--cluster-id', 'some'], '--cluster-id');
+    usage(['ct', 'delete'], '--src');
+  });
+
   it('gc run takes --time in CT clock seconds', () => {
     assert.deepEqual(parseCli(['gc', 'run', '--time', '4294967295', '--family', '4'], {}), {
       kind: 'gc-run',
@@ -201,15 +223,6 @@ describe('ctmap ct list / gc run', () => {
     usage(['gc', 'run', '--time', 'soon'], '--time');
   });
 
-  it('ct list selects the global maps by default, else both kinds of the family and cluster', () => {
-    assert.deepEqual(listMaps(undefined, 0), []);
-    assert.deepEqual(listMaps('ipv4', 0), [
-      { family: 'FAMILY_IPV4', kind: 'MAP_KIND_TCP', cluster_id: 0 },
-      { family: 'FAMILY_IPV4', kind: 'MAP_KIND_ANY', cluster_id: 0 },
-    ]);
-    assert.equal(listMaps(undefined, 9).length, 4);
-    assert.ok(listMaps(undefined, 9).every((m) => m.cluster_id === 9));
-  });
 });
 
 describe('ctmap health', () => {
@@ -272,7 +285,7 @@ describe('ctmap run', () => {
   it('exit 1 naming the daemon socket when the daemon is not there', async () => {
     const { o, io: sink } = io();
     assert.equal(await run(['ct', 'list', '--socket', '/nonexistent/ctmapd.sock'], {}, sink), 1);
-    assert.match(o.err, /CTMaps\.DumpEntriesWithTimeDiff: UNAVAILABLE: .*is ctmapd running with --socket \/nonexistent\/ctmapd\.sock/);
+    assert.match(o.err, /CTMaps\.ActiveMaps: UNAVAILABLE: .*is ctmapd running with --socket \/nonexistent\/ctmapd\.sock/);
   });
 });
 

@@ -53,6 +53,12 @@ interface CtSelection {
   readonly output: 'text' | 'json' | 'jsonl';
 }
 
+/** What the overview commands share (src/cli/info.ts). */
+interface Overview {
+  readonly server: CliServer;
+  readonly output: 'text' | 'json';
+}
+
 export type CliCommand =
   | { readonly kind: 'datapath-attach'; readonly dev: string; readonly netns?: string; readonly bpfRoot: string; readonly clusterId: number; readonly json: boolean }
   | { readonly kind: 'datapath-detach'; readonly dev: string; readonly netns?: string; readonly bpfRoot: string; readonly json: boolean }
@@ -63,6 +69,12 @@ export type CliCommand =
   | { readonly kind: 'fate-detach'; readonly cgroup: string; readonly bpfRoot: string; readonly json: boolean }
   | { readonly kind: 'fate-status'; readonly bpfRoot: string; readonly json: boolean }
   | { readonly kind: 'fate-reattach'; readonly bpfRoot: string; readonly json: boolean }
+  | (Overview & { readonly kind: 'maps' })
+  | (Overview & { readonly kind: 'stats' })
+  | (Overview & { readonly kind: 'gc-status' })
+  | (Overview & { readonly kind: 'cluster-list' })
+  | (Overview & { readonly kind: 'cluster-create'; readonly clusterId: number })
+  | (Overview & { readonly kind: 'cluster-delete'; readonly clusterId: number })
   | (CtSelection & { readonly kind: 'ct-list' })
   | (CtSelection & { readonly kind: 'ct-count' })
   | (CtSelection & { readonly kind: 'ct-delete' })
@@ -445,7 +457,47 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCo
     result = { kind: 'ct-flush', ...selectionOf(o) };
   });
 
+  const output = (): Option => new Option('-o, --output <format>', 'text or json').choices(['text', 'json']).default('text');
+  withServer(program.command('maps'))
+    .description('every open CT map of the daemon (global and per cluster): pin, size, entries and fill level')
+    .addOption(output())
+    .action((o) => {
+      result = { kind: 'maps', server: serverOf(o), output: o.output };
+    });
+  withServer(program.command('stats'))
+    .description("the datapath's and fate-sharing's counters (summed over CPUs), and each map's fill level")
+    .addOption(output())
+    .action((o) => {
+      result = { kind: 'stats', server: serverOf(o), output: o.output };
+    });
+  const cluster = program.command('cluster').description('the per-cluster CT maps of a clustermesh');
+  withServer(cluster.command('list'))
+    .description('the clusters whose maps are open')
+    .addOption(output())
+    .action((o) => {
+      result = { kind: 'cluster-list', server: serverOf(o), output: o.output };
+    });
+  for (const [name, kind, what] of [
+    ['create', 'cluster-create', "create a cluster's per-cluster maps (a cluster joining)"],
+    ['delete', 'cluster-delete', "delete a cluster's per-cluster maps and their entries (a cluster leaving)"],
+  ] as const) {
+    withServer(cluster.command(name))
+      .description(what)
+      .addOption(new Option('--cluster-id <n>', 'the cluster, 1..ClusterIDMax').makeOptionMandatory().argParser(parseClusterId))
+      .addOption(output())
+      .action((o) => {
+        if (o.clusterId === 0) throw new CliUsageError('--cluster-id: 0 is the global maps, not a cluster', 2, '--cluster-id');
+        result = { kind, server: serverOf(o), clusterId: o.clusterId, output: o.output };
+      });
+  }
+
   const gc = program.command('gc').description('garbage collection through the daemon');
+  withServer(gc.command('status'))
+    .description("the GC scheduler per family: interval, last and next run, counts, why the last pass ran, fill-up signals")
+    .addOption(output())
+    .action((o) => {
+      result = { kind: 'gc-status', server: serverOf(o), output: o.output };
+    });
   withServer(gc.command('run'))
     .description('run one GC pass now that removes expired entries (GCRunner.Run) and print what it did')
     .addOption(family())

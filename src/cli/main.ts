@@ -7,6 +7,7 @@ import { CtmapError } from '../errors';
 import { CliUsageError, parseCli } from './args';
 import { CliRpcError, gcRun, health } from './client';
 import { runCt } from './ct';
+import { runInfo } from './info';
 import { Io, runDatapath } from './datapath';
 import { runFate } from './fate';
 import { watchEvents } from './events';
@@ -29,6 +30,13 @@ export async function run(argv: readonly string[], env: NodeJS.ProcessEnv, io: I
       case 'ct-delete':
       case 'ct-flush':
         return await runCt(cmd, io);
+      case 'maps':
+      case 'stats':
+      case 'gc-status':
+      case 'cluster-list':
+      case 'cluster-create':
+      case 'cluster-delete':
+        return await runInfo(cmd, io);
       case 'gc-run':
         return await gcRun(cmd, io);
       case 'health':

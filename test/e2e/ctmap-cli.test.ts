@@ -103,3 +103,49 @@ test('ctmap ct: filters, outputs and exact counts against a daemon', async (t) =
   assert.equal(piped.stdout.trim().split('\n').length, 1);
   assert.doesNotMatch(piped.stderr, /Error|at /, `no stack trace: ${piped.stderr}`);
 });
+
+test('ctmap maps, stats, gc status and cluster list | create | delete', async (t) => {
+  const dir = tempDir(t);
+  const socket = path.join(dir.dir, 'ctmapd.sock');
+  const d = spawnDaemon((fn) => t.after(fn), socket, ['--backend', 'memory', '--bpf-root', `/memory-cli2-${process.pid}`, '--bpf-ct-global-tcp-max', '4096', '--bpf-ct-global-any-max', '4096']);
+  t.after(() => d.kill9());
+  await d.waitFor(/serving/i);
+  const ct = new (services().CTMaps)(d.address, grpc.credentials.createInsecure()) as unknown as Client;
+  t.after(() => ct.close());
+  const server = ['--server', socket];
+  const lifetime = Math.floor(ctNow()) + 1000;
+  const records = Array.from({ length: 41 }, (_, i) => ({
+    map: TCP4,
+    key: { daddr: `192.0.2.${i + 1}`, saddr: '198.51.100.1', sport: 1000 + i, dport: 80, nexthdr: 6, flags: 0 },
+    entry: { lifetime, flags: SEEN_NON_SYN, packets: '1', bytes: '1' },
+  }));
+  await call(ct, 'Update', { records });
+  const ok = (args: string[]): string => {
+    const r = ctmap(args);
+    assert.equal(r.status, 0, `${args.join(' ')}: ${r.err}`);
+    return r.out;
+  };
+
+  const maps = JSON.parse(ok(['maps', ...server, '-o', 'json'])) as Array<{ name: string; entries: number; maxEntries: number }>;
+  const ct4 = maps.find((m) => m.name === 'cilium_ct4_global');
+  assert.deepEqual([ct4?.entries, ct4?.maxEntries], [41, 4096]);
+  assert.match(ok(['maps', ...server]), /^IPv4 TCP global\s+cilium_ct4_global\s+41\s+4096\s+1\.0 %/m);
+
+  const stats = JSON.parse(ok(['stats', ...server, '-o', 'json']));
+  assert.equal(stats.datapath.creates, 0, 'no datapath on the memory backend: its counters read zero');
+  assert.ok(stats.maps.some((m: any) => m.map === 'IPv4 TCP global' && m.entries === 41));
+
+  ok(['gc', 'run', ...server]);
+  const status = JSON.parse(ok(['gc', 'status', ...server, '-o', 'json']));
+  const v4 = status.families.find((f: any) => f.family === 'FAMILY_IPV4');
+  assert.equal(v4.last_pass_reason, 'manual', 'the manual pass is the last run');
+  assert.equal(v4.alive, '41');
+  assert.match(ok(['gc', 'status', ...server]), /^IPv4\s+\d+ s\s+\S+\s+\S+\s+\d+\s+\d+\s+41\s+manual\s+0\/0\/0$/m);
+
+  assert.match(ok(['cluster', 'list', ...server]), /no cluster has joined/);
+  assert.match(ok(['cluster', 'create', ...server, '--cluster-id', '9']), /^cluster 9: /);
+  assert.deepEqual(JSON.parse(ok(['cluster', 'list', ...server, '-o', 'json'])).map((c: any) => c.clusterId), [9]);
+  assert.equal(JSON.parse(ok(['ct', 'count', ...server, '--cluster-id', '9', '-o', 'json'])).total, 0);
+  assert.match(ok(['cluster', 'delete', ...server, '--cluster-id', '9']), /^cluster 9: maps deleted, 0 entries with them$/m);
+  assert.equal(ctmap(['cluster', 'create', ...server, '--cluster-id', '0']).status, 2, 'cluster 0 is bad usage');
+});

@@ -79,7 +79,7 @@ export type CliCommand =
   | (CtSelection & { readonly kind: 'ct-count' })
   | (CtSelection & { readonly kind: 'ct-delete' })
   | (CtSelection & { readonly kind: 'ct-flush' })
-  | { readonly kind: 'gc-run'; readonly server: CliServer; readonly family?: Family; readonly time?: number }
+  | { readonly kind: 'gc-run'; readonly server: CliServer; readonly family?: Family; readonly time?: number; readonly ips: readonly string[] }
   | { readonly kind: 'health'; readonly server: CliServer; readonly service: string; readonly timeoutMs: number }
   | {
       readonly kind: 'events';
@@ -87,6 +87,8 @@ export type CliCommand =
       readonly family?: Family;
       /** Empty: every kind. */
       readonly kinds: readonly CtEventKind[];
+      /** Only the events of entries these flow criteria keep (DumpFilter). */
+      readonly filter: CtFlowFilter;
       readonly output: 'json' | 'text';
       /** Stop after this many events (lost notices not counted); undefined: until interrupted. */
       readonly count?: number;
@@ -418,25 +420,30 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCo
     });
 
   const ct = program.command('ct').description('read the CT maps through the daemon');
-  /** The maps, the flow filter and the output of a `ct` command. */
-  const ctCommand = (name: string, description: string, outputs: readonly string[] = ['text', 'json']): Command =>
-    withServer(ct.command(name))
-      .description(description)
-      .addOption(new Option('-f, --family <family>', 'ipv4 or ipv6 (default: both)').argParser(parseFamily))
-      .addOption(new Option('--cluster-id <n|all>', "a cluster's per-cluster maps (0 = the global maps), or all: every open map").default(0).argParser(parseClusterSelection))
+  /** The flow criteria (DumpFilter) of `ct` commands and `events`; flowFilterOf() reads them. */
+  const withFlowFilter = (c: Command): Command =>
+    c
       .addOption(new Option('-s, --src <addr|cidr>', "the flow's source, as `ct list` prints it (repeatable, or comma-separated)").argParser(collectAddresses))
       .addOption(new Option('-d, --dst <addr|cidr>', "the flow's destination").argParser(collectAddresses))
       .addOption(new Option('--sport <port>', "the flow's source port").argParser(parsePort))
       .addOption(new Option('--dport <port>', "the flow's destination port").argParser(parsePort))
       .addOption(new Option('-p, --proto <proto>', 'tcp, udp, icmp, icmpv6, sctp or a protocol number').argParser(parseProto))
       .addOption(new Option('--dir <dir>', 'in, out or service (the entry\'s direction)').choices(['in', 'out', 'service']))
-      .addOption(new Option('--state <state>', 'established, closing, syn-only or expired (at the CT clock\'s now)').choices(['established', 'closing', 'syn-only', 'expired']))
-      .addOption(new Option('-o, --output <format>', outputs.join(', ')).choices([...outputs]).default('text'));
+      .addOption(new Option('--state <state>', 'established, closing, syn-only or expired (at the CT clock\'s now)').choices(['established', 'closing', 'syn-only', 'expired']));
+  const flowFilterOf = (o: Record<string, any>): CtFlowFilter => ({ src: o.src ?? [], dst: o.dst ?? [], sport: o.sport, dport: o.dport, proto: o.proto, dir: o.dir, state: o.state });
+  /** The maps, the flow filter and the output of a `ct` command. */
+  const ctCommand = (name: string, description: string, outputs: readonly string[] = ['text', 'json']): Command =>
+    withFlowFilter(
+      withServer(ct.command(name))
+        .description(description)
+        .addOption(new Option('-f, --family <family>', 'ipv4 or ipv6 (default: both)').argParser(parseFamily))
+        .addOption(new Option('--cluster-id <n|all>', "a cluster's per-cluster maps (0 = the global maps), or all: every open map").default(0).argParser(parseClusterSelection)),
+    ).addOption(new Option('-o, --output <format>', outputs.join(', ')).choices([...outputs]).default('text'));
   const selectionOf = (o: Record<string, any>): Omit<CtSelection, 'output'> & { output: 'text' | 'json' | 'jsonl' } => ({
     server: serverOf(o),
     family: o.family,
     clusterId: o.clusterId,
-    filter: { src: o.src ?? [], dst: o.dst ?? [], sport: o.sport, dport: o.dport, proto: o.proto, dir: o.dir, state: o.state },
+    filter: flowFilterOf(o),
     output: o.output,
   });
   ctCommand('list', 'print the entries the filter keeps: text as `cilium bpf ct list global` with the remaining lifetime, json (one array) or jsonl (one record per line)', ['text', 'json', 'jsonl']).action((o) => {
@@ -502,18 +509,19 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCo
     .description('run one GC pass now that removes expired entries (GCRunner.Run) and print what it did')
     .addOption(family())
     .addOption(new Option('--time <seconds>', 'remove entries whose lifetime is below this CT clock time (default: now)').argParser(parseCtTime))
+    .addOption(new Option('--ip <addr|cidr>', 'also remove every entry with this address or CIDR on either side (GCFilter.match_ips; repeatable, or comma-separated)').argParser(collectAddresses))
     .action((o) => {
-      result = { kind: 'gc-run', server: serverOf(o), family: o.family, time: o.time };
+      result = { kind: 'gc-run', server: serverOf(o), family: o.family, time: o.time, ips: o.ip ?? [] };
     });
 
-  withServer(program.command('events'))
+  withFlowFilter(withServer(program.command('events')))
     .description('watch the CT lifecycle events (CTEvents.WatchBatched): NEW, CLOSE and DESTROY with their reasons and sequence numbers, and notices of lost events')
     .addOption(family())
     .addOption(new Option('--kind <kinds>', 'only these kinds, comma-separated: new, close, destroy (default: all)').argParser(parseEventKinds))
     .addOption(new Option('--output <format>', 'json (one object per line) or text').choices(['json', 'text']).default('text'))
     .addOption(new Option('--count <n>', 'exit 0 after this many events (default: watch until interrupted)').argParser(parseCount))
     .action((o) => {
-      result = { kind: 'events', server: serverOf(o), family: o.family, kinds: o.kind ?? [], output: o.output, count: o.count };
+      result = { kind: 'events', server: serverOf(o), family: o.family, kinds: o.kind ?? [], filter: flowFilterOf(o), output: o.output, count: o.count };
     });
 
   withServer(program.command('health'))

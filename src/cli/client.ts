@@ -47,7 +47,7 @@ export function gcRun(cmd: Extract<CliCommand, { kind: 'gc-run' }>, io: Io): Pro
   const client = gcRunnerClient(...connection(cmd.server));
   const req = {
     family: cmd.family === undefined ? 'FAMILY_UNSPECIFIED' : FAMILY[cmd.family],
-    filter: { remove_expired: true, time: String(cmd.time ?? 0) },
+    filter: { remove_expired: true, time: String(cmd.time ?? 0), match_ips: [...cmd.ips] },
   };
   return new Promise<number>((resolve, reject) => {
     let stats: GCRunStatsMsg | undefined;

@@ -11,6 +11,7 @@ import { CT_ENTRY_SIZE, encodeEntry, encodeKey, keyLayout } from '../maps/ctmap/
 import { formatEntryLine } from '../maps/ctmap/format';
 import type { CliCommand } from './args';
 import { connection, rpcError } from './client';
+import { dumpFilterOf } from './ct';
 import type { Io } from './datapath';
 
 type EventsCommand = Extract<CliCommand, { kind: 'events' }>;
@@ -66,6 +67,7 @@ export function watchEvents(cmd: EventsCommand, io: Io): Promise<number> {
   const req = {
     family: cmd.family === 'ipv4' ? 'FAMILY_IPV4' : cmd.family === 'ipv6' ? 'FAMILY_IPV6' : 'FAMILY_UNSPECIFIED',
     kinds: cmd.kinds.map((k) => KIND_NAME[k]),
+    filter: dumpFilterOf(cmd.filter, false),
   };
   const format = cmd.output === 'json' ? (e: CtLifecycleEventMsg) => `${eventJson(e)}\n` : eventText;
   return new Promise<number>((resolve, reject) => {

@@ -142,6 +142,10 @@ test('ctmap maps, stats, gc status and cluster list | create | delete', async (t
   assert.equal(v4.alive, '41');
   assert.match(ok(['gc', 'status', ...server]), /^IPv4\s+\d+ s\s+\S+\s+\S+\s+\d+\s+\d+\s+41\s+manual\s+0\/0\/0$/m);
 
+  // gc run --ip: match_ips, a CIDR too; only those entries go.
+  assert.match(ok(['gc', 'run', ...server, '--ip', '192.0.2.0/30']), /deleted 3, alive 38/);
+  assert.equal(JSON.parse(ok(['ct', 'count', ...server, '-o', 'json'])).total, 38);
+
   assert.match(ok(['cluster', 'list', ...server]), /no cluster has joined/);
   assert.match(ok(['cluster', 'create', ...server, '--cluster-id', '9']), /^cluster 9: /);
   assert.deepEqual(JSON.parse(ok(['cluster', 'list', ...server, '-o', 'json'])).map((c: any) => c.clusterId), [9]);

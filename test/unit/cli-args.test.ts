@@ -218,7 +218,11 @@ describe('ctmap ct list / gc run', () => {
       server: { target: 'unix:/run/ctmapd/ctmapd.sock' },
       family: 'ipv4',
       time: 4294967295,
+      ips: [],
     });
+    assert.deepEqual((parseCli(['gc', 'run', '--ip', '192.0.2.0/24,198.51.100.7', '--ip', '2001:db8::1'], {}) as unknown as { ips: string[] }).ips, ['192.0.2.0/24', '198.51.100.7', '2001:db8::1']);
+    const ev = parseCli(['events', '-d', '198.51.100.0/24', '--dport', '443', '--kind', 'destroy'], {}) as unknown as { filter: { dst: string[]; dport?: number } };
+    assert.deepEqual([ev.filter.dst, ev.filter.dport], [['198.51.100.0/24'], 443], 'events take the ct filters');
     usage(['gc', 'run', '--time', '4294967296'], '--time');
     usage(['gc', 'run', '--time', 'soon'], '--time');
   });

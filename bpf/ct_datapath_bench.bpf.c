@@ -18,6 +18,7 @@
  * object's .rodata as exactly one struct ct_datapath_config.
  */
 #include "ct_datapath.bpf.c"
+#include "bench_port.h"
 
 /* SYNs rewritten so far, across test runs (.bss, zero at load). */
 static __u32 ct_bench_seq;
@@ -25,19 +26,6 @@ static __u32 ct_bench_seq;
 SEC("tc")
 int ct_bench_egress(struct __sk_buff *skb)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *ip = data + ETH_HLEN;
-	__u8 *tcp = data + ETH_HLEN + sizeof(*ip);
-	__be16 port;
-
-	if ((void *)(tcp + 14) <= data_end && eth->h_proto == bpf_htons(ETH_P_IP) && ip->ihl == 5 &&
-	    ip->protocol == IPPROTO_TCP) {
-		port = (tcp[13] & TCP_SYN) ? bpf_htons((__u16)ct_bench_seq++) : *(__be16 *)tcp;
-		/* So that writing back an unchanged port is not optimised away. */
-		barrier_var(port);
-		*(__be16 *)tcp = port;
-	}
+	bench_port_write(skb, &ct_bench_seq);
 	return ct_handle(skb, CT_EGRESS);
 }

@@ -7,12 +7,9 @@
  * so the datapath's repeat-creates row has a floor measured the same way (issue 13 item 4:
  * "create <= floor + 150 ns" needs a like-for-like floor).
  */
-#include <linux/if_ether.h>
-#include <linux/in.h>
-#include <linux/ip.h>
-#include <bpf/bpf_endian.h>
 
 #include "ct_floor.bpf.c"
+#include "bench_port.h"
 
 /* SYNs rewritten so far, across test runs (.bss, zero at load). */
 static __u32 ct_floor_bench_seq;
@@ -20,18 +17,6 @@ static __u32 ct_floor_bench_seq;
 SEC("tc")
 int ct_floor_bench_egress(struct __sk_buff *skb)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *ip = data + ETH_HLEN;
-	__u8 *tcp = data + ETH_HLEN + sizeof(*ip);
-	__be16 port;
-
-	if ((void *)(tcp + 14) <= data_end && eth->h_proto == bpf_htons(ETH_P_IP) && ip->ihl == 5 &&
-	    ip->protocol == IPPROTO_TCP) {
-		port = (tcp[13] & 0x02) ? bpf_htons((__u16)ct_floor_bench_seq++) : *(__be16 *)tcp;
-		barrier_var(port);
-		*(__be16 *)tcp = port;
-	}
+	bench_port_write(skb, &ct_floor_bench_seq);
 	return ct_floor_run(skb);
 }

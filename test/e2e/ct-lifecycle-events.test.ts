@@ -12,18 +12,14 @@
  * each family's sequence numbers increasing by one per event, no loss notice.
  */
 import assert from 'node:assert/strict';
-import type { ChildProcess } from 'node:child_process';
-import * as path from 'node:path';
 import { test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { services } from '../../src/api/proto';
 import { ctNow } from '../../src/maps/clock';
 import { createCgroup } from '../helpers/cgroup';
-import { cleanupScope, ctmapOk, datapathE2eTier, startDaemonProcess } from '../helpers/datapath-e2e';
-import { Client, collect, tempDir } from '../helpers/grpc';
-import { privateBpfRoot } from '../helpers/kernel';
-import { createVethPair, waitQuiet } from '../helpers/netns';
-import { Flow, runFlow, startServer } from '../helpers/socket-flows';
+import { ctmapOk, datapathE2eTier } from '../helpers/datapath-e2e';
+import { Client, collect } from '../helpers/grpc';
+import { Flow, runFlow, startFlowScenario, startServer } from '../helpers/socket-flows';
 
 interface Event {
   kind: string;
@@ -39,24 +35,13 @@ const sameKey = (a: Flow['key'], b: Flow['key']): boolean =>
 
 test('NEW, CLOSE and DESTROY of real traffic reach a CTEvents subscriber in order with sequence numbers', async (t) => {
   if (!datapathE2eTier(t, ['ip', 'tc', 'nsenter', 'sh'])) return;
-  const scope = cleanupScope(t);
-  const procs: ChildProcess[] = [];
-  scope.after(() => {
-    for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
-  });
-  const root = privateBpfRoot(scope).root;
-  const sockDir = tempDir(scope);
-  const { a, b } = await createVethPair(scope);
+  const { scope, procs, root, a, b, daemon } = await startFlowScenario(t, ['--ct-events=all']);
   const cg = createCgroup(scope, 'events');
   const plain = createCgroup(scope, 'events-nofate');
-  const daemon = await startDaemonProcess(scope, root, path.join(sockDir.dir, 'ctmapd.sock'), ['--ct-events=all']);
   const creds = grpc.credentials.createInsecure();
   const events = new (services().CTEvents)(daemon.address, creds) as unknown as Client;
   const gc = new (services().GCRunner)(daemon.address, creds) as unknown as Client;
   scope.after(() => [events, gc].forEach((c) => c.close()));
-  await waitQuiet(a.ns, a.dev);
-  ctmapOk(['datapath', 'attach', '--netns', a.ns, '--dev', a.dev, '--bpf-root', root, '--json']);
-  scope.after(() => ctmapOk(['datapath', 'detach', '--netns', a.ns, '--dev', a.dev, '--bpf-root', root]));
   ctmapOk(['fate', 'attach', '--cgroup', cg.path, '--bpf-root', root, '--json']);
   scope.after(() => ctmapOk(['fate', 'detach', '--cgroup', cg.path, '--bpf-root', root]));
 

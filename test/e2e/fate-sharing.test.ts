@@ -14,18 +14,14 @@
  * socket recorded and every entry expired.
  */
 import assert from 'node:assert/strict';
-import type { ChildProcess } from 'node:child_process';
-import * as path from 'node:path';
 import { test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { services } from '../../src/api/proto';
 import { ctNow } from '../../src/maps/clock';
 import { createCgroup } from '../helpers/cgroup';
-import { Flow, KINDS, runFlow, startServer } from '../helpers/socket-flows';
-import { cleanupScope, ctmapOk, datapathE2eTier, startDaemonProcess } from '../helpers/datapath-e2e';
-import { Client, call, collect, tempDir } from '../helpers/grpc';
-import { privateBpfRoot } from '../helpers/kernel';
-import { createVethPair, waitQuiet } from '../helpers/netns';
+import { Flow, KINDS, runFlow, startFlowScenario, startServer } from '../helpers/socket-flows';
+import { ctmapOk, datapathE2eTier } from '../helpers/datapath-e2e';
+import { Client, call, collect } from '../helpers/grpc';
 
 const CLOSE_TIMEOUT = 10; // --bpf-ct-timeout-regular-tcp-fin default (facts §5)
 const RX_CLOSING = 0x1;
@@ -60,24 +56,12 @@ function fateCounters(am: any): Record<string, number> {
 
 test('fate-sharing: a socket closing in an attached cgroup expires its CT entries; without fate they live on', async (t) => {
   if (!datapathE2eTier(t, ['ip', 'tc', 'nsenter', 'sh'])) return;
-  const scope = cleanupScope(t);
-  const procs: ChildProcess[] = [];
-  scope.after(() => {
-    for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
-  });
-  const root = privateBpfRoot(scope).root;
-  const sockDir = tempDir(scope);
-  const { a, b } = await createVethPair(scope);
+  const { scope, procs, root, a, b, daemon } = await startFlowScenario(t);
   const cg = createCgroup(scope, 'fate');
-  const socket = path.join(sockDir.dir, 'ctmapd.sock');
-  const daemon = await startDaemonProcess(scope, root, socket);
   const client = new (services().CTMaps)(daemon.address, grpc.credentials.createInsecure()) as unknown as Client;
   const gc = new (services().GCRunner)(daemon.address, grpc.credentials.createInsecure()) as unknown as Client;
   const clusters = new (services().ClusterCTMaps)(daemon.address, grpc.credentials.createInsecure()) as unknown as Client;
   scope.after(() => [client, gc, clusters].forEach((c) => c.close()));
-  await waitQuiet(a.ns, a.dev);
-  ctmapOk(['datapath', 'attach', '--netns', a.ns, '--dev', a.dev, '--bpf-root', root, '--json']);
-  scope.after(() => ctmapOk(['datapath', 'detach', '--netns', a.ns, '--dev', a.dev, '--bpf-root', root]));
   await startServer(b, procs);
   const zero = fateCounters(await call(client, 'ActiveMaps', {}));
   assert.deepEqual(zero, { fate_keys_recorded: 0, fate_expired: 0, fate_storage_full: 0, fate_key_missing: 0, fate_events_lost: 0 });

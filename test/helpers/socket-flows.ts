@@ -8,7 +8,10 @@ import { ChildProcess, spawn } from 'node:child_process';
 import * as path from 'node:path';
 import { ctNow } from '../../src/maps/clock';
 import { inCgroup } from './cgroup';
-import type { NetnsSide } from './netns';
+import { DaemonProcess, cleanupScope, ctmapOk, startDaemonProcess } from './datapath-e2e';
+import { tempDir } from './grpc';
+import { privateBpfRoot } from './kernel';
+import { NetnsSide, createVethPair, waitQuiet } from './netns';
 
 const TRAFFIC = path.join(__dirname, 'fate-traffic.js');
 export const TCP_PORT = 7101;
@@ -83,3 +86,36 @@ export async function runFlow(a: NetnsSide, b: NetnsSide, cgroup: string, fam: 4
   };
 }
 
+
+/** Two namespaces joined by a veth pair, a daemon on a private bpf-root, the datapath on A's side. */
+export interface FlowScenario {
+  /** Cleanups registered here run also on failure. */
+  readonly scope: { after(fn: () => unknown): void };
+  /** Child processes of the test: SIGKILLed at the end whatever happened. */
+  readonly procs: ChildProcess[];
+  readonly root: string;
+  readonly a: NetnsSide;
+  readonly b: NetnsSide;
+  readonly daemon: DaemonProcess;
+}
+
+/**
+ * The set-up the fate-sharing and lifecycle e2e tests share: bin/ctmapd (with
+ * `daemonFlags`) on a private bpf-root, a veth pair between two namespaces of this test,
+ * and `ctmap datapath attach` on A's device; everything removed at the end, also on failure.
+ */
+export async function startFlowScenario(t: { after(fn: () => unknown): void }, daemonFlags: readonly string[] = []): Promise<FlowScenario> {
+  const scope = cleanupScope(t);
+  const procs: ChildProcess[] = [];
+  scope.after(() => {
+    for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
+  });
+  const root = privateBpfRoot(scope).root;
+  const sockDir = tempDir(scope);
+  const { a, b } = await createVethPair(scope);
+  const daemon = await startDaemonProcess(scope, root, path.join(sockDir.dir, 'ctmapd.sock'), daemonFlags);
+  await waitQuiet(a.ns, a.dev);
+  ctmapOk(['datapath', 'attach', '--netns', a.ns, '--dev', a.dev, '--bpf-root', root, '--json']);
+  scope.after(() => ctmapOk(['datapath', 'detach', '--netns', a.ns, '--dev', a.dev, '--bpf-root', root]));
+  return { scope, procs, root, a, b, daemon };
+}

@@ -9,6 +9,8 @@
  * drained its queue: a stalled subscriber costs the producer one stall period at most, not
  * one per batch for as long as it stays connected (issue 12, item 8).
  */
+import { waitWhileConsumerProgresses } from '../maps/stall-wait';
+
 export type QueueItem<T> = { kind: 'item'; value: T } | { kind: 'lost'; count: number };
 
 export class BoundedQueue<T> {
@@ -129,25 +131,15 @@ export class BoundedQueue<T> {
     const fits = () => this.#closed || this.capacity - this.#size >= Math.min(room, this.capacity);
     if (fits()) return Promise.resolve(true);
     if (this.#behind) return Promise.resolve(false);
-    return new Promise<boolean>((resolve) => {
-      let takenAtLastTick = this.#taken;
-      // One timer per wait, not one per take: the check runs every stall period.
-      const timer = setInterval(() => {
-        if (this.#taken === takenAtLastTick) {
-          this.#behind = true;
-          finish(false);
-        }
-        takenAtLastTick = this.#taken;
-      }, stallMs);
-      const onTake = (): void => {
-        if (fits()) finish(true);
-      };
-      const finish = (ok: boolean): void => {
-        clearInterval(timer);
-        this.#takeWaiters = this.#takeWaiters.filter((w) => w !== onTake);
-        resolve(ok);
-      };
-      this.#takeWaiters.push(onTake);
+    return waitWhileConsumerProgresses({
+      fits,
+      progress: () => this.#taken,
+      stallMs,
+      onTake: (fn) => {
+        this.#takeWaiters.push(fn);
+        return () => void (this.#takeWaiters = this.#takeWaiters.filter((w) => w !== fn));
+      },
+      onStall: () => void (this.#behind = true),
     });
   }
 

@@ -25,6 +25,7 @@ import { DEFAULT_CT_EVENTS_BUFFER } from '../../../config/defaults';
 import { Subject } from 'rxjs';
 import type { Family } from '../../addr';
 import type { CtEventInput, CtEventKind, CtLifecycleEvent } from './types';
+import { waitWhileConsumerProgresses } from '../../stall-wait';
 
 /** Events buffered per subscriber unless it asks for another bound (--ct-events-buffer's default). */
 export const DEFAULT_SUBSCRIBER_BUFFER = DEFAULT_CT_EVENTS_BUFFER;
@@ -354,24 +355,15 @@ export class CtEventSubscription {
     const fits = () => this.#closed || this.capacity - this.#size >= Math.min(events, this.capacity);
     if (fits()) return Promise.resolve(true);
     if (this.#behind) return Promise.resolve(false);
-    return new Promise<boolean>((resolve) => {
-      let deliveredAtLastTick = this.#delivered;
-      const timer = setInterval(() => {
-        if (this.#delivered === deliveredAtLastTick) {
-          this.#behind = true;
-          finish(false);
-        }
-        deliveredAtLastTick = this.#delivered;
-      }, stallMs);
-      const onTake = (): void => {
-        if (fits()) finish(true);
-      };
-      const finish = (ok: boolean): void => {
-        clearInterval(timer);
-        this.#takeWaiters = this.#takeWaiters.filter((w) => w !== onTake);
-        resolve(ok);
-      };
-      this.#takeWaiters.push(onTake);
+    return waitWhileConsumerProgresses({
+      fits,
+      progress: () => this.#delivered,
+      stallMs,
+      onTake: (fn) => {
+        this.#takeWaiters.push(fn);
+        return () => void (this.#takeWaiters = this.#takeWaiters.filter((w) => w !== fn));
+      },
+      onStall: () => void (this.#behind = true),
     });
   }
 

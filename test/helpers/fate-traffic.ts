@@ -15,21 +15,13 @@
  */
 import * as dgram from 'node:dgram';
 import * as net from 'node:net';
+import { serveEcho } from './echo-servers';
 
-async function serve(addresses: string[], tcpPort: number, udpPort: number): Promise<void> {
-  const listening: Promise<void>[] = [];
-  for (const host of addresses) {
-    const server = net.createServer({ allowHalfOpen: true }, (sock) => {
-      sock.on('data', (d) => sock.write(d));
-      sock.on('error', () => undefined); // a client's reset
-    });
-    listening.push(new Promise((resolve) => server.listen(tcpPort, host, resolve)));
-    const udp = dgram.createSocket(host.includes(':') ? 'udp6' : 'udp4');
-    udp.on('message', (m, rinfo) => udp.send(m, rinfo.port, rinfo.address));
-    listening.push(new Promise((resolve) => udp.bind(udpPort, host, resolve)));
-  }
-  await Promise.all(listening);
-  process.stdout.write('ready\n');
+function serve(addresses: string[], tcpPort: number, udpPort: number): Promise<void> {
+  return serveEcho(addresses, tcpPort, udpPort, (sock) => {
+    sock.on('data', (d) => sock.write(d));
+    sock.on('error', () => undefined); // a client's reset
+  });
 }
 
 const MESSAGE = Buffer.alloc(16, 'f');

@@ -23,6 +23,7 @@ import { spawnSync } from 'node:child_process';
 import * as dgram from 'node:dgram';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import { serveEcho } from './echo-servers';
 
 export type Step =
   | { kind: 'tcp-fin' | 'tcp-rst'; host: string; port: number; dev: string; payload: number }
@@ -180,29 +181,20 @@ async function runSteps(steps: Step[]): Promise<void> {
   }
 }
 
-async function serve(addresses: string[], tcpPort: number, udpPort: number): Promise<void> {
-  const listening: Promise<void>[] = [];
-  for (const host of addresses) {
-    const server = net.createServer({ allowHalfOpen: true }, (sock) => {
-      let mode = '';
-      sock.on('data', (d) => {
-        mode ||= String.fromCharCode(d[0]);
-        sock.write(d);
-        // "R": end after the echo, so that the client's reset answers our FIN.
-        if (mode === 'R') sock.end();
-      });
-      sock.on('end', () => {
-        if (mode !== 'R') sock.end();
-      });
-      sock.on('error', () => undefined); // the reset
+function serve(addresses: string[], tcpPort: number, udpPort: number): Promise<void> {
+  return serveEcho(addresses, tcpPort, udpPort, (sock) => {
+    let mode = '';
+    sock.on('data', (d) => {
+      mode ||= String.fromCharCode(d[0]);
+      sock.write(d);
+      // "R": end after the echo, so that the client's reset answers our FIN.
+      if (mode === 'R') sock.end();
     });
-    listening.push(new Promise((resolve) => server.listen(tcpPort, host, resolve)));
-    const udp = dgram.createSocket(host.includes(':') ? 'udp6' : 'udp4');
-    udp.on('message', (m, rinfo) => udp.send(m, rinfo.port, rinfo.address));
-    listening.push(new Promise((resolve) => udp.bind(udpPort, host, resolve)));
-  }
-  await Promise.all(listening);
-  process.stdout.write('ready\n');
+    sock.on('end', () => {
+      if (mode !== 'R') sock.end();
+    });
+    sock.on('error', () => undefined); // the reset
+  });
 }
 
 /** See "hold" in the file comment. */

@@ -51,6 +51,7 @@ export interface NatMapsClient extends grpc.Client {
   Update: UnaryMethod<nat.NatUpdateRequestMsg, ct.UpdateResponseMsg>;
   Delete: UnaryMethod<nat.NatDeleteRequestMsg, ct.DeleteResponseMsg>;
   PurgeOrphanNATEntries: UnaryMethod<nat.NatMapSelectorMsg, nat.PurgeOrphanNATEntriesResponseMsg>;
+  Flush: UnaryMethod<nat.NatFlushRequestMsg, nat.NatFlushResponseMsg>;
 }
 
 export interface ClusterCtMapsClient extends grpc.Client {

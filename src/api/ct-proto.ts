@@ -151,12 +151,29 @@ export type DatapathStatsMsg = Record<DatapathCounter | `fate_${FateCounter}`, s
 
 export interface ActiveMapsRequestMsg {
   with_counts?: boolean;
+  per_cpu?: boolean;
+}
+
+/** One open SNAT map (ActiveMapsResponse.nat_maps). */
+export interface NatMapInfoMsg {
+  family: string;
+  cluster_id: number;
+  name: string;
+  pin_path: string;
+  max_entries: number;
+  backend: string;
+  /** uint64 as a decimal string; "0" unless with_counts. */
+  entries: string;
 }
 
 export interface ActiveMapsResponseMsg {
   maps: MapInfoMsg[];
   datapath: DatapathStatsMsg | null;
   migrations: MapMigrationMsg[];
+  /** Per possible CPU, with per_cpu; else empty. */
+  datapath_per_cpu: DatapathStatsMsg[];
+  nat_maps: NatMapInfoMsg[];
+  bpf_root: string;
 }
 
 /** One DumpEntriesBatched message. */

@@ -10,7 +10,7 @@ import { ctNow } from '../maps/clock';
 import { AddressSet } from '../maps/ctmap/gc/address-match';
 import type { GCEvent, GCFilter, GCRunResult } from '../maps/ctmap/gc/types';
 import type { MapRef } from '../maps/ctmap/spec';
-import { CtRecordMsg, MapRefMsg, mapRefMsg, parseU64 } from './ct-proto';
+import { CtRecordMsg, DumpFilterMsg, MapRefMsg, mapRefMsg, parseU64 } from './ct-proto';
 import { WireWriter, mapRefBody, writeCtRecord } from './ct-wire';
 
 export interface GCFilterMsg {
@@ -25,6 +25,19 @@ export interface GCRunRequestMsg {
   family?: string | number;
   maps?: MapRefMsg[];
   filter?: GCFilterMsg | null;
+  /** Only the flows this keeps are candidates (DumpFilter; all_clusters ignored). */
+  flow?: DumpFilterMsg | null;
+  /** > 0: progress updates at most this often, ms. */
+  progress_interval_ms?: number;
+}
+
+/** GCRunUpdate.progress. */
+export interface GCRunProgressMsg {
+  map: MapRefMsg;
+  scanned: string;
+  deleted: string;
+  maps_done: number;
+  maps_total: number;
 }
 
 export interface GCMapStatsMsg {
@@ -44,9 +57,10 @@ export interface GCRunStatsMsg {
 
 /** GCRunner.Run stream message; `update` names the field that is set (oneofs: true). */
 export interface GCRunUpdateMsg {
-  update?: 'kept' | 'stats';
+  update?: 'kept' | 'stats' | 'progress';
   kept?: CtRecordMsg | null;
   stats?: GCRunStatsMsg | null;
+  progress?: GCRunProgressMsg | null;
 }
 
 /** GCRunner.Observe request, and GCRunner.Signal's (which needs a family). */

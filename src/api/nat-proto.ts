@@ -40,6 +40,18 @@ export interface NatDeleteRequestMsg extends NatMapSelectorMsg {
   keys?: CtKeyMsg[];
 }
 
+/** NATMaps.Flush request: family unspecified = every enabled one. */
+export interface NatFlushRequestMsg {
+  family?: string | number;
+  cluster_id?: number;
+  all_clusters?: boolean;
+}
+
+export interface NatFlushResponseMsg {
+  /** uint64 as a decimal string. */
+  flushed: string;
+}
+
 export interface PurgeOrphanNATEntriesResponseMsg {
   ingress_alive: string;
   ingress_deleted: string;

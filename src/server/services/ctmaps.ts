@@ -158,6 +158,10 @@ export function ctMapsService(deps: CtMapsServiceDeps): ServiceRegistration {
       maps: tables.active().map((t) => mapInfoMsg(mapRefMsg(t.ref), t.map, req.with_counts ? t.map.count() : undefined, lastByPin.get(t.map.spec.pinPath ?? ''))),
       datapath: datapath ? datapathStatsMsg(datapath.counters(), datapath.fateCounters?.()) : null,
       migrations: migrations.map(mapMigrationMsg),
+      // Filled by the work of issue 14 (per-CPU counters, SNAT maps, bpf-root).
+      datapath_per_cpu: [],
+      nat_maps: [],
+      bpf_root: '',
     }), shutdown),
 
     DumpEntries: serverStream(log, 'CTMaps/DumpEntries', async (req: DumpEntriesRequestMsg, writer: StreamWriter<Buffer>, ctx) => {

@@ -562,7 +562,7 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCo
     .description('watch the CT lifecycle events (CTEvents.WatchBatched): NEW, CLOSE and DESTROY with their reasons and sequence numbers, and notices of lost events')
     .addOption(family())
     .addOption(new Option('--kind <kinds>', 'only these kinds, comma-separated: new, close, destroy (default: all)').argParser(parseEventKinds))
-    .addOption(new Option('--output <format>', 'json (one object per line) or text').choices(['json', 'text']).default('text'))
+    .addOption(new Option('-o, --output <format>', 'json (one object per line) or text').choices(['json', 'text']).default('text'))
     .addOption(new Option('--count <n>', 'exit 0 after this many events (default: watch until interrupted)').argParser(parseCount))
     .action((o) => {
       result = { kind: 'events', server: serverOf(o), family: o.family, kinds: o.kind ?? [], filter: flowFilterOf(o), output: o.output, count: o.count };

@@ -379,6 +379,20 @@ export function mapInfoMsg(ref: MapRefMsg, map: BpfMap, entries?: number, migrat
   };
 }
 
+/** One open SNAT map as ActiveMapsResponse.nat_maps lists it; entries "0" unless counted. */
+export function natMapInfoMsg(ref: { family: Family; clusterId: number }, map: BpfMap, entries?: number): NatMapInfoMsg {
+  const spec = map.spec;
+  return {
+    family: familyEnum(ref.family),
+    cluster_id: ref.clusterId,
+    name: spec.name,
+    pin_path: spec.pinPath ?? '',
+    max_entries: spec.maxEntries,
+    backend: map.backend,
+    entries: String(entries ?? 0),
+  };
+}
+
 /**
  * A DatapathStats message: the datapath's counters, uint64 as decimal strings (the
  * proto-loader `longs: String` convention); field names are the C counter names.

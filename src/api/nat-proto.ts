@@ -8,7 +8,7 @@ import type { Family } from '../maps/addr';
 import { checkUint } from '../maps/ctmap/codec';
 import type { NatEntry } from '../maps/nat/codec';
 import type { NatGCStats } from '../maps/nat/purge';
-import { CtKeyMsg, parseFamily, parseU64 } from './ct-proto';
+import { CtKeyMsg, parseFamily, parseOptionalFamily, parseU64 } from './ct-proto';
 
 /** NatEntry as proto-loader presents it (created as a decimal string). */
 export interface NatEntryMsg {
@@ -16,6 +16,8 @@ export interface NatEntryMsg {
   port?: number;
   created?: string | number;
   needs_ct?: boolean;
+  /** Output only: CT clock now minus created (int64 as a decimal string). */
+  age_seconds?: string | number;
 }
 
 /** NatRecord as proto-loader presents it. */
@@ -70,6 +72,20 @@ export function parseNatMapSelector(req: NatMapSelectorMsg, prefix = ''): { fami
   return { family, clusterId: req.cluster_id ?? 0 };
 }
 
+/**
+ * NATMaps.Flush's selection. Throws INVALID_ARGUMENT naming `family` (not a Family),
+ * `cluster_id` (beyond uint32, or given with all_clusters); which maps exist is
+ * NatTables.selectForFlush's question.
+ */
+export function parseNatFlushRequest(req: NatFlushRequestMsg): { family?: Family; clusterId: number; allClusters: boolean } {
+  const family = parseOptionalFamily(req.family, 'family');
+  const clusterId = req.cluster_id ?? 0;
+  checkUint(clusterId, 0xffffffff, 'cluster_id');
+  const allClusters = req.all_clusters === true;
+  if (allClusters && clusterId !== 0) throw invalidArgument('cluster_id', `cluster ${clusterId} with all_clusters: give one or the other`);
+  return { family, clusterId, allClusters };
+}
+
 /** Parses a NatEntry message; range and family checks are NatTables.update's (validateNatEntry). */
 export function parseNatEntry(msg: NatEntryMsg | null | undefined, field: string): NatEntry {
   if (!msg) throw invalidArgument(field, 'is required');
@@ -77,9 +93,14 @@ export function parseNatEntry(msg: NatEntryMsg | null | undefined, field: string
   return { addr: msg.addr ?? '', port: msg.port ?? 0, created, needsCt: msg.needs_ct === true };
 }
 
-/** A NatEntry as the NatEntry message (created as a decimal string, as longs: String). */
-export function natEntryMsg(e: NatEntry): NatEntryMsg {
-  return { addr: e.addr, port: e.port, created: e.created.toString(), needs_ct: e.needsCt };
+/**
+ * A NatEntry as the NatEntry message (created as a decimal string, as longs: String); with
+ * `now` (CT clock seconds) also its age_seconds.
+ */
+export function natEntryMsg(e: NatEntry, now?: number): NatEntryMsg {
+  const msg: NatEntryMsg = { addr: e.addr, port: e.port, created: e.created.toString(), needs_ct: e.needsCt };
+  if (now !== undefined) msg.age_seconds = (BigInt(now) - e.created).toString();
+  return msg;
 }
 
 /** An orphan purge's counts as the PurgeOrphanNATEntries response. */

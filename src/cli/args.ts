@@ -53,6 +53,15 @@ interface CtSelection {
   readonly output: 'text' | 'json' | 'jsonl';
 }
 
+/** What `nat list | flush` share: where, and which SNAT maps (src/cli/nat.ts). */
+interface NatSelection {
+  readonly server: CliServer;
+  /** Undefined: every family the daemon has SNAT maps of. */
+  readonly family?: Family;
+  /** A cluster's SNAT maps (0: the global ones), or every open one. */
+  readonly clusterId: number | 'all';
+}
+
 /** What the overview commands share (src/cli/info.ts). */
 interface Overview {
   readonly server: CliServer;
@@ -79,6 +88,8 @@ export type CliCommand =
   | (CtSelection & { readonly kind: 'ct-count' })
   | (CtSelection & { readonly kind: 'ct-delete' })
   | (CtSelection & { readonly kind: 'ct-flush' })
+  | (NatSelection & { readonly kind: 'nat-list'; readonly output: 'text' | 'json' | 'jsonl' })
+  | (NatSelection & { readonly kind: 'nat-flush'; readonly output: 'text' | 'json' })
   | { readonly kind: 'gc-run'; readonly server: CliServer; readonly family?: Family; readonly time?: number; readonly ips: readonly string[] }
   | { readonly kind: 'health'; readonly server: CliServer; readonly service: string; readonly timeoutMs: number }
   | {
@@ -267,6 +278,21 @@ Examples:
   ctmap fate attach --cgroup /sys/fs/cgroup/remote --cluster-id 7
   ctmap fate detach --cgroup /sys/fs/cgroup/unified/workload
   ctmap fate status`;
+
+const NAT_HELP = `
+The SNAT maps hold the datapath's source-NAT mappings: an OUT entry per translated flow
+(its tuple -> the address and port it was translated to) and the IN entry that maps the
+replies back. Every CT entry the daemon deletes (GC, ct delete, ct flush) takes its
+mapping with it. list prints one line per entry as \`cilium bpf nat list\` does, e.g.
+  TCP OUT 10.0.0.1:40000 -> 1.1.1.1:80 XLATE_SRC 192.168.1.1:40000 Created=120sec ago NeedsCT=1
+with "Created" on the daemon's CT clock. flush removes every mapping of the selected maps
+and leaves the CT entries alone: a flow whose mapping is gone gets a new one at its next
+packet.
+
+Examples:
+  ctmap nat list
+  ctmap nat list -f ipv6 --cluster-id all -o jsonl
+  ctmap nat flush -f ipv4 --cluster-id 7`;
 
 /**
  * Parses the arguments after the program name. Returns the command to run; throws
@@ -464,9 +490,27 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCo
     result = { kind: 'ct-flush', ...selectionOf(o) };
   });
 
+  const nat = program
+    .command('nat')
+    .description('read and flush the SNAT maps through the daemon (cilium_snat_v4_external, cilium_snat_v6_external, per cluster)')
+    .addHelpText('after', NAT_HELP);
+  /** The SNAT maps and the output of a `nat` command. */
+  const natCommand = (name: string, description: string, outputs: readonly string[]): Command =>
+    withServer(nat.command(name))
+      .description(description)
+      .addOption(new Option('-f, --family <family>', 'ipv4 or ipv6 (default: every family the daemon has SNAT maps of)').argParser(parseFamily))
+      .addOption(new Option('--cluster-id <n|all>', "a cluster's per-cluster SNAT maps (0 = the global maps), or all: the global and every cluster's").default(0).argParser(parseClusterSelection))
+      .addOption(new Option('-o, --output <format>', outputs.join(', ')).choices([...outputs]).default('text'));
+  natCommand('list', 'print every SNAT entry: text as `cilium bpf nat list`, json (one array) or jsonl (one record per line) (NATMaps.DumpEntries)', ['text', 'json', 'jsonl']).action((o) => {
+    result = { kind: 'nat-list', server: serverOf(o), family: o.family, clusterId: o.clusterId, output: o.output };
+  });
+  natCommand('flush', 'remove every entry of the SNAT maps (NATMaps.Flush); the CT entries stay', ['text', 'json']).action((o) => {
+    result = { kind: 'nat-flush', server: serverOf(o), family: o.family, clusterId: o.clusterId, output: o.output };
+  });
+
   const output = (): Option => new Option('-o, --output <format>', 'text or json').choices(['text', 'json']).default('text');
   withServer(program.command('maps'))
-    .description('every open CT map of the daemon (global and per cluster): pin, size, entries and fill level')
+    .description('every open CT and SNAT map of the daemon (global and per cluster): pin, size, entries and fill level')
     .addOption(output())
     .action((o) => {
       result = { kind: 'maps', server: serverOf(o), output: o.output };
@@ -518,7 +562,7 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCo
     .description('watch the CT lifecycle events (CTEvents.WatchBatched): NEW, CLOSE and DESTROY with their reasons and sequence numbers, and notices of lost events')
     .addOption(family())
     .addOption(new Option('--kind <kinds>', 'only these kinds, comma-separated: new, close, destroy (default: all)').argParser(parseEventKinds))
-    .addOption(new Option('--output <format>', 'json (one object per line) or text').choices(['json', 'text']).default('text'))
+    .addOption(new Option('-o, --output <format>', 'json (one object per line) or text').choices(['json', 'text']).default('text'))
     .addOption(new Option('--count <n>', 'exit 0 after this many events (default: watch until interrupted)').argParser(parseCount))
     .action((o) => {
       result = { kind: 'events', server: serverOf(o), family: o.family, kinds: o.kind ?? [], filter: flowFilterOf(o), output: o.output, count: o.count };

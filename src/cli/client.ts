@@ -5,7 +5,7 @@
  * hint when the daemon is not reachable.
  */
 import * as grpc from '@grpc/grpc-js';
-import { gcRunnerClient, healthClient } from '../api/clients';
+import { UnaryMethod, gcRunnerClient, healthClient } from '../api/clients';
 import type { GCRunStatsMsg, GCRunUpdateMsg } from '../api/gc-proto';
 import * as fs from 'node:fs';
 import type { CliCommand, CliServer } from './args';
@@ -30,6 +30,14 @@ export function rpcError(rpc: string, server: CliServer, err: grpc.ServiceError)
  * is the access control) and with --insecure; else TLS with the client certificate. Throws
  * CliRpcError naming a TLS file that cannot be read.
  */
+/** A unary call of `method` on `client` as a promise; a failure becomes CliRpcError naming `rpc` ("CTMaps.ActiveMaps"). */
+export function unary<Req, Res>(client: grpc.Client, rpc: string, server: CliServer, method: UnaryMethod<Req, Res>, req: Req): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    const call = method as (req: Req, callback: grpc.requestCallback<Res>) => grpc.ClientUnaryCall;
+    call.call(client, req, (err, res) => (err ? reject(rpcError(rpc, server, err)) : resolve(res as Res)));
+  });
+}
+
 export function connection(server: CliServer): [string, grpc.ChannelCredentials] {
   if (!server.tls) return [server.target, grpc.credentials.createInsecure()];
   const read = (file: string): Buffer => {

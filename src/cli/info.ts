@@ -1,25 +1,20 @@
 /**
- * The operator's overview commands, like conntrack -S / -C: `ctmap maps` (every open map
- * with its pin, size, entries and fill level), `ctmap stats` (the datapath's and
- * fate-sharing's counters), `ctmap gc status` (the scheduler per family) and `ctmap
+ * The operator's overview commands, like conntrack -S / -C: `ctmap maps` (every open CT
+ * and SNAT map with its pin, size, entries and fill level), `ctmap stats` (the datapath's
+ * and fate-sharing's counters), `ctmap gc status` (the scheduler per family) and `ctmap
  * cluster list | create | delete` (the per-cluster maps). Text for people, json for tools.
- * The SNAT maps are not listed: ActiveMaps reports the CT maps only.
  */
-import type * as grpc from '@grpc/grpc-js';
-import { UnaryMethod, clusterCtMapsClient, ctMapsClient, gcRunnerClient } from '../api/clients';
-import type { MapInfoMsg } from '../api/ct-proto';
-import type { CliCommand, CliServer } from './args';
-import { connection, rpcError } from './client';
+import { clusterCtMapsClient, ctMapsClient, gcRunnerClient } from '../api/clients';
+import type { MapInfoMsg, NatMapInfoMsg } from '../api/ct-proto';
+import type { CliCommand } from './args';
+import { connection, unary } from './client';
 import type { Io } from './datapath';
 
 type InfoCommand = Extract<CliCommand, { kind: 'maps' | 'stats' | 'gc-status' | 'cluster-list' | 'cluster-create' | 'cluster-delete' }>;
 
-function unary<Req, Res>(client: grpc.Client, rpc: string, server: CliServer, method: UnaryMethod<Req, Res>, req: Req): Promise<Res> {
-  return new Promise((resolve, reject) => {
-    const call = method as (req: Req, callback: grpc.requestCallback<Res>) => grpc.ClientUnaryCall;
-    call.call(client, req, (err, res) => (err ? reject(rpcError(rpc, server, err)) : resolve(res as Res)));
-  });
-}
+
+/** How `maps` names a SNAT map: "IPv4 SNAT global", "IPv6 SNAT cluster 7". */
+const natRefText = (m: NatMapInfoMsg): string => `${m.family === 'FAMILY_IPV6' ? 'IPv6' : 'IPv4'} SNAT ${m.cluster_id ? `cluster ${m.cluster_id}` : 'global'}`;
 
 const refText = (m: MapInfoMsg): string =>
   `${m.ref.family === 'FAMILY_IPV6' ? 'IPv6' : 'IPv4'} ${m.ref.kind === 'MAP_KIND_TCP' ? 'TCP' : 'any'} ${m.ref.cluster_id ? `cluster ${m.ref.cluster_id}` : 'global'}`;
@@ -40,7 +35,11 @@ export async function runInfo(cmd: InfoCommand, io: Io): Promise<number> {
       const c = ctMapsClient(...connection(cmd.server));
       try {
         const res = await unary(c, 'CTMaps.ActiveMaps', cmd.server, c.ActiveMaps, { with_counts: true });
-        const maps = res.maps.map((m) => ({ map: refText(m), name: m.name, pin: m.pin_path, maxEntries: m.max_entries, entries: Number(m.entries), backend: m.backend }));
+        // CT maps first, then their SNAT partners; json tells them apart by kind.
+        const maps = [
+          ...res.maps.map((m) => ({ kind: 'ct', map: refText(m), name: m.name, pin: m.pin_path, maxEntries: m.max_entries, entries: Number(m.entries), backend: m.backend })),
+          ...res.nat_maps.map((m) => ({ kind: 'snat', map: natRefText(m), name: m.name, pin: m.pin_path, maxEntries: m.max_entries, entries: Number(m.entries), backend: m.backend })),
+        ];
         if (cmd.output === 'json') json(maps);
         else io.out(table([['MAP', 'NAME', 'ENTRIES', 'MAX', 'FILL', 'PIN'], ...maps.map((m) => [m.map, m.name, String(m.entries), String(m.maxEntries), fill(m.entries, m.maxEntries), m.pin])]));
         return 0;

@@ -8,6 +8,7 @@ import { CliUsageError, parseCli } from './args';
 import { CliRpcError, gcRun, health } from './client';
 import { runCt } from './ct';
 import { runInfo } from './info';
+import { runNat } from './nat';
 import { Io, runDatapath } from './datapath';
 import { runFate } from './fate';
 import { watchEvents } from './events';
@@ -30,6 +31,9 @@ export async function run(argv: readonly string[], env: NodeJS.ProcessEnv, io: I
       case 'ct-delete':
       case 'ct-flush':
         return await runCt(cmd, io);
+      case 'nat-list':
+      case 'nat-flush':
+        return await runNat(cmd, io);
       case 'maps':
       case 'stats':
       case 'gc-status':

@@ -152,6 +152,27 @@ export function deleteKeys<K>(map: BpfMap, keys: readonly K[], encode: (key: K, 
 }
 
 /**
+ * Removes every entry of each map of `tables`: one batch read and one batch delete per
+ * cursor batch (Cilium's doFlush4/6 delete one syscall per entry). Returns how many were
+ * removed. Entries the datapath adds meanwhile may or may not be removed. Throws only on a
+ * backend failure (entries removed by then stay removed).
+ */
+export function emptyMaps(tables: readonly RegisteredMap<unknown>[]): number {
+  let removed = 0;
+  for (const t of tables) {
+    const cursor = t.map.cursor();
+    try {
+      // Deleting the batch just read is safe for the bucket-ordered cursor: the cursor
+      // has moved past those buckets.
+      for (let b = cursor.next(); b; b = cursor.next()) removed += t.map.deleteBatch(Buffer.from(b.keys), b.count).deleted;
+    } finally {
+      cursor.close();
+    }
+  }
+  return removed;
+}
+
+/**
  * A cursor over a registered map for a read that awaits between batches (a dump, a GC
  * pass, a purge): once the map is closed under it (its cluster left: src/cluster closes a
  * leaving cluster's maps, whatever is reading them) next()/nextAsync() throw a CtmapError

@@ -1,7 +1,9 @@
 /**
  * Issue 3 "must show", NAT part, through the daemon on kernel maps: a GC pass that deletes
  * expired TCP, ICMP and DSR CT entries removes their SNAT pairs (and reports how many),
- * leaves unrelated NAT entries alone, and PurgeOrphanNATEntries reports exact counts.
+ * leaves unrelated NAT entries alone, and PurgeOrphanNATEntries reports exact counts. And
+ * a key Delete (CTMaps.Delete with keys, through the in-kernel deleter) takes its SNAT
+ * pairs too and reaches Observe once per entry (issue 14).
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -76,4 +78,41 @@ test('GC removes the SNAT pairs of deleted CT entries; orphan purge counts exact
   const event = await Promise.race([observed, new Promise((_, reject) => setTimeout(() => reject(new Error('no GC event within 5 s of the flush')), 5000).unref())]) as any;
   assert.equal(event.record.key.daddr, alive.daddr, 'an Observe subscriber saw the flushed entry');
   assert.equal((await collect(natc, 'DumpEntries', { family: V4, cluster_id: 0 })).length, 0, 'the SNAT pair went with it');
+});
+
+test('a key Delete takes the SNAT pairs (and the DSR mapping) and reaches Observe once per entry (kernel)', async (t) => {
+  if (!kernelTier(t)) return;
+  const bpf = privateBpfRoot(t);
+  const sock = tempDir(t);
+  const d = await startTestDaemon(sock.dir, ['--backend', 'kernel', '--bpf-root', bpf.root, '--bpf-ct-global-tcp-max', '8192', '--bpf-ct-global-any-max', '8192', '--enable-ipv6=false']);
+  t.after(() => d.stop());
+  const ct = ctClient(d.address);
+  const gc = gcRunnerClient(d.address);
+  const natc = natMapsClient(d.address);
+  t.after(() => (ct.close(), gc.close(), natc.close()));
+
+  const tcp: CtKey = { daddr: '192.0.2.20', saddr: '198.51.100.1', sport: 40000, dport: 443, nexthdr: 6, flags: 0 };
+  const dsr: CtKey = { daddr: '192.0.2.21', saddr: '198.51.100.3', sport: 8080, dport: 50000, nexthdr: 6, flags: 0 };
+  const kept: CtKey = { daddr: '192.0.2.22', saddr: '198.51.100.4', sport: 40001, dport: 443, nexthdr: 6, flags: 0 };
+  const tcpPair = snatPair(tcp, { addr: '192.0.2.200', port: 61000 });
+  const keptPair = snatPair(kept, { addr: '192.0.2.200', port: 61002 });
+  const dsrNat = { key: dsrKey(dsr), entry: { addr: '192.0.2.201', port: 80, created: 5n, needsCt: false } };
+  await call(ct, 'Update', { records: [ctRecord(tcp, 0xfffffff0), ctRecord(dsr, 0xfffffff0, 1 << 7), ctRecord(kept, 0xfffffff0)] });
+  await call(natc, 'Update', { records: [tcpPair.out, tcpPair.in, keptPair.out, keptPair.in, dsrNat].map(natRecord) });
+
+  const events: any[] = [];
+  const observe = gc.Observe({ family: V4 });
+  observe.on('data', (e) => events.push(e));
+  observe.on('error', () => undefined);
+  t.after(() => observe.cancel());
+  await new Promise((r) => setTimeout(r, 300)); // subscription in place
+
+  const res = await call(ct, 'Delete', { map: { family: V4, kind: 'MAP_KIND_TCP' }, keys: [tcp, dsr] });
+  assert.equal(res.deleted, 2);
+  const deadline = Date.now() + 5000;
+  while (events.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  await new Promise((r) => setTimeout(r, 300)); // nothing more arrives
+  assert.deepEqual(events.map((e) => e.record.key.daddr).sort(), [tcp.daddr, dsr.daddr], 'Observe: each deleted entry once');
+  const left = new Set((await collect(natc, 'DumpEntries', { family: V4, cluster_id: 0 })).map((r: any) => keyId(r.key)));
+  assert.deepEqual(left, new Set([keptPair.out, keptPair.in].map((r) => keyId(r.key))), 'the pair and the DSR mapping went; the other pair stays');
 });

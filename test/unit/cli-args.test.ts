@@ -9,6 +9,7 @@ import { describe, it } from 'node:test';
 import { CliUsageError, parseCli } from '../../src/cli/args';
 import { formatAttach, formatDetach } from '../../src/cli/datapath';
 import { run } from '../../src/cli/main';
+import { natText } from '../../src/cli/nat';
 import { DEFAULT_DATAPATH_SETTINGS } from '../../src/datapath/settings';
 
 function usage(argv: string[], flag: string | undefined, env: NodeJS.ProcessEnv = {}): CliUsageError {
@@ -227,6 +228,58 @@ describe('ctmap ct list / gc run', () => {
     usage(['gc', 'run', '--time', 'soon'], '--time');
   });
 
+});
+
+describe('ctmap nat list / flush', () => {
+  const sock = { target: 'unix:/run/ctmapd/ctmapd.sock' };
+  it('parses list with its defaults and every flag', () => {
+    assert.deepEqual(parseCli(['nat', 'list'], {}), { kind: 'nat-list', server: sock, family: undefined, clusterId: 0, output: 'text' });
+    assert.deepEqual(parseCli(['nat', 'list', '-f', 'ipv6', '--cluster-id', 'all', '-o', 'jsonl'], {}), { kind: 'nat-list', server: sock, family: 'ipv6', clusterId: 'all', output: 'jsonl' });
+    assert.deepEqual(parseCli(['nat', 'list', '--family', 'ipv4', '--cluster-id', '7', '--output', 'json', '--socket', '/tmp/x.sock'], {}), {
+      kind: 'nat-list',
+      server: { target: 'unix:/tmp/x.sock' },
+      family: 'ipv4',
+      clusterId: 7,
+      output: 'json',
+    });
+  });
+  it('parses flush', () => {
+    assert.deepEqual(parseCli(['nat', 'flush'], {}), { kind: 'nat-flush', server: sock, family: undefined, clusterId: 0, output: 'text' });
+    assert.deepEqual(parseCli(['nat', 'flush', '-f', '4', '--cluster-id', 'ALL', '-o', 'json'], {}), { kind: 'nat-flush', server: sock, family: 'ipv4', clusterId: 'all', output: 'json' });
+  });
+  it('bad usage names the flag', () => {
+    usage(['nat', 'list', '-f', 'ipx'], '--family');
+    usage(['nat', 'list', '--cluster-id', '512'], '--cluster-id');
+    usage(['nat', 'list', '--cluster-id', 'some'], '--cluster-id');
+    usage(['nat', 'list', '-o', 'yaml'], '--output');
+    usage(['nat', 'flush', '-o', 'jsonl'], '--output');
+    usage(['nat', 'flush', '--state', 'established'], undefined);
+    assert.match(usage(['nat'], undefined).message, /missing command/);
+  });
+  it('help describes both commands and the Cilium line format', () => {
+    let help = '';
+    try {
+      parseCli(['nat', '--help'], {});
+    } catch (err) {
+      assert.ok(err instanceof CliUsageError && err.exitCode === 0);
+      help = err.message;
+    }
+    assert.match(help, /list/);
+    assert.match(help, /flush/);
+    assert.match(help, /XLATE_SRC 192\.168\.1\.1:40000 Created=120sec ago NeedsCT=1/);
+  });
+});
+
+describe('nat list text', () => {
+  it('prints Cilium\'s `bpf nat list` lines, OUT and IN, IPv4 and IPv6', () => {
+    const out4 = { family: 'FAMILY_IPV4', cluster_id: 0, key: { saddr: '10.0.0.1', daddr: '1.1.1.1', sport: 40000, dport: 80, nexthdr: 6, flags: 0 }, entry: { addr: '192.168.1.1', port: 40000, created: '5', needs_ct: true, age_seconds: '120' } };
+    assert.equal(natText(out4), 'TCP OUT 10.0.0.1:40000 -> 1.1.1.1:80 XLATE_SRC 192.168.1.1:40000 Created=120sec ago NeedsCT=1\n');
+    const in4 = { ...out4, key: { saddr: '1.1.1.1', daddr: '192.168.1.1', sport: 80, dport: 40000, nexthdr: 17, flags: 1 }, entry: { addr: '10.0.0.1', port: 40000, created: '5', needs_ct: false, age_seconds: '3' } };
+    assert.equal(natText(in4), 'UDP IN 1.1.1.1:80 -> 192.168.1.1:40000 XLATE_DST 10.0.0.1:40000 Created=3sec ago NeedsCT=0\n');
+    const v6 = { family: 'FAMILY_IPV6', cluster_id: 0, key: { saddr: 'fd00::1', daddr: '2001:db8::5', sport: 0x1234, dport: 0, nexthdr: 58, flags: 0 }, entry: { addr: '2001:db8::10', port: 7, created: '5', needs_ct: true, age_seconds: '0' } };
+    assert.equal(natText(v6), 'ICMPv6 OUT [fd00::1]:4660 -> [2001:db8::5]:0 XLATE_SRC [2001:db8::10]:7 Created=0sec ago NeedsCT=1\n');
+    assert.equal(natText({ ...out4, key: { ...out4.key, nexthdr: 0 } }), '', 'nexthdr 0 is skipped, as Cilium does');
+  });
 });
 
 describe('ctmap health', () => {

@@ -1,12 +1,13 @@
 /**
  * ctmap.v1.NATMaps over a real gRPC server in this process (unix socket in a temp dir),
- * next to CTMaps on the same memory-backend tables: Update, DumpEntries, Delete and
- * PurgeOrphanNATEntries, and every INVALID_ARGUMENT naming its field without writing.
+ * next to CTMaps on the same memory-backend tables: Update, DumpEntries, Delete,
+ * PurgeOrphanNATEntries and Flush, and every INVALID_ARGUMENT naming its field without writing.
  */
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
+import { ctNow } from '../../src/maps/clock';
 import type { CtKey } from '../../src/maps/ctmap/codec';
 import { memoryBackend } from '../../src/maps/memory';
 import type { NatEntry } from '../../src/maps/nat/codec';
@@ -63,7 +64,7 @@ describe('NATMaps over gRPC', () => {
       log: silentLog,
       shutdown,
       services: [
-        ctMapsService({ tables: tables.ct, log: silentLog, shutdown: shutdown.signal }),
+        ctMapsService({ tables: tables.ct, nat: tables.nat, log: silentLog, shutdown: shutdown.signal }),
         natMapsService({ nat: tables.nat, ct: tables.ct, log: silentLog, shutdown: shutdown.signal }),
       ],
     });
@@ -94,13 +95,28 @@ describe('NATMaps over gRPC', () => {
     for (const want of v4Records) {
       const r = byId.get(keyId(want.key));
       assert.ok(r, `dumped ${keyId(want.key)}`);
-      assert.deepEqual(r, { ...want, key: { ...want.key } }, keyId(want.key));
+      // age_seconds is derived from the daemon's CT clock: checked on its own.
+      const { age_seconds, ...entry } = r.entry;
+      assert.deepEqual({ ...r, entry }, { ...want, key: { ...want.key } }, keyId(want.key));
+      const age = ctNow() - Number(want.entry.created);
+      assert.ok(Math.abs(Number(age_seconds) - age) <= 1, `age_seconds ${age_seconds} is now - created (${age})`);
     }
     assert.equal(byId.get(keyId(tcpPair.out.key)).entry.created, '1234567890123');
     assert.equal(byId.get(keyId(tcpPair.out.key)).entry.needs_ct, true);
     const got6 = await dump(V6);
     assert.deepEqual(new Set(got6.map((r: any) => keyId(r.key))), new Set(v6Records.map((r) => keyId(r.key))));
     assert.equal(got6[0].family, V6);
+  });
+
+  test('CTMaps.ActiveMaps lists the SNAT maps, with entry counts only when asked', async () => {
+    const counted = await call(ct, 'ActiveMaps', { with_counts: true });
+    const root = tables.root;
+    assert.deepEqual(counted.nat_maps, [
+      { family: V4, cluster_id: 0, name: 'cilium_snat_v4_external', pin_path: `${root}/tc/globals/cilium_snat_v4_external`, max_entries: 8192, backend: 'memory', entries: '7' },
+      { family: V6, cluster_id: 0, name: 'cilium_snat_v6_external', pin_path: `${root}/tc/globals/cilium_snat_v6_external`, max_entries: 8192, backend: 'memory', entries: '2' },
+    ]);
+    const plain = await call(ct, 'ActiveMaps', {});
+    assert.deepEqual(plain.nat_maps.map((m: any) => [m.name, m.entries]), [['cilium_snat_v4_external', '0'], ['cilium_snat_v6_external', '0']]);
   });
 
   test('a rejected Update names the field and writes nothing', async () => {
@@ -183,6 +199,31 @@ describe('NATMaps over gRPC', () => {
     });
     assert.equal(seen.size, 6000 + 3);
     const r = seen.get(keyId({ ...udpGone, sport: 4321 }));
-    assert.deepEqual(r.entry, { addr: '192.0.2.12', port: 4321, created: '4321', needs_ct: false });
+    assert.deepEqual({ ...r.entry, age_seconds: undefined }, { addr: '192.0.2.12', port: 4321, created: '4321', needs_ct: false, age_seconds: undefined });
+  });
+
+  test('Flush: bad input is INVALID_ARGUMENT naming the field or NOT_FOUND, and removes nothing; then it empties the selected maps', async () => {
+    await call(nat, 'Update', { records: v6Records });
+    const before4 = (await dump(V4)).length;
+    assert.ok(before4 > 6000);
+    const cases: Array<[object, grpc.status, string | undefined]> = [
+      [{ family: 9 }, grpc.status.INVALID_ARGUMENT, 'family'],
+      [{ cluster_id: 256 }, grpc.status.INVALID_ARGUMENT, 'cluster_id'],
+      [{ cluster_id: 3, all_clusters: true }, grpc.status.INVALID_ARGUMENT, 'cluster_id'],
+      [{ family: V4, cluster_id: 3 }, grpc.status.NOT_FOUND, undefined],
+      [{ cluster_id: 3 }, grpc.status.NOT_FOUND, undefined],
+    ];
+    for (const [req, code, field] of cases) await rejectsWith(call(nat, 'Flush', req), code, field);
+    assert.equal((await dump(V4)).length, before4, 'nothing removed from the IPv4 map');
+    assert.equal((await dump(V6)).length, 2, 'nothing removed from the IPv6 map');
+
+    assert.deepEqual(await call(nat, 'Flush', { family: V6 }), { flushed: '2' });
+    assert.equal((await dump(V6)).length, 0);
+    assert.equal((await dump(V4)).length, before4, 'the other family is left alone');
+    await call(nat, 'Update', { records: v6Records });
+    // Unspecified family: both; all_clusters with no cluster joined: the globals.
+    assert.deepEqual(await call(nat, 'Flush', { all_clusters: true }), { flushed: String(before4 + 2) });
+    assert.equal((await dump(V4)).length + (await dump(V6)).length, 0);
+    assert.deepEqual(await call(nat, 'Flush', {}), { flushed: '0' });
   });
 });

@@ -11,7 +11,8 @@ import { keyLayout } from './codec';
 const E = CT_ENTRY.fields;
 
 
-function protoName(nexthdr: number): string {
+/** The protocol name Cilium prints for `nexthdr` (u8proto), or its number. */
+export function protoName(nexthdr: number): string {
   switch (nexthdr) {
     case IPPROTO.TCP:
       return 'TCP';

@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import { invalidArgument, notFound } from '../../errors';
 import { writeGrouped } from '../batch-write';
 import type { MapOpener } from '../lifecycle';
-import { MapRegistry, MapToOpen, RegisteredMap, deleteKeys, liveCursor, openMaps } from '../registry';
+import { MapRegistry, MapToOpen, RegisteredMap, deleteKeys, emptyMaps, liveCursor, openMaps } from '../registry';
 import { BatchCursor, MapBackend } from '../types';
 import type { Family } from '../addr';
 import { CT_ENTRY_SIZE, CtEntry, CtKey, decodeEntry, encodeEntry, encodeKey, entryLifetime } from './codec';
@@ -122,18 +122,7 @@ export class CtTables extends MapRegistry<MapRef, CtTable> {
 
   /** Removes every entry of the selected maps; returns how many were removed. */
   flush(tables: CtTable[]): number {
-    let flushed = 0;
-    for (const t of tables) {
-      const cursor = t.map.cursor();
-      try {
-        // Deleting the batch just read is safe for the bucket-ordered cursor: the cursor
-        // has moved past those buckets.
-        for (let b = cursor.next(); b; b = cursor.next()) flushed += t.map.deleteBatch(Buffer.from(b.keys), b.count).deleted;
-      } finally {
-        cursor.close();
-      }
-    }
-    return flushed;
+    return emptyMaps(tables);
   }
 }
 

@@ -10,7 +10,7 @@ import type { Logger } from 'pino';
 import { invalidArgument } from '../../errors';
 import { writeGrouped } from '../batch-write';
 import type { MapOpener } from '../lifecycle';
-import { MapRegistry, MapToOpen, RegisteredMap, deleteKeys, liveCursor, openMaps } from '../registry';
+import { MapRegistry, MapToOpen, RegisteredMap, deleteKeys, emptyMaps, liveCursor, openMaps } from '../registry';
 import { Batch, BatchCursor, MapBackend } from '../types';
 import type { Family } from '../addr';
 import { CtKey, encodeKey, validateKey } from '../ctmap/codec';
@@ -112,6 +112,25 @@ export class NatTables extends MapRegistry<NatMapRef, NatTable> {
    */
   delete(family: Family, clusterId: number, keys: readonly CtKey[], clusterField = 'cluster_id'): number {
     return deleteKeys(this.get(family, clusterId, clusterField).map, keys, (k, buf, off) => encodeKey(family, k, buf, off));
+  }
+
+  /**
+   * The maps NATMaps.Flush empties: of `family` (undefined: every family whose global map
+   * is open, i.e. every enabled one), the global maps (clusterId 0), cluster N's, or with
+   * allClusters the global and every cluster's. Throws NOT_FOUND for a disabled family or
+   * a cluster without maps, INVALID_ARGUMENT naming `clusterField` for an id beyond
+   * ClusterIDMax (as get()).
+   */
+  selectForFlush(sel: { family?: Family; clusterId: number; allClusters: boolean }, clusterField = 'cluster_id'): NatTable[] {
+    const families = sel.family ? [sel.family] : [...new Set(this.active().filter((t) => t.ref.clusterId === 0).map((t) => t.ref.family))];
+    if (!sel.allClusters) return families.map((f) => this.get(f, sel.clusterId, clusterField));
+    for (const f of families) this.get(f, 0, clusterField); // a disabled family is NOT_FOUND here too
+    return this.active().filter((t) => families.includes(t.ref.family));
+  }
+
+  /** Removes every entry of `tables` with batch deletes (emptyMaps); returns how many there were. */
+  flush(tables: readonly NatTable[]): number {
+    return emptyMaps(tables);
   }
 
   /** A pull-based dump of one NAT map (see NatDumpCursor). */

@@ -11,8 +11,7 @@ import { CtTable, CtTables, DumpBatch, DumpCursor, countEntries, countMatching }
 import { DumpFilter, EntryPredicate, compileFilter } from '../../maps/ctmap/flow-filter';
 import type { Family } from '../../maps/addr';
 import { CT_ENTRY_SIZE, encodeKey } from '../../maps/ctmap/codec';
-import type { CtEventBus } from '../../maps/ctmap/events/bus';
-import { publishKeyDeletion } from '../../maps/ctmap/events/producers';
+import type { NatTables } from '../../maps/nat/tables';
 import { MapRef, refLabel } from '../../maps/ctmap/spec';
 import { FLUSH_TIME } from '../../maps/ctmap/gc/engine';
 import type { GCRunner } from '../../maps/ctmap/gc/runner';
@@ -36,6 +35,7 @@ import {
   mapInfoMsg,
   mapMigrationMsg,
   mapRefMsg,
+  natMapInfoMsg,
   parseDumpFilter,
   parseEntry,
   parseKey,
@@ -81,17 +81,17 @@ export interface CtMapsServiceDeps extends ServiceDeps {
   /**
    * With it, Flush is a GC pass with time 2^32-1 as in Cilium (facts §6): every removed
    * entry is published as a GC event and takes its SNAT mapping with it, and the flush
-   * waits for passes already running over those maps. Without it, Flush deletes in
-   * batches, silently.
+   * waits for passes already running over those maps; Delete (by keys or filter) removes
+   * through the GC engine too, so its deletions are DESTROY reason delete on the event bus
+   * the engine is connected to (connectGCToBus), reach Observe and take their SNAT
+   * mappings with them. Without it, Flush and Delete delete in batches, silently.
    */
   readonly gc?: GCRunner;
   /**
-   * The CT lifecycle event bus (issue 13). With it and `gc`, Delete removes each key with
-   * the GC's deleter, which hands back the entry as it was deleted, and publishes them as
-   * DESTROY reason delete; Flush's pass publishes DESTROY reason flush (through the GC's
-   * connection to the bus, see connectGCToBus).
+   * The SNAT maps ActiveMaps lists (nat_maps) beside the CT maps. Without it nat_maps is
+   * empty.
    */
-  readonly events?: CtEventBus;
+  readonly nat?: NatTables;
   /** With it, ActiveMaps reports the datapath's counters, read at each call. */
   readonly datapath?: DatapathCountersSource;
   /** What this start did to pinned maps (ActiveMaps reports them). Default: none. */
@@ -104,7 +104,7 @@ export interface CtMapsServiceDeps extends ServiceDeps {
  * protobufjs), and its handlers. `deps.shutdown` ends calls when the server stops.
  */
 export function ctMapsService(deps: CtMapsServiceDeps): ServiceRegistration {
-  const { tables, log, shutdown, gc, events, datapath, migrations = [] } = deps;
+  const { tables, nat, log, shutdown, gc, datapath, migrations = [] } = deps;
   // The latest report per pin: a rolled-back migration is followed by the one that completed.
   const lastByPin = new Map(migrations.map((m) => [m.pinPath, m]));
   /** Streams the selected maps batch by batch; `emit` turns one batch into messages. */
@@ -160,7 +160,7 @@ export function ctMapsService(deps: CtMapsServiceDeps): ServiceRegistration {
       migrations: migrations.map(mapMigrationMsg),
       // Filled by the work of issue 14 (per-CPU counters, SNAT maps, bpf-root).
       datapath_per_cpu: [],
-      nat_maps: [],
+      nat_maps: (nat?.active() ?? []).map((t) => natMapInfoMsg(t.ref, t.map, req.with_counts ? t.map.count() : undefined)),
       bpf_root: '',
     }), shutdown),
 
@@ -273,15 +273,19 @@ export function ctMapsService(deps: CtMapsServiceDeps): ServiceRegistration {
         return key;
       });
       let deleted: number;
-      if (gc && events) {
+      if (gc) {
+        // The engine publishes the deletions on its GC stream with reason delete: the NAT
+        // coupling removes their SNAT mappings, Observe sees them, and connectGCToBus makes
+        // each one DESTROY reason delete on the bus (once: nothing here publishes).
         const table = tables.get(ref, 'map');
         const ks = table.map.spec.keySize;
         const packed = Buffer.alloc(keys.length * ks);
         keys.forEach((k, i) => encodeKey(ref.family, k, packed, i * ks));
-        const result = gc.engine.deleteKeys(table, packed, keys.length);
-        publishKeyDeletion(events, ref, packed, result);
-        deleted = result.deleted;
+        deleted = (await gc.engine.deleteKeys(table, packed, keys.length, ctx.signal)).deleted;
       } else {
+        // No GC runner (a service built for tests or embedding without one): a plain batch
+        // delete. Nothing is published and SNAT mappings stay, as there is no coupling to
+        // remove them; the daemon always passes its runner.
         deleted = tables.delete(ref, keys);
       }
       ctx.audit({ deleted });

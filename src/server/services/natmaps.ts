@@ -1,10 +1,11 @@
 /**
  * The ctmap.v1.NATMaps service: request parsing and response shaping around NatTables and
- * the orphan purge. Errors thrown here are CtmapErrors; unary()/serverStream() map them to
+ * the orphan purge (and Flush, Cilium's `bpf nat flush`). Errors thrown here are CtmapErrors; unary()/serverStream() map them to
  * gRPC statuses (INVALID_ARGUMENT names the request field).
  */
 import type * as grpc from '@grpc/grpc-js';
 import { invalidArgument } from '../../errors';
+import { ctNow } from '../../maps/clock';
 import { decodeKey } from '../../maps/ctmap/codec';
 import type { CtTables } from '../../maps/ctmap/tables';
 import { decodeNatEntry } from '../../maps/nat/codec';
@@ -14,12 +15,15 @@ import type { NatRecordInput, NatTables } from '../../maps/nat/tables';
 import { familyEnum, parseKey } from '../../api/ct-proto';
 import {
   NatDeleteRequestMsg,
+  NatFlushRequestMsg,
+  NatFlushResponseMsg,
   NatMapSelectorMsg,
   NatRecordMsg,
   NatUpdateRequestMsg,
   natEntryMsg,
   natPurgeMsg,
   parseNatEntry,
+  parseNatFlushRequest,
   parseNatMapSelector,
 } from '../../api/nat-proto';
 import { services } from '../../api/proto';
@@ -55,12 +59,13 @@ export function natMapsService(deps: NatMapsServiceDeps): ServiceRegistration {
         // the next batch is read only after the last record of this one went out.
         for (let b = await cursor.next(); b; b = await cursor.next()) {
           if (ctx.signal.aborted) throw ctx.signal.reason;
+          const now = ctNow();
           for (let i = 0; i < b.count; i++) {
             await writer.write({
               family: fam,
               cluster_id: clusterId,
               key: decodeKey(family, b.keys, i * ks),
-              entry: natEntryMsg(decodeNatEntry(family, b.values, i * vs)),
+              entry: natEntryMsg(decodeNatEntry(family, b.values, i * vs), now),
             });
           }
         }
@@ -109,6 +114,17 @@ export function natMapsService(deps: NatMapsServiceDeps): ServiceRegistration {
       ctx.log.info({ family, clusterId, ...stats }, 'purged orphan SNAT entries');
       ctx.audit({ ...stats });
       return natPurgeMsg(stats);
+    }, shutdown),
+
+    Flush: unary(log, 'NATMaps/Flush', async (req: NatFlushRequestMsg, ctx): Promise<NatFlushResponseMsg> => {
+      // Every map is resolved before any is emptied: a request naming a cluster without
+      // maps, or a disabled family, removes nothing.
+      const tables = nat.selectForFlush(parseNatFlushRequest(req));
+      ctx.audit({ maps: tables.map((t) => natRefLabel(t.ref)) });
+      const flushed = nat.flush(tables);
+      ctx.log.info({ maps: tables.map((t) => natRefLabel(t.ref)), flushed }, 'flushed SNAT maps');
+      ctx.audit({ flushed });
+      return { flushed: String(flushed) };
     }, shutdown),
   };
   return { definition: services().NATMaps.service, implementation };

@@ -1,13 +1,15 @@
 /**
- * The daemon's own producers of CT lifecycle events (issue 13, item 3): GC passes (and
- * through them CTMaps.Flush and a cluster leaving, which are GC passes with a reason) and
- * CTMaps.Delete. The datapath's ring reader publishes NEW / CLOSE itself (src/datapath/).
+ * The daemon's own producers of CT lifecycle events (issue 13, item 3): GC passes, and
+ * through them CTMaps.Flush, a cluster leaving and CTMaps.Delete (a filtered Delete is a
+ * pass with reason delete; a key Delete is GCEngine.deleteKeys, which publishes on the
+ * same GC stream), so every deletion reaches the bus once, here. The datapath's ring
+ * reader publishes NEW / CLOSE itself (src/datapath/).
  */
 import type { Subscription } from 'rxjs';
 import type { Family } from '../../addr';
 import { CT_ENTRY_SIZE, keyLayout } from '../codec';
 import type { MapRef } from '../spec';
-import { SCAN_BATCH, type GCEngine, type KeyDeletion } from '../gc/engine';
+import { SCAN_BATCH, type GCEngine } from '../gc/engine';
 import { destroyReasonOf, type GCEventBatch } from '../gc/events';
 import { DeleteStatus } from '../gc/types';
 import type { CtEventBus } from './bus';
@@ -55,19 +57,9 @@ export function publishGCBatch(bus: CtEventBus, batch: GCEventBatch): void {
   bus.publish(destroyEvents(batch.ref, batch.count, batch.keys, batch.entries, batch.status, (i) => destroyReasonOf(batch, i)));
 }
 
-/** Publishes what GCEngine.deleteKeys deleted from `ref` as DESTROY reason delete. */
-export function publishKeyDeletion(bus: CtEventBus, ref: MapRef, keys: Buffer, result: KeyDeletion): void {
-  if (result.deleted === 0) return;
-  if (!bus.observed) {
-    bus.skip(ref.family, result.deleted);
-    return;
-  }
-  bus.publish(destroyEvents(ref, result.status.length, keys, result.entries, result.status, () => 'delete'));
-}
-
 /**
  * Every deletion of a GC pass of `families` becomes a DESTROY event on `bus` (reason from
- * the pass: gc-expired, gc-filter, flush, cluster-leave), and passes wait between batches
+ * the pass: gc-expired, gc-filter, flush, delete, cluster-leave), and passes wait between batches
  * for bus subscribers that keep up, as they do for Observe subscribers: one that keeps up
  * loses nothing, one that stalls for GC_EVENTS_STALL_MS stops holding passes back and is
  * told what it lost. Returns the disconnection (idempotent).

@@ -5,7 +5,8 @@
  * Cilium #46298), deletes in batches (Cilium #5048 deletes one syscall per entry), and
  * publishes every deletion on its family's multicast stream (Observe4/6): as one
  * GCEventBatch per delete step (batches(), what the NAT coupling reads) and, for those who
- * want objects, as one GCEvent per deleted entry (events()).
+ * want objects, as one GCEvent per deleted entry (events()). CTMaps.Delete by keys goes
+ * through the same stream (deleteKeys).
  */
 import { Observable, Subject, mergeMap } from 'rxjs';
 import type { Logger } from 'pino';
@@ -65,6 +66,9 @@ interface Reasons {
   readonly expired: GCDestroyReason;
   readonly matched: GCDestroyReason;
 }
+
+/** deleteKeys' candidates are all ALWAYS; both reasons say 'delete' all the same. */
+const DELETE_REASONS: Reasons = { expired: 'delete', matched: 'delete' };
 
 export class GCEngine {
   readonly #subjects: Record<Family, Subject<GCEventBatch>> = { ipv4: new Subject(), ipv6: new Subject() };
@@ -196,7 +200,6 @@ export class GCEngine {
 
   /** Counts the outcome of each candidate and publishes the deleted ones. */
   #settle(table: CtTable, n: number, keys: Buffer, values: Buffer, status: Uint8Array, stats: GCMapStats, filter: GCFilter, modes: Uint8Array, reasons: Reasons): void {
-    const family = table.ref.family;
     const ks = table.map.spec.keySize;
     let deleted = 0;
     for (let i = 0; i < n; i++) {
@@ -222,6 +225,16 @@ export class GCEngine {
     }
     if (deleted === 0) return;
     stats.deleted += deleted;
+    this.#publish(table, n, keys, values, status, deleted, modes, reasons);
+  }
+
+  /**
+   * Spends `deleted` sequence numbers of the table's family and, when anyone listens,
+   * emits the delete step as one GCEventBatch: the one path every deletion takes to the
+   * NAT coupling, Observe and the event bus (connectGCToBus).
+   */
+  #publish(table: CtTable, n: number, keys: Buffer, values: Buffer, status: Uint8Array, deleted: number, modes: Uint8Array, reasons: Reasons): void {
+    const family = table.ref.family;
     const firstSequence = this.#sequence[family] + 1;
     this.#sequence[family] += deleted;
     const subject = this.#subjects[family];
@@ -233,17 +246,36 @@ export class GCEngine {
   /**
    * Deletes `count` packed keys of `table` whatever their entries hold, each re-read at its
    * deletion by the same deleter as a pass (in the kernel for kernel maps), so the entries
-   * returned are exactly what was deleted: for CTMaps.Delete, whose events carry them.
-   * Publishes nothing on the GC streams: a Delete is no GC pass (Observe and the NAT
-   * coupling never saw Deletes, and do not now). Throws only on a backend failure.
+   * returned are exactly what was deleted: CTMaps.Delete by keys. The deletions are
+   * published like a pass's, one GCEventBatch per SCAN_BATCH keys with reason 'delete', so
+   * that each deleted entry takes its SNAT mapping with it (NAT coupling), reaches Observe
+   * subscribers and becomes a DESTROY event (connectGCToBus): a key Delete is a GC pass
+   * that names its candidates (proto CTMaps.Delete). Waits for the pacers before each
+   * batch, as a pass does, so a subscriber that keeps up loses nothing. Throws the
+   * signal's reason when aborted between batches (keys deleted so far stay deleted and
+   * were published), otherwise only on a backend failure.
    */
-  deleteKeys(table: CtTable, keys: Buffer, count: number): KeyDeletion {
+  async deleteKeys(table: CtTable, keys: Buffer, count: number, signal?: AbortSignal): Promise<KeyDeletion> {
     const status = new Uint8Array(count);
     const entries = Buffer.alloc(count * CT_ENTRY_SIZE);
-    if (count === 0) return { status, entries, deleted: 0 };
-    this.deleter.deleteIf(table.map, keys, count, new Uint8Array(count).fill(DeleteMode.ALWAYS), 0, status, entries);
+    const modes = new Uint8Array(count).fill(DeleteMode.ALWAYS);
+    const ks = table.map.spec.keySize;
     let deleted = 0;
-    for (let i = 0; i < count; i++) if (status[i] === DeleteStatus.DELETED) deleted++;
+    for (let off = 0; off < count; off += SCAN_BATCH) {
+      if (signal?.aborted) throw signal.reason;
+      if (this.#pacers.size > 0) await Promise.all([...this.#pacers].map((pace) => pace()));
+      const n = Math.min(SCAN_BATCH, count - off);
+      const k = keys.subarray(off * ks, (off + n) * ks);
+      const st = status.subarray(off, off + n);
+      const v = entries.subarray(off * CT_ENTRY_SIZE, (off + n) * CT_ENTRY_SIZE);
+      const m = modes.subarray(off, off + n);
+      this.deleter.deleteIf(table.map, k, n, m, 0, st, v);
+      let inBatch = 0;
+      for (let i = 0; i < n; i++) if (st[i] === DeleteStatus.DELETED) inBatch++;
+      if (inBatch === 0) continue;
+      deleted += inBatch;
+      this.#publish(table, n, k, v, st, inBatch, m, DELETE_REASONS);
+    }
     return { status, entries, deleted };
   }
 

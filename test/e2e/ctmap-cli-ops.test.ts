@@ -17,6 +17,7 @@ import { ctNow } from '../../src/maps/clock';
 import { possibleCpus } from '../../src/sys/cpus';
 import { spawnDaemon } from '../helpers/daemon-process';
 import { call, tempDir, type Client } from '../helpers/grpc';
+import { kernelTier, privateBpfRoot } from '../helpers/kernel';
 
 const TCP4 = { family: 'FAMILY_IPV4', kind: 'MAP_KIND_TCP', cluster_id: 0 };
 const SEEN_NON_SYN = 1 << 4;
@@ -156,4 +157,34 @@ test('ctmap cluster watch sees a join and a leave; stats has the per-CPU counter
   assert.equal(cpuLines.length, possibleCpus());
   assert.match(cpuLines[0]!, /^cpu=0 packets=0 lookups=0 .*fate_\w+=0/);
   assert.match(text.out, /^COUNTER\s+TOTAL$/m);
+});
+
+test('ctmap fate / datapath status take the bpf-root from the daemon unless one is given', async (t) => {
+  // A memory daemon's bpf-root is no bpffs: the default, with a note saying why.
+  const { socket } = await startDaemon(t, 'cli-ops3');
+  const mem = ctmap(['fate', 'status', '--server', socket]);
+  assert.equal(mem.status, 0, mem.err);
+  assert.match(mem.err, /^ctmap: ctmapd \(unix:.*\) runs the memory backend, whose bpf-root \/memory-cli-ops3-\d+ is no bpffs; using --bpf-root \/sys\/fs\/bpf/);
+  assert.match(mem.out, /no records under \/sys\/fs\/bpf\/ctmapd\/fate/);
+  // No daemon: the default, with a note.
+  const none = ctmap(['datapath', 'status', '--socket', path.join(path.dirname(socket), 'nobody.sock')]);
+  assert.equal(none.status, 0, none.err);
+  assert.match(none.err, /^ctmap: no answer from ctmapd at unix:.*nobody\.sock for its bpf-root \(UNAVAILABLE/);
+  // An explicit one: no question asked.
+  const given = ctmap(['fate', 'status', '--server', socket, '--bpf-root', '/sys/fs/bpf']);
+  assert.deepEqual([given.status, given.err], [0, '']);
+
+  if (!kernelTier(t)) return;
+  const bpf = privateBpfRoot(t);
+  const dir = tempDir(t);
+  const ksock = path.join(dir.dir, 'ctmapd.sock');
+  const d = spawnDaemon((fn) => t.after(fn), ksock, ['--backend', 'kernel', '--bpf-root', bpf.root, '--bpf-ct-global-tcp-max', '4096', '--bpf-ct-global-any-max', '4096']);
+  t.after(() => d.kill9());
+  await d.waitFor(/serving/i);
+  const asked = ctmap(['fate', 'status', '--socket', ksock]);
+  assert.deepEqual([asked.status, asked.err], [0, '']);
+  assert.equal(asked.out, `no fate-sharing attached by ctmap (no records under ${bpf.root}/ctmapd/fate)\n`);
+  const dp = ctmap(['datapath', 'status', '--server', ksock]);
+  assert.deepEqual([dp.status, dp.err], [0, '']);
+  assert.equal(dp.out, `no datapath attached by ctmap (no records under ${bpf.root}/ctmapd/datapath)\n`);
 });

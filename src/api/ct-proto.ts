@@ -6,7 +6,7 @@
 import type { DatapathCounter, DatapathCounters, FateCounter, FateCounters } from '../datapath/side-maps';
 import { invalidArgument, quote } from '../errors';
 import { CT_DATAPATH_STATS_COUNTERS, CT_FATE_STATS_COUNTERS } from '../maps/ctmap/layout';
-import { Family } from '../maps/addr';
+import { Family, addressBytes } from '../maps/addr';
 import { CtEntry, CtKey, checkUint, entryFlagNames, validateEntry, validateKey } from '../maps/ctmap/codec';
 import { DumpFilter, FlowDirection, FlowState } from '../maps/ctmap/flow-filter';
 import { AddressSet } from '../maps/ctmap/gc/address-match';
@@ -302,14 +302,15 @@ export const FILTER_ADDRESSES_MAX = 65_536;
  * The DumpFilter of a request, validated: INVALID_ARGUMENT naming the field for a number out
  * of range, an address or CIDR that is not one (filter.src[i]), too many of them, or an
  * unknown enum value. `now` (CT clock seconds) judges a state filter. undefined: no filter.
+ * `field` is the request's name for the message (GCRunRequest calls it `flow`).
  */
-export async function parseDumpFilter(msg: DumpFilterMsg | null | undefined, now: number): Promise<DumpFilter | undefined> {
+export async function parseDumpFilter(msg: DumpFilterMsg | null | undefined, now: number, field = 'filter'): Promise<DumpFilter | undefined> {
   if (!msg) return undefined;
   const filter: DumpFilter = {};
   // With proto3 `optional`, presence shows as the synthetic oneof `_<name>` naming the field.
   const optional = (name: 'nexthdr' | 'flags' | 'port' | 'sport' | 'dport', max: number): number | undefined => {
     if (msg[`_${name}`] !== name || msg[name] == null) return undefined;
-    checkUint(msg[name], max, `filter.${name}`);
+    checkUint(msg[name], max, `${field}.${name}`);
     return msg[name]!;
   };
   filter.nexthdr = optional('nexthdr', 0xff);
@@ -317,21 +318,25 @@ export async function parseDumpFilter(msg: DumpFilterMsg | null | undefined, now
   filter.port = optional('port', 0xffff);
   filter.sport = optional('sport', 0xffff);
   filter.dport = optional('dport', 0xffff);
-  if (msg.address) filter.address = msg.address;
+  if (msg.address) {
+    // Checked here, not first by compileFilter, so that the error names this request's field.
+    if (!addressBytes(msg.address)) throw invalidArgument(`${field}.address`, `not an IP address: ${quote(msg.address)}`);
+    filter.address = msg.address;
+  }
   for (const side of ['src', 'dst'] as const) {
     const list = msg[side] ?? [];
     if (list.length === 0) continue;
-    if (list.length > FILTER_ADDRESSES_MAX) throw invalidArgument(`filter.${side}`, `at most ${FILTER_ADDRESSES_MAX} addresses or CIDRs, got ${list.length}`);
-    filter[side] = await AddressSet.from(list, (i, text) => invalidArgument(`filter.${side}[${i}]`, `not an IP address or CIDR: ${quote(text)}`));
+    if (list.length > FILTER_ADDRESSES_MAX) throw invalidArgument(`${field}.${side}`, `at most ${FILTER_ADDRESSES_MAX} addresses or CIDRs, got ${list.length}`);
+    filter[side] = await AddressSet.from(list, (i, text) => invalidArgument(`${field}.${side}[${i}]`, `not an IP address or CIDR: ${quote(text)}`));
   }
   if (msg.direction && msg.direction !== 'FLOW_DIRECTION_UNSPECIFIED') {
     const d = FLOW_DIRECTIONS[msg.direction];
-    if (!d) throw invalidArgument('filter.direction', `unknown direction ${quote(String(msg.direction))}`);
+    if (!d) throw invalidArgument(`${field}.direction`, `unknown direction ${quote(String(msg.direction))}`);
     filter.direction = d;
   }
   if (msg.state && msg.state !== 'FLOW_STATE_UNSPECIFIED') {
     const st = FLOW_STATES[msg.state];
-    if (!st) throw invalidArgument('filter.state', `unknown state ${quote(String(msg.state))}`);
+    if (!st) throw invalidArgument(`${field}.state`, `unknown state ${quote(String(msg.state))}`);
     filter.state = st;
     filter.now = now;
   }

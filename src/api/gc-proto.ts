@@ -8,7 +8,7 @@ import { invalidArgument, quote } from '../errors';
 import type { Family } from '../maps/addr';
 import { ctNow } from '../maps/clock';
 import { AddressSet } from '../maps/ctmap/gc/address-match';
-import type { GCEvent, GCFilter, GCRunResult } from '../maps/ctmap/gc/types';
+import type { GCEvent, GCFilter, GCPassProgress, GCRunResult } from '../maps/ctmap/gc/types';
 import type { MapRef } from '../maps/ctmap/spec';
 import { CtRecordMsg, DumpFilterMsg, MapRefMsg, mapRefMsg, parseU64 } from './ct-proto';
 import { WireWriter, mapRefBody, writeCtRecord } from './ct-wire';
@@ -124,6 +124,11 @@ export async function parseGCFilter(msg: GCFilterMsg | null | undefined): Promis
     filter.matchIPs = await AddressSet.from(ips, (i, ip) => invalidArgument(`filter.match_ips[${i}]`, `not an IP address or CIDR: ${quote(ip)}`));
   }
   return filter;
+}
+
+/** How far a pass has got as the GCRunProgress message. */
+export function gcRunProgressMsg(p: GCPassProgress): GCRunProgressMsg {
+  return { map: mapRefMsg(p.ref as MapRef), scanned: String(p.scanned), deleted: String(p.deleted), maps_done: p.mapsDone, maps_total: p.mapsTotal };
 }
 
 /** A pass's result as the GCRunStats message. */

@@ -8,6 +8,7 @@
  * daemon started with the same environment.
  */
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { isIP } from 'node:net';
 import * as path from 'node:path';
 import { envName } from '../config/config';
 import { CLUSTER_ID_MAX_VALUES, DEFAULT_BPF_ROOT, DEFAULT_SOCKET } from '../config/defaults';
@@ -68,16 +69,26 @@ interface Overview {
   readonly output: 'text' | 'json';
 }
 
+/**
+ * The bpffs a datapath or fate command loads over: `--bpf-root` or CTMAPD_BPF_ROOT when
+ * given; otherwise the default, and `bpfRootFromDaemon` says which daemon to ask for its
+ * own (ActiveMaps.bpf_root) before using it (src/cli/bpf-root.ts).
+ */
+interface BpfRootChoice {
+  readonly bpfRoot: string;
+  readonly bpfRootFromDaemon?: CliServer;
+}
+
 export type CliCommand =
-  | { readonly kind: 'datapath-attach'; readonly dev: string; readonly netns?: string; readonly bpfRoot: string; readonly clusterId: number; readonly json: boolean }
-  | { readonly kind: 'datapath-detach'; readonly dev: string; readonly netns?: string; readonly bpfRoot: string; readonly json: boolean }
-  | { readonly kind: 'datapath-status'; readonly netns?: string; readonly bpfRoot: string; readonly json: boolean }
-  | { readonly kind: 'datapath-reattach'; readonly netns?: string; readonly bpfRoot: string; readonly json: boolean }
-  | { readonly kind: 'datapath-prune'; readonly bpfRoot: string; readonly json: boolean }
-  | { readonly kind: 'fate-attach'; readonly cgroup: string; readonly bpfRoot: string; readonly clusterId: number; readonly json: boolean }
-  | { readonly kind: 'fate-detach'; readonly cgroup: string; readonly bpfRoot: string; readonly json: boolean }
-  | { readonly kind: 'fate-status'; readonly bpfRoot: string; readonly json: boolean }
-  | { readonly kind: 'fate-reattach'; readonly bpfRoot: string; readonly json: boolean }
+  | (BpfRootChoice & { readonly kind: 'datapath-attach'; readonly dev: string; readonly netns?: string; readonly clusterId: number; readonly json: boolean })
+  | (BpfRootChoice & { readonly kind: 'datapath-detach'; readonly dev: string; readonly netns?: string; readonly json: boolean })
+  | (BpfRootChoice & { readonly kind: 'datapath-status'; readonly netns?: string; readonly json: boolean })
+  | (BpfRootChoice & { readonly kind: 'datapath-reattach'; readonly netns?: string; readonly json: boolean })
+  | (BpfRootChoice & { readonly kind: 'datapath-prune'; readonly json: boolean })
+  | (BpfRootChoice & { readonly kind: 'fate-attach'; readonly cgroup: string; readonly clusterId: number; readonly json: boolean })
+  | (BpfRootChoice & { readonly kind: 'fate-detach'; readonly cgroup: string; readonly json: boolean })
+  | (BpfRootChoice & { readonly kind: 'fate-status'; readonly json: boolean })
+  | (BpfRootChoice & { readonly kind: 'fate-reattach'; readonly json: boolean })
   | (Overview & { readonly kind: 'maps' })
   | (Overview & { readonly kind: 'stats' })
   | (Overview & { readonly kind: 'gc-status' })
@@ -90,7 +101,33 @@ export type CliCommand =
   | (CtSelection & { readonly kind: 'ct-flush' })
   | (NatSelection & { readonly kind: 'nat-list'; readonly output: 'text' | 'json' | 'jsonl' })
   | (NatSelection & { readonly kind: 'nat-flush'; readonly output: 'text' | 'json' })
-  | { readonly kind: 'gc-run'; readonly server: CliServer; readonly family?: Family; readonly time?: number; readonly ips: readonly string[] }
+  | {
+      readonly kind: 'ct-get';
+      readonly server: CliServer;
+      /** The map's cluster (0: the global maps). */
+      readonly clusterId: number;
+      /** The flow as `ct list` prints it: src:sport -> dst:dport. */
+      readonly src: string;
+      readonly dst: string;
+      readonly sport: number;
+      readonly dport: number;
+      readonly proto: number;
+      readonly dir: 'in' | 'out' | 'service';
+      readonly output: 'text' | 'json';
+    }
+  | {
+      readonly kind: 'gc-run';
+      readonly server: CliServer;
+      readonly family?: Family;
+      /** A cluster's maps (0: the global ones), or every open map (the default). */
+      readonly clusterId: number | 'all';
+      readonly time?: number;
+      readonly ips: readonly string[];
+      /** Only entries these flow criteria keep are removed (GCRunRequest.flow). */
+      readonly filter: CtFlowFilter;
+      readonly output: 'text' | 'json';
+    }
+  | { readonly kind: 'cluster-watch'; readonly server: CliServer; readonly output: 'text' | 'json'; readonly count?: number }
   | { readonly kind: 'health'; readonly server: CliServer; readonly service: string; readonly timeoutMs: number }
   | {
       readonly kind: 'events';
@@ -179,6 +216,13 @@ export function parsePort(raw: string): number {
   return Number(v);
 }
 
+/** One IPv4 or IPv6 address (no CIDR): a key's address. */
+export function parseAddress(raw: string): string {
+  const v = raw.trim();
+  if (isIP(v) === 0) throw new InvalidArgumentError('want one IPv4 or IPv6 address');
+  return v;
+}
+
 /** `--cluster-id N|all`. */
 export function parseClusterSelection(raw: string): number | 'all' {
   return raw.trim().toLowerCase() === 'all' ? 'all' : parseClusterId(raw);
@@ -252,6 +296,11 @@ every start too. It needs the host's pid namespace, where every process is visib
 --netns NAME runs the command inside /run/netns/NAME with nsenter --net (not
 ip netns exec, which would remount /sys and hide the bpffs under /sys/fs/bpf).
 
+--bpf-root: without the flag (or CTMAPD_BPF_ROOT), the command asks the daemon at
+--server / --socket for the bpf-root it runs with (ActiveMaps.bpf_root), so that one
+setting is enough. When no daemon answers (or it runs the memory backend), it uses
+${DEFAULT_BPF_ROOT} and says so on stderr. An explicit --bpf-root or CTMAPD_BPF_ROOT wins.
+
 Examples:
   ctmap datapath attach --dev eth0
   ctmap datapath attach --netns blue --dev veth0 --cluster-id 7
@@ -272,6 +321,10 @@ Ownership: attach pins its bpf_links under <bpf-root>/ctmapd/fate/cg<cgroup id>,
 programs stay attached after ctmap exits; other programs on the cgroup are never touched.
 detach detaches and unpins exactly those links. Attaching again replaces ctmap's programs
 in place. ctmapd reattaches them over the new maps after a map migration.
+
+--bpf-root: as for ctmap datapath, asked of the daemon (--server / --socket) when neither
+the flag nor CTMAPD_BPF_ROOT is given; ${DEFAULT_BPF_ROOT} with a note on stderr when none
+answers.
 
 Examples:
   ctmap fate attach --cgroup /sys/fs/cgroup/unified/workload
@@ -344,13 +397,19 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCo
     return { target, tls: { caFile: o.tlsCaFile as string, certFile: o.tlsCertFile as string, keyFile: o.tlsKeyFile as string } };
   };
   const family = (): Option => new Option('--family <family>', 'ipv4 or ipv6 (default: both)').argParser(parseFamily);
+  /**
+   * An explicit --bpf-root (the flag, or CTMAPD_BPF_ROOT) is used as given; the default
+   * only when the daemon does not say which it runs with (commander tells a flag from its
+   * default; the env var is folded into the default, so it is checked here).
+   */
+  const bpfRootOf = (o: Record<string, any>, c: Command): BpfRootChoice =>
+    c.getOptionValueSource('bpfRoot') === 'cli' || env[envName('bpf-root')] ? { bpfRoot: o.bpfRoot } : { bpfRoot: o.bpfRoot, bpfRootFromDaemon: serverOf(o) };
 
   const datapath = program
     .command('datapath')
     .description('attach the conntrack datapath to a device, detach it, list and prune attachments')
     .addHelpText('after', DATAPATH_HELP);
-  datapath
-    .command('attach')
+  withServer(datapath.command('attach'))
     .description("load the datapath over the daemon's maps and attach it to the clsact ingress and egress hooks of a device")
     .addOption(new Option('--dev <name>', 'network device to attach to').makeOptionMandatory().argParser(parseDev))
     .addOption(netns())
@@ -361,45 +420,41 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCo
         .argParser(parseClusterId),
     )
     .addOption(json())
-    .action((o) => {
-      result = { kind: 'datapath-attach', dev: o.dev, netns: o.netns, bpfRoot: o.bpfRoot, clusterId: o.clusterId, json: !!o.json };
+    .action((o, c: Command) => {
+      result = { kind: 'datapath-attach', dev: o.dev, netns: o.netns, ...bpfRootOf(o, c), clusterId: o.clusterId, json: !!o.json };
     });
-  datapath
-    .command('detach')
+  withServer(datapath.command('detach'))
     .description('remove the filters ctmap attached to a device (and the clsact qdisc if ctmap created it and nothing else uses it)')
     .addOption(new Option('--dev <name>', 'network device to detach from').makeOptionMandatory().argParser(parseDev))
     .addOption(netns())
     .addOption(bpfRoot())
     .addOption(json())
-    .action((o) => {
-      result = { kind: 'datapath-detach', dev: o.dev, netns: o.netns, bpfRoot: o.bpfRoot, json: !!o.json };
+    .action((o, c: Command) => {
+      result = { kind: 'datapath-detach', dev: o.dev, netns: o.netns, ...bpfRootOf(o, c), json: !!o.json };
     });
-  datapath
-    .command('status')
+  withServer(datapath.command('status'))
     .description('list the devices ctmap attached the datapath to, and whether its filters are still in place')
     .addOption(netns())
     .addOption(bpfRoot())
     .addOption(json())
-    .action((o) => {
-      result = { kind: 'datapath-status', netns: o.netns, bpfRoot: o.bpfRoot, json: !!o.json };
+    .action((o, c: Command) => {
+      result = { kind: 'datapath-status', netns: o.netns, ...bpfRootOf(o, c), json: !!o.json };
     });
-  datapath
-    .command('reattach')
+  withServer(datapath.command('reattach'))
     .description('load the datapath again over the maps now pinned, in place of every attachment ctmap recorded in the namespace')
     .addOption(netns())
     .addOption(bpfRoot())
     .addOption(json())
-    .action((o) => {
-      result = { kind: 'datapath-reattach', netns: o.netns, bpfRoot: o.bpfRoot, json: !!o.json };
+    .action((o, c: Command) => {
+      result = { kind: 'datapath-reattach', netns: o.netns, ...bpfRootOf(o, c), json: !!o.json };
     });
 
-  datapath
-    .command('prune')
+  withServer(datapath.command('prune'))
     .description('remove the records of network namespaces that are gone, unpinning their programs (and freeing the maps only they held)')
     .addOption(bpfRoot())
     .addOption(json())
-    .action((o) => {
-      result = { kind: 'datapath-prune', bpfRoot: o.bpfRoot, json: !!o.json };
+    .action((o, c: Command) => {
+      result = { kind: 'datapath-prune', ...bpfRootOf(o, c), json: !!o.json };
     });
 
   const cgroup = (): Option => new Option('--cgroup <path>', 'a cgroup2 directory (absolute path)').makeOptionMandatory().argParser(parseAbsolutePath);
@@ -407,8 +462,7 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCo
     .command('fate')
     .description("expire a socket's CT entries when it closes: attach fate-sharing to a cgroup, detach it, list attachments")
     .addHelpText('after', FATE_HELP);
-  fate
-    .command('attach')
+  withServer(fate.command('attach'))
     .description("load fate-sharing over the daemon's maps and attach it to a cgroup (its sockets and its descendants')")
     .addOption(cgroup())
     .addOption(bpfRoot())
@@ -416,33 +470,30 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCo
       new Option('--cluster-id <n>', "also expire entries in this cluster's per-cluster maps (0..511, 0 = the global maps only)").default(0).argParser(parseClusterId),
     )
     .addOption(json())
-    .action((o) => {
-      result = { kind: 'fate-attach', cgroup: o.cgroup, bpfRoot: o.bpfRoot, clusterId: o.clusterId, json: !!o.json };
+    .action((o, c: Command) => {
+      result = { kind: 'fate-attach', cgroup: o.cgroup, ...bpfRootOf(o, c), clusterId: o.clusterId, json: !!o.json };
     });
-  fate
-    .command('detach')
+  withServer(fate.command('detach'))
     .description('detach the fate-sharing links ctmap attached to a cgroup')
     .addOption(cgroup())
     .addOption(bpfRoot())
     .addOption(json())
-    .action((o) => {
-      result = { kind: 'fate-detach', cgroup: o.cgroup, bpfRoot: o.bpfRoot, json: !!o.json };
+    .action((o, c: Command) => {
+      result = { kind: 'fate-detach', cgroup: o.cgroup, ...bpfRootOf(o, c), json: !!o.json };
     });
-  fate
-    .command('status')
+  withServer(fate.command('status'))
     .description('list the cgroups ctmap attached fate-sharing to, and whether its links are still attached')
     .addOption(bpfRoot())
     .addOption(json())
-    .action((o) => {
-      result = { kind: 'fate-status', bpfRoot: o.bpfRoot, json: !!o.json };
+    .action((o, c: Command) => {
+      result = { kind: 'fate-status', ...bpfRootOf(o, c), json: !!o.json };
     });
-  fate
-    .command('reattach')
+  withServer(fate.command('reattach'))
     .description('load fate-sharing again over the maps now pinned, into every link ctmap recorded (ctmapd runs it after a migration)')
     .addOption(bpfRoot())
     .addOption(json())
-    .action((o) => {
-      result = { kind: 'fate-reattach', bpfRoot: o.bpfRoot, json: !!o.json };
+    .action((o, c: Command) => {
+      result = { kind: 'fate-reattach', ...bpfRootOf(o, c), json: !!o.json };
     });
 
   const ct = program.command('ct').description('read the CT maps through the daemon');
@@ -507,6 +558,20 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCo
   natCommand('flush', 'remove every entry of the SNAT maps (NATMaps.Flush); the CT entries stay', ['text', 'json']).action((o) => {
     result = { kind: 'nat-flush', server: serverOf(o), family: o.family, clusterId: o.clusterId, output: o.output };
   });
+  withServer(ct.command('get'))
+    .description('look up one flow (CTMaps.Lookup) as `ct list` prints it: src:sport -> dst:dport; exit 1 when there is no such entry')
+    .addOption(new Option('-s, --src <addr>', "the flow's source address").makeOptionMandatory().argParser(parseAddress))
+    .addOption(new Option('-d, --dst <addr>', "the flow's destination address").makeOptionMandatory().argParser(parseAddress))
+    .addOption(new Option('--sport <port>', "the flow's source port").default(0).argParser(parsePort))
+    .addOption(new Option('--dport <port>', "the flow's destination port").default(0).argParser(parsePort))
+    .addOption(new Option('-p, --proto <proto>', 'tcp, udp, icmp, icmpv6, sctp or a protocol number').makeOptionMandatory().argParser(parseProto))
+    .addOption(new Option('--dir <dir>', "the entry's direction: in, out or service").choices(['in', 'out', 'service']).default('out'))
+    .addOption(new Option('--cluster-id <n>', "the cluster's per-cluster maps (0 = the global maps)").default(0).argParser(parseClusterId))
+    .addOption(new Option('-o, --output <format>', 'text or json').choices(['text', 'json']).default('text'))
+    .action((o) => {
+      if (isIP(o.src) !== isIP(o.dst)) throw new CliUsageError(`--dst: ${o.dst} is not of the family of --src ${o.src}`, 2, '--dst');
+      result = { kind: 'ct-get', server: serverOf(o), clusterId: o.clusterId, src: o.src, dst: o.dst, sport: o.sport, dport: o.dport, proto: o.proto, dir: o.dir, output: o.output };
+    });
 
   const output = (): Option => new Option('-o, --output <format>', 'text or json').choices(['text', 'json']).default('text');
   withServer(program.command('maps'))
@@ -516,7 +581,7 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCo
       result = { kind: 'maps', server: serverOf(o), output: o.output };
     });
   withServer(program.command('stats'))
-    .description("the datapath's and fate-sharing's counters (summed over CPUs), and each map's fill level")
+    .description("the datapath's and fate-sharing's counters: the totals, then one line per possible CPU as conntrack -S prints them (json: datapath, perCpu, maps), and each map's fill level")
     .addOption(output())
     .action((o) => {
       result = { kind: 'stats', server: serverOf(o), output: o.output };
@@ -542,6 +607,14 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCo
       });
   }
 
+  withServer(cluster.command('watch'))
+    .description('stream the joins and leaves of clusters (ClusterCTMaps.WatchMembership): cluster id, name, source, entries dropped; notices of missed events')
+    .addOption(new Option('-o, --output <format>', 'text, or json (one object per line; jsonl is the same)').choices(['text', 'json', 'jsonl']).default('text'))
+    .addOption(new Option('--count <n>', 'exit 0 after this many join/leave events (default: watch until interrupted)').argParser(parseCount))
+    .action((o) => {
+      result = { kind: 'cluster-watch', server: serverOf(o), output: o.output === 'text' ? 'text' : 'json', count: o.count };
+    });
+
   const gc = program.command('gc').description('garbage collection through the daemon');
   withServer(gc.command('status'))
     .description("the GC scheduler per family: interval, last and next run, counts, why the last pass ran, fill-up signals")
@@ -549,13 +622,17 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv): CliCo
     .action((o) => {
       result = { kind: 'gc-status', server: serverOf(o), output: o.output };
     });
-  withServer(gc.command('run'))
-    .description('run one GC pass now that removes expired entries (GCRunner.Run) and print what it did')
-    .addOption(family())
+  withFlowFilter(withServer(gc.command('run')))
+    .description(
+      'run one GC pass now that removes expired entries (GCRunner.Run) and print what it did; with flow criteria (as `ct list` takes them) only the matching entries are candidates. Progress on stderr when it is a terminal',
+    )
+    .addOption(new Option('-f, --family <family>', 'ipv4 or ipv6 (default: both)').argParser(parseFamily))
+    .addOption(new Option('--cluster-id <n|all>', "a cluster's per-cluster maps (0 = the global maps), or all: every open map").default('all').argParser(parseClusterSelection))
     .addOption(new Option('--time <seconds>', 'remove entries whose lifetime is below this CT clock time (default: now)').argParser(parseCtTime))
     .addOption(new Option('--ip <addr|cidr>', 'also remove every entry with this address or CIDR on either side (GCFilter.match_ips; repeatable, or comma-separated)').argParser(collectAddresses))
+    .addOption(output())
     .action((o) => {
-      result = { kind: 'gc-run', server: serverOf(o), family: o.family, time: o.time, ips: o.ip ?? [] };
+      result = { kind: 'gc-run', server: serverOf(o), family: o.family, clusterId: o.clusterId, time: o.time, ips: o.ip ?? [], filter: flowFilterOf(o), output: o.output };
     });
 
   withFlowFilter(withServer(program.command('events')))

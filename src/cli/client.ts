@@ -1,12 +1,11 @@
 /**
- * `ctmap ct list`, `ctmap gc run` and `ctmap health`: thin gRPC clients of the daemon, on its
- * unix socket or, with `--server HOST:PORT`, its TLS listener.
+ * `ctmap health`, and what every gRPC command of `ctmap` shares: the connection to the
+ * daemon, on its unix socket or, with `--server HOST:PORT`, its TLS listener.
  * gRPC failures become CliRpcError with the status name and the server's message, plus a
  * hint when the daemon is not reachable.
  */
 import * as grpc from '@grpc/grpc-js';
-import { UnaryMethod, gcRunnerClient, healthClient } from '../api/clients';
-import type { GCRunStatsMsg, GCRunUpdateMsg } from '../api/gc-proto';
+import { UnaryMethod, healthClient } from '../api/clients';
 import * as fs from 'node:fs';
 import type { CliCommand, CliServer } from './args';
 import type { Io } from './datapath';
@@ -15,8 +14,6 @@ import type { Io } from './datapath';
 export class CliRpcError extends Error {
   override name = 'CliRpcError';
 }
-
-const FAMILY = { ipv4: 'FAMILY_IPV4', ipv6: 'FAMILY_IPV6' } as const;
 
 /** A failed call as CliRpcError: the RPC, the status name, the server's message, and a hint when no daemon answers. */
 export function rpcError(rpc: string, server: CliServer, err: grpc.ServiceError): CliRpcError {
@@ -48,35 +45,6 @@ export function connection(server: CliServer): [string, grpc.ChannelCredentials]
     }
   };
   return [server.target, grpc.credentials.createSsl(read(server.tls.caFile), read(server.tls.keyFile), read(server.tls.certFile))];
-}
-
-/** GCRunner.Run removing expired entries (at `time`, default now); prints the per-map result. */
-export function gcRun(cmd: Extract<CliCommand, { kind: 'gc-run' }>, io: Io): Promise<number> {
-  const client = gcRunnerClient(...connection(cmd.server));
-  const req = {
-    family: cmd.family === undefined ? 'FAMILY_UNSPECIFIED' : FAMILY[cmd.family],
-    filter: { remove_expired: true, time: String(cmd.time ?? 0), match_ips: [...cmd.ips] },
-  };
-  return new Promise<number>((resolve, reject) => {
-    let stats: GCRunStatsMsg | undefined;
-    const stream = client.Run(req);
-    stream.on('data', (u: GCRunUpdateMsg) => {
-      if (u.stats) stats = u.stats;
-    });
-    stream.on('error', (err: grpc.ServiceError) => reject(rpcError('GCRunner.Run', cmd.server, err)));
-    stream.on('end', () => {
-      if (!stats) return reject(new CliRpcError('GCRunner.Run: the stream ended without the final stats'));
-      const lines = stats.maps.map((m) => {
-        const fam = m.map.family === 'FAMILY_IPV6' ? 'IPv6' : 'IPv4';
-        const kind = m.map.kind === 'MAP_KIND_TCP' ? 'TCP' : 'any';
-        const where = m.map.cluster_id ? `cluster ${m.map.cluster_id}` : 'global';
-        return `${`${fam} ${kind} ${where}`.padEnd(22)} deleted ${m.deleted}, alive ${m.alive}, skipped ${m.skipped}, refreshed ${m.refreshed}`;
-      });
-      lines.push(`SNAT entries deleted with them: ${stats.nat_deleted}; took ${(Number(stats.duration_ns) / 1e6).toFixed(1)} ms`);
-      io.out(`${lines.join('\n')}\n`);
-      resolve(0);
-    });
-  }).finally(() => client.close());
 }
 
 /**

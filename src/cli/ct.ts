@@ -1,15 +1,21 @@
 /**
- * `ctmap ct list | count | delete | flush`: the CT maps through the daemon, with
+ * `ctmap ct list | count | delete | flush | get`: the CT maps through the daemon, with
  * conntrack-style flow filters evaluated on the server (DumpFilter: the flow's source and
  * destination as a line of `ct list` reads them, ports, protocol, direction, state), and the
  * maps chosen by family and cluster (`--cluster-id N|all`) from what the daemon has open.
  */
 import * as grpc from '@grpc/grpc-js';
+import { isIP } from 'node:net';
 import { CtMapsClient, UnaryMethod, ctMapsClient } from '../api/clients';
-import type { CtRecordBatchMsg, DumpFilterMsg, DumpTextChunkMsg, MapRefMsg } from '../api/ct-proto';
+import { CtRecordBatchMsg, CtRecordMsg, DumpFilterMsg, DumpTextChunkMsg, MapRefMsg, parseEntry, parseKey } from '../api/ct-proto';
+import type { Family } from '../maps/addr';
+import { CT_ENTRY_SIZE, encodeEntry, encodeKey, keySize } from '../maps/ctmap/codec';
+import { formatEntryLine } from '../maps/ctmap/format';
+import { IPPROTO, TupleFlag } from '../maps/ctmap/layout';
 import type { CliCommand, CtFlowFilter } from './args';
 import { CliRpcError, connection, rpcError } from './client';
 import type { Io } from './datapath';
+import { progressOf } from './progress';
 
 type CtCommand = Extract<CliCommand, { kind: 'ct-list' | 'ct-count' | 'ct-delete' | 'ct-flush' }>;
 
@@ -35,15 +41,19 @@ export function noCriteria(f: CtFlowFilter): boolean {
 }
 
 /** A unary call of `client` as a promise; a failure becomes CliRpcError naming `rpc`. */
-function unary<Req, Res>(client: CtMapsClient, rpc: string, cmd: CtCommand, method: UnaryMethod<Req, Res>, req: Req): Promise<Res> {
+function unary<Req, Res>(client: CtMapsClient, rpc: string, cmd: Pick<CtCommand, 'server'>, method: UnaryMethod<Req, Res>, req: Req): Promise<Res> {
   return new Promise((resolve, reject) => {
     const call = method as (req: Req, callback: grpc.requestCallback<Res>) => grpc.ClientUnaryCall;
     call.call(client, req, (err, res) => (err ? reject(rpcError(`CTMaps.${rpc}`, cmd.server, err)) : resolve(res as Res)));
   });
 }
 
-/** The open maps of the command's family and cluster (N, or every one with `all`), from ActiveMaps. */
-async function selectedMaps(client: CtMapsClient, cmd: CtCommand): Promise<MapRefMsg[]> {
+/**
+ * The open maps of the command's family and cluster (N, or every one with `all`), from
+ * ActiveMaps; `ct` commands and `gc run` choose their maps so. Rejects with CliRpcError
+ * when none is open.
+ */
+export async function selectedMaps(client: CtMapsClient, cmd: Pick<CtCommand, 'server' | 'family' | 'clusterId'>): Promise<MapRefMsg[]> {
   const active = await unary(client, 'ActiveMaps', cmd, client.ActiveMaps, {});
   const maps = active.maps
     .map((m) => m.ref)
@@ -79,12 +89,18 @@ export async function runCt(cmd: CtCommand, io: Io): Promise<number> {
       }
       case 'ct-delete': {
         let deleted = 0;
-        for (const map of maps) deleted += (await unary(client, 'Delete', cmd, client.Delete, { map, keys: [], filter })).deleted;
+        const stop = progressOf(io).elapsed('ct delete: waiting for the daemon,');
+        try {
+          for (const map of maps) deleted += (await unary(client, 'Delete', cmd, client.Delete, { map, keys: [], filter })).deleted;
+        } finally {
+          stop();
+        }
         io.out(cmd.output === 'text' ? `${deleted} flow entries have been deleted\n` : `${JSON.stringify({ deleted })}\n`);
         return 0;
       }
       case 'ct-flush': {
-        const res = await unary(client, 'Flush', cmd, client.Flush, { maps, filter: noCriteria(cmd.filter) ? null : filter });
+        const stop = progressOf(io).elapsed('ct flush: waiting for the daemon,');
+        const res = await unary(client, 'Flush', cmd, client.Flush, { maps, filter: noCriteria(cmd.filter) ? null : filter }).finally(stop);
         io.out(cmd.output === 'text' ? `${res.flushed} flow entries have been removed\n` : `${JSON.stringify({ flushed: Number(res.flushed) })}\n`);
         return 0;
       }
@@ -100,12 +116,22 @@ export async function runCt(cmd: CtCommand, io: Io): Promise<number> {
  * each written as it arrives.
  */
 function list(client: CtMapsClient, cmd: Extract<CtCommand, { kind: 'ct-list' }>, maps: MapRefMsg[], filter: DumpFilterMsg, io: Io): Promise<number> {
+  const progress = progressOf(io);
+  let entries = 0;
+  // The count goes on the status line; the line is cleared before each write to stdout,
+  // so that on a terminal the entries and the count do not run into each other.
+  const out = (text: string, n: number): void => {
+    entries += n;
+    progress.clear();
+    io.out(text);
+    progress.update(`ct list: ${entries} entries so far`);
+  };
   return new Promise<number>((resolve, reject) => {
     const req = { maps, filter };
     const fail = (rpc: string) => (err: grpc.ServiceError) => reject(rpcError(`CTMaps.${rpc}`, cmd.server, err));
     if (cmd.output === 'text') {
       const stream = client.DumpEntriesWithTimeDiff(req);
-      stream.on('data', (chunk: DumpTextChunkMsg) => io.out(chunk.text));
+      stream.on('data', (chunk: DumpTextChunkMsg) => out(chunk.text, lineCount(chunk.text)));
       stream.on('error', fail('DumpEntriesWithTimeDiff'));
       stream.on('end', () => resolve(0));
       return;
@@ -122,12 +148,72 @@ function list(client: CtMapsClient, cmd: Extract<CtCommand, { kind: 'ct-list' }>
           first = false;
         }
       }
-      io.out(text);
+      out(text, batch.records.length);
     });
     stream.on('error', fail('DumpEntriesBatched'));
     stream.on('end', () => {
+      progress.done();
       if (cmd.output === 'json') io.out(first ? ']\n' : '\n]\n');
       resolve(0);
     });
-  });
+  }).finally(() => progress.done());
+}
+
+function lineCount(text: string): number {
+  let n = 0;
+  for (let i = text.indexOf('\n'); i >= 0; i = text.indexOf('\n', i + 1)) n++;
+  return n;
+}
+
+/**
+ * `ct get`: CTMaps.Lookup of the one entry of the flow src:sport -> dst:dport. The key
+ * stores the flow's source as daddr and its destination as saddr (ports as they are), as
+ * `ct list` reads them back. Text is `ct list`'s line, formatted here from the record with
+ * the same formatter the daemon's text dump uses. NOT_FOUND: exit 1 with a message.
+ */
+export async function getEntry(cmd: Extract<CliCommand, { kind: 'ct-get' }>, io: Io): Promise<number> {
+  const family: Family = isIP(cmd.src) === 6 ? 'ipv6' : 'ipv4';
+  const map = { family: FAMILY_ENUM[family], kind: cmd.proto === IPPROTO.TCP ? 'MAP_KIND_TCP' : 'MAP_KIND_ANY', cluster_id: cmd.clusterId };
+  const flags = cmd.dir === 'in' ? TupleFlag.IN : cmd.dir === 'service' ? TupleFlag.SERVICE : TupleFlag.OUT;
+  const key = { daddr: cmd.src, saddr: cmd.dst, sport: cmd.sport, dport: cmd.dport, nexthdr: cmd.proto, flags };
+  const client = ctMapsClient(...connection(cmd.server));
+  let record: CtRecordMsg;
+  try {
+    record = await new Promise<CtRecordMsg>((resolve, reject) =>
+      client.Lookup({ map, key }, (err, res) => (err ? reject(err) : resolve(res as CtRecordMsg))),
+    );
+  } catch (err) {
+    const e = err as grpc.ServiceError;
+    if (e.code === grpc.status.NOT_FOUND) {
+      throw new CliRpcError(`no entry for ${cmd.dir.toUpperCase()} ${endpoint(family, cmd.src, cmd.sport)} -> ${endpoint(family, cmd.dst, cmd.dport)} (proto ${cmd.proto}) in the ${mapLabel(map)} map`);
+    }
+    throw rpcError('CTMaps.Lookup', cmd.server, e);
+  } finally {
+    client.close();
+  }
+  if (cmd.output === 'json') {
+    io.out(`${JSON.stringify(record)}\n`);
+    return 0;
+  }
+  io.out(recordLine(record, true));
+  return 0;
+}
+
+const endpoint = (family: Family, addr: string, port: number): string => (family === 'ipv6' ? `[${addr}]:${port}` : `${addr}:${port}`);
+
+/**
+ * A CtRecord message as `ct list`'s text line (with its newline), formatted with the
+ * daemon's own formatter; `withRemaining` adds the remaining seconds as the daemon
+ * reported them. Throws CtmapError (invalid-argument) for a record that is no CT entry.
+ */
+export function recordLine(record: CtRecordMsg | null | undefined, withRemaining = false): string {
+  const { key, family } = parseKey(record?.key, 'key');
+  const keys = Buffer.alloc(keySize(family));
+  const values = Buffer.alloc(CT_ENTRY_SIZE);
+  encodeKey(family, key, keys);
+  const entry = parseEntry(record?.entry, 'entry');
+  encodeEntry(entry, values);
+  // The daemon's CT clock, recovered from what it reported, not this host's guess of it.
+  const now = withRemaining ? entry.lifetime - Number(record?.entry?.expires_in_seconds ?? 0) : undefined;
+  return formatEntryLine(family, keys, 0, values, 0, now);
 }

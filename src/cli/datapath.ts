@@ -23,6 +23,8 @@ export const CHECK_LEAKS_ENV = 'CTMAP_CHECK_LEAKS';
 export interface Io {
   out(text: string): void;
   err(text: string): void;
+  /** stderr is a terminal: long operations show progress there (src/cli/progress.ts). */
+  readonly errIsTTY?: boolean;
 }
 
 /**

@@ -5,13 +5,10 @@
  */
 import type * as grpc from '@grpc/grpc-js';
 import { ctEventsClient } from '../api/clients';
-import { parseEntry, parseKey } from '../api/ct-proto';
 import { CtLifecycleEventBatchMsg, CtLifecycleEventMsg, KIND_NAME, kindOfName, reasonOfName } from '../api/events-proto';
-import { CT_ENTRY_SIZE, encodeEntry, encodeKey, keyLayout } from '../maps/ctmap/codec';
-import { formatEntryLine } from '../maps/ctmap/format';
 import type { CliCommand } from './args';
 import { connection, rpcError } from './client';
-import { dumpFilterOf } from './ct';
+import { dumpFilterOf, recordLine } from './ct';
 import type { Io } from './datapath';
 
 type EventsCommand = Extract<CliCommand, { kind: 'events' }>;
@@ -42,12 +39,7 @@ export function eventText(e: CtLifecycleEventMsg): string {
   const cluster = e.record?.map?.cluster_id ? ` cluster ${e.record.map.cluster_id}` : '';
   let entry = '';
   try {
-    const { key, family } = parseKey(e.record?.key, 'key');
-    const k = Buffer.alloc(keyLayout(family).size);
-    encodeKey(family, key, k);
-    const v = Buffer.alloc(CT_ENTRY_SIZE);
-    encodeEntry(parseEntry(e.record?.entry, 'entry'), v);
-    entry = formatEntryLine(family, k, 0, v, 0).trimEnd();
+    entry = recordLine(e.record).trimEnd();
   } catch {
     entry = JSON.stringify(e.record);
   }

@@ -50,12 +50,16 @@ export async function runInfo(cmd: InfoCommand, io: Io): Promise<number> {
     case 'stats': {
       const c = ctMapsClient(...connection(cmd.server));
       try {
-        const res = await unary(c, 'CTMaps.ActiveMaps', cmd.server, c.ActiveMaps, { with_counts: true });
-        const counters = Object.fromEntries(Object.entries(res.datapath ?? {}).map(([k, v]) => [k, Number(v)]));
+        const res = await unary(c, 'CTMaps.ActiveMaps', cmd.server, c.ActiveMaps, { with_counts: true, per_cpu: true });
+        const numbers = (stats: Record<string, string>): Record<string, number> => Object.fromEntries(Object.entries(stats).map(([k, v]) => [k, Number(v)]));
+        const counters = numbers(res.datapath ?? {});
+        const perCpu = res.datapath_per_cpu.map(numbers);
         const maps = res.maps.map((m) => ({ map: refText(m), entries: Number(m.entries), maxEntries: m.max_entries }));
-        if (cmd.output === 'json') json({ datapath: counters, maps });
+        if (cmd.output === 'json') json({ datapath: counters, perCpu, maps });
         else {
           io.out(table([['COUNTER', 'TOTAL'], ...Object.entries(counters).map(([k, v]) => [k, String(v)])]));
+          // As `conntrack -S` prints them: one line per CPU, every counter as name=value.
+          if (perCpu.length > 0) io.out(`\n${perCpu.map((cpu, i) => `cpu=${i} ${Object.entries(cpu).map(([k, v]) => `${k}=${v}`).join(' ')}`).join('\n')}\n`);
           io.out(`\n${table([['MAP', 'ENTRIES', 'FILL'], ...maps.map((m) => [m.map, String(m.entries), fill(m.entries, m.maxEntries)])])}`);
         }
         return 0;

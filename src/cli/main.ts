@@ -5,8 +5,11 @@
  */
 import { CtmapError } from '../errors';
 import { CliUsageError, parseCli } from './args';
-import { CliRpcError, gcRun, health } from './client';
-import { runCt } from './ct';
+import { resolveBpfRoot } from './bpf-root';
+import { CliRpcError, health } from './client';
+import { watchMembership } from './cluster-watch';
+import { getEntry, runCt } from './ct';
+import { gcRun } from './gc';
 import { runInfo } from './info';
 import { runNat } from './nat';
 import { Io, runDatapath } from './datapath';
@@ -16,6 +19,7 @@ import { watchEvents } from './events';
 const stdio: Io = {
   out: (text) => process.stdout.write(text),
   err: (text) => process.stderr.write(text),
+  errIsTTY: process.stderr.isTTY === true,
 };
 
 /**
@@ -41,6 +45,10 @@ export async function run(argv: readonly string[], env: NodeJS.ProcessEnv, io: I
       case 'cluster-create':
       case 'cluster-delete':
         return await runInfo(cmd, io);
+      case 'ct-get':
+        return await getEntry(cmd, io);
+      case 'cluster-watch':
+        return await watchMembership(cmd, io);
       case 'gc-run':
         return await gcRun(cmd, io);
       case 'health':
@@ -49,11 +57,15 @@ export async function run(argv: readonly string[], env: NodeJS.ProcessEnv, io: I
       case 'fate-detach':
       case 'fate-status':
       case 'fate-reattach':
-        return runFate(cmd, env, io);
+        return runFate({ ...cmd, bpfRoot: await resolveBpfRoot(cmd, io) }, env, io);
       case 'events':
         return await watchEvents(cmd, io);
-      default:
-        return runDatapath(cmd, argv, env, io);
+      default: {
+        const bpfRoot = await resolveBpfRoot(cmd, io);
+        // A --netns child runs this command line again: it gets the answer, not the question.
+        const childArgv = cmd.bpfRootFromDaemon ? [...argv, '--bpf-root', bpfRoot] : argv;
+        return runDatapath({ ...cmd, bpfRoot }, childArgv, env, io);
+      }
     }
   } catch (err) {
     if (err instanceof CliUsageError) {

@@ -264,7 +264,7 @@ async function bringUp(config: Config, log: Logger, opts: DaemonOptions, teardow
     log,
     shutdown,
     services: [
-      ctMapsService({ ...base, tables, nat, gc, datapath, migrations }),
+      ctMapsService({ ...base, tables, nat, gc, datapath, migrations, bpfRoot: config.bpfRoot }),
       ctEventsService({ ...base, bus: events, subscriberBuffer: config.ctEventsBuffer }),
       natMapsService({ ...base, nat, ct: tables }),
       clusterCtMapsService({ ...base, membership }),

@@ -154,24 +154,43 @@ export function datapathSideMapSpecs(
  * at a multiple of the 8-byte-rounded struct size) counter by counter.
  */
 export function sumDatapathStats(value: Buffer): DatapathCounters {
-  return sumPerCpu(value, CT_DATAPATH_STATS.size, CT_DATAPATH_STATS_COUNTERS, (name) => CT_DATAPATH_STATS_OFFSETS[name]);
+  return sumCounters(datapathStatsPerCpu(value), CT_DATAPATH_STATS_COUNTERS);
 }
 
 /** sumDatapathStats for struct ct_fate_stats. */
 export function sumFateStats(value: Buffer): FateCounters {
-  return sumPerCpu(value, CT_FATE_STATS.size, CT_FATE_STATS_COUNTERS, (name) => CT_FATE_STATS.fields[name].offset);
+  return sumCounters(fateStatsPerCpu(value), CT_FATE_STATS_COUNTERS);
 }
 
-function sumPerCpu<N extends string>(value: Buffer, size: number, names: readonly N[], offsetOf: (name: N) => number): Record<N, bigint> {
+/**
+ * The same value CPU by CPU: element i is CPU i's copy (what sumDatapathStats adds up), one
+ * per possible CPU the value holds.
+ */
+export function datapathStatsPerCpu(value: Buffer): DatapathCounters[] {
+  return decodePerCpu(value, CT_DATAPATH_STATS.size, CT_DATAPATH_STATS_COUNTERS, (name) => CT_DATAPATH_STATS_OFFSETS[name]);
+}
+
+/** datapathStatsPerCpu for struct ct_fate_stats. */
+export function fateStatsPerCpu(value: Buffer): FateCounters[] {
+  return decodePerCpu(value, CT_FATE_STATS.size, CT_FATE_STATS_COUNTERS, (name) => CT_FATE_STATS.fields[name].offset);
+}
+
+/** The one decoder of a per-CPU value: the kernel rounds each CPU's copy up to 8 bytes. */
+function decodePerCpu<N extends string>(value: Buffer, size: number, names: readonly N[], offsetOf: (name: N) => number): Array<Record<N, bigint>> {
   const stride = Math.ceil(size / 8) * 8;
   const cpus = Math.floor(value.length / stride);
-  const out = {} as Record<N, bigint>;
-  for (const name of names) {
-    const off = offsetOf(name);
-    let sum = 0n;
-    for (let c = 0; c < cpus; c++) sum += value.readBigUInt64LE(c * stride + off);
-    out[name] = sum;
+  const out: Array<Record<N, bigint>> = [];
+  for (let c = 0; c < cpus; c++) {
+    const one = {} as Record<N, bigint>;
+    for (const name of names) one[name] = value.readBigUInt64LE(c * stride + offsetOf(name));
+    out.push(one);
   }
+  return out;
+}
+
+function sumCounters<N extends string>(perCpu: ReadonlyArray<Record<N, bigint>>, names: readonly N[]): Record<N, bigint> {
+  const out = {} as Record<N, bigint>;
+  for (const name of names) out[name] = perCpu.reduce<bigint>((sum, c) => sum + c[name], 0n);
   return out;
 }
 
@@ -299,6 +318,16 @@ export class DatapathSideMaps {
   /** The fate-sharing counters summed over the CPUs. Throws CtmapError after close(). */
   fateCounters(): FateCounters {
     return sumFateStats(this.fateStats.lookup(SLOT0)!);
+  }
+
+  /** The programs' counters per possible CPU (element i: CPU i). Throws CtmapError after close(). */
+  countersPerCpu(): DatapathCounters[] {
+    return datapathStatsPerCpu(this.stats.lookup(SLOT0)!);
+  }
+
+  /** The fate-sharing counters per possible CPU. Throws CtmapError after close(). */
+  fateCountersPerCpu(): FateCounters[] {
+    return fateStatsPerCpu(this.fateStats.lookup(SLOT0)!);
   }
 
   /**

@@ -16,6 +16,7 @@ import { kernelTier, privateBpfRoot } from '../helpers/kernel';
 import { clusterIdMark } from '../../src/datapath/settings';
 import { CT_DATAPATH_STATS, CT_DATAPATH_STATS_COUNTERS, CT_FATE_STATS_COUNTERS } from '../../src/maps/ctmap/layout';
 import { services } from '../../src/api/proto';
+import { possibleCpus } from '../../src/sys/cpus';
 
 type LoaderModule = typeof import('../../src/datapath/loader');
 type BpfModule = typeof import('../../src/sys');
@@ -171,4 +172,11 @@ test('kernel: packets through the datapath over the daemon\'s maps show in Activ
   });
   assert.deepEqual((await call(client, 'ActiveMaps', {})).datapath, want, 'ActiveMaps');
   assert.deepEqual(await scrape(), want, '/metrics');
+
+  // Per CPU (ActiveMaps.per_cpu): one element per possible CPU, adding up to the totals.
+  const perCpu = (await call(client, 'ActiveMaps', { per_cpu: true })).datapath_per_cpu as Array<Record<string, string>>;
+  assert.equal(perCpu.length, possibleCpus());
+  const summed = Object.fromEntries(Object.keys(want).map((k) => [k, String(perCpu.reduce((n, c) => n + BigInt(c[k]!), 0n))]));
+  assert.deepEqual(summed, want, 'per-CPU values sum to the total');
+  assert.ok(perCpu.some((c) => c.packets !== '0'), 'the test runs counted on some CPU');
 });

@@ -45,6 +45,7 @@ describe('ctmap datapath attach', () => {
       dev: 'veth0',
       netns: undefined,
       bpfRoot: '/sys/fs/bpf',
+      bpfRootFromDaemon: { target: 'unix:/run/ctmapd/ctmapd.sock' },
       clusterId: 0,
       json: false,
     });
@@ -114,9 +115,10 @@ describe('ctmap datapath detach / status', () => {
       dev: 'eth0',
       netns: 'n1',
       bpfRoot: '/sys/fs/bpf',
+      bpfRootFromDaemon: { target: 'unix:/run/ctmapd/ctmapd.sock' },
       json: false,
     });
-    assert.deepEqual(parseCli(['datapath', 'status', '--json'], {}), { kind: 'datapath-status', netns: undefined, bpfRoot: '/sys/fs/bpf', json: true });
+    assert.deepEqual(parseCli(['datapath', 'status', '--json'], {}), { kind: 'datapath-status', netns: undefined, bpfRoot: '/sys/fs/bpf', bpfRootFromDaemon: { target: 'unix:/run/ctmapd/ctmapd.sock' }, json: true });
     assert.deepEqual(parseCli(['datapath', 'reattach', '--netns', 'blue', '--bpf-root', '/b'], {}), {
       kind: 'datapath-reattach',
       netns: 'blue',
@@ -130,7 +132,7 @@ describe('ctmap datapath detach / status', () => {
 
 describe('ctmap datapath prune (issue 12 item 6)', () => {
   it('parses --bpf-root (flag, env, default) and --json; --netns and --dev are not its flags', () => {
-    assert.deepEqual(parseCli(['datapath', 'prune'], {}), { kind: 'datapath-prune', bpfRoot: '/sys/fs/bpf', json: false });
+    assert.deepEqual(parseCli(['datapath', 'prune'], {}), { kind: 'datapath-prune', bpfRoot: '/sys/fs/bpf', bpfRootFromDaemon: { target: 'unix:/run/ctmapd/ctmapd.sock' }, json: false });
     assert.deepEqual(parseCli(['datapath', 'prune', '--json'], { CTMAPD_BPF_ROOT: '/run/bpf' }), { kind: 'datapath-prune', bpfRoot: '/run/bpf', json: true });
     assert.deepEqual(parseCli(['datapath', 'prune', '--bpf-root', '/b'], { CTMAPD_BPF_ROOT: '/run/bpf' }), { kind: 'datapath-prune', bpfRoot: '/b', json: false });
     usage(['datapath', 'prune', '--bpf-root', 'relative'], '--bpf-root');
@@ -218,8 +220,11 @@ describe('ctmap ct list / gc run', () => {
       kind: 'gc-run',
       server: { target: 'unix:/run/ctmapd/ctmapd.sock' },
       family: 'ipv4',
+      clusterId: 'all',
       time: 4294967295,
       ips: [],
+      filter: { src: [], dst: [], sport: undefined, dport: undefined, proto: undefined, dir: undefined, state: undefined },
+      output: 'text',
     });
     assert.deepEqual((parseCli(['gc', 'run', '--ip', '192.0.2.0/24,198.51.100.7', '--ip', '2001:db8::1'], {}) as unknown as { ips: string[] }).ips, ['192.0.2.0/24', '198.51.100.7', '2001:db8::1']);
     const ev = parseCli(['events', '-d', '198.51.100.0/24', '--dport', '443', '--kind', 'destroy'], {}) as unknown as { filter: { dst: string[]; dport?: number } };
@@ -279,6 +284,81 @@ describe('nat list text', () => {
     const v6 = { family: 'FAMILY_IPV6', cluster_id: 0, key: { saddr: 'fd00::1', daddr: '2001:db8::5', sport: 0x1234, dport: 0, nexthdr: 58, flags: 0 }, entry: { addr: '2001:db8::10', port: 7, created: '5', needs_ct: true, age_seconds: '0' } };
     assert.equal(natText(v6), 'ICMPv6 OUT [fd00::1]:4660 -> [2001:db8::5]:0 XLATE_SRC [2001:db8::10]:7 Created=0sec ago NeedsCT=1\n');
     assert.equal(natText({ ...out4, key: { ...out4.key, nexthdr: 0 } }), '', 'nexthdr 0 is skipped, as Cilium does');
+  });
+});
+
+describe('ctmap datapath / fate: the bpf-root from the daemon', () => {
+  it('asks the daemon only when neither --bpf-root nor CTMAPD_BPF_ROOT is given', () => {
+    const dflt = parseCli(['fate', 'status', '--server', '/tmp/d.sock'], {}) as any;
+    assert.deepEqual([dflt.bpfRoot, dflt.bpfRootFromDaemon], ['/sys/fs/bpf', { target: 'unix:/tmp/d.sock' }]);
+    const flag = parseCli(['fate', 'status', '--bpf-root', '/sys/fs/bpf'], {}) as any;
+    assert.deepEqual([flag.bpfRoot, 'bpfRootFromDaemon' in flag], ['/sys/fs/bpf', false], 'an explicit flag equal to the default is still explicit');
+    const env = parseCli(['datapath', 'reattach'], { CTMAPD_BPF_ROOT: '/run/bpf' }) as any;
+    assert.deepEqual([env.bpfRoot, 'bpfRootFromDaemon' in env], ['/run/bpf', false]);
+    const sock = parseCli(['datapath', 'status'], { CTMAPD_SOCKET: '/run/x.sock' }) as any;
+    assert.deepEqual(sock.bpfRootFromDaemon, { target: 'unix:/run/x.sock' });
+  });
+  it('says so in the help', () => {
+    let text = '';
+    try {
+      parseCli(['datapath', '--help'], {});
+    } catch (err) {
+      text = (err as CliUsageError).message;
+    }
+    assert.match(text, /asks the daemon[\s\S]*ActiveMaps\.bpf_root[\s\S]*explicit --bpf-root or CTMAPD_BPF_ROOT wins/);
+  });
+});
+
+describe('ctmap gc run / ct get / cluster watch / stats', () => {
+  it('gc run takes the ct list flow filters, --cluster-id N|all and -o', () => {
+    const c = parseCli(['gc', 'run', '-s', '192.0.2.0/24', '-d', '198.51.100.1', '--sport', '1000', '--dport', '443', '-p', 'tcp', '--dir', 'in', '--state', 'closing', '-f', 'ipv6', '--cluster-id', '5', '-o', 'json', '--ip', '203.0.113.1'], {});
+    assert.deepEqual(c, {
+      kind: 'gc-run',
+      server: { target: 'unix:/run/ctmapd/ctmapd.sock' },
+      family: 'ipv6',
+      clusterId: 5,
+      time: undefined,
+      ips: ['203.0.113.1'],
+      filter: { src: ['192.0.2.0/24'], dst: ['198.51.100.1'], sport: 1000, dport: 443, proto: 6, dir: 'in', state: 'closing' },
+      output: 'json',
+    });
+    assert.equal((parseCli(['gc', 'run'], {}) as any).clusterId, 'all', 'every open map, as before the flag existed');
+    usage(['gc', 'run', '--dport', '70000'], '--dport');
+    usage(['gc', 'run', '--state', 'sleepy'], '--state');
+    usage(['gc', 'run', '-o', 'yaml'], '--output');
+    usage(['gc', 'run', '--cluster-id', '512'], '--cluster-id');
+  });
+  it('ct get: one flow, --dir out by default, ports 0 by default; addresses of one family', () => {
+    assert.deepEqual(parseCli(['ct', 'get', '-s', '192.0.2.1', '-d', '198.51.100.2', '--sport', '40000', '--dport', '443', '-p', 'tcp'], {}), {
+      kind: 'ct-get',
+      server: { target: 'unix:/run/ctmapd/ctmapd.sock' },
+      clusterId: 0,
+      src: '192.0.2.1',
+      dst: '198.51.100.2',
+      sport: 40000,
+      dport: 443,
+      proto: 6,
+      dir: 'out',
+      output: 'text',
+    });
+    const c = parseCli(['ct', 'get', '-s', '2001:db8::1', '-d', '2001:db8::2', '-p', 'icmpv6', '--dir', 'service', '--cluster-id', '7', '-o', 'json'], {}) as any;
+    assert.deepEqual([c.sport, c.dport, c.proto, c.dir, c.clusterId, c.output], [0, 0, 58, 'service', 7, 'json']);
+    usage(['ct', 'get', '-d', '198.51.100.2', '-p', 'tcp'], '--src');
+    usage(['ct', 'get', '-s', '192.0.2.1', '-p', 'tcp'], '--dst');
+    usage(['ct', 'get', '-s', '192.0.2.1', '-d', '198.51.100.2'], '--proto');
+    usage(['ct', 'get', '-s', '192.0.2.0/24', '-d', '198.51.100.2', '-p', 'tcp'], '--src');
+    usage(['ct', 'get', '-s', '192.0.2.1', '-d', '2001:db8::2', '-p', 'tcp'], '--dst');
+    usage(['ct', 'get', '-s', '192.0.2.1', '-d', '198.51.100.2', '-p', 'tcp', '--dir', 'up'], '--dir');
+    usage(['ct', 'get', '-s', '192.0.2.1', '-d', '198.51.100.2', '-p', 'tcp', '--cluster-id', 'all'], '--cluster-id');
+  });
+  it('cluster watch: -o text|json|jsonl (json and jsonl are both JSON lines), --count', () => {
+    assert.deepEqual(parseCli(['cluster', 'watch'], {}), { kind: 'cluster-watch', server: { target: 'unix:/run/ctmapd/ctmapd.sock' }, output: 'text', count: undefined });
+    assert.equal((parseCli(['cluster', 'watch', '-o', 'jsonl', '--count', '2'], {}) as any).output, 'json');
+    assert.equal((parseCli(['cluster', 'watch', '-o', 'json', '--count', '2'], {}) as any).count, 2);
+    usage(['cluster', 'watch', '--count', '0'], '--count');
+  });
+  it('stats has no per-CPU flag: the per-CPU lines are always printed, as conntrack -S does', () => {
+    assert.deepEqual(parseCli(['stats', '-o', 'json'], {}), { kind: 'stats', server: { target: 'unix:/run/ctmapd/ctmapd.sock' }, output: 'json' });
   });
 });
 

@@ -16,8 +16,8 @@ import {
   encodeDatapathSettings,
   validateDatapathSettings,
 } from '../../src/datapath/settings';
-import { datapathSideMapSpecs, sumDatapathStats } from '../../src/datapath/side-maps';
-import { CT_DATAPATH_STATS, CT_DATAPATH_STATS_COUNTERS, CT_FATE_STATS_COUNTERS } from '../../src/maps/ctmap/layout';
+import { datapathSideMapSpecs, datapathStatsPerCpu, fateStatsPerCpu, sumDatapathStats, sumFateStats } from '../../src/datapath/side-maps';
+import { CT_DATAPATH_STATS, CT_DATAPATH_STATS_COUNTERS, CT_FATE_STATS, CT_FATE_STATS_COUNTERS } from '../../src/maps/ctmap/layout';
 import { memoryBackend } from '../../src/maps/memory';
 import { parseCpuList, possibleCpus } from '../../src/sys/cpus';
 import { MapType } from '../../src/maps/types';
@@ -90,6 +90,35 @@ test('sumDatapathStats adds every CPU\'s copy, counter by counter', () => {
   assert.equal(sum.cluster_map_missing, 13n * 111n);
   // The ring state is a nested struct in C; its counters are the last three u64.
   assert.equal(sum.events_lost_reported, BigInt(CT_DATAPATH_STATS_COUNTERS.length) * 111n);
+});
+
+test('datapathStatsPerCpu: one record per CPU copy, each what that CPU counted, summing to sumDatapathStats', () => {
+  const stride = CT_DATAPATH_STATS.size;
+  const v = Buffer.alloc(3 * stride);
+  CT_DATAPATH_STATS_COUNTERS.forEach((_, i) => {
+    for (let c = 0; c < 3; c++) v.writeBigUInt64LE(BigInt((i + 1) * 10 ** c), c * stride + i * 8);
+  });
+  const per = datapathStatsPerCpu(v);
+  assert.equal(per.length, 3);
+  assert.deepEqual(per.map((c) => c.packets), [1n, 10n, 100n]);
+  assert.deepEqual(per.map((c) => c.lookups), [2n, 20n, 200n]);
+  const sum = sumDatapathStats(v);
+  for (const name of CT_DATAPATH_STATS_COUNTERS) assert.equal(per.reduce((n, c) => n + c[name], 0n), sum[name], name);
+
+  // struct ct_fate_stats is not a multiple of 8 bytes in every build: each CPU's copy
+  // starts at the 8-byte-rounded size, as the kernel lays out per-CPU values.
+  const fstride = Math.ceil(CT_FATE_STATS.size / 8) * 8;
+  const f = Buffer.alloc(2 * fstride);
+  CT_FATE_STATS_COUNTERS.forEach((name, i) => {
+    f.writeBigUInt64LE(BigInt(i + 1), CT_FATE_STATS.fields[name].offset);
+    f.writeBigUInt64LE(BigInt(100 + i), fstride + CT_FATE_STATS.fields[name].offset);
+  });
+  const fper = fateStatsPerCpu(f);
+  assert.equal(fper.length, 2);
+  CT_FATE_STATS_COUNTERS.forEach((name, i) => {
+    assert.deepEqual([fper[0]![name], fper[1]![name]], [BigInt(i + 1), BigInt(100 + i)], name);
+    assert.equal(sumFateStats(f)[name], BigInt(101 + 2 * i));
+  });
 });
 
 test('memory backend: the daemon pins both side maps, writes its flags, and rewrites them at a restart', async (t) => {
@@ -166,4 +195,17 @@ test('memory backend: ActiveMaps and /metrics show the stats map\'s counters, ze
   };
   assert.deepEqual((await call(client, 'ActiveMaps', {})).datapath, want);
   assert.deepEqual(await scrape(), want);
+
+  // per_cpu: element c is CPU c's copy, fate counters included; without it, none.
+  const perCpu = await call(client, 'ActiveMaps', { per_cpu: true });
+  assert.deepEqual(perCpu.datapath, want);
+  assert.equal(perCpu.datapath_per_cpu.length, ncpu);
+  perCpu.datapath_per_cpu.forEach((cpu: Record<string, string>, c: number) => {
+    assert.deepEqual(cpu, {
+      ...Object.fromEntries(CT_DATAPATH_STATS_COUNTERS.map((n, i) => [n, String((i + 1) * 10 ** c)])),
+      ...Object.fromEntries(CT_FATE_STATS_COUNTERS.map((n, i) => [`fate_${n}`, String((i + 21) * 10 ** c)])),
+    }, `cpu ${c}`);
+  });
+  assert.deepEqual((await call(client, 'ActiveMaps', {})).datapath_per_cpu, []);
+  assert.equal(perCpu.bpf_root, root, "ActiveMaps names the daemon's --bpf-root");
 });

@@ -146,3 +146,49 @@ test('GCRunner over gRPC: Run, emit_kept, bad input, Observe with a slow subscri
   assert.equal(value(m2, /^cilium_datapath_conntrack_gc_entries\{family="ipv4",protocol="TCP",status="deleted"\} (\d+)/m), 7);
   assert.match(m2, /^process_cpu_user_seconds_total /m);
 });
+
+test('GCRunner.Run: flow narrows what the filter removes; bad flow names flow.<field>; progress updates', async (t) => {
+  const sock = tempDir(t);
+  const d = await startTestDaemon(sock.dir, ['--backend', 'memory', '--bpf-root', `/memory-gcflow-${process.pid}`, '--bpf-ct-global-tcp-max', '65536', '--bpf-ct-global-any-max', '4096']);
+  t.after(() => d.stop());
+  const ct = ctClient(d.address);
+  const gc = gcClient(d.address);
+  t.after(() => (ct.close(), gc.close()));
+  // 2000 entries, every 4th expired; flow source (key.daddr) 192.0.2.1..250.
+  const all = records(2000, 4) as any[];
+  await call(ct, 'Update', { records: all });
+
+  await rejectsWith(collect(gc, 'Run', { filter: { remove_expired: true }, flow: { src: ['192.0.2.x'] } }), grpc.status.INVALID_ARGUMENT, 'flow.src[0]');
+  await rejectsWith(collect(gc, 'Run', { filter: { remove_expired: true }, flow: { address: 'nope' } }), grpc.status.INVALID_ARGUMENT, 'flow.address');
+  await rejectsWith(collect(gc, 'Run', { filter: { remove_expired: true }, flow: { direction: 99 } }), grpc.status.INVALID_ARGUMENT, 'flow.direction');
+  assert.equal(await countTcp4(ct), 2000);
+
+  // Only the expired entries whose flow source is in 192.0.2.0/28 (.1-.15) go.
+  const inFlow = (r: any): boolean => Number(r.key.daddr.split('.')[3]) <= 15;
+  const want = all.filter((r, i) => i % 4 === 0 && inFlow(r)).length;
+  assert.ok(want > 0 && want < 500);
+  const stats = (await collect(gc, 'Run', { family: 'FAMILY_IPV4', filter: { remove_expired: true }, flow: { src: ['192.0.2.0/28'], all_clusters: true } })).at(-1).stats;
+  const tcp4 = stats.maps.find((m: any) => m.map.kind === 'MAP_KIND_TCP');
+  assert.deepEqual({ deleted: Number(tcp4.deleted), alive: Number(tcp4.alive) }, { deleted: want, alive: 2000 - want });
+  const left = await collect(ct, 'DumpEntriesBatched', { maps: [{ family: 'FAMILY_IPV4', kind: 'MAP_KIND_TCP' }] });
+  const keys = new Set(left.flatMap((b: any) => b.records).map((r: any) => `${r.key.daddr}:${r.key.sport}`));
+  all.forEach((r, i) => assert.equal(keys.has(`${r.key.daddr}:${r.key.sport}`), !(i % 4 === 0 && inFlow(r)), `entry ${i}`));
+
+  // match_ips is narrowed too: 192.0.2.20 is outside the flow, so nothing goes.
+  const none = (await collect(gc, 'Run', { filter: { match_ips: ['192.0.2.20'] }, flow: { src: ['192.0.2.0/28'] } })).at(-1).stats;
+  assert.equal(none.maps.reduce((n: number, m: any) => n + Number(m.deleted), 0), 0);
+
+  // Progress: with an interval, updates come between batches (emit_kept makes each batch take
+  // well over 1 ms); none without one.
+  await call(ct, 'Update', { records: records(20000, 1).map((r: any) => ({ ...r, entry: { ...r.entry, lifetime: 0xfffffffe } })) });
+  const withProgress = await collect(gc, 'Run', { family: 'FAMILY_IPV4', filter: { remove_expired: true, emit_kept: true }, progress_interval_ms: 1 });
+  const progress = withProgress.filter((u: any) => u.progress).map((u: any) => u.progress);
+  assert.ok(progress.length > 0, 'some progress updates');
+  assert.equal(withProgress.at(-1).update, 'stats');
+  for (const p of progress) {
+    assert.equal(p.maps_total, 2);
+    assert.ok(p.maps_done < 2 && Number(p.scanned) > 0 && Number(p.deleted) >= 0, JSON.stringify(p));
+  }
+  const without = await collect(gc, 'Run', { family: 'FAMILY_IPV4', filter: { remove_expired: true, emit_kept: true } });
+  assert.equal(without.filter((u: any) => u.progress).length, 0);
+});

@@ -72,6 +72,10 @@ export interface DatapathCountersSource {
   counters(): DatapathCounters;
   /** Socket fate-sharing's counters (ctmapd_fate_stats); without it they read 0. */
   fateCounters?(): FateCounters;
+  /** counters() per possible CPU, element i for CPU i; without it datapath_per_cpu stays empty. */
+  countersPerCpu?(): DatapathCounters[];
+  /** fateCounters() per possible CPU; without it the per-CPU fate counters read 0. */
+  fateCountersPerCpu?(): FateCounters[];
 }
 
 /** What ctMapsService needs. */
@@ -96,6 +100,8 @@ export interface CtMapsServiceDeps extends ServiceDeps {
   readonly datapath?: DatapathCountersSource;
   /** What this start did to pinned maps (ActiveMaps reports them). Default: none. */
   readonly migrations?: readonly MigrationReport[];
+  /** The daemon's --bpf-root, reported by ActiveMaps (what `ctmap datapath` and `fate` load over). */
+  readonly bpfRoot?: string;
 }
 
 /**
@@ -104,7 +110,7 @@ export interface CtMapsServiceDeps extends ServiceDeps {
  * protobufjs), and its handlers. `deps.shutdown` ends calls when the server stops.
  */
 export function ctMapsService(deps: CtMapsServiceDeps): ServiceRegistration {
-  const { tables, nat, log, shutdown, gc, datapath, migrations = [] } = deps;
+  const { tables, nat, log, shutdown, gc, datapath, migrations = [], bpfRoot = '' } = deps;
   // The latest report per pin: a rolled-back migration is followed by the one that completed.
   const lastByPin = new Map(migrations.map((m) => [m.pinPath, m]));
   /** Streams the selected maps batch by batch; `emit` turns one batch into messages. */
@@ -158,10 +164,9 @@ export function ctMapsService(deps: CtMapsServiceDeps): ServiceRegistration {
       maps: tables.active().map((t) => mapInfoMsg(mapRefMsg(t.ref), t.map, req.with_counts ? t.map.count() : undefined, lastByPin.get(t.map.spec.pinPath ?? ''))),
       datapath: datapath ? datapathStatsMsg(datapath.counters(), datapath.fateCounters?.()) : null,
       migrations: migrations.map(mapMigrationMsg),
-      // Filled by the work of issue 14 (per-CPU counters, SNAT maps, bpf-root).
-      datapath_per_cpu: [],
+      datapath_per_cpu: req.per_cpu && datapath ? perCpuStatsMsgs(datapath) : [],
       nat_maps: (nat?.active() ?? []).map((t) => natMapInfoMsg(t.ref, t.map, req.with_counts ? t.map.count() : undefined)),
-      bpf_root: '',
+      bpf_root: bpfRoot,
     }), shutdown),
 
     DumpEntries: serverStream(log, 'CTMaps/DumpEntries', async (req: DumpEntriesRequestMsg, writer: StreamWriter<Buffer>, ctx) => {
@@ -308,6 +313,12 @@ export function ctMapsService(deps: CtMapsServiceDeps): ServiceRegistration {
     }, shutdown),
   };
   return { definition: acceptEncodedResponses(services().CTMaps.service, ['DumpEntries', 'DumpEntriesBatched']), implementation };
+}
+
+/** One DatapathStats per possible CPU; fate counters by the same index (0 without them). */
+function perCpuStatsMsgs(datapath: DatapathCountersSource): ActiveMapsResponseMsg['datapath_per_cpu'] {
+  const fate = datapath.fateCountersPerCpu?.() ?? [];
+  return (datapath.countersPerCpu?.() ?? []).map((c, i) => datapathStatsMsg(c, fate[i]));
 }
 
 function checkFamily(ref: MapRef, family: string, field: string): void {

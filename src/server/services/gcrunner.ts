@@ -1,5 +1,6 @@
 /**
- * The ctmap.v1.GCRunner service: Run (one filtered pass, kept records then stats),
+ * The ctmap.v1.GCRunner service: Run (one filtered pass, optionally narrowed to a flow
+ * filter: kept records and progress updates, then stats),
  * Observe (live GC events per family with per-subscriber bounded buffers), Status and
  * Signal (the scheduler's state and early passes).
  */
@@ -10,11 +11,13 @@ import type { Family } from '../../maps/addr';
 import { SCAN_BATCH } from '../../maps/ctmap/gc/engine';
 import { refLabel } from '../../maps/ctmap/spec';
 import type { GCRunner } from '../../maps/ctmap/gc/runner';
-import type { GCEvent, GCRunResult } from '../../maps/ctmap/gc/types';
+import type { GCEvent, GCPassProgress, GCRunResult } from '../../maps/ctmap/gc/types';
+import { EntryPredicate, compileFilter } from '../../maps/ctmap/flow-filter';
+import { ctNow } from '../../maps/clock';
 import { eventsOf } from '../../maps/ctmap/gc/events';
-import { familyEnum, parseFamily, parseMapRefs, parseOptionalFamily } from '../../api/ct-proto';
+import { familyEnum, parseDumpFilter, parseFamily, parseMapRefs, parseOptionalFamily } from '../../api/ct-proto';
 import { acceptEncodedResponses } from '../../api/ct-wire';
-import { GCFamilyRequestMsg, GCRunRequestMsg, GCStatusResponseMsg, encodeGCEvent, encodeKeptUpdate, gcRunStatsMsg, parseGCFilter } from '../../api/gc-proto';
+import { GCFamilyRequestMsg, GCRunRequestMsg, GCStatusResponseMsg, encodeGCEvent, encodeKeptUpdate, gcRunProgressMsg, gcRunStatsMsg, parseGCFilter } from '../../api/gc-proto';
 import { BoundedQueue } from '../bounded-queue';
 import { services } from '../../api/proto';
 import { StreamWriter, serverStream, unary } from '../call-boundary';
@@ -71,12 +74,27 @@ export function gcRunnerService(deps: GCRunnerServiceDeps): ServiceRegistration 
       const family = parseOptionalFamily(req.family, 'family');
       const refs = parseMapRefs(req.maps, 'maps');
       const filter = await parseGCFilter(req.filter);
+      // An entry outside `flow` is kept: the flow narrows what `filter` may remove, as a
+      // filtered Flush selects with the same compiled DumpFilter (ctmaps.ts removeMatching).
+      const flow = await parseDumpFilter(req.flow, ctNow(), 'flow');
+      if (flow) filter.flow = (f: Family): EntryPredicate | null => compileFilter(flow, f);
       const tables = runner.select({ family, refs }); // validates refs before the pass starts
       if (tables.length === 0) throw new CtmapError('not-found', `family: no open CT maps for ${family ?? 'any family'}`);
 
-      // Kept records are encoded as they are found and flushed after each batch, so the
-      // pass waits for the client (flow control) instead of buffering a whole map.
-      let pending: Buffer[] = [];
+      // Kept records (and progress updates) are encoded as they are made and flushed after
+      // each batch, so the pass waits for the client (flow control) instead of buffering a
+      // whole map.
+      let pending: Array<Buffer | object> = [];
+      const interval = req.progress_interval_ms ?? 0;
+      let lastProgress = Date.now();
+      const onProgress = interval > 0
+        ? (p: GCPassProgress): void => {
+            const now = Date.now();
+            if (now - lastProgress < interval) return;
+            lastProgress = now;
+            pending.push({ progress: gcRunProgressMsg(p) });
+          }
+        : undefined;
       if (req.filter?.emit_kept) {
         filter.emitKept = (ref, keys, koff, values, voff) => pending.push(encodeKeptUpdate(ref, keys, koff, values, voff));
       }
@@ -85,8 +103,8 @@ export function gcRunnerService(deps: GCRunnerServiceDeps): ServiceRegistration 
         pending = [];
         for (const m of out) await writer.write(m);
       };
-      ctx.audit({ maps: tables.map((t) => refLabel(t.ref)), matchIps: req.filter?.match_ips?.length ?? 0 });
-      const result = await runner.run({ family, refs, filter, signal: ctx.signal, afterBatch: flush });
+      ctx.audit({ maps: tables.map((t) => refLabel(t.ref)), matchIps: req.filter?.match_ips?.length ?? 0, flow: flow !== undefined });
+      const result = await runner.run({ family, refs, filter, signal: ctx.signal, afterBatch: flush, onProgress });
       const deleted = result.maps.reduce((n, m) => n + m.deleted, 0);
       ctx.audit({ deleted, natDeleted: result.natDeleted });
       // A manual pass is news for an operator as a scheduled one is: its counts at info.

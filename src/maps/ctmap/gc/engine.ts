@@ -18,7 +18,7 @@ import { CtTable, ctTableCursor } from '../tables';
 import { MapRef } from '../spec';
 import { EventLoopBudget } from './event-loop-budget';
 import { GCEventBatch, eventsOf } from './events';
-import { ConditionalDeleter, DeleteMode, DeleteStatus, GCDestroyReason, GCEvent, GCFilter, GCMapStats, GCRunResult } from './types';
+import { ConditionalDeleter, DeleteMode, DeleteStatus, GCDestroyReason, GCEvent, GCFilter, GCMapStats, GCPassProgress, GCRunResult } from './types';
 
 /** CT clock value that makes every entry expired: a flush (facts §6). */
 export const FLUSH_TIME = 0xffffffff;
@@ -39,6 +39,8 @@ export interface GCRunOptions {
   signal?: AbortSignal;
   /** Awaited after each batch: lets a stream flush kept records with flow control. */
   afterBatch?: () => Promise<void>;
+  /** Called after each batch, before afterBatch, with how far the pass has got. */
+  onProgress?: (progress: GCPassProgress) => void;
   /**
    * Test hook, called between the scan of a batch and the delete of its candidates, with
    * the candidate keys: a test refreshes entries here to drive the race deterministically.
@@ -59,6 +61,13 @@ export interface KeyDeletion {
   /** Entry i at entries[i*CT_ENTRY_SIZE], as it was at deletion (DELETED only). */
   readonly entries: Buffer;
   readonly deleted: number;
+}
+
+/** What a pass has done so far over the maps before the current one (for onProgress). */
+interface PassState {
+  mapsDone: number;
+  readonly mapsTotal: number;
+  deletedBefore: number;
 }
 
 /** The lifecycle reasons of one pass's deletions, by DeleteMode. */
@@ -120,19 +129,25 @@ export class GCEngine {
     };
     const budget = new EventLoopBudget();
     const maps: GCMapStats[] = [];
+    const pass: PassState = { mapsDone: 0, mapsTotal: opts.tables.length, deletedBefore: 0 };
     for (const table of opts.tables) {
       // A cluster that left while this pass waited for its turn: its maps are gone, and
       // their entries were flushed (and published) by the pass that removed them.
-      if (table.map.closed) continue;
+      if (table.map.closed) {
+        pass.mapsDone++;
+        continue;
+      }
       const stats: GCMapStats = { ref: table.ref, alive: 0, deleted: 0, skipped: 0, refreshed: 0, maxEntries: table.map.spec.maxEntries };
       maps.push(stats);
-      await this.#collect(table, opts, time, stats, budget, reasons);
+      await this.#collect(table, opts, time, stats, budget, reasons, pass);
+      pass.mapsDone++;
+      pass.deletedBefore += stats.deleted;
     }
     const ratio = maps.reduce((r, m) => Math.max(r, m.maxEntries ? m.deleted / m.maxEntries : 0), 0);
     return { maps, natDeleted: 0, durationNs: process.hrtime.bigint() - started, ratio };
   }
 
-  async #collect(table: CtTable, opts: GCRunOptions, time: number, stats: GCMapStats, budget: EventLoopBudget, reasons: Reasons): Promise<void> {
+  async #collect(table: CtTable, opts: GCRunOptions, time: number, stats: GCMapStats, budget: EventLoopBudget, reasons: Reasons, pass: PassState): Promise<void> {
     const { filter } = opts;
     const family = table.ref.family;
     const ks = table.map.spec.keySize;
@@ -142,6 +157,9 @@ export class GCEngine {
     // One hash lookup per address (issue 12, item 7), not a scan of the list per entry.
     const matchIPs = filter.matchIPs?.forFamily(family);
     const select = filter.select?.(family) ?? undefined;
+    // undefined: no narrowing; null: nothing of this family is a candidate.
+    const flow = filter.flow ? filter.flow(family) : undefined;
+    let scanned = 0;
 
     const removeExpired = filter.removeExpired;
     const lifetimeOffset = CT_ENTRY.fields.lifetime.offset;
@@ -173,7 +191,9 @@ export class GCEngine {
           const koff = i * ks;
           const voff = i * CT_ENTRY_SIZE;
           let mode = -1;
-          if (matchIPs && (matchIPs.matches(b.keys, koff + daddrOffset) || matchIPs.matches(b.keys, koff + saddrOffset))) mode = DeleteMode.ALWAYS;
+          // Outside the pass's flow narrowing: kept, whatever the criteria below would say.
+          if (flow === null || (flow && !flow(b.keys, koff, b.values, voff))) mode = -1;
+          else if (matchIPs && (matchIPs.matches(b.keys, koff + daddrOffset) || matchIPs.matches(b.keys, koff + saddrOffset))) mode = DeleteMode.ALWAYS;
           else if (select && select(b.keys, koff, b.values, voff)) mode = DeleteMode.ALWAYS;
           else if (removeExpired && lifetimeAt(b.values, voff) < time) mode = DeleteMode.EXPIRED_BEFORE;
           if (mode < 0) {
@@ -190,6 +210,8 @@ export class GCEngine {
           this.deleter.deleteIf(table.map, candKeys, n, modes, time, status, candValues);
           this.#settle(table, n, candKeys, candValues, status, stats, filter, modes, reasons);
         }
+        scanned += b.count;
+        opts.onProgress?.({ ref: table.ref, scanned, deleted: pass.deletedBefore + stats.deleted, mapsDone: pass.mapsDone, mapsTotal: pass.mapsTotal });
         await opts.afterBatch?.();
         if (budget.spent()) await budget.giveTurn();
       }

@@ -26,6 +26,7 @@ export interface GCPassRequest {
   filter: GCFilter;
   signal?: AbortSignal;
   afterBatch?: GCRunOptions['afterBatch'];
+  onProgress?: GCRunOptions['onProgress'];
   beforeDelete?: GCRunOptions['beforeDelete'];
   /** See GCRunOptions.eventReason. */
   eventReason?: GCRunOptions['eventReason'];
@@ -53,7 +54,7 @@ export class GCRunner {
     const waitFor = families.map((f) => this.#queues[f]);
     const pass = Promise.all(waitFor.map((p) => p.catch(() => undefined))).then(async () => {
       const natBefore = this.nat?.deletedTotal ?? 0;
-      const result = await this.engine.run({ tables, filter: req.filter, signal: req.signal, afterBatch: req.afterBatch, beforeDelete: req.beforeDelete, eventReason: req.eventReason });
+      const result = await this.engine.run({ tables, filter: req.filter, signal: req.signal, afterBatch: req.afterBatch, onProgress: req.onProgress, beforeDelete: req.beforeDelete, eventReason: req.eventReason });
       result.natDeleted = (this.nat?.deletedTotal ?? 0) - natBefore;
       return result;
     });

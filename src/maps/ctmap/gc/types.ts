@@ -29,6 +29,13 @@ export interface GCFilter {
    * family it rules out entirely.
    */
   select?: (family: Family) => ((keys: Buffer, koff: number, values: Buffer, voff: number) => boolean) | null;
+  /**
+   * Narrows the pass to the entries this test selects, per family (GCRunRequest.flow, a
+   * DumpFilter compiled by flow-filter.ts): every other entry is kept and counted alive,
+   * whatever the criteria above say; null for a family it rules out entirely. Unset =
+   * every entry is a candidate.
+   */
+  flow?: (family: Family) => ((keys: Buffer, koff: number, values: Buffer, voff: number) => boolean) | null;
   /** Called for every kept entry, with the raw bytes (valid only during the call). */
   emitKept?: (ref: MapRef, keys: Buffer, koff: number, values: Buffer, voff: number) => void;
 }
@@ -54,6 +61,19 @@ export interface GCMapStats {
   /** Candidates the datapath refreshed between scan and delete: kept (and counted alive). */
   refreshed: number;
   maxEntries: number;
+}
+
+/** How far a running pass has got (GCRunOptions.onProgress; GCRunProgress in the proto). */
+export interface GCPassProgress {
+  /** The map being collected. */
+  readonly ref: MapRef;
+  /** Entries of that map scanned so far. */
+  readonly scanned: number;
+  /** Entries the pass deleted so far, over every map. */
+  readonly deleted: number;
+  /** Maps finished so far, of mapsTotal. */
+  readonly mapsDone: number;
+  readonly mapsTotal: number;
 }
 
 export interface GCRunResult {

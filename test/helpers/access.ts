@@ -30,14 +30,15 @@ export function allMethods(): Method[] {
 /**
  * Calls `m` on `address` with an empty request (reflection: one list_services) and
  * resolves with the final status. Streams that would run on (Observe, WatchMembership,
- * Health.Watch) end at a 500 ms deadline, so DEADLINE_EXCEEDED means "served" there;
- * other calls get 5 s.
+ * Health.Watch) end at a 3 s deadline, so DEADLINE_EXCEEDED means "served" there: long
+ * enough that a refusal arrives first on a loaded machine (0.5 s did not, on 2 cores under
+ * a parallel build), and probes run in parallel so it is paid once; other calls get 5 s.
  */
 export function probe(m: Method, address: string, credentials: grpc.ChannelCredentials, options: grpc.ChannelOptions = {}): Promise<grpc.StatusObject> {
   const Ctor = grpc.makeGenericClientConstructor(m.definition, m.service);
   const client = new Ctor(address, credentials, options) as unknown as Record<string, (...args: unknown[]) => any> & grpc.Client;
   const def = m.definition[m.name]!;
-  const deadline = Date.now() + (def.responseStream ? 500 : 5000);
+  const deadline = Date.now() + (def.responseStream ? 3000 : 5000);
   return new Promise<grpc.StatusObject>((resolve) => {
     if (!def.responseStream) {
       client[m.name]!({}, { deadline }, (err: grpc.ServiceError | null) => resolve(err ?? { code: grpc.status.OK, details: '', metadata: new grpc.Metadata() }));

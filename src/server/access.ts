@@ -40,6 +40,7 @@ export const RPC_ACCESS: Readonly<Record<string, Access>> = Object.freeze({
   '/ctmap.v1.NATMaps/Update': 'write',
   '/ctmap.v1.NATMaps/Delete': 'write',
   '/ctmap.v1.NATMaps/PurgeOrphanNATEntries': 'write',
+  '/ctmap.v1.NATMaps/Flush': 'write',
   '/ctmap.v1.ClusterCTMaps/CreateClusterCTMaps': 'write',
   '/ctmap.v1.ClusterCTMaps/DeleteClusterCTMaps': 'write',
   '/ctmap.v1.ClusterCTMaps/GetAllClusterCTMaps': 'read',

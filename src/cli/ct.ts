@@ -6,7 +6,8 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { CtMapsClient, UnaryMethod, ctMapsClient } from '../api/clients';
-import type { CtRecordBatchMsg, DumpFilterMsg, DumpTextChunkMsg, MapRefMsg } from '../api/ct-proto';
+import { CtRecordJson } from '../api/ct-json';
+import type { DumpFilterMsg, DumpTextChunkMsg, MapRefMsg } from '../api/ct-proto';
 import type { CliCommand, CtFlowFilter } from './args';
 import { CliRpcError, connection, rpcError } from './client';
 import type { Io } from './datapath';
@@ -110,23 +111,38 @@ function list(client: CtMapsClient, cmd: Extract<CtCommand, { kind: 'ct-list' }>
       stream.on('end', () => resolve(0));
       return;
     }
-    const stream = client.DumpEntriesBatched(req);
-    let first = true;
+    // json and jsonl: the batches as received bytes, turned into JSON text without
+    // protobufjs objects (ct-json.ts; the same text as JSON.stringify of the decoded
+    // records), one write per batch. When stdout's buffer is full (io.out returned
+    // process.stdout.write's false), the stream pauses until stdout drains, so a slow
+    // reader holds the daemon back instead of this process buffering the whole dump.
+    const method = (client.constructor as grpc.ServiceClientConstructor).service.DumpEntriesBatched;
+    const stream = client.makeServerStreamRequest<object, Buffer>(method.path, method.requestSerialize, (b: Buffer) => b, req);
+    const json = new CtRecordJson(cmd.output === 'jsonl' ? 'jsonl' : 'json-array');
     if (cmd.output === 'json') io.out('[');
-    stream.on('data', (batch: CtRecordBatchMsg) => {
-      let text = '';
-      for (const r of batch.records) {
-        if (cmd.output === 'jsonl') text += `${JSON.stringify(r)}\n`;
-        else {
-          text += `${first ? '\n' : ',\n'}${JSON.stringify(r)}`;
-          first = false;
-        }
+    let failed = false;
+    stream.on('data', (batch: Buffer) => {
+      if (failed) return;
+      try {
+        json.appendBatch(batch);
+      } catch (err) {
+        failed = true;
+        stream.cancel();
+        return reject(new CliRpcError(`CTMaps.DumpEntriesBatched: a response the client cannot decode: ${(err as Error).message}`));
       }
-      io.out(text);
+      if (json.pending === 0) return;
+      const written: unknown = io.out(json.take());
+      if (written === false && process.stdout.writableNeedDrain) {
+        stream.pause();
+        process.stdout.once('drain', () => stream.resume());
+      }
     });
-    stream.on('error', fail('DumpEntriesBatched'));
+    stream.on('error', (err: grpc.ServiceError) => {
+      if (!failed) fail('DumpEntriesBatched')(err);
+    });
     stream.on('end', () => {
-      if (cmd.output === 'json') io.out(first ? ']\n' : '\n]\n');
+      if (failed) return;
+      if (cmd.output === 'json') io.out(json.records === 0 ? ']\n' : '\n]\n');
       resolve(0);
     });
   });

@@ -126,6 +126,8 @@ for (let i = 0; i < 256; i++) {
 }
 
 const MAX_FLAG_NAMES = 32;
+/** Output buffers are allocated this large (a batch of 4096 records is ~2.2 MB of JSON). */
+const CHUNK_BYTES = 8 << 20;
 /** The record cannot be written exactly by the fast path: take the proto-loader path. */
 const SLOW = -1;
 /** The batch is malformed: let the proto-loader decoder report it. */
@@ -137,6 +139,11 @@ let vlo = 0;
 let vhi = 0;
 /** Reads the varint at rp of `b` (before `end`) into vlo/vhi; returns its byte count. */
 function varint(b: Buffer, end: number): number {
+  if (rp < end && b[rp] < 0x80) {
+    vlo = b[rp++];
+    vhi = 0;
+    return 1;
+  }
   const start = rp;
   let lo = 0;
   let hi = 0;
@@ -196,7 +203,9 @@ export class CtRecordJson {
   readonly #batchSlow: Deserialize;
   readonly #recordSlow: Deserialize;
   readonly #mapRefSlow: Deserialize;
-  #out = Buffer.allocUnsafe(1 << 20);
+  /** The text not yet taken is #out[#start, #pos); take() hands it out and moves #start. */
+  #out = Buffer.allocUnsafe(CHUNK_BYTES);
+  #start = 0;
   #pos = 0;
   #records = 0;
   #fallbacks = 0;
@@ -230,21 +239,34 @@ export class CtRecordJson {
 
   /** Bytes of text waiting for take(). */
   get pending(): number {
-    return this.#pos;
+    return this.#pos - this.#start;
   }
 
   /** The text appended since the last take(); the buffer starts over. */
   take(): string {
     // ASCII text (what the fast path writes) decodes faster as latin1, to the same string.
-    const s = this.#out.toString(this.#ascii ? 'latin1' : 'utf8', 0, this.#pos);
-    this.#pos = 0;
+    const s = this.#out.toString(this.#ascii ? 'latin1' : 'utf8', this.#start, this.#pos);
+    this.#start = this.#pos;
     this.#ascii = true;
     return s;
   }
 
+  /**
+   * The text appended since the last take, as UTF-8 bytes, without a copy: a view of the
+   * output buffer, which this instance never writes again (the next text goes after it, or
+   * into a new buffer), so it may be queued for writing as it is.
+   */
+  takeBytes(): Buffer {
+    const bytes = this.#out.subarray(this.#start, this.#pos);
+    this.#start = this.#pos;
+    this.#ascii = true;
+    return bytes;
+  }
+
   /** Appends the JSON text of every record of one encoded CtRecordBatch; returns how many. */
   appendBatch(batch: Buffer): number {
-    const startPos = this.#pos;
+    // Offsets from #start: #ensure may move the pending text to a new buffer.
+    const startPos = this.#pos - this.#start;
     const startRecords = this.#records;
     if (this.#fast) {
       try {
@@ -253,7 +275,7 @@ export class CtRecordJson {
       } catch {
         // Malformed, or a record the proto-loader path itself rejects: the batch again
         // through that path, which throws the same error the proto-loader client would.
-        this.#pos = startPos;
+        this.#pos = this.#start + startPos;
         this.#records = startRecords;
       }
     }
@@ -262,7 +284,7 @@ export class CtRecordJson {
     try {
       records = (this.#batchSlow(batch) as { records: unknown[] }).records;
     } catch (err) {
-      this.#pos = startPos;
+      this.#pos = this.#start + startPos;
       throw err;
     }
     this.#fallbacks++;
@@ -276,9 +298,14 @@ export class CtRecordJson {
 
   #ensure(n: number): void {
     if (this.#pos + n <= this.#out.length) return;
-    const next = Buffer.allocUnsafe(Math.max(this.#out.length * 2, this.#pos + n));
-    this.#out.copy(next, 0, 0, this.#pos);
+    // A new buffer (the taken text before #start may still be queued for writing), with the
+    // pending text moved to its start.
+    const pending = this.#pos - this.#start;
+    const next = Buffer.allocUnsafe(Math.max(CHUNK_BYTES, 2 * (pending + n)));
+    this.#out.copy(next, 0, this.#start, this.#pos);
     this.#out = next;
+    this.#start = 0;
+    this.#pos = pending;
   }
 
   #raw(bytes: Uint8Array): void {
@@ -318,17 +345,15 @@ export class CtRecordJson {
       const s = rp;
       rp += len;
       this.#sep();
-      const mark = this.#pos;
       // Worst case: the fixed text (< 1 KiB), 4 bytes per byte of union0, 2 per flag-name byte.
       this.#ensure(4 * len + 2048);
-      out = this.#out;
-      op = this.#pos;
-      const ok = record(b, s, s + len, this.#mapRefCache);
-      if (ok === SLOW) {
+      const mark = this.#pos;
+      const after = record(b, s, s + len, this.#mapRefCache, this.#out, this.#pos);
+      if (after === SLOW) {
         this.#fallbacks++;
         this.#pos = mark;
         this.#text(JSON.stringify(this.#recordSlow(b.subarray(s, s + len))));
-      } else this.#pos = op;
+      } else this.#pos = after;
       this.#end();
       rp = s + len;
     }
@@ -363,34 +388,29 @@ export class CtRecordJson {
   };
 }
 
-// The record writer's state (module-level: one record is written at a time, synchronously).
-/** The output buffer, with room for the record (ensured by the caller). */
-let out: Buffer = Buffer.alloc(0);
-/** The write position in `out`. */
-let op = 0;
-/** Per-record scratch: key or entry fields by number: present (flag-name count), lo/hi or start/end. */
+// The record writer's scratch (module-level: one record is parsed at a time, synchronously).
+/** Key or entry fields by number: present (for flag_names, how many), lo/hi or start/end. */
 const HAS = new Uint8Array(16);
 const LO = new Float64Array(16);
 const HI = new Float64Array(16);
 const NAMES = new Int32Array(MAX_FLAG_NAMES * 2);
 
-function putBytes(bytes: Uint8Array): void {
+// The writers take the output and a position and return the position after what they wrote;
+// the caller has ensured the room.
+
+function putBytes(o: Buffer, p: number, bytes: Uint8Array): number {
   const n = bytes.length;
-  const o = out;
-  let p = op;
   for (let i = 0; i < n; i++) o[p++] = bytes[i];
-  op = p;
+  return p;
 }
 
-function putSlice(b: Buffer, s: number, e: number): void {
-  const o = out;
-  let p = op;
+function putSlice(o: Buffer, p: number, b: Buffer, s: number, e: number): number {
   for (let i = s; i < e; i++) o[p++] = b[i];
-  op = p;
+  return p;
 }
 
-/** Writes one record's JSON at op; SLOW when the fast path cannot write it exactly. */
-function record(b: Buffer, s: number, e: number, mapRef: (b: Buffer, s: number, e: number) => Uint8Array): number {
+/** Writes one record's JSON at p of o; returns its end, or SLOW when the fast path cannot write it exactly. */
+function record(b: Buffer, s: number, e: number, mapRef: (b: Buffer, s: number, e: number) => Uint8Array, o: Buffer, p: number): number {
   let mapS = -1;
   let mapE = -1;
   let keyS = -1;
@@ -414,31 +434,31 @@ function record(b: Buffer, s: number, e: number, mapRef: (b: Buffer, s: number, 
       rp += len;
     } else skip(b, e, wt);
   }
-  putBytes(MAP_NAME);
-  putBytes(mapS < 0 ? NULL : mapRef(b, mapS, mapE));
-  putBytes(KEY_NAME);
-  if (keyS < 0) putBytes(NULL);
+  p = putBytes(o, p, MAP_NAME);
+  p = putBytes(o, p, mapS < 0 ? NULL : mapRef(b, mapS, mapE));
+  p = putBytes(o, p, KEY_NAME);
+  if (keyS < 0) p = putBytes(o, p, NULL);
   else {
     if (fields(b, keyS, keyE, KEY_KINDS_BY_NUMBER, 6) === SLOW) return SLOW;
     for (let f = 1; f <= 6; f++) {
-      putBytes(KEY_NAMES[f - 1]);
-      value(b, f, KEY_KINDS_BY_NUMBER[f]);
+      p = putBytes(o, p, KEY_NAMES[f - 1]);
+      p = value(o, p, b, f, KEY_KINDS_BY_NUMBER[f]);
     }
-    out[op++] = 0x7d; // }
+    o[p++] = 0x7d; // }
   }
-  putBytes(ENTRY_NAME);
-  if (entS < 0) putBytes(NULL);
+  p = putBytes(o, p, ENTRY_NAME);
+  if (entS < 0) p = putBytes(o, p, NULL);
   else {
     if (fields(b, entS, entE, ENTRY_KINDS, 15) === SLOW) return SLOW;
     for (let i = 0; i < ENTRY_ORDER.length; i++) {
       const f = ENTRY_ORDER[i];
-      putBytes(ENTRY_NAMES[f]);
-      value(b, f, ENTRY_KINDS[f]);
+      p = putBytes(o, p, ENTRY_NAMES[f]);
+      p = value(o, p, b, f, ENTRY_KINDS[f]);
     }
-    out[op++] = 0x7d;
+    o[p++] = 0x7d;
   }
-  out[op++] = 0x7d;
-  return 0;
+  o[p++] = 0x7d;
+  return p;
 }
 
 /** Reads the fields of a key or entry (numbers 1..maxField of `kinds`) into HAS/LO/HI/NAMES; SLOW or 0. */
@@ -487,30 +507,27 @@ function fields(b: Buffer, s: number, e: number, kinds: readonly F[], maxField: 
 }
 
 /** Writes field `f`'s value (or its default) as JSON.stringify of proto-loader's object does. */
-function value(b: Buffer, f: number, kind: F): void {
+function value(o: Buffer, p: number, b: Buffer, f: number, kind: F): number {
   const present = HAS[f] !== 0;
   switch (kind) {
     case F.U32:
-      putDec(present ? LO[f] : 0);
-      return;
+      return putDec(o, p, present ? LO[f] : 0);
     case F.U64:
     case F.I64:
-      out[op++] = 0x22;
-      if (!present) out[op++] = 0x30;
-      else if (HI[f] === 0) putDec(LO[f]);
-      else putInt64(LO[f], HI[f], kind === F.I64);
-      out[op++] = 0x22;
-      return;
+      o[p++] = 0x22;
+      if (!present) o[p++] = 0x30;
+      else if (HI[f] === 0) p = putDec(o, p, LO[f]);
+      else p = putInt64(o, p, LO[f], HI[f], kind === F.I64);
+      o[p++] = 0x22;
+      return p;
     case F.STR:
-      out[op++] = 0x22;
-      if (present) putSlice(b, LO[f], HI[f]);
-      out[op++] = 0x22;
-      return;
+      o[p++] = 0x22;
+      if (present) p = putSlice(o, p, b, LO[f], HI[f]);
+      o[p++] = 0x22;
+      return p;
     case F.BYTES: {
-      putBytes(BUFFER_OPEN);
+      p = putBytes(o, p, BUFFER_OPEN);
       if (present) {
-        const o = out;
-        let p = op;
         const start = LO[f];
         const end = HI[f];
         for (let i = start; i < end; i++) {
@@ -521,37 +538,35 @@ function value(b: Buffer, f: number, kind: F): void {
           if (n > 1) o[p++] = DIGITS[v * 3 + 1];
           if (n > 2) o[p++] = DIGITS[v * 3 + 2];
         }
-        op = p;
       }
-      putBytes(BUFFER_CLOSE);
-      return;
+      return putBytes(o, p, BUFFER_CLOSE);
     }
     case F.RSTR: {
-      out[op++] = 0x5b; // [
+      o[p++] = 0x5b; // [
       const n = HAS[f];
       for (let i = 0; i < n; i++) {
-        if (i > 0) out[op++] = 0x2c;
-        out[op++] = 0x22;
-        putSlice(b, NAMES[i * 2], NAMES[i * 2 + 1]);
-        out[op++] = 0x22;
+        if (i > 0) o[p++] = 0x2c;
+        o[p++] = 0x22;
+        p = putSlice(o, p, b, NAMES[i * 2], NAMES[i * 2 + 1]);
+        o[p++] = 0x22;
       }
-      out[op++] = 0x5d; // ]
-      return;
+      o[p++] = 0x5d; // ]
+      return p;
     }
   }
+  return p;
 }
 
-/** Writes the decimal digits of the integer 0 <= n <= 2^53 at op. */
-function putDec(n: number): void {
-  const o = out;
+/** Writes the decimal digits of the integer 0 <= n <= 2^53 at p; returns the end. */
+function putDec(o: Buffer, p: number, n: number): number {
   if (n < 10) {
-    o[op++] = 0x30 + n;
-    return;
+    o[p] = 0x30 + n;
+    return p + 1;
   }
   let len: number;
   if (n < 0x80000000) {
     len = n < 100 ? 2 : n < 1000 ? 3 : n < 10000 ? 4 : n < 100000 ? 5 : n < 1000000 ? 6 : n < 10000000 ? 7 : n < 100000000 ? 8 : n < 1000000000 ? 9 : 10;
-    let q = op + len;
+    let q = p + len;
     let v = n | 0;
     while (v >= 10) {
       const t = (v / 10) | 0;
@@ -562,7 +577,7 @@ function putDec(n: number): void {
   } else {
     len = 1;
     for (let t = n; t >= 10; t = Math.floor(t / 10)) len++;
-    let q = op + len;
+    let q = p + len;
     while (n >= 10) {
       const d = n % 10;
       o[--q] = 0x30 + d;
@@ -570,20 +585,18 @@ function putDec(n: number): void {
     }
     o[--q] = 0x30 + n;
   }
-  op += len;
+  return p + len;
 }
 
-/** Writes the 64-bit hi:lo as unsigned (or, `signed`, two's complement) decimal at op. */
-function putInt64(lo: number, hi: number, signed: boolean): void {
+/** Writes the 64-bit hi:lo as unsigned (or, `signed`, two's complement) decimal at p; returns the end. */
+function putInt64(o: Buffer, p: number, lo: number, hi: number, signed: boolean): number {
   if (signed && hi >= 0x80000000) {
     if (hi >= 0xffe00000) {
-      out[op++] = 0x2d; // -
-      putDec(-((hi - 0x100000000) * 0x100000000 + lo));
-      return;
+      o[p++] = 0x2d; // -
+      return putDec(o, p, -((hi - 0x100000000) * 0x100000000 + lo));
     }
-    op += out.write(BigInt.asIntN(64, (BigInt(hi) << 32n) | BigInt(lo)).toString(), op, 'latin1');
-    return;
+    return p + o.write(BigInt.asIntN(64, (BigInt(hi) << 32n) | BigInt(lo)).toString(), p, 'latin1');
   }
-  if (hi < 0x200000) putDec(hi * 0x100000000 + lo);
-  else op += out.write(((BigInt(hi) << 32n) | BigInt(lo)).toString(), op, 'latin1');
+  if (hi < 0x200000) return putDec(o, p, hi * 0x100000000 + lo);
+  return p + o.write(((BigInt(hi) << 32n) | BigInt(lo)).toString(), p, 'latin1');
 }

@@ -113,7 +113,7 @@ function list(client: CtMapsClient, cmd: Extract<CtCommand, { kind: 'ct-list' }>
     }
     // json and jsonl: the batches as received bytes, turned into JSON text without
     // protobufjs objects (ct-json.ts; the same text as JSON.stringify of the decoded
-    // records), one write per batch. When stdout's buffer is full (io.out returned
+    // records), one write of the bytes per batch. When stdout's buffer is full (io.out returned
     // process.stdout.write's false), the stream pauses until stdout drains, so a slow
     // reader holds the daemon back instead of this process buffering the whole dump.
     const method = (client.constructor as grpc.ServiceClientConstructor).service.DumpEntriesBatched;
@@ -131,7 +131,7 @@ function list(client: CtMapsClient, cmd: Extract<CtCommand, { kind: 'ct-list' }>
         return reject(new CliRpcError(`CTMaps.DumpEntriesBatched: a response the client cannot decode: ${(err as Error).message}`));
       }
       if (json.pending === 0) return;
-      const written: unknown = io.out(json.take());
+      const written: unknown = io.out(json.takeBytes());
       if (written === false && process.stdout.writableNeedDrain) {
         stream.pause();
         process.stdout.once('drain', () => stream.resume());

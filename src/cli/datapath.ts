@@ -21,7 +21,8 @@ const REEXEC_ENV = 'CTMAP_NETNS_REEXEC';
 export const CHECK_LEAKS_ENV = 'CTMAP_CHECK_LEAKS';
 
 export interface Io {
-  out(text: string): void;
+  /** Standard output; a Buffer holds UTF-8 text (`ct list -o json|jsonl` writes its bytes as they are). */
+  out(text: string | Buffer): void;
   err(text: string): void;
 }
 

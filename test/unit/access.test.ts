@@ -40,6 +40,7 @@ describe('RPC classification (issue 12)', () => {
       'GCRunner/Run',
       'GCRunner/Signal',
       'NATMaps/Delete',
+      'NATMaps/Flush',
       'NATMaps/PurgeOrphanNATEntries',
       'NATMaps/Update',
     ]);

@@ -9,10 +9,13 @@
  * the map during the bench, so every scan must see exactly the same entries: any other
  * count is a harness error, not a result.
  */
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { services } from '../src/api/proto';
+import { CTMAP_BIN } from '../src/config/paths';
 import {
   BenchContext,
   BenchSection,
@@ -47,10 +50,13 @@ const FILL_SEED = 1;
 const BPFTOOL_RUNS = 3;
 
 const TCP4 = { family: 'FAMILY_IPV4', kind: 'MAP_KIND_TCP' };
+const ANY4 = { family: 'FAMILY_IPV4', kind: 'MAP_KIND_ANY' };
 
 interface Row {
   m: Measured;
+  /** Target ratio: this row's median / the median of `vs` (default: the C scan). */
   target?: number;
+  vs?: { m: Measured; name: string };
   note: string;
 }
 
@@ -103,6 +109,14 @@ export const ctScan: BenchSection = {
         `ctmapd Count says ${daemonCount} entries, ctscan ${entries}: the daemon did not reuse the filled map (attribute mismatch?)\n${daemon.output()}`,
       );
     }
+
+    // `ctmap ct list` dumps every open global map of the enabled families (ActiveMaps): with
+    // --enable-ipv6=false, TCP4 (the filled map) and ANY4 (empty). Its raw-client baseline
+    // makes the same request.
+    const cliMaps = [TCP4, ANY4];
+    const cliEntries = (await unaryCall<{ counts: Array<{ entries: string }> }>(ct, 'Count', { maps: cliMaps })).counts.reduce((n, x) => n + Number(x.entries), 0);
+    if (cliEntries !== entries) throw new HarnessError(`Count of TCP4 + ANY4: ${cliEntries}, TCP4 alone ${entries}: the ANY4 map is not empty`);
+    const cliArgs = ['ct', 'list', '-o', 'jsonl', '--socket', daemon.address.slice('unix:'.length)];
 
     // --- measurements ---
     const def = services().CTMaps.service;
@@ -175,6 +189,28 @@ export const ctScan: BenchSection = {
           }),
       },
       {
+        label: 'ctmapd DumpEntriesBatched, raw client, the CLI\'s maps (TCP4 + ANY4)',
+        run: () =>
+          withCpu(async () => {
+            const r = await rawStream(raw, def.DumpEntriesBatched, { maps: cliMaps }, (b) => countLenFields(b, 1));
+            expect('DumpEntriesBatched (TCP4 + ANY4)', r.records);
+            return r;
+          }),
+      },
+      {
+        label: '`ctmap ct list -o jsonl` (CLI process, stdout a pipe)',
+        async run() {
+          const server0 = processCpuMs(daemon.pid);
+          const r = await ctmapJsonl(cliArgs);
+          if (r.lines !== entries) throw new HarnessError(`ctmap ct list -o jsonl: ${r.lines} lines, the maps hold ${entries}`);
+          return { ms: r.wallMs, extra: { serverCpuMs: processCpuMs(daemon.pid) - server0, clientCpuMs: r.cpuMs, bytes: r.bytes } };
+        },
+      },
+      {
+        label: '`ctmap health` (CLI process start-up and one RPC)',
+        run: async () => ({ ms: (await runCommand(process.execPath, [CTMAP_BIN, 'health', '--socket', daemon.address.slice('unix:'.length)])).wallMs }),
+      },
+      {
         label: 'bpftool map dump pinned',
         runs: Math.min(ctx.runs, BPFTOOL_RUNS),
         run: async () => ({ ms: (await runCommand('bpftool', ['map', 'dump', 'pinned', pin], { discardStdout: true })).wallMs }),
@@ -186,7 +222,7 @@ export const ctScan: BenchSection = {
       },
     ];
     ctx.progress(`ct-scan: map holds ${fmtInt(entries)} entries; measuring (${ctx.warmup} warm-up + ${ctx.runs} runs, bpftool ${Math.min(ctx.runs, BPFTOOL_RUNS)})`);
-    const [c, count, cidrCount, batched, single, decoded, bpftool, bpftoolJson] = await measureRounds(ctx, measurements);
+    const [c, count, cidrCount, batched, single, decoded, cliBatched, cliList, cliHealth, bpftool, bpftoolJson] = await measureRounds(ctx, measurements);
 
     await daemon.stop();
     if (ctx.cpuProfDir) ctx.progress(`ct-scan: daemon CPU profile in ${ctx.cpuProfDir}`);
@@ -200,30 +236,38 @@ export const ctScan: BenchSection = {
       { m: count, target: 1.1, note: 'unary call wall time at the client' },
       {
         m: cidrCount,
-        note: (() => {
-          const vsCount = cidrCount.medianMs / count.medianMs;
-          return `filter.src 0.0.0.0/1 + 128.0.0.0/1 (every entry tested, all match): ${fmtRatio(vsCount)} the unfiltered Count, target ≤ 1.5× ${vsCount <= 1.5 ? 'PASS' : 'MISS'}`;
-        })(),
+        target: 1.5,
+        vs: { m: count, name: 'Count' },
+        note: `filter.src 0.0.0.0/1 + 128.0.0.0/1 (every entry tested, all match): ${fmtRatio(cidrCount.medianMs / count.medianMs)} the unfiltered Count row`,
       },
       { m: batched, target: 2, note: dumpNote(batched) },
       { m: single, note: dumpNote(single) },
       { m: decoded, note: `${dumpNote(decoded)}; protobufjs objects (proto-loader options)` },
+      { m: cliBatched, note: `${dumpNote(cliBatched)}; the request \`ctmap ct list\` makes (ANY4 is empty): the baseline of the next row` },
+      {
+        m: cliList,
+        target: 3,
+        vs: { m: cliBatched, name: 'raw client' },
+        note: `${fmtRatio(cliList.medianMs / cliBatched.medianMs)} the raw client of the same maps; process wall time, spawn to exit (start-up included); ${fmtInt(entries)} lines counted per run; ${(cliList.extra.bytes / 2 ** 20).toFixed(0)} MiB of JSON; client CPU = the ctmap process (user + sys)`,
+      },
+      { m: cliHealth, note: 'process wall time: what any ctmap command pays before its work (Node start-up, loading the protos, connecting)' },
       { m: bpftool, note: 'process wall time, hex text to /dev/null' },
       { m: bpftoolJson, note: 'process wall time, JSON to /dev/null' },
     ];
-    const header = ['measurement', 'median ms', 'min ms', 'runs', '×C (median)', 'target', 'result', 'server CPU ms', 'client CPU ms', 'notes'];
+    const header = ['measurement', 'median ms', 'min ms', 'runs', '×C (median)', 'target (of C unless named)', 'result', 'server CPU ms', 'client CPU ms', 'notes'];
     const table = markdownTable(
       header,
-      rows.map(({ m, target, note }) => {
+      rows.map(({ m, target, vs, note }) => {
         const ratio = m.medianMs / c.medianMs;
+        const targetRatio = m.medianMs / (vs ?? { m: c }).m.medianMs;
         return [
           m.label,
           fmtMs(m.medianMs),
           fmtMs(m.minMs),
           String(m.samples.length),
           m === c ? '1.00× (baseline)' : fmtRatio(ratio),
-          target === undefined ? '—' : `≤ ${target}×`,
-          target === undefined ? '—' : ratio <= target ? 'PASS' : 'MISS',
+          target === undefined ? '—' : `≤ ${target}×${vs ? ` ${vs.name}` : ''}`,
+          target === undefined ? '—' : targetRatio <= target ? 'PASS' : 'MISS',
           m.extra.serverCpuMs === undefined ? '—' : fmtMs(m.extra.serverCpuMs),
           m.extra.clientCpuMs === undefined ? '—' : fmtMs(m.extra.clientCpuMs),
           note,
@@ -239,7 +283,8 @@ export const ctScan: BenchSection = {
       `- Machine: ${mi.cpu}, ${mi.nproc} CPUs, ${mi.memory}; ${mi.kernel}; Node ${mi.node}.`,
       `- Map: LRU_HASH \`tc/globals/cilium_ct4_global\`, key 14 B, value 56 B, max_entries ${fmtInt(MAX_ENTRIES)}; filled by \`ctscan fill\` (seed ${FILL_SEED}); holds ${held}.`,
       `- Daemon: \`node bin/ctmapd --backend kernel --bpf-ct-global-tcp-max ${MAX_ENTRIES} --enable-ipv6=false\`, a child process on a unix socket; Count confirmed it reused the filled map.`,
-      `- Runs: ${ctx.warmup} warm-up + ${ctx.runs} measured per row (bpftool: ${ctx.warmup} + ${Math.min(ctx.runs, BPFTOOL_RUNS)}), interleaved in rounds; ratios are median / C median. Dump rows assert ${fmtInt(entries)} records per run.`,
+      `- Runs: ${ctx.warmup} warm-up + ${ctx.runs} measured per row (bpftool: ${ctx.warmup} + ${Math.min(ctx.runs, BPFTOOL_RUNS)}), interleaved in rounds; ×C = median / C median; a target naming a row compares with that row's median instead. Dump rows assert ${fmtInt(entries)} records per run, the \`ctmap ct list -o jsonl\` row ${fmtInt(entries)} lines (counted through the pipe; the first parsed as a CtRecord).`,
+      `- Load: load average ${os.loadavg().map((x) => x.toFixed(2)).join(' / ')} (1 / 5 / 15 min) when the section ended; the two CPUs are shared with whatever else runs.`,
       '- CPU columns: medians per run; server = every thread of the daemon (schedstat), client = this bench process.',
       '',
       table,
@@ -306,6 +351,58 @@ async function decodedStream(client: grpc.Client, req: object): Promise<{ record
     out.records += msg.records.length;
   });
   return out;
+}
+
+/** Children's CPU time this process has waited for, ms (utime + stime of reaped children, /proc/self/stat). */
+function reapedChildrenCpuMs(): number {
+  const stat = fs.readFileSync('/proc/self/stat', 'latin1');
+  // Fields after the ")" of the command name: state is field 3; cutime 16, cstime 17.
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return ((Number(f[13]) + Number(f[14])) * 1000) / CLK_TCK;
+}
+/** USER_HZ: the unit of /proc's CPU times (100 on every Linux architecture ctmapd runs on). */
+const CLK_TCK = 100;
+
+/**
+ * Runs `node bin/ctmap <args>` with stdout a pipe read here: counts its lines and bytes
+ * (reading as fast as the pipe delivers), checks that the first line is a JSON CtRecord, and
+ * times spawn to exit. cpuMs is the child's user + system time (10 ms resolution).
+ */
+function ctmapJsonl(args: readonly string[]): Promise<{ wallMs: number; cpuMs: number; lines: number; bytes: number }> {
+  return new Promise((resolve, reject) => {
+    const cpu0 = reapedChildrenCpuMs();
+    const started = process.hrtime.bigint();
+    const child = spawn(process.execPath, [CTMAP_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let lines = 0;
+    let bytes = 0;
+    let head: Buffer[] | undefined = [];
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => {
+      bytes += chunk.length;
+      for (let i = chunk.indexOf(10); i >= 0; i = chunk.indexOf(10, i + 1)) lines++;
+      if (head) {
+        head.push(chunk);
+        if (lines > 0) {
+          const text = Buffer.concat(head).toString('utf8');
+          head = undefined;
+          try {
+            const first = JSON.parse(text.slice(0, text.indexOf('\n'))) as { key?: { daddr?: unknown } };
+            if (typeof first.key?.daddr !== 'string') throw new Error('no key.daddr');
+          } catch (err) {
+            child.kill('SIGTERM');
+            reject(new HarnessError(`ctmap ${args.join(' ')}: the first line is not a CtRecord (${(err as Error).message}): ${text.slice(0, 200)}`));
+          }
+        }
+      }
+    });
+    child.stderr.setEncoding('utf8').on('data', (t: string) => (stderr = (stderr + t).slice(-4000)));
+    child.on('error', (err) => reject(new HarnessError(`ctmap: ${err.message}`)));
+    child.on('close', (code, signal) => {
+      const wallMs = Number(process.hrtime.bigint() - started) / 1e6;
+      if (code !== 0) return reject(new HarnessError(`ctmap ${args.join(' ')}: exit ${code ?? signal}: ${stderr.trim()}`));
+      resolve({ wallMs, cpuMs: reapedChildrenCpuMs() - cpu0, lines, bytes });
+    });
+  });
 }
 
 /** Records per second in millions, "3.2 M". */

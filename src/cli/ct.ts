@@ -7,7 +7,8 @@
 import * as grpc from '@grpc/grpc-js';
 import { isIP } from 'node:net';
 import { CtMapsClient, UnaryMethod, ctMapsClient } from '../api/clients';
-import { CtRecordBatchMsg, CtRecordMsg, DumpFilterMsg, DumpTextChunkMsg, MapRefMsg, parseEntry, parseKey } from '../api/ct-proto';
+import { CtRecordJson } from '../api/ct-json';
+import { CtRecordMsg, DumpFilterMsg, DumpTextChunkMsg, MapRefMsg, parseEntry, parseKey } from '../api/ct-proto';
 import type { Family } from '../maps/addr';
 import { CT_ENTRY_SIZE, encodeEntry, encodeKey, keySize } from '../maps/ctmap/codec';
 import { formatEntryLine } from '../maps/ctmap/format';
@@ -120,11 +121,12 @@ function list(client: CtMapsClient, cmd: Extract<CtCommand, { kind: 'ct-list' }>
   let entries = 0;
   // The count goes on the status line; the line is cleared before each write to stdout,
   // so that on a terminal the entries and the count do not run into each other.
-  const out = (text: string, n: number): void => {
+  const out = (text: string | Buffer, n: number): unknown => {
     entries += n;
     progress.clear();
-    io.out(text);
+    const written = io.out(text);
     progress.update(`ct list: ${entries} entries so far`);
+    return written;
   };
   return new Promise<number>((resolve, reject) => {
     const req = { maps, filter };
@@ -136,24 +138,41 @@ function list(client: CtMapsClient, cmd: Extract<CtCommand, { kind: 'ct-list' }>
       stream.on('end', () => resolve(0));
       return;
     }
-    const stream = client.DumpEntriesBatched(req);
-    let first = true;
+    // json and jsonl: the batches as received bytes, turned into JSON text without
+    // protobufjs objects (ct-json.ts; the same text as JSON.stringify of the decoded
+    // records), one write of the bytes per batch. When stdout's buffer is full (io.out returned
+    // process.stdout.write's false), the stream pauses until stdout drains, so a slow
+    // reader holds the daemon back instead of this process buffering the whole dump.
+    const method = (client.constructor as grpc.ServiceClientConstructor).service.DumpEntriesBatched;
+    const stream = client.makeServerStreamRequest<object, Buffer>(method.path, method.requestSerialize, (b: Buffer) => b, req);
+    const json = new CtRecordJson(cmd.output === 'jsonl' ? 'jsonl' : 'json-array');
     if (cmd.output === 'json') io.out('[');
-    stream.on('data', (batch: CtRecordBatchMsg) => {
-      let text = '';
-      for (const r of batch.records) {
-        if (cmd.output === 'jsonl') text += `${JSON.stringify(r)}\n`;
-        else {
-          text += `${first ? '\n' : ',\n'}${JSON.stringify(r)}`;
-          first = false;
-        }
+    let failed = false;
+    /** Records already written (and counted on the status line). */
+    let listed = 0;
+    stream.on('data', (batch: Buffer) => {
+      if (failed) return;
+      try {
+        json.appendBatch(batch);
+      } catch (err) {
+        failed = true;
+        stream.cancel();
+        return reject(new CliRpcError(`CTMaps.DumpEntriesBatched: a response the client cannot decode: ${(err as Error).message}`));
       }
-      out(text, batch.records.length);
+      if (json.pending === 0) return;
+      const written = out(json.takeBytes(), json.records - listed);
+      listed = json.records;
+      if (written === false && process.stdout.writableNeedDrain) {
+        stream.pause();
+        process.stdout.once('drain', () => stream.resume());
+      }
     });
-    stream.on('error', fail('DumpEntriesBatched'));
+    stream.on('error', (err: grpc.ServiceError) => {
+      if (!failed) fail('DumpEntriesBatched')(err);
+    });
     stream.on('end', () => {
-      progress.done();
-      if (cmd.output === 'json') io.out(first ? ']\n' : '\n]\n');
+      if (failed) return;
+      if (cmd.output === 'json') io.out(json.records === 0 ? ']\n' : '\n]\n');
       resolve(0);
     });
   }).finally(() => progress.done());

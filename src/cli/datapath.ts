@@ -21,7 +21,12 @@ const REEXEC_ENV = 'CTMAP_NETNS_REEXEC';
 export const CHECK_LEAKS_ENV = 'CTMAP_CHECK_LEAKS';
 
 export interface Io {
-  out(text: string): void;
+  /**
+   * Standard output; a Buffer holds UTF-8 text (`ct list -o json|jsonl` writes its bytes as
+   * they are). false: the text is buffered beyond the stream's high-water mark
+   * (process.stdout.write's answer), and a producer should wait for 'drain'.
+   */
+  out(text: string | Buffer): unknown;
   err(text: string): void;
   /** stderr is a terminal: long operations show progress there (src/cli/progress.ts). */
   readonly errIsTTY?: boolean;

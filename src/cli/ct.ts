@@ -71,7 +71,11 @@ const mapLabel = (r: MapRefMsg): string =>
 
 /** Runs one `ct` command; resolves with the exit code, rejects with CliRpcError. */
 export async function runCt(cmd: CtCommand, io: Io): Promise<number> {
-  const client = ctMapsClient(...connection(cmd.server));
+  // An 8 MiB HTTP/2 window instead of grpc-js's 64 KiB: with the default, the daemon stops
+  // after every 64 KiB until this process has turned the previous batch into JSON, so
+  // receiving and converting take turns instead of overlapping (`ct list -o jsonl` of 1 Mi
+  // entries: 3.6 s -> 2.2 s). Still flow control: a paused stream stops the daemon after 8 MiB.
+  const client = ctMapsClient(...connection(cmd.server), { 'grpc-node.flow_control_window': 8 << 20 });
   try {
     const maps = await selectedMaps(client, cmd);
     const filter = dumpFilterOf(cmd.filter, false);

@@ -87,9 +87,12 @@ test('ctmap ct: filters, outputs and exact counts against a daemon', async (t) =
   const refused = ctmap(['ct', 'delete', ...server]);
   assert.equal(refused.status, 2, 'ct delete without a filter is bad usage');
 
+  // delete and flush print JSON too.
+  assert.deepEqual(JSON.parse(ctmap(['ct', 'delete', ...server, '--sport', '30001', '-o', 'json']).out), { deleted: 1 });
   // flush with a filter, then everything.
+  assert.deepEqual(JSON.parse(ctmap(['ct', 'flush', ...server, '--sport', '30002', '-o', 'json']).out), { flushed: 1 });
   assert.match(ctmap(['ct', 'flush', ...server, '--sport', '30000']).out, /^1 flow entries have been removed$/m);
-  assert.match(ctmap(['ct', 'flush', ...server]).out, new RegExp(`^${30 - listed - 1} flow entries have been removed$`, 'm'));
+  assert.match(ctmap(['ct', 'flush', ...server]).out, new RegExp(`^${30 - listed - 3} flow entries have been removed$`, 'm'));
 
   // A closed pipe ends the command quietly: enough entries that ctmap is still writing
   // when head has gone.
@@ -151,5 +154,11 @@ test('ctmap maps, stats, gc status and cluster list | create | delete', async (t
   assert.deepEqual(JSON.parse(ok(['cluster', 'list', ...server, '-o', 'json'])).map((c: any) => c.clusterId), [9]);
   assert.equal(JSON.parse(ok(['ct', 'count', ...server, '--cluster-id', '9', '-o', 'json'])).total, 0);
   assert.match(ok(['cluster', 'delete', ...server, '--cluster-id', '9']), /^cluster 9: maps deleted, 0 entries with them$/m);
+  const created = JSON.parse(ok(['cluster', 'create', ...server, '--cluster-id', '11', '-o', 'json']));
+  assert.equal(created.cluster_id, 11);
+  assert.ok(created.maps.some((m: { name: string }) => m.name === 'cilium_per_cluster_ct_tcp4_11'), JSON.stringify(created.maps));
+  const deleted = JSON.parse(ok(['cluster', 'delete', ...server, '--cluster-id', '11', '-o', 'json']));
+  assert.equal(deleted.deleted, true);
+  assert.deepEqual(JSON.parse(ok(['cluster', 'list', ...server, '-o', 'json'])), []);
   assert.equal(ctmap(['cluster', 'create', ...server, '--cluster-id', '0']).status, 2, 'cluster 0 is bad usage');
 });

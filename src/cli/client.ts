@@ -65,3 +65,32 @@ export function health(cmd: Extract<CliCommand, { kind: 'health' }>, io: Io): Pr
     });
   }).finally(() => client.close());
 }
+
+/**
+ * Follows a watch stream (`ctmap events`, `ctmap cluster watch`) until `take` says it has
+ * printed enough (returns true), the daemon ends the stream, or SIGINT: each resolves 0;
+ * a failed call rejects with CliRpcError naming `rpc`. The stream is cancelled when the
+ * command stops early, and the SIGINT handler is removed whichever way it ends.
+ */
+export function followStream<T>(stream: grpc.ClientReadableStream<T>, rpc: string, server: CliServer, take: (msg: T) => boolean): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    let done = false;
+    const stop = (result: () => void): void => {
+      if (done) return;
+      done = true;
+      process.off('SIGINT', finish);
+      result();
+    };
+    const finish = (): void =>
+      stop(() => {
+        stream.cancel();
+        resolve(0);
+      });
+    process.once('SIGINT', finish);
+    stream.on('data', (msg: T) => {
+      if (!done && take(msg)) finish();
+    });
+    stream.on('error', (err: grpc.ServiceError) => stop(() => reject(rpcError(rpc, server, err))));
+    stream.on('end', () => stop(() => resolve(0)));
+  });
+}

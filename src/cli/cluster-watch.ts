@@ -3,11 +3,10 @@
  * clusters (from the RPCs and the clustermesh sources), one line each, and says so when
  * the daemon reports that this watcher missed some.
  */
-import type * as grpc from '@grpc/grpc-js';
 import { clusterCtMapsClient } from '../api/clients';
 import type { MembershipEventMsg } from '../api/cluster-proto';
 import type { CliCommand } from './args';
-import { connection, rpcError } from './client';
+import { connection, followStream } from './client';
 import type { Io } from './datapath';
 
 type WatchCommand = Extract<CliCommand, { kind: 'cluster-watch' }>;
@@ -34,31 +33,9 @@ export function membershipText(e: MembershipEventMsg): string {
 export function watchMembership(cmd: WatchCommand, io: Io): Promise<number> {
   const client = clusterCtMapsClient(...connection(cmd.server));
   const format = cmd.output === 'json' ? (e: MembershipEventMsg) => `${membershipJson(e)}\n` : membershipText;
-  return new Promise<number>((resolve, reject) => {
-    let printed = 0;
-    let done = false;
-    const stream = client.WatchMembership({});
-    const finish = (): void => {
-      done = true;
-      process.off('SIGINT', finish);
-      stream.cancel();
-      resolve(0);
-    };
-    process.once('SIGINT', finish);
-    stream.on('data', (e: MembershipEventMsg) => {
-      if (done) return;
-      io.out(format(e));
-      if (Number(e.lost) === 0 && cmd.count !== undefined && ++printed >= cmd.count) finish();
-    });
-    stream.on('error', (err: grpc.ServiceError) => {
-      if (done) return;
-      process.off('SIGINT', finish);
-      reject(rpcError('ClusterCTMaps.WatchMembership', cmd.server, err));
-    });
-    stream.on('end', () => {
-      if (done) return;
-      process.off('SIGINT', finish);
-      resolve(0);
-    });
+  let printed = 0;
+  return followStream(client.WatchMembership({}), 'ClusterCTMaps.WatchMembership', cmd.server, (e: MembershipEventMsg) => {
+    io.out(format(e));
+    return Number(e.lost) === 0 && cmd.count !== undefined && ++printed >= cmd.count;
   }).finally(() => client.close());
 }

@@ -3,11 +3,10 @@
  * lifecycle event (or lost notice) as it arrives, as JSON lines or text. Text lines are
  * `seq=N KIND reason [cluster N] ` followed by the entry as `ctmap ct list` prints it.
  */
-import type * as grpc from '@grpc/grpc-js';
 import { ctEventsClient } from '../api/clients';
 import { CtLifecycleEventBatchMsg, CtLifecycleEventMsg, KIND_NAME, kindOfName, reasonOfName } from '../api/events-proto';
 import type { CliCommand } from './args';
-import { connection, rpcError } from './client';
+import { connection, followStream } from './client';
 import { dumpFilterOf, recordLine } from './ct';
 import type { Io } from './datapath';
 
@@ -62,37 +61,15 @@ export function watchEvents(cmd: EventsCommand, io: Io): Promise<number> {
     filter: dumpFilterOf(cmd.filter, false),
   };
   const format = cmd.output === 'json' ? (e: CtLifecycleEventMsg) => `${eventJson(e)}\n` : eventText;
-  return new Promise<number>((resolve, reject) => {
-    let printed = 0;
-    let done = false;
-    const stream = client.WatchBatched(req);
-    const finish = (): void => {
-      done = true;
-      process.off('SIGINT', finish);
-      stream.cancel();
-      resolve(0);
-    };
-    process.once('SIGINT', finish);
-    stream.on('data', (batch: CtLifecycleEventBatchMsg) => {
-      if (done) return;
-      let text = '';
-      for (const e of batch.events) {
-        text += format(e);
-        if (!e.lost && cmd.count !== undefined && ++printed >= cmd.count) break;
-      }
-      io.out(text);
-      if (cmd.count !== undefined && printed >= cmd.count) finish();
-    });
-    stream.on('error', (err: grpc.ServiceError) => {
-      if (done) return;
-      process.off('SIGINT', finish);
-      reject(rpcError('CTEvents.WatchBatched', cmd.server, err));
-    });
-    stream.on('end', () => {
-      if (done) return;
-      process.off('SIGINT', finish);
-      resolve(0);
-    });
+  let printed = 0;
+  return followStream(client.WatchBatched(req), 'CTEvents.WatchBatched', cmd.server, (batch: CtLifecycleEventBatchMsg) => {
+    let text = '';
+    for (const e of batch.events) {
+      text += format(e);
+      if (!e.lost && cmd.count !== undefined && ++printed >= cmd.count) break;
+    }
+    io.out(text);
+    return cmd.count !== undefined && printed >= cmd.count;
   }).finally(() => client.close());
 }
 

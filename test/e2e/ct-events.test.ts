@@ -17,7 +17,8 @@ import type * as grpc from '@grpc/grpc-js';
 import { clusterCtMapsClient, ctEventsClient, ctMapsClient, gcRunnerClient } from '../../src/api/clients';
 import type { CtLifecycleEventBatchMsg, CtLifecycleEventMsg } from '../../src/api/events-proto';
 import { protoRoot } from '../../src/api/proto';
-import { CTMAP_BIN, REPO_ROOT } from '../../src/config/paths';
+import { REPO_ROOT } from '../../src/config/paths';
+import { spawnCtmap } from '../helpers/ctmap-cli';
 import { DaemonChild, spawnDaemon } from '../helpers/daemon-process';
 import { tempDir } from '../helpers/grpc';
 import { kernelTierDecision, privateBpfRoot } from '../helpers/kernel';
@@ -270,18 +271,7 @@ test('memory: `ctmap events` prints the stream as JSON lines and as text, filter
   const ct = ctMapsClient(d.address);
   t.after(() => ct.close());
   const socket = d.address.slice('unix:'.length);
-  const cli = (args: string[]) => {
-    const child = spawn(process.execPath, [CTMAP_BIN, 'events', '--socket', socket, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    t.after(() => {
-      if (child.exitCode === null) child.kill('SIGKILL');
-    });
-    let out = '';
-    let err = '';
-    child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
-    child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
-    const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
-    return { child, exited, out: () => out, err: () => err };
-  };
+  const cli = (args: string[]) => spawnCtmap((fn) => t.after(fn), ['events', '--socket', socket, ...args]);
   const json = cli(['--output', 'json', '--kind', 'destroy', '--family', 'ipv4']);
   const text = cli(['--output', 'text']);
   await waitUntil(async () => {

@@ -7,36 +7,19 @@
  * per-CPU element per possible CPU whose sum is the total.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { services } from '../../src/api/proto';
-import { CTMAP_BIN } from '../../src/config/paths';
 import { ctNow } from '../../src/maps/clock';
 import { possibleCpus } from '../../src/sys/cpus';
+import { runCtmap as ctmap, spawnCtmap } from '../helpers/ctmap-cli';
 import { spawnDaemon } from '../helpers/daemon-process';
 import { call, tempDir, type Client } from '../helpers/grpc';
 import { kernelTier, privateBpfRoot } from '../helpers/kernel';
 
 const TCP4 = { family: 'FAMILY_IPV4', kind: 'MAP_KIND_TCP', cluster_id: 0 };
 const SEEN_NON_SYN = 1 << 4;
-
-/** `ctmap` as a process (stdout and stderr are pipes, no terminal); its output and status. */
-function ctmap(args: string[]): { status: number | null; out: string; err: string } {
-  const r = spawnSync(process.execPath, [CTMAP_BIN, ...args], { encoding: 'utf8', timeout: 30_000 });
-  return { status: r.status, out: r.stdout, err: r.stderr };
-}
-
-/** A running `ctmap` (a watch): its output so far and its exit. */
-function ctmapAsync(args: string[]): { out: () => string; exited: Promise<number | null>; kill: () => void } {
-  const child = spawn(process.execPath, [CTMAP_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout.on('data', (b: Buffer) => (out += b.toString()));
-  child.stderr.on('data', (b: Buffer) => (out += b.toString()));
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  return { out: () => out, exited, kill: () => child.kill('SIGKILL') };
-}
 
 async function startDaemon(t: any, name: string): Promise<{ socket: string; ct: Client; clusters: Client }> {
   const dir = tempDir(t);
@@ -118,8 +101,7 @@ test('ctmap cluster watch sees a join and a leave; stats has the per-CPU counter
   const server = ['--server', socket];
 
   for (const output of ['json', 'text'] as const) {
-    const watch = ctmapAsync(['cluster', 'watch', ...server, '-o', output, '--count', '2']);
-    t.after(() => watch.kill());
+    const watch = spawnCtmap((fn) => t.after(fn), ['cluster', 'watch', ...server, '-o', output, '--count', '2']);
     // The watch subscribes when its call starts; give the process the time to get there.
     await new Promise((r) => setTimeout(r, 1500));
     const id = output === 'json' ? 7 : 8;
@@ -129,7 +111,7 @@ test('ctmap cluster watch sees a join and a leave; stats has the per-CPU counter
       records: [{ map: { ...TCP4, cluster_id: id }, key: { daddr: '192.0.2.1', saddr: '198.51.100.1', sport: 1, dport: 2, nexthdr: 6, flags: 0 }, entry: { lifetime, flags: SEEN_NON_SYN } }],
     });
     await call(clusters, 'DeleteClusterCTMaps', { cluster_id: id });
-    assert.equal(await watch.exited, 0, watch.out());
+    assert.equal(await watch.exited, 0, watch.err());
     const lines = watch.out().trim().split('\n');
     if (output === 'json') {
       assert.deepEqual(lines.map((l) => JSON.parse(l)), [

@@ -13,17 +13,13 @@ import * as grpc from '@grpc/grpc-js';
 import { services } from '../../src/api/proto';
 import { CTMAP_BIN } from '../../src/config/paths';
 import { ctNow } from '../../src/maps/clock';
+import { runCtmap as ctmap } from '../helpers/ctmap-cli';
 import { spawnDaemon } from '../helpers/daemon-process';
 import { call, tempDir, type Client } from '../helpers/grpc';
 
 const TCP4 = { family: 'FAMILY_IPV4', kind: 'MAP_KIND_TCP', cluster_id: 0 };
 const SEEN_NON_SYN = 1 << 4;
 
-/** `ctmap` as a process; its stdout, stderr and status. */
-function ctmap(args: string[]): { status: number | null; out: string; err: string } {
-  const r = spawnSync(process.execPath, [CTMAP_BIN, ...args], { encoding: 'utf8', timeout: 30_000 });
-  return { status: r.status, out: r.stdout, err: r.stderr };
-}
 
 test('ctmap ct: filters, outputs and exact counts against a daemon', async (t) => {
   const dir = tempDir(t);

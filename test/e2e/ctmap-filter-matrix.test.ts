@@ -7,13 +7,12 @@
  * code; the text lines are checked against Cilium's `bpf ct list` format field by field.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { services } from '../../src/api/proto';
-import { CTMAP_BIN } from '../../src/config/paths';
 import { ctNow } from '../../src/maps/clock';
+import { runCtmapAsync as ctmap } from '../helpers/ctmap-cli';
 import { spawnDaemon } from '../helpers/daemon-process';
 import { call, tempDir, type Client } from '../helpers/grpc';
 import { waitUntil } from '../helpers/wait';
@@ -128,15 +127,6 @@ const CASES: Case[] = [
     all: true,
   },
 ];
-
-/** `ctmap` as a process (several run at once: each case's five commands read the same maps). */
-function ctmap(args: string[]): Promise<{ status: number | null; out: string; err: string }> {
-  return new Promise((resolve) =>
-    execFile(process.execPath, [CTMAP_BIN, ...args], { encoding: 'utf8', timeout: 30_000, maxBuffer: 64 << 20 }, (err, out, errOut) =>
-      resolve({ status: err ? ((err as { code?: number }).code ?? null) : 0, out, err: errOut }),
-    ),
-  );
-}
 
 /** A flow's identity as every output shows it: family, protocol, direction, src:sport -> dst:dport, cluster. */
 const flowId = (family: string, proto: string, dir: string, src: string, sport: number, dst: string, dport: number): string => `${family} ${proto} ${dir} ${src}:${sport} -> ${dst}:${dport}`;

@@ -9,17 +9,16 @@
  * GCRunner.Observe once per entry.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import type * as grpc from '@grpc/grpc-js';
 import { clusterCtMapsClient, ctEventsClient, ctMapsClient, gcRunnerClient, natMapsClient } from '../../src/api/clients';
 import type { CtLifecycleEventMsg } from '../../src/api/events-proto';
 import type { GCEventMsg } from '../../src/api/gc-proto';
-import { CTMAP_BIN } from '../../src/config/paths';
 import { ctNow } from '../../src/maps/clock';
 import type { CtKey } from '../../src/maps/ctmap/codec';
 import type { NatEntry } from '../../src/maps/nat/codec';
+import { runCtmap as ctmap, spawnCtmap } from '../helpers/ctmap-cli';
 import { DaemonChild, spawnDaemon } from '../helpers/daemon-process';
 import { tempDir } from '../helpers/grpc';
 import { keyId, snatPair } from '../helpers/nat-fixtures';
@@ -32,12 +31,6 @@ const FAR = 4_000_000_000; // a lifetime no GC pass reaches (CT clock seconds)
 
 const unary = <T>(fn: (cb: (err: grpc.ServiceError | null, res: T) => void) => unknown): Promise<T> =>
   new Promise((resolve, reject) => fn((err, res) => (err ? reject(err) : resolve(res))));
-
-/** `ctmap` as a process; its stdout, stderr and status. */
-function ctmap(args: string[]): { status: number | null; out: string; err: string } {
-  const r = spawnSync(process.execPath, [CTMAP_BIN, ...args], { encoding: 'utf8', timeout: 30_000 });
-  return { status: r.status, out: r.stdout, err: r.stderr };
-}
 
 function ok(args: string[]): string {
   const r = ctmap(args);
@@ -162,20 +155,6 @@ test('ctmap nat list | flush and ctmap maps: Cilium text, json, jsonl, exact cou
   assert.equal(ok(['nat', 'list', ...server, '--cluster-id', 'all']), '');
 });
 
-/** `ctmap events` as a child process, its stdout read as JSON lines. */
-function eventsCli(t: TestContext, args: string[]) {
-  const child = spawn(process.execPath, [CTMAP_BIN, 'events', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  t.after(() => {
-    if (child.exitCode === null) child.kill('SIGKILL');
-  });
-  let out = '';
-  let err = '';
-  child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
-  child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
-  const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
-  return { child, exited, lines: () => out.split('\n').filter((l) => l.length > 0).map((l) => JSON.parse(l)), err: () => err };
-}
-
 /** A CtKey's identity as every output prints it (CtKey field names). */
 const ctId = (k: { daddr: string; saddr: string; sport: number; dport: number; nexthdr: number; flags: number }) => `${k.daddr}|${k.sport}|${k.saddr}|${k.dport}|${k.nexthdr}|${k.flags}`;
 
@@ -209,8 +188,8 @@ test('one filter, one set: ct list, ct count, events and ct delete agree, and th
   assert.equal((await unary<any>((cb) => nat.Update({ records: natRecords }, cb))).written, 50);
 
   // Subscribed before the delete: the filtered watcher, and one that sees every DESTROY.
-  const watched = eventsCli(t, ['--socket', d.address.slice('unix:'.length), '-o', 'json', '--kind', 'destroy', ...filter]);
-  const everything = eventsCli(t, ['--socket', d.address.slice('unix:'.length), '-o', 'json', '--kind', 'destroy']);
+  const watched = spawnCtmap((fn) => t.after(fn), ['events', '--socket', d.address.slice('unix:'.length), '-o', 'json', '--kind', 'destroy', ...filter]);
+  const everything = spawnCtmap((fn) => t.after(fn), ['events', '--socket', d.address.slice('unix:'.length), '-o', 'json', '--kind', 'destroy']);
   const probe = { daddr: '192.0.2.250', saddr: '198.51.100.250', sport: 9, dport: 443, nexthdr: 6, flags: 0 };
   await waitUntil(async () => {
     await unary((cb) => ct.Update({ records: [{ map, key: probe, entry: { lifetime, flags: SEEN_NON_SYN } }] }, cb));

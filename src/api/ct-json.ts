@@ -19,6 +19,7 @@
  * this module knows, every record takes the proto-loader path.
  */
 import type { PackageDefinition } from '@grpc/proto-loader';
+import { DIGITS, DIGIT_COUNT } from './ct-wire';
 import { packageDefinition } from './proto';
 
 /** jsonl: each record followed by "\n"; json-array: each record preceded by "\n" (the first) or ",\n". */
@@ -116,14 +117,6 @@ const BUFFER_CLOSE = ascii(']}');
 const NEWLINE = ascii('\n');
 const COMMA_NEWLINE = ascii(',\n');
 
-/** "0".."255": DIGITS[i*3 ..] holds DIGIT_COUNT[i] ASCII digits. */
-const DIGITS = new Uint8Array(256 * 3);
-const DIGIT_COUNT = new Uint8Array(256);
-for (let i = 0; i < 256; i++) {
-  const s = String(i);
-  DIGIT_COUNT[i] = s.length;
-  for (let j = 0; j < s.length; j++) DIGITS[i * 3 + j] = s.charCodeAt(j);
-}
 
 const MAX_FLAG_NAMES = 32;
 /** Output buffers are allocated this large (a batch of 4096 records is ~2.2 MB of JSON). */

@@ -100,9 +100,9 @@ export class WireWriter {
   }
 }
 
-/** "0".."255" as ASCII digits: DIGITS[i*3 ..] holds DIGIT_COUNT[i] bytes. */
-const DIGITS = new Uint8Array(256 * 3);
-const DIGIT_COUNT = new Uint8Array(256);
+/** "0".."255" as ASCII digits: DIGITS[i*3 ..] holds DIGIT_COUNT[i] bytes (ct-json.ts writes them too). */
+export const DIGITS = new Uint8Array(256 * 3);
+export const DIGIT_COUNT = new Uint8Array(256);
 for (let i = 0; i < 256; i++) {
   const s = String(i);
   DIGIT_COUNT[i] = s.length;

@@ -9,33 +9,18 @@
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { test } from 'node:test';
-import * as grpc from '@grpc/grpc-js';
-import { services } from '../../src/api/proto';
 import { ctNow } from '../../src/maps/clock';
 import { possibleCpus } from '../../src/sys/cpus';
-import { runCtmap as ctmap, spawnCtmap } from '../helpers/ctmap-cli';
+import { runCtmap as ctmap, spawnCtmap, startCliDaemon } from '../helpers/ctmap-cli';
 import { spawnDaemon } from '../helpers/daemon-process';
-import { call, tempDir, type Client } from '../helpers/grpc';
+import { call, tempDir } from '../helpers/grpc';
 import { kernelTier, privateBpfRoot } from '../helpers/kernel';
 
 const TCP4 = { family: 'FAMILY_IPV4', kind: 'MAP_KIND_TCP', cluster_id: 0 };
 const SEEN_NON_SYN = 1 << 4;
 
-async function startDaemon(t: any, name: string): Promise<{ socket: string; ct: Client; clusters: Client }> {
-  const dir = tempDir(t);
-  const socket = path.join(dir.dir, 'ctmapd.sock');
-  const d = spawnDaemon((fn) => t.after(fn), socket, ['--backend', 'memory', '--bpf-root', `/memory-${name}-${process.pid}`, '--bpf-ct-global-tcp-max', '4096', '--bpf-ct-global-any-max', '4096']);
-  t.after(() => d.kill9());
-  await d.waitFor(/serving/i);
-  const creds = grpc.credentials.createInsecure();
-  const ct = new (services().CTMaps)(d.address, creds) as unknown as Client;
-  const clusters = new (services().ClusterCTMaps)(d.address, creds) as unknown as Client;
-  t.after(() => [ct, clusters].forEach((c) => c.close()));
-  return { socket, ct, clusters };
-}
-
 test('ctmap ct get and gc run with a flow filter', async (t) => {
-  const { socket, ct } = await startDaemon(t, 'cli-ops');
+  const { socket, ct } = await startCliDaemon(t, 'cli-ops');
   const server = ['--server', `unix:${socket}`];
   const lifetime = Math.floor(ctNow()) + 1000;
   // 20 TCP flows 192.0.2.(i+1):(30000+i) -> 198.51.100.1:443; the even ones expired.
@@ -97,7 +82,7 @@ test('ctmap ct get and gc run with a flow filter', async (t) => {
 });
 
 test('ctmap cluster watch sees a join and a leave; stats has the per-CPU counters', async (t) => {
-  const { socket, ct, clusters } = await startDaemon(t, 'cli-ops2');
+  const { socket, ct, clusters } = await startCliDaemon(t, 'cli-ops2');
   const server = ['--server', socket];
 
   for (const output of ['json', 'text'] as const) {
@@ -143,7 +128,7 @@ test('ctmap cluster watch sees a join and a leave; stats has the per-CPU counter
 
 test('ctmap fate / datapath status take the bpf-root from the daemon unless one is given', async (t) => {
   // A memory daemon's bpf-root is no bpffs: the default, with a note saying why.
-  const { socket } = await startDaemon(t, 'cli-ops3');
+  const { socket } = await startCliDaemon(t, 'cli-ops3');
   const mem = ctmap(['fate', 'status', '--server', socket]);
   assert.equal(mem.status, 0, mem.err);
   assert.match(mem.err, /^ctmap: ctmapd \(unix:.*\) runs the memory backend, whose bpf-root \/memory-cli-ops3-\d+ is no bpffs; using --bpf-root \/sys\/fs\/bpf/);

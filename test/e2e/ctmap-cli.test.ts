@@ -7,30 +7,18 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import * as path from 'node:path';
 import { test } from 'node:test';
-import * as grpc from '@grpc/grpc-js';
-import { services } from '../../src/api/proto';
 import { CTMAP_BIN } from '../../src/config/paths';
 import { ctNow } from '../../src/maps/clock';
-import { runCtmap as ctmap } from '../helpers/ctmap-cli';
-import { spawnDaemon } from '../helpers/daemon-process';
-import { call, tempDir, type Client } from '../helpers/grpc';
+import { runCtmap as ctmap, startCliDaemon } from '../helpers/ctmap-cli';
+import { call } from '../helpers/grpc';
 
 const TCP4 = { family: 'FAMILY_IPV4', kind: 'MAP_KIND_TCP', cluster_id: 0 };
 const SEEN_NON_SYN = 1 << 4;
 
 
 test('ctmap ct: filters, outputs and exact counts against a daemon', async (t) => {
-  const dir = tempDir(t);
-  const socket = path.join(dir.dir, 'ctmapd.sock');
-  const d = spawnDaemon((fn) => t.after(fn), socket, ['--backend', 'memory', '--bpf-root', `/memory-cli-${process.pid}`, '--bpf-ct-global-tcp-max', '4096', '--bpf-ct-global-any-max', '4096']);
-  t.after(() => d.kill9());
-  await d.waitFor(/serving/i);
-  const creds = grpc.credentials.createInsecure();
-  const ct = new (services().CTMaps)(d.address, creds) as unknown as Client;
-  const clusters = new (services().ClusterCTMaps)(d.address, creds) as unknown as Client;
-  t.after(() => [ct, clusters].forEach((c) => c.close()));
+  const { socket, ct, clusters } = await startCliDaemon(t, 'cli');
   await call(clusters, 'CreateClusterCTMaps', { cluster_id: 5 });
   const lifetime = Math.floor(ctNow()) + 1000;
   // 30 TCP flows 192.0.2.(i+1):(30000+i) -> 198.51.100.(i % 2 + 1):443, half of them syn-only.
@@ -104,13 +92,7 @@ test('ctmap ct: filters, outputs and exact counts against a daemon', async (t) =
 });
 
 test('ctmap maps, stats, gc status and cluster list | create | delete', async (t) => {
-  const dir = tempDir(t);
-  const socket = path.join(dir.dir, 'ctmapd.sock');
-  const d = spawnDaemon((fn) => t.after(fn), socket, ['--backend', 'memory', '--bpf-root', `/memory-cli2-${process.pid}`, '--bpf-ct-global-tcp-max', '4096', '--bpf-ct-global-any-max', '4096']);
-  t.after(() => d.kill9());
-  await d.waitFor(/serving/i);
-  const ct = new (services().CTMaps)(d.address, grpc.credentials.createInsecure()) as unknown as Client;
-  t.after(() => ct.close());
+  const { socket, ct } = await startCliDaemon(t, 'cli2');
   const server = ['--server', socket];
   const lifetime = Math.floor(ctNow()) + 1000;
   const records = Array.from({ length: 41 }, (_, i) => ({

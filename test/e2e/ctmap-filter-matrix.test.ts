@@ -7,14 +7,12 @@
  * code; the text lines are checked against Cilium's `bpf ct list` format field by field.
  */
 import assert from 'node:assert/strict';
-import * as path from 'node:path';
 import { test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { services } from '../../src/api/proto';
 import { ctNow } from '../../src/maps/clock';
-import { runCtmapAsync as ctmap } from '../helpers/ctmap-cli';
-import { spawnDaemon } from '../helpers/daemon-process';
-import { call, tempDir, type Client } from '../helpers/grpc';
+import { runCtmapAsync as ctmap, startCliDaemon } from '../helpers/ctmap-cli';
+import { call, type Client } from '../helpers/grpc';
 import { waitUntil } from '../helpers/wait';
 
 const RX_CLOSING = 1 << 0;
@@ -169,18 +167,11 @@ function parseLine(line: string, byId: Map<string, Known>): Known {
 }
 
 test('ctmap ct list | count: every flow filter in every output format gives exactly the expected set', async (t) => {
-  const dir = tempDir(t);
-  const socket = path.join(dir.dir, 'ctmapd.sock');
   // A fixed hour between passes: the expired entries must live until the commands have
   // seen them (the initial pass runs at start, before they are written).
-  const d = spawnDaemon((fn) => t.after(fn), socket, ['--backend', 'memory', '--bpf-root', `/memory-matrix-${process.pid}`, '--conntrack-gc-interval', '1h', '--bpf-ct-global-tcp-max', '4096', '--bpf-ct-global-any-max', '4096']);
-  t.after(() => d.kill9());
-  await d.waitFor(/serving/i);
-  const creds = grpc.credentials.createInsecure();
-  const ct = new (services().CTMaps)(d.address, creds) as unknown as Client;
-  const clusters = new (services().ClusterCTMaps)(d.address, creds) as unknown as Client;
-  const gc = new (services().GCRunner)(d.address, creds) as unknown as Client;
-  t.after(() => [ct, clusters, gc].forEach((c) => c.close()));
+  const { daemon, socket, ct, clusters } = await startCliDaemon(t, 'matrix', ['--conntrack-gc-interval', '1h']);
+  const gc = new (services().GCRunner)(daemon.address, grpc.credentials.createInsecure()) as unknown as Client;
+  t.after(() => gc.close());
   await waitUntil(async () => (await call(gc, 'Status', {})).families.every((f: { runs: string }) => Number(f.runs) >= 1), 'the initial GC passes ran');
   await call(clusters, 'CreateClusterCTMaps', { cluster_id: CLUSTER });
   const known = knownEntries(Math.floor(ctNow()));

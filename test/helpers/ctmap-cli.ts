@@ -4,7 +4,12 @@
  * arrives and a SIGKILL at the end of the test if it is still there.
  */
 import { ChildProcess, execFile, spawn, spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { services } from '../../src/api/proto';
 import { CTMAP_BIN } from '../../src/config/paths';
+import { DaemonChild, spawnDaemon } from './daemon-process';
+import { tempDir, type Client } from './grpc';
 
 export interface CtmapResult {
   readonly status: number | null;
@@ -56,4 +61,29 @@ export function spawnCtmap(after: (fn: () => void) => void, args: readonly strin
     err: () => err,
     lines: () => out.split('\n').filter((l) => l.length > 0).map((l) => JSON.parse(l)),
   };
+}
+
+/** A daemon for CLI tests: memory backend, 4096-entry CT maps, its socket, and CTMaps and ClusterCTMaps clients. */
+export interface CliDaemon {
+  readonly daemon: DaemonChild;
+  readonly socket: string;
+  readonly ct: Client;
+  readonly clusters: Client;
+}
+
+/**
+ * Starts bin/ctmapd on a private socket (memory backend, bpf-root named after `name`), with
+ * `flags` added, and waits until it serves; everything is stopped after the test.
+ */
+export async function startCliDaemon(t: { after(fn: () => unknown): void }, name: string, flags: readonly string[] = []): Promise<CliDaemon> {
+  const dir = tempDir(t);
+  const socket = path.join(dir.dir, 'ctmapd.sock');
+  const daemon = spawnDaemon((fn) => t.after(fn), socket, ['--backend', 'memory', '--bpf-root', `/memory-${name}-${process.pid}`, '--bpf-ct-global-tcp-max', '4096', '--bpf-ct-global-any-max', '4096', ...flags]);
+  t.after(() => daemon.kill9());
+  await daemon.waitFor(/serving/i);
+  const creds = grpc.credentials.createInsecure();
+  const ct = new (services().CTMaps)(daemon.address, creds) as unknown as Client;
+  const clusters = new (services().ClusterCTMaps)(daemon.address, creds) as unknown as Client;
+  t.after(() => [ct, clusters].forEach((c) => c.close()));
+  return { daemon, socket, ct, clusters };
 }

@@ -132,6 +132,7 @@ function list(client: CtMapsClient, cmd: Extract<CtCommand, { kind: 'ct-list' }>
     progress.update(`ct list: ${entries} entries so far`);
     return written;
   };
+  io.bulkOutput?.();
   return new Promise<number>((resolve, reject) => {
     const req = { maps, filter };
     const fail = (rpc: string) => (err: grpc.ServiceError) => reject(rpcError(`CTMaps.${rpc}`, cmd.server, err));

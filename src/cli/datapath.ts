@@ -30,6 +30,11 @@ export interface Io {
   err(text: string): void;
   /** stderr is a terminal: long operations show progress there (src/cli/progress.ts). */
   readonly errIsTTY?: boolean;
+  /**
+   * Called before a command writes a whole map (`ct list`, `nat list`): the process's
+   * stdout grows its pipe buffer (src/sys/pipe.ts). Absent where output is captured.
+   */
+  bulkOutput?(): void;
 }
 
 /**

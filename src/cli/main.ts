@@ -4,6 +4,7 @@
  * names the flag; an unknown --dev or --netns counts as bad usage too).
  */
 import { CtmapError } from '../errors';
+import { growPipeBuffer } from '../sys/pipe';
 import { CliUsageError, parseCli } from './args';
 import { resolveBpfRoot } from './bpf-root';
 import { CliRpcError, health } from './client';
@@ -16,10 +17,14 @@ import { Io, runDatapath } from './datapath';
 import { runFate } from './fate';
 import { watchEvents } from './events';
 
+// 1 MiB: /proc/sys/fs/pipe-max-size's default, so that it is granted without privileges too.
+const BULK_PIPE_BYTES = 1 << 20;
+
 const stdio: Io = {
   out: (text) => process.stdout.write(text),
   err: (text) => process.stderr.write(text),
   errIsTTY: process.stderr.isTTY === true,
+  bulkOutput: () => void growPipeBuffer(1, BULK_PIPE_BYTES),
 };
 
 /**

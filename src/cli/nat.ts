@@ -38,6 +38,7 @@ export async function runNat(cmd: NatCommand, io: Io): Promise<number> {
   }
   const maps = await selectedMaps(cmd);
   const client = natMapsClient(target, creds);
+  io.bulkOutput?.();
   try {
     if (cmd.output === 'json') io.out('[');
     let first = true;

@@ -53,6 +53,8 @@ export const libcFunctions = {
   write: libc.func('intptr_t write(int fd, const void *buf, size_t count)') as (fd: number, buf: Buffer, count: number) => number,
   read: libc.func('intptr_t read(int fd, void *buf, size_t count)') as (fd: number, buf: Buffer, count: number) => number,
   sysconf: libc.func('long sysconf(int name)') as (name: number) => number,
+  /** fcntl with one int argument (F_SETPIPE_SZ, F_GETPIPE_SZ); the prototype is variadic in C. */
+  fcntlInt: libc.func('int fcntl(int fd, int cmd, int arg)') as (fd: number, cmd: number, arg: number) => number,
   getsockopt: libc.func('int getsockopt(int fd, int level, int optname, void *optval, void *optlen)') as (
     fd: number,
     level: number,

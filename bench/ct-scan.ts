@@ -9,8 +9,9 @@
  * the map during the bench, so every scan must see exactly the same entries: any other
  * count is a harness error, not a result.
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -198,7 +199,7 @@ export const ctScan: BenchSection = {
           }),
       },
       {
-        label: '`ctmap ct list -o jsonl` (CLI process, stdout a pipe)',
+        label: '`ctmap ct list -o jsonl` (CLI process, stdout a FIFO)',
         async run() {
           const server0 = processCpuMs(daemon.pid);
           const r = await ctmapJsonl(cliArgs);
@@ -366,18 +367,32 @@ const CLK_TCK = 100;
 /**
  * Runs `node bin/ctmap <args>` with stdout a pipe read here: counts its lines and bytes
  * (reading as fast as the pipe delivers), checks that the first line is a JSON CtRecord, and
- * times spawn to exit. cpuMs is the child's user + system time (10 ms resolution).
+ * times from spawn until the process has exited and the pipe's last byte is read. cpuMs is
+ * the child's user + system time (10 ms resolution).
+ *
+ * The pipe is a FIFO, what a shell's `ctmap ct list -o jsonl | ...` gives the CLI (Node's
+ * own `stdio: 'pipe'` is a unix socketpair instead, which no operator's pipeline is).
  */
 function ctmapJsonl(args: readonly string[]): Promise<{ wallMs: number; cpuMs: number; lines: number; bytes: number }> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ctmap-jsonl-'));
+  const fifo = path.join(dir, 'stdout');
+  const made = spawnSync('mkfifo', [fifo]);
+  if (made.status !== 0) throw new HarnessError(`mkfifo ${fifo}: ${made.stderr?.toString().trim() || made.error?.message}`);
+  // The read end first, non-blocking, so that opening the write end does not wait for it.
+  const readFd = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+  const writeFd = fs.openSync(fifo, fs.constants.O_WRONLY);
+  fs.rmSync(dir, { recursive: true, force: true });
   return new Promise((resolve, reject) => {
     const cpu0 = reapedChildrenCpuMs();
     const started = process.hrtime.bigint();
-    const child = spawn(process.execPath, [CTMAP_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [CTMAP_BIN, ...args], { stdio: ['ignore', writeFd, 'pipe'] });
+    fs.closeSync(writeFd);
+    const stdout = new net.Socket({ fd: readFd, readable: true, writable: false });
     let lines = 0;
     let bytes = 0;
     let head: Buffer[] | undefined = [];
     let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => {
+    stdout.on('data', (chunk: Buffer) => {
       bytes += chunk.length;
       for (let i = chunk.indexOf(10); i >= 0; i = chunk.indexOf(10, i + 1)) lines++;
       if (head) {
@@ -395,9 +410,15 @@ function ctmapJsonl(args: readonly string[]): Promise<{ wallMs: number; cpuMs: n
         }
       }
     });
-    child.stderr.setEncoding('utf8').on('data', (t: string) => (stderr = (stderr + t).slice(-4000)));
-    child.on('error', (err) => reject(new HarnessError(`ctmap: ${err.message}`)));
-    child.on('close', (code, signal) => {
+    child.stderr!.setEncoding('utf8').on('data', (t: string) => (stderr = (stderr + t).slice(-4000)));
+    child.on('error', (err) => {
+      stdout.destroy();
+      reject(new HarnessError(`ctmap: ${err.message}`));
+    });
+    // Done when the process has exited and the pipe is drained (its end read).
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => child.on('close', (code, signal) => res({ code, signal })));
+    const drained = new Promise<void>((res) => stdout.on('close', () => res()));
+    void Promise.all([exited, drained]).then(([{ code, signal }]) => {
       const wallMs = Number(process.hrtime.bigint() - started) / 1e6;
       if (code !== 0) return reject(new HarnessError(`ctmap ${args.join(' ')}: exit ${code ?? signal}: ${stderr.trim()}`));
       resolve({ wallMs, cpuMs: reapedChildrenCpuMs() - cpu0, lines, bytes });

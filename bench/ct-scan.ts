@@ -249,7 +249,7 @@ export const ctScan: BenchSection = {
         m: cliList,
         target: 3,
         vs: { m: cliBatched, name: 'raw client' },
-        note: `${fmtRatio(cliList.medianMs / cliBatched.medianMs)} the raw client of the same maps; process wall time, spawn to exit (start-up included); ${fmtInt(entries)} lines counted per run; ${(cliList.extra.bytes / 2 ** 20).toFixed(0)} MiB of JSON; client CPU = the ctmap process (user + sys)`,
+        note: `${fmtRatio(cliList.medianMs / cliBatched.medianMs)} the raw client of the same maps; wall time from spawn until exit and the last byte read (start-up included); ${fmtInt(entries)} lines counted per run; ${(cliList.extra.bytes / 2 ** 20).toFixed(0)} MiB of JSON; client CPU = the ctmap process (user + sys)`,
       },
       { m: cliHealth, note: 'process wall time: what any ctmap command pays before its work (Node start-up, loading the protos, connecting)' },
       { m: bpftool, note: 'process wall time, hex text to /dev/null' },

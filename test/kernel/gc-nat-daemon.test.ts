@@ -6,7 +6,7 @@
  * pairs too and reaches Observe once per entry (issue 14).
  */
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import { gcRunnerClient, natMapsClient } from '../../src/api/clients';
 import { call, collect, ctClient, startTestDaemon, tempDir } from '../helpers/grpc';
 import { kernelTier, privateBpfRoot } from '../helpers/kernel';
@@ -14,6 +14,19 @@ import { dsrKey, keyId, snatPair } from '../helpers/nat-fixtures';
 import type { CtKey } from '../../src/maps/ctmap/codec';
 
 const V4 = 'FAMILY_IPV4';
+
+/** A daemon on kernel maps in a private bpf-root (IPv4 only), with CTMaps, GCRunner and NATMaps clients; all stopped after the test. */
+async function startKernelDaemon(t: TestContext) {
+  const bpf = privateBpfRoot(t);
+  const sock = tempDir(t);
+  const d = await startTestDaemon(sock.dir, ['--backend', 'kernel', '--bpf-root', bpf.root, '--bpf-ct-global-tcp-max', '8192', '--bpf-ct-global-any-max', '8192', '--enable-ipv6=false']);
+  t.after(() => d.stop());
+  const ct = ctClient(d.address);
+  const gc = gcRunnerClient(d.address);
+  const natc = natMapsClient(d.address);
+  t.after(() => (ct.close(), gc.close(), natc.close()));
+  return { ct, gc, natc };
+}
 
 function ctRecord(key: CtKey, lifetime: number, flags = 0): object {
   return { map: { family: V4, kind: key.nexthdr === 6 ? 'MAP_KIND_TCP' : 'MAP_KIND_ANY' }, key, entry: { lifetime, flags, packets: '1' } };
@@ -25,14 +38,7 @@ function natRecord(r: { key: CtKey; entry: { addr: string; port: number; created
 
 test('GC removes the SNAT pairs of deleted CT entries; orphan purge counts exactly (kernel)', async (t) => {
   if (!kernelTier(t)) return;
-  const bpf = privateBpfRoot(t);
-  const sock = tempDir(t);
-  const d = await startTestDaemon(sock.dir, ['--backend', 'kernel', '--bpf-root', bpf.root, '--bpf-ct-global-tcp-max', '8192', '--bpf-ct-global-any-max', '8192', '--enable-ipv6=false']);
-  t.after(() => d.stop());
-  const ct = ctClient(d.address);
-  const gc = gcRunnerClient(d.address);
-  const natc = natMapsClient(d.address);
-  t.after(() => (ct.close(), gc.close(), natc.close()));
+  const { ct, gc, natc } = await startKernelDaemon(t);
 
   // Egress CT keys (flags OUT) as Cilium stores them: daddr holds the flow's source.
   const tcp: CtKey = { daddr: '192.0.2.10', saddr: '198.51.100.1', sport: 40000, dport: 443, nexthdr: 6, flags: 0 };
@@ -82,14 +88,7 @@ test('GC removes the SNAT pairs of deleted CT entries; orphan purge counts exact
 
 test('a key Delete takes the SNAT pairs (and the DSR mapping) and reaches Observe once per entry (kernel)', async (t) => {
   if (!kernelTier(t)) return;
-  const bpf = privateBpfRoot(t);
-  const sock = tempDir(t);
-  const d = await startTestDaemon(sock.dir, ['--backend', 'kernel', '--bpf-root', bpf.root, '--bpf-ct-global-tcp-max', '8192', '--bpf-ct-global-any-max', '8192', '--enable-ipv6=false']);
-  t.after(() => d.stop());
-  const ct = ctClient(d.address);
-  const gc = gcRunnerClient(d.address);
-  const natc = natMapsClient(d.address);
-  t.after(() => (ct.close(), gc.close(), natc.close()));
+  const { ct, gc, natc } = await startKernelDaemon(t);
 
   const tcp: CtKey = { daddr: '192.0.2.20', saddr: '198.51.100.1', sport: 40000, dport: 443, nexthdr: 6, flags: 0 };
   const dsr: CtKey = { daddr: '192.0.2.21', saddr: '198.51.100.3', sport: 8080, dport: 50000, nexthdr: 6, flags: 0 };

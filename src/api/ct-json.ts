@@ -95,25 +95,66 @@ export function schemaMatches(pd: PackageDefinition): boolean {
 
 const ascii = (s: string): Uint8Array => Buffer.from(s, 'latin1');
 
-const KEY_NAMES = SCHEMA['ctmap.v1.CtKey'].map(([n], i) => ascii(`${i === 0 ? '{' : ','}"${n}":`));
-const KEY_KINDS = SCHEMA['ctmap.v1.CtKey'].map(([, , , t]) => KIND_OF_TYPE[t]);
-/** KEY_KINDS by field number. */
-const KEY_KINDS_BY_NUMBER: readonly F[] = [F.U32, ...KEY_KINDS];
 /** CtEntry as protobufjs's toObject builds it: repeated fields first, then the rest by number. */
 const ENTRY_ORDER = [14, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15];
-const ENTRY_FIELDS = SCHEMA['ctmap.v1.CtEntry'];
-const ENTRY_NAMES: Uint8Array[] = [];
-const ENTRY_KINDS: F[] = [];
-for (const [name, num, label, type] of ENTRY_FIELDS) {
-  ENTRY_NAMES[num] = ascii(`${num === ENTRY_ORDER[0] ? '{' : ','}"${name}":`);
-  ENTRY_KINDS[num] = label === 'LABEL_REPEATED' ? F.RSTR : KIND_OF_TYPE[type];
+
+/**
+ * ASCII text the record writer copies into its output eight bytes at a time: as Float64
+ * words for DataView.setFloat64, which V8 compiles to one unaligned store, several times
+ * faster than a byte loop or Uint8Array.set for pieces this short. The last word is padded
+ * with spaces; the writer may store that padding past the text's end, where the next text
+ * overwrites it (the output always has room: CtRecordJson's per-record bound).
+ */
+export class ConstText {
+  readonly words: Float64Array;
+  readonly length: number;
+
+  constructor(readonly text: string) {
+    const bytes = Buffer.alloc(Math.ceil(text.length / 8) * 8, 0x20);
+    if (bytes.write(text, 'latin1') !== text.length || !/^[\x20-\x7e]*$/.test(text)) throw new Error(`ct-json: constant text must be printable ASCII: ${JSON.stringify(text)}`);
+    this.length = text.length;
+    this.words = new Float64Array(bytes.length / 8);
+    for (let i = 0; i < this.words.length; i++) this.words[i] = bytes.readDoubleLE(i * 8);
+    // Bytes of 0x20-0x7e never make a NaN (the exponent's top byte would be 0x7f or 0xff),
+    // whose bits a double store could change; every other double is stored as it is loaded.
+    for (const w of this.words) if (Number.isNaN(w)) throw new Error('ct-json: a constant word is a NaN');
+  }
 }
-const MAP_NAME = ascii('{"map":');
-const KEY_NAME = ascii(',"key":');
-const ENTRY_NAME = ascii(',"entry":');
-const NULL = ascii('null');
-const BUFFER_OPEN = ascii('{"type":"Buffer","data":[');
-const BUFFER_CLOSE = ascii(']}');
+const constText = (s: string): ConstText => new ConstText(s);
+
+/**
+ * The constant text around a message's values, from SCHEMA's names and kinds: piece i is
+ * what comes before the i-th value written (field names, separators, quotes, a Buffer's
+ * opening), the last piece what follows the last value. The record writer below writes
+ * the fields in this order, piece and value in turn.
+ */
+function pieces(message: string, order: readonly number[]): ConstText[] {
+  const byNumber = new Map(SCHEMA[message].map(([name, num, label, type]) => [num, { name, kind: label === 'LABEL_REPEATED' ? F.RSTR : KIND_OF_TYPE[type] }]));
+  const open = (k: F): string => (k === F.STR || k === F.U64 || k === F.I64 ? '"' : k === F.BYTES ? '{"type":"Buffer","data":[' : k === F.RSTR ? '[' : '');
+  const close = (k: F): string => (k === F.STR || k === F.U64 || k === F.I64 ? '"' : k === F.BYTES ? ']}' : k === F.RSTR ? ']' : '');
+  const out: string[] = [];
+  let prev: F | undefined;
+  for (const num of order) {
+    const { name, kind } = byNumber.get(num)!;
+    out.push(`${prev === undefined ? '{' : `${close(prev)},`}"${name}":${open(kind)}`);
+    prev = kind;
+  }
+  out.push(`${close(prev!)}}`);
+  return out.map(constText);
+}
+const KEY_PIECES = pieces('ctmap.v1.CtKey', [1, 2, 3, 4, 5, 6]);
+const ENTRY_PIECES = pieces('ctmap.v1.CtEntry', ENTRY_ORDER);
+/** What follows the key (or its null) before the entry's text. */
+const ENTRY_NAME = constText(',"entry":');
+const NULL = constText('null');
+/** Between a key and an entry, both present: the key's end, ENTRY_NAME and the entry's opening. */
+const KEY_TO_ENTRY = constText(`${KEY_PIECES[6].text}${ENTRY_NAME.text}${ENTRY_PIECES[0].text}`);
+/** The record's text before the key's when it has no map. */
+const NO_MAP_PREFIX = constText('{"map":null,"key":');
+/** Cilium's union0 is 16 bytes, all zero in every entry the datapath writes today. */
+const UNION0_BYTES = 16;
+/** From union0's name to expires_in_seconds' opening quote, for a union0 of 16 zero bytes. */
+const ZERO_UNION0_TO_EXPIRES = constText(`${ENTRY_PIECES[13].text}${Array(UNION0_BYTES).fill('0').join(',')}${ENTRY_PIECES[14].text}`);
 const NEWLINE = ascii('\n');
 const COMMA_NEWLINE = ascii(',\n');
 
@@ -121,6 +162,9 @@ const COMMA_NEWLINE = ascii(',\n');
 const MAX_FLAG_NAMES = 32;
 /** Output buffers are allocated this large (a batch of 4096 records is ~2.2 MB of JSON). */
 const CHUNK_BYTES = 8 << 20;
+/** Released buffers kept for reuse at most (the CLI keeps ~8 MiB of output queued). */
+const MAX_SPARE_CHUNKS = 3;
+const viewOf = (b: Buffer): DataView => new DataView(b.buffer, b.byteOffset, b.length);
 /** The record cannot be written exactly by the fast path: take the proto-loader path. */
 const SLOW = -1;
 /** The batch is malformed: let the proto-loader decoder report it. */
@@ -177,15 +221,6 @@ function lenValue(b: Buffer, end: number): number {
   return vlo;
 }
 
-/** Whether b[s..e) can be written between quotes as is (printable ASCII, no `"` or `\`). */
-function plain(b: Buffer, s: number, e: number): boolean {
-  for (let i = s; i < e; i++) {
-    const c = b[i];
-    if (c < 0x20 || c > 0x7e || c === 0x22 || c === 0x5c) return false;
-  }
-  return true;
-}
-
 /**
  * Turns encoded CtRecordBatch messages into JSON text. One instance per output: it counts
  * the records (json-array needs to know the first) and keeps the text until take().
@@ -197,15 +232,22 @@ export class CtRecordJson {
   readonly #recordSlow: Deserialize;
   readonly #mapRefSlow: Deserialize;
   /** The text not yet taken is #out[#start, #pos); take() hands it out and moves #start. */
-  #out = Buffer.allocUnsafe(CHUNK_BYTES);
+  #out: Buffer = Buffer.allocUnsafe(CHUNK_BYTES);
+  /** #out as a DataView, for the record writer's eight-byte stores. */
+  #view = viewOf(this.#out);
   #start = 0;
   #pos = 0;
   #records = 0;
   #fallbacks = 0;
   /** Whether the text since the last take() is all ASCII. */
   #ascii = true;
+  /** The buffers takeBytes() has lent views of, with how many are not released yet. */
+  readonly #lent = new Map<ArrayBufferLike, { chunk: Buffer; views: number }>();
+  /** Buffers of CHUNK_BYTES with no view out, for #ensure to take before allocating. */
+  readonly #spare: Buffer[] = [];
   #refBytes: Buffer | undefined;
-  #refJson: Uint8Array = NULL;
+  /** `{"map":` + the MapRef's JSON + `,"key":`, for #refBytes. */
+  #refPrefix: ConstText = NO_MAP_PREFIX;
 
   constructor(style: CtJsonStyle, pd: PackageDefinition = packageDefinition()) {
     this.#style = style;
@@ -246,14 +288,35 @@ export class CtRecordJson {
 
   /**
    * The text appended since the last take, as UTF-8 bytes, without a copy: a view of the
-   * output buffer, which this instance never writes again (the next text goes after it, or
-   * into a new buffer), so it may be queued for writing as it is.
+   * output buffer, which this instance does not write again until the view is given back
+   * to release() (the next text goes after it, or into another buffer), so it may be
+   * queued for writing as it is.
    */
   takeBytes(): Buffer {
     const bytes = this.#out.subarray(this.#start, this.#pos);
     this.#start = this.#pos;
     this.#ascii = true;
+    if (bytes.length > 0) {
+      const lent = this.#lent.get(this.#out.buffer);
+      if (lent) lent.views++;
+      else this.#lent.set(this.#out.buffer, { chunk: this.#out, views: 1 });
+    }
     return bytes;
+  }
+
+  /**
+   * Gives back a view from takeBytes() once it has been written: its buffer is written
+   * again when no other view of it is out, instead of a new one allocated (at 8 MiB a
+   * buffer, allocation drove the GC). A view never given back only costs that.
+   */
+  release(bytes: Buffer): void {
+    const lent = this.#lent.get(bytes.buffer);
+    if (!lent || --lent.views > 0) return;
+    this.#lent.delete(bytes.buffer);
+    if (lent.chunk === this.#out) {
+      // The current buffer: its text starts over at the beginning once all of it is taken.
+      if (this.#start === this.#pos) this.#start = this.#pos = 0;
+    } else if (lent.chunk.length === CHUNK_BYTES && this.#spare.length < MAX_SPARE_CHUNKS) this.#spare.push(lent.chunk);
   }
 
   /** Appends the JSON text of every record of one encoded CtRecordBatch; returns how many. */
@@ -294,16 +357,21 @@ export class CtRecordJson {
     // A new buffer (the taken text before #start may still be queued for writing), with the
     // pending text moved to its start.
     const pending = this.#pos - this.#start;
-    const next = Buffer.allocUnsafe(Math.max(CHUNK_BYTES, 2 * (pending + n)));
+    const size = Math.max(CHUNK_BYTES, 2 * (pending + n));
+    const next = (size === CHUNK_BYTES && this.#spare.pop()) || Buffer.allocUnsafe(size);
     this.#out.copy(next, 0, this.#start, this.#pos);
+    if (!this.#lent.has(this.#out.buffer) && this.#out.length === CHUNK_BYTES && this.#spare.length < MAX_SPARE_CHUNKS) this.#spare.push(this.#out);
     this.#out = next;
+    this.#view = viewOf(next);
     this.#start = 0;
     this.#pos = pending;
   }
 
   #raw(bytes: Uint8Array): void {
     this.#ensure(bytes.length);
-    this.#out.set(bytes, this.#pos);
+    if (bytes.length > 16) this.#out.set(bytes, this.#pos);
+    // Separators and newlines, once a record: a loop costs less than a call to set().
+    else for (let i = 0; i < bytes.length; i++) this.#out[this.#pos + i] = bytes[i];
     this.#pos += bytes.length;
   }
 
@@ -341,7 +409,7 @@ export class CtRecordJson {
       // Worst case: the fixed text (< 1 KiB), 4 bytes per byte of union0, 2 per flag-name byte.
       this.#ensure(4 * len + 2048);
       const mark = this.#pos;
-      const after = record(b, s, s + len, this.#mapRefCache, this.#out, this.#pos);
+      const after = record(b, s, s + len, this.#mapPrefix, this.#out, this.#view, this.#pos);
       if (after === SLOW) {
         this.#fallbacks++;
         this.#pos = mark;
@@ -352,8 +420,8 @@ export class CtRecordJson {
     }
   }
 
-  /** MapRef JSON by its encoding: the last one seen, else the proto-loader path. */
-  readonly #mapRefCache = (b: Buffer, s: number, e: number): Uint8Array => {
+  /** The record's text up to its key for a MapRef by its encoding: the last one seen, else from the proto-loader path. */
+  readonly #mapPrefix = (b: Buffer, s: number, e: number): ConstText => {
     const prev = this.#refBytes;
     if (prev && prev.length === e - s) {
       let same = true;
@@ -363,7 +431,7 @@ export class CtRecordJson {
           break;
         }
       }
-      if (same) return this.#refJson;
+      if (same) return this.#refPrefix;
     }
     const bytes = Buffer.from(b.subarray(s, e));
     let obj: unknown;
@@ -372,38 +440,66 @@ export class CtRecordJson {
     } catch {
       throw new Malformed();
     }
-    const json = Buffer.from(JSON.stringify(obj), 'utf8');
+    const json = JSON.stringify(obj);
     // A MapRef's JSON is short (the record's bound has room for 512 bytes of it) and ASCII.
-    if (json.length > 512 || json.some((c) => c > 0x7e)) throw new Malformed();
+    if (json.length > 512 || !/^[\x20-\x7e]*$/.test(json)) throw new Malformed();
+    const prefix = constText(`{"map":${json},"key":`);
     this.#refBytes = bytes;
-    this.#refJson = json;
-    return json;
+    this.#refPrefix = prefix;
+    return prefix;
   };
 }
 
-// The record writer's scratch (module-level: one record is parsed at a time, synchronously).
-/** Key or entry fields by number: present (for flag_names, how many), lo/hi or start/end. */
-const HAS = new Uint8Array(16);
-const LO = new Float64Array(16);
-const HI = new Float64Array(16);
+// The record writer: one record's fields are read into locals and its text written in one
+// pass, field by field in KEY_PIECES/ENTRY_PIECES order. The only module-level state is the
+// read position and the varint scratch above, and the flag-name offsets below.
+
+/** Start/end offsets of the entry's flag names (module-level: one record at a time, synchronously). */
 const NAMES = new Int32Array(MAX_FLAG_NAMES * 2);
+
+/** The tag at rp: one byte for field numbers up to 15, else the whole varint. */
+function tagAt(b: Buffer, end: number): number {
+  const x = b[rp];
+  if (x < 0x80 && rp < end) {
+    rp++;
+    return x;
+  }
+  varint(b, end);
+  if (vhi !== 0) throw new Malformed();
+  return vlo;
+}
+
+/** A uint32 field's varint at rp, as protobufjs reads it (the low 32 bits); SLOW when longer than 5 bytes. */
+function u32(b: Buffer, end: number): number {
+  const x = b[rp];
+  if (x < 0x80 && rp < end) {
+    rp++;
+    return x;
+  }
+  return varint(b, end) > 5 ? SLOW : vlo;
+}
 
 // The writers take the output and a position and return the position after what they wrote;
 // the caller has ensured the room.
 
-function putBytes(o: Buffer, p: number, bytes: Uint8Array): number {
-  const n = bytes.length;
-  for (let i = 0; i < n; i++) o[p++] = bytes[i];
-  return p;
+function putText(v: DataView, p: number, t: ConstText): number {
+  const w = t.words;
+  for (let i = 0; i < w.length; i++) v.setFloat64(p + 8 * i, w[i], true);
+  return p + t.length;
 }
 
-function putSlice(o: Buffer, p: number, b: Buffer, s: number, e: number): number {
-  for (let i = s; i < e; i++) o[p++] = b[i];
+/** Copies b[s..e) as the inside of a JSON string if it needs no escaping (printable ASCII, no `"` or `\`); else SLOW. */
+function putPlain(o: Buffer, p: number, b: Buffer, s: number, e: number): number {
+  for (let i = s; i < e; i++) {
+    const c = b[i];
+    if (c < 0x20 || c > 0x7e || c === 0x22 || c === 0x5c) return SLOW;
+    o[p++] = c;
+  }
   return p;
 }
 
 /** Writes one record's JSON at p of o; returns its end, or SLOW when the fast path cannot write it exactly. */
-function record(b: Buffer, s: number, e: number, mapRef: (b: Buffer, s: number, e: number) => Uint8Array, o: Buffer, p: number): number {
+function record(b: Buffer, s: number, e: number, mapPrefix: (b: Buffer, s: number, e: number) => ConstText, o: Buffer, v: DataView, p: number): number {
   let mapS = -1;
   let mapE = -1;
   let keyS = -1;
@@ -412,161 +508,255 @@ function record(b: Buffer, s: number, e: number, mapRef: (b: Buffer, s: number, 
   let entE = -1;
   rp = s;
   while (rp < e) {
-    varint(b, e);
-    if (vhi !== 0) throw new Malformed();
-    const field = vlo >>> 3;
-    const wt = vlo & 7;
+    const tag = tagAt(b, e);
+    const field = tag >>> 3;
     if (field >= 1 && field <= 3) {
+      // protobufjs decodes fields 1-3 as sub-messages whatever their wire type: leave that to it.
+      if ((tag & 7) !== 2) throw new Malformed();
       // A sub-message field given twice is merged by protobuf: not this path's job.
-      if (wt !== 2) throw new Malformed();
       if ((field === 1 ? mapS : field === 2 ? keyS : entS) >= 0) return SLOW;
       const len = lenValue(b, e);
       if (field === 1) (mapS = rp), (mapE = rp + len);
       else if (field === 2) (keyS = rp), (keyE = rp + len);
       else (entS = rp), (entE = rp + len);
       rp += len;
-    } else skip(b, e, wt);
+    } else skip(b, e, tag & 7);
   }
-  p = putBytes(o, p, MAP_NAME);
-  p = putBytes(o, p, mapS < 0 ? NULL : mapRef(b, mapS, mapE));
-  p = putBytes(o, p, KEY_NAME);
-  if (keyS < 0) p = putBytes(o, p, NULL);
+  p = putText(v, p, mapS < 0 ? NO_MAP_PREFIX : mapPrefix(b, mapS, mapE));
+  if (keyS < 0) p = putText(v, p, NULL);
+  else if ((p = keyText(b, keyS, keyE, o, v, p)) === SLOW) return SLOW;
+  // The key's closing brace, the entry's name and its opening in one piece when both are there.
+  if (keyS >= 0 && entS >= 0) p = putText(v, p, KEY_TO_ENTRY);
   else {
-    if (fields(b, keyS, keyE, KEY_KINDS_BY_NUMBER, 6) === SLOW) return SLOW;
-    for (let f = 1; f <= 6; f++) {
-      p = putBytes(o, p, KEY_NAMES[f - 1]);
-      p = value(o, p, b, f, KEY_KINDS_BY_NUMBER[f]);
-    }
-    o[p++] = 0x7d; // }
+    if (keyS >= 0) p = putText(v, p, KEY_PIECES[6]);
+    p = putText(v, p, ENTRY_NAME);
+    p = entS < 0 ? putText(v, p, NULL) : putText(v, p, ENTRY_PIECES[0]);
   }
-  p = putBytes(o, p, ENTRY_NAME);
-  if (entS < 0) p = putBytes(o, p, NULL);
-  else {
-    if (fields(b, entS, entE, ENTRY_KINDS, 15) === SLOW) return SLOW;
-    for (let i = 0; i < ENTRY_ORDER.length; i++) {
-      const f = ENTRY_ORDER[i];
-      p = putBytes(o, p, ENTRY_NAMES[f]);
-      p = value(o, p, b, f, ENTRY_KINDS[f]);
-    }
-    o[p++] = 0x7d;
-  }
-  o[p++] = 0x7d;
+  if (entS >= 0 && (p = entryText(b, entS, entE, o, v, p)) === SLOW) return SLOW;
+  o[p++] = 0x7d; // }
   return p;
 }
 
-/** Reads the fields of a key or entry (numbers 1..maxField of `kinds`) into HAS/LO/HI/NAMES; SLOW or 0. */
-function fields(b: Buffer, s: number, e: number, kinds: readonly F[], maxField: number): number {
-  HAS.fill(0);
-  let names = 0;
+/** A CtKey's JSON (every field, defaults for the absent ones) up to its closing brace, at p; SLOW as record(). */
+function keyText(b: Buffer, s: number, e: number, o: Buffer, v: DataView, p: number): number {
+  let daddrS = 0;
+  let daddrE = 0;
+  let saddrS = 0;
+  let saddrE = 0;
+  let dport = 0;
+  let sport = 0;
+  let nexthdr = 0;
+  let flags = 0;
   rp = s;
   while (rp < e) {
-    varint(b, e);
-    if (vhi !== 0) throw new Malformed();
-    const field = vlo >>> 3;
-    const wt = vlo & 7;
-    if (field < 1 || field > maxField) {
-      skip(b, e, wt);
-      continue;
-    }
-    const kind = kinds[field];
-    if (kind === F.U32 || kind === F.U64 || kind === F.I64) {
-      // protobufjs reads a scalar of another wire type as its own; this path does not.
-      if (wt !== 0) return SLOW;
-      const n = varint(b, e);
-      if (kind === F.U32 && n > 5) return SLOW;
-      HAS[field] = 1;
-      LO[field] = vlo;
-      HI[field] = kind === F.U32 ? 0 : vhi;
-    } else {
-      if (wt !== 2) return SLOW;
-      const len = lenValue(b, e);
-      const vs = rp;
-      rp += len;
-      if (kind !== F.BYTES && !plain(b, vs, rp)) return SLOW;
-      if (kind === F.RSTR) {
-        if (names === MAX_FLAG_NAMES) return SLOW;
-        NAMES[names * 2] = vs;
-        NAMES[names * 2 + 1] = rp;
-        names++;
-        HAS[field] = names;
-      } else {
-        HAS[field] = 1;
-        LO[field] = vs;
-        HI[field] = rp;
+    const tag = tagAt(b, e);
+    // Tags are (field << 3) | wire type: 2 for the strings, 0 for the varints.
+    switch (tag) {
+      case (1 << 3) | 2:
+        daddrE = lenValue(b, e) + rp;
+        daddrS = rp;
+        rp = daddrE;
+        break;
+      case (2 << 3) | 2:
+        saddrE = lenValue(b, e) + rp;
+        saddrS = rp;
+        rp = saddrE;
+        break;
+      case 3 << 3:
+        if ((dport = u32(b, e)) === SLOW) return SLOW;
+        break;
+      case 4 << 3:
+        if ((sport = u32(b, e)) === SLOW) return SLOW;
+        break;
+      case 5 << 3:
+        if ((nexthdr = u32(b, e)) === SLOW) return SLOW;
+        break;
+      case 6 << 3:
+        if ((flags = u32(b, e)) === SLOW) return SLOW;
+        break;
+      default: {
+        // A known field in another wire type: protobufjs reads it as its own type; this path does not.
+        const field = tag >>> 3;
+        if (field >= 1 && field <= 6) return SLOW;
+        skip(b, e, tag & 7);
       }
     }
   }
-  return 0;
+  p = putText(v, p, KEY_PIECES[0]);
+  if ((p = putPlain(o, p, b, daddrS, daddrE)) === SLOW) return SLOW;
+  p = putText(v, p, KEY_PIECES[1]);
+  if ((p = putPlain(o, p, b, saddrS, saddrE)) === SLOW) return SLOW;
+  p = putDec(o, v, putText(v, p, KEY_PIECES[2]), dport);
+  p = putDec(o, v, putText(v, p, KEY_PIECES[3]), sport);
+  p = putDec(o, v, putText(v, p, KEY_PIECES[4]), nexthdr);
+  p = putDec(o, v, putText(v, p, KEY_PIECES[5]), flags);
+  return p;
 }
 
-/** Writes field `f`'s value (or its default) as JSON.stringify of proto-loader's object does. */
-function value(o: Buffer, p: number, b: Buffer, f: number, kind: F): number {
-  const present = HAS[f] !== 0;
-  switch (kind) {
-    case F.U32:
-      return putDec(o, p, present ? LO[f] : 0);
-    case F.U64:
-    case F.I64:
-      o[p++] = 0x22;
-      if (!present) o[p++] = 0x30;
-      else if (HI[f] === 0) p = putDec(o, p, LO[f]);
-      else p = putInt64(o, p, LO[f], HI[f], kind === F.I64);
-      o[p++] = 0x22;
-      return p;
-    case F.STR:
-      o[p++] = 0x22;
-      if (present) p = putSlice(o, p, b, LO[f], HI[f]);
-      o[p++] = 0x22;
-      return p;
-    case F.BYTES: {
-      p = putBytes(o, p, BUFFER_OPEN);
-      if (present) {
-        const start = LO[f];
-        const end = HI[f];
-        for (let i = start; i < end; i++) {
-          if (i !== start) o[p++] = 0x2c;
-          const v = b[i];
-          const n = DIGIT_COUNT[v];
-          o[p++] = DIGITS[v * 3];
-          if (n > 1) o[p++] = DIGITS[v * 3 + 1];
-          if (n > 2) o[p++] = DIGITS[v * 3 + 2];
-        }
+/** A CtEntry's JSON (every field, defaults for the absent ones) after its opening `{"flag_names":[`, at p; SLOW as record(). */
+function entryText(b: Buffer, s: number, e: number, o: Buffer, v: DataView, p: number): number {
+  let names = 0;
+  let packetsLo = 0;
+  let packetsHi = 0;
+  let bytesLo = 0;
+  let bytesHi = 0;
+  let lifetime = 0;
+  let flags = 0;
+  let revNat = 0;
+  let natPort = 0;
+  let txFlagsSeen = 0;
+  let rxFlagsSeen = 0;
+  let sourceSecurityId = 0;
+  let lastTxReport = 0;
+  let lastRxReport = 0;
+  let backendIdLo = 0;
+  let backendIdHi = 0;
+  let union0S = 0;
+  let union0E = 0;
+  let expiresLo = 0;
+  let expiresHi = 0;
+  rp = s;
+  while (rp < e) {
+    const tag = tagAt(b, e);
+    switch (tag) {
+      case 1 << 3:
+        varint(b, e);
+        (packetsLo = vlo), (packetsHi = vhi);
+        break;
+      case 2 << 3:
+        varint(b, e);
+        (bytesLo = vlo), (bytesHi = vhi);
+        break;
+      case 3 << 3:
+        if ((lifetime = u32(b, e)) === SLOW) return SLOW;
+        break;
+      case 4 << 3:
+        if ((flags = u32(b, e)) === SLOW) return SLOW;
+        break;
+      case 5 << 3:
+        if ((revNat = u32(b, e)) === SLOW) return SLOW;
+        break;
+      case 6 << 3:
+        if ((natPort = u32(b, e)) === SLOW) return SLOW;
+        break;
+      case 7 << 3:
+        if ((txFlagsSeen = u32(b, e)) === SLOW) return SLOW;
+        break;
+      case 8 << 3:
+        if ((rxFlagsSeen = u32(b, e)) === SLOW) return SLOW;
+        break;
+      case 9 << 3:
+        if ((sourceSecurityId = u32(b, e)) === SLOW) return SLOW;
+        break;
+      case 10 << 3:
+        if ((lastTxReport = u32(b, e)) === SLOW) return SLOW;
+        break;
+      case 11 << 3:
+        if ((lastRxReport = u32(b, e)) === SLOW) return SLOW;
+        break;
+      case 12 << 3:
+        varint(b, e);
+        (backendIdLo = vlo), (backendIdHi = vhi);
+        break;
+      case (13 << 3) | 2:
+        union0E = lenValue(b, e) + rp;
+        union0S = rp;
+        rp = union0E;
+        break;
+      case (14 << 3) | 2: {
+        if (names === MAX_FLAG_NAMES) return SLOW;
+        const len = lenValue(b, e);
+        NAMES[names * 2] = rp;
+        NAMES[names * 2 + 1] = rp += len;
+        names++;
+        break;
       }
-      return putBytes(o, p, BUFFER_CLOSE);
-    }
-    case F.RSTR: {
-      o[p++] = 0x5b; // [
-      const n = HAS[f];
-      for (let i = 0; i < n; i++) {
-        if (i > 0) o[p++] = 0x2c;
-        o[p++] = 0x22;
-        p = putSlice(o, p, b, NAMES[i * 2], NAMES[i * 2 + 1]);
-        o[p++] = 0x22;
+      case 15 << 3:
+        varint(b, e);
+        (expiresLo = vlo), (expiresHi = vhi);
+        break;
+      default: {
+        const field = tag >>> 3;
+        if (field >= 1 && field <= 15) return SLOW;
+        skip(b, e, tag & 7);
       }
-      o[p++] = 0x5d; // ]
-      return p;
     }
+  }
+  for (let i = 0; i < names; i++) {
+    if (i > 0) o[p++] = 0x2c; // ,
+    o[p++] = 0x22; // "
+    if ((p = putPlain(o, p, b, NAMES[i * 2], NAMES[i * 2 + 1])) === SLOW) return SLOW;
+    o[p++] = 0x22;
+  }
+  p = putU64(o, v, putText(v, p, ENTRY_PIECES[1]), packetsLo, packetsHi, false);
+  p = putU64(o, v, putText(v, p, ENTRY_PIECES[2]), bytesLo, bytesHi, false);
+  p = putDec(o, v, putText(v, p, ENTRY_PIECES[3]), lifetime);
+  p = putDec(o, v, putText(v, p, ENTRY_PIECES[4]), flags);
+  p = putDec(o, v, putText(v, p, ENTRY_PIECES[5]), revNat);
+  p = putDec(o, v, putText(v, p, ENTRY_PIECES[6]), natPort);
+  p = putDec(o, v, putText(v, p, ENTRY_PIECES[7]), txFlagsSeen);
+  p = putDec(o, v, putText(v, p, ENTRY_PIECES[8]), rxFlagsSeen);
+  p = putDec(o, v, putText(v, p, ENTRY_PIECES[9]), sourceSecurityId);
+  p = putDec(o, v, putText(v, p, ENTRY_PIECES[10]), lastTxReport);
+  p = putDec(o, v, putText(v, p, ENTRY_PIECES[11]), lastRxReport);
+  p = putU64(o, v, putText(v, p, ENTRY_PIECES[12]), backendIdLo, backendIdHi, false);
+  if (union0S + UNION0_BYTES === union0E && allZero(b, union0S, union0E)) p = putText(v, p, ZERO_UNION0_TO_EXPIRES);
+  else p = putText(v, putByteList(o, putText(v, p, ENTRY_PIECES[13]), b, union0S, union0E), ENTRY_PIECES[14]);
+  p = putU64(o, v, p, expiresLo, expiresHi, true);
+  return putText(v, p, ENTRY_PIECES[15]);
+}
+
+function allZero(b: Buffer, s: number, e: number): boolean {
+  let any = 0;
+  for (let i = s; i < e; i++) any |= b[i];
+  return any === 0;
+}
+
+/** The bytes b[s..e) as comma-separated decimals (a Node Buffer's toJSON data). */
+function putByteList(o: Buffer, p: number, b: Buffer, s: number, e: number): number {
+  for (let i = s; i < e; i++) {
+    if (i !== s) o[p++] = 0x2c;
+    const v = b[i];
+    const n = DIGIT_COUNT[v];
+    o[p++] = DIGITS[v * 3];
+    if (n > 1) o[p++] = DIGITS[v * 3 + 1];
+    if (n > 2) o[p++] = DIGITS[v * 3 + 2];
   }
   return p;
 }
 
+/** The 64-bit varint hi:lo as proto-loader's decimal string (without its quotes): unsigned, or `signed` two's complement. */
+function putU64(o: Buffer, v: DataView, p: number, lo: number, hi: number, signed: boolean): number {
+  return hi === 0 ? putDec(o, v, p, lo) : putInt64(o, v, p, lo, hi, signed);
+}
+/** "00".."99" as two ASCII digits in one little-endian uint16, for DataView.setUint16. */
+const DIGIT_PAIRS = new Uint16Array(100);
+for (let i = 0; i < 100; i++) DIGIT_PAIRS[i] = (0x30 + Math.floor(i / 10)) | ((0x30 + (i % 10)) << 8);
+
 /** Writes the decimal digits of the integer 0 <= n <= 2^53 at p; returns the end. */
-function putDec(o: Buffer, p: number, n: number): number {
+function putDec(o: Buffer, v: DataView, p: number, n: number): number {
   if (n < 10) {
     o[p] = 0x30 + n;
     return p + 1;
   }
+  if (n < 100) {
+    v.setUint16(p, DIGIT_PAIRS[n], true);
+    return p + 2;
+  }
   let len: number;
   if (n < 0x80000000) {
-    len = n < 100 ? 2 : n < 1000 ? 3 : n < 10000 ? 4 : n < 100000 ? 5 : n < 1000000 ? 6 : n < 10000000 ? 7 : n < 100000000 ? 8 : n < 1000000000 ? 9 : 10;
+    len = n < 1000 ? 3 : n < 10000 ? 4 : n < 100000 ? 5 : n < 1000000 ? 6 : n < 10000000 ? 7 : n < 100000000 ? 8 : n < 1000000000 ? 9 : 10;
+    // Two digits at a time from the end, then the one or two left.
     let q = p + len;
-    let v = n | 0;
-    while (v >= 10) {
-      const t = (v / 10) | 0;
-      o[--q] = 0x30 + v - t * 10;
-      v = t;
+    let x = n | 0;
+    while (x >= 100) {
+      const t = (x / 100) | 0;
+      q -= 2;
+      v.setUint16(q, DIGIT_PAIRS[x - t * 100], true);
+      x = t;
     }
-    o[--q] = 0x30 + v;
+    if (x >= 10) v.setUint16(q - 2, DIGIT_PAIRS[x], true);
+    else o[q - 1] = 0x30 + x;
   } else {
     len = 1;
     for (let t = n; t >= 10; t = Math.floor(t / 10)) len++;
@@ -582,14 +772,14 @@ function putDec(o: Buffer, p: number, n: number): number {
 }
 
 /** Writes the 64-bit hi:lo as unsigned (or, `signed`, two's complement) decimal at p; returns the end. */
-function putInt64(o: Buffer, p: number, lo: number, hi: number, signed: boolean): number {
+function putInt64(o: Buffer, v: DataView, p: number, lo: number, hi: number, signed: boolean): number {
   if (signed && hi >= 0x80000000) {
     if (hi >= 0xffe00000) {
       o[p++] = 0x2d; // -
-      return putDec(o, p, -((hi - 0x100000000) * 0x100000000 + lo));
+      return putDec(o, v, p, -((hi - 0x100000000) * 0x100000000 + lo));
     }
     return p + o.write(BigInt.asIntN(64, (BigInt(hi) << 32n) | BigInt(lo)).toString(), p, 'latin1');
   }
-  if (hi < 0x200000) return putDec(o, p, hi * 0x100000000 + lo);
+  if (hi < 0x200000) return putDec(o, v, p, hi * 0x100000000 + lo);
   return p + o.write(((BigInt(hi) << 32n) | BigInt(lo)).toString(), p, 'latin1');
 }

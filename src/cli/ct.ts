@@ -21,6 +21,8 @@ import { progressOf } from './progress';
 type CtCommand = Extract<CliCommand, { kind: 'ct-list' | 'ct-count' | 'ct-delete' | 'ct-flush' }>;
 
 const FAMILY_ENUM = { ipv4: 'FAMILY_IPV4', ipv6: 'FAMILY_IPV6' } as const;
+/** `ct list` pauses its stream while more than this waits for stdout (about four jsonl batches). */
+const MAX_QUEUED_OUTPUT = 8 << 20;
 
 /** The DumpFilter message of the command's flow criteria (unset ones left out). */
 export function dumpFilterOf(f: CtFlowFilter, allClusters: boolean): DumpFilterMsg {
@@ -123,59 +125,72 @@ export async function runCt(cmd: CtCommand, io: Io): Promise<number> {
 function list(client: CtMapsClient, cmd: Extract<CtCommand, { kind: 'ct-list' }>, maps: MapRefMsg[], filter: DumpFilterMsg, io: Io): Promise<number> {
   const progress = progressOf(io);
   let entries = 0;
+  let stream: grpc.ClientReadableStream<unknown> | undefined;
+  let paused = false;
+  // Flow control: while more than MAX_QUEUED_OUTPUT of text waits for stdout, the stream is
+  // paused, so a slow reader holds the daemon back instead of this process buffering the
+  // whole dump; it resumes below half of that. Several batches stay queued, so that the
+  // next one is converted while stdout drains.
+  const written = (then?: () => void) => (): void => {
+    then?.();
+    if (paused && (io.outQueued?.() ?? 0) <= MAX_QUEUED_OUTPUT / 2) {
+      paused = false;
+      stream?.resume();
+    }
+  };
   // The count goes on the status line; the line is cleared before each write to stdout,
   // so that on a terminal the entries and the count do not run into each other.
-  const out = (text: string | Buffer, n: number): unknown => {
+  const out = (text: string | Buffer, n: number, then?: () => void): void => {
     entries += n;
     progress.clear();
-    const written = io.out(text);
+    io.out(text, written(then));
     progress.update(`ct list: ${entries} entries so far`);
-    return written;
+    if (!paused && (io.outQueued?.() ?? 0) > MAX_QUEUED_OUTPUT) {
+      paused = true;
+      stream?.pause();
+    }
   };
   io.bulkOutput?.();
   return new Promise<number>((resolve, reject) => {
     const req = { maps, filter };
     const fail = (rpc: string) => (err: grpc.ServiceError) => reject(rpcError(`CTMaps.${rpc}`, cmd.server, err));
     if (cmd.output === 'text') {
-      const stream = client.DumpEntriesWithTimeDiff(req);
-      stream.on('data', (chunk: DumpTextChunkMsg) => out(chunk.text, lineCount(chunk.text)));
-      stream.on('error', fail('DumpEntriesWithTimeDiff'));
-      stream.on('end', () => resolve(0));
+      const text = client.DumpEntriesWithTimeDiff(req);
+      stream = text;
+      text.on('data', (chunk: DumpTextChunkMsg) => out(chunk.text, lineCount(chunk.text)));
+      text.on('error', fail('DumpEntriesWithTimeDiff'));
+      text.on('end', () => resolve(0));
       return;
     }
     // json and jsonl: the batches as received bytes, turned into JSON text without
     // protobufjs objects (ct-json.ts; the same text as JSON.stringify of the decoded
-    // records), one write of the bytes per batch. When stdout's buffer is full (io.out returned
-    // process.stdout.write's false), the stream pauses until stdout drains, so a slow
-    // reader holds the daemon back instead of this process buffering the whole dump.
+    // records), one write of the bytes per batch, whose buffer is reused once written.
     const method = (client.constructor as grpc.ServiceClientConstructor).service.DumpEntriesBatched;
-    const stream = client.makeServerStreamRequest<object, Buffer>(method.path, method.requestSerialize, (b: Buffer) => b, req);
+    const batches = client.makeServerStreamRequest<object, Buffer>(method.path, method.requestSerialize, (b: Buffer) => b, req);
+    stream = batches;
     const json = new CtRecordJson(cmd.output === 'jsonl' ? 'jsonl' : 'json-array');
     if (cmd.output === 'json') io.out('[');
     let failed = false;
     /** Records already written (and counted on the status line). */
     let listed = 0;
-    stream.on('data', (batch: Buffer) => {
+    batches.on('data', (batch: Buffer) => {
       if (failed) return;
       try {
         json.appendBatch(batch);
       } catch (err) {
         failed = true;
-        stream.cancel();
+        batches.cancel();
         return reject(new CliRpcError(`CTMaps.DumpEntriesBatched: a response the client cannot decode: ${(err as Error).message}`));
       }
       if (json.pending === 0) return;
-      const written = out(json.takeBytes(), json.records - listed);
+      const bytes = json.takeBytes();
+      out(bytes, json.records - listed, () => json.release(bytes));
       listed = json.records;
-      if (written === false && process.stdout.writableNeedDrain) {
-        stream.pause();
-        process.stdout.once('drain', () => stream.resume());
-      }
     });
-    stream.on('error', (err: grpc.ServiceError) => {
+    batches.on('error', (err: grpc.ServiceError) => {
       if (!failed) fail('DumpEntriesBatched')(err);
     });
-    stream.on('end', () => {
+    batches.on('end', () => {
       if (failed) return;
       if (cmd.output === 'json') io.out(json.records === 0 ? ']\n' : '\n]\n');
       resolve(0);

@@ -24,9 +24,10 @@ export interface Io {
   /**
    * Standard output; a Buffer holds UTF-8 text (`ct list -o json|jsonl` writes its bytes as
    * they are). false: the text is buffered beyond the stream's high-water mark
-   * (process.stdout.write's answer), and a producer should wait for 'drain'.
+   * (process.stdout.write's answer). `written`, if given, is called once the text has
+   * left this process (or failed to), so that its Buffer may be filled again.
    */
-  out(text: string | Buffer): unknown;
+  out(text: string | Buffer, written?: () => void): unknown;
   err(text: string): void;
   /** stderr is a terminal: long operations show progress there (src/cli/progress.ts). */
   readonly errIsTTY?: boolean;
@@ -35,6 +36,11 @@ export interface Io {
    * stdout grows its pipe buffer (src/sys/pipe.ts). Absent where output is captured.
    */
   bulkOutput?(): void;
+  /**
+   * Bytes given to out() that have not left this process yet (stdout's writableLength): a
+   * bulk writer keeps this bounded. Absent where out() takes the text at once.
+   */
+  outQueued?(): number;
 }
 
 /**

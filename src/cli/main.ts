@@ -21,10 +21,11 @@ import { watchEvents } from './events';
 const BULK_PIPE_BYTES = 1 << 20;
 
 const stdio: Io = {
-  out: (text) => process.stdout.write(text),
+  out: (text, written) => process.stdout.write(text, written && (() => written())),
   err: (text) => process.stderr.write(text),
   errIsTTY: process.stderr.isTTY === true,
   bulkOutput: () => void growPipeBuffer(1, BULK_PIPE_BYTES),
+  outQueued: () => process.stdout.writableLength,
 };
 
 /**

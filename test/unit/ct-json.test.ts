@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Family } from '../../src/maps/addr';
 import { CT_ENTRY_SIZE, keySize } from '../../src/maps/ctmap/codec';
-import { CtJsonStyle, CtRecordJson, schemaMatches } from '../../src/api/ct-json';
+import { ConstText, CtJsonStyle, CtRecordJson, schemaMatches } from '../../src/api/ct-json';
 import { WireWriter, mapRefBody, writeCtRecord } from '../../src/api/ct-wire';
 import { packageDefinition, services } from '../../src/api/proto';
 
@@ -201,4 +201,47 @@ test('a CtEntry of other fields than this module knows: every record goes throug
   const next = rng(3);
   const batches = [batchOf(Array.from({ length: 50 }, (_, n) => randomRecord('ipv4', 0, next, 99, n)))];
   assert.equal(fast(batches, 'jsonl', new CtRecordJson('jsonl', changed)), reference(batches, 'jsonl'));
+});
+
+test('takeBytes views stay as written until released; a released buffer is written again instead of a new one', () => {
+  const next = rng(11);
+  const batch = batchOf(Array.from({ length: 2000 }, (_, n) => randomRecord('ipv4', 0, next, 99, n)));
+  const expected = reference([batch], 'jsonl');
+  const j = new CtRecordJson('jsonl');
+  // Held views (queued for writing, not yet written): later text must go elsewhere.
+  const held: Buffer[] = [];
+  for (let i = 0; i < 12; i++) {
+    j.appendBatch(batch);
+    held.push(j.takeBytes());
+  }
+  for (const v of held) assert.equal(v.toString('latin1'), expected, 'a held view is never overwritten');
+  const heldBuffers = new Set(held.map((v) => v.buffer));
+  assert.ok(heldBuffers.size > 1, 'more text than one buffer holds: it went on in new buffers');
+  // Released (written): the buffers are reused, and what comes out is still exact.
+  for (const v of held) j.release(v);
+  const reused = new Set<ArrayBufferLike>();
+  for (let i = 0; i < 12; i++) {
+    j.appendBatch(batch);
+    const v = j.takeBytes();
+    assert.equal(v.toString('latin1'), expected);
+    reused.add(v.buffer);
+    j.release(v);
+  }
+  assert.equal(reused.size, 1, 'each view released before the next batch: one buffer throughout');
+  assert.ok(heldBuffers.has([...reused][0]), 'that buffer is one of the released ones, not a new allocation');
+  // Releasing a view twice, or one that is not this instance's, changes nothing.
+  const v = (j.appendBatch(batch), j.takeBytes());
+  j.release(v);
+  j.release(v);
+  j.release(Buffer.from('x'));
+  j.appendBatch(batch);
+  assert.equal(j.take(), expected);
+});
+
+test('constant text is printable ASCII or refused', () => {
+  assert.throws(() => new ConstText('a\nb'), /printable ASCII/);
+  assert.throws(() => new ConstText('ü'), /printable ASCII/);
+  const t = new ConstText('{"abc":"');
+  assert.equal(t.length, 8);
+  assert.equal(t.words.length, 1);
 });

@@ -1,0 +1,100 @@
+/**
+ * `ctmap ct list -o jsonl` and a stdout that does not keep up: the CLI stops reading the
+ * daemon's stream while more than 8 MiB of its text waits to be written, goes on once the
+ * text is written, and fills its buffers again only after they have been written. Run
+ * in-process (src/cli/main.ts run()) with an Io that plays stdout: it queues what it is
+ * given and "writes" it (copies it, as the kernel would, and calls back) when the test says.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Io } from '../../src/cli/datapath';
+import { run } from '../../src/cli/main';
+import { ctNow } from '../../src/maps/clock';
+import { startCliDaemon } from '../helpers/ctmap-cli';
+import { call } from '../helpers/grpc';
+
+const ENTRIES = 24_000;
+const QUEUE_LIMIT = 8 << 20;
+
+/** A stdout that holds everything until flush(): what it has taken, and the callbacks to run. */
+class HeldStdout implements Io {
+  readonly queue: Array<{ bytes: Buffer; written?: () => void }> = [];
+  /** Copies of the bytes at the time they were written, in order. */
+  readonly written: Buffer[] = [];
+  /** Every distinct buffer a Buffer was handed in. */
+  readonly buffers = new Set<ArrayBufferLike>();
+  calls = 0;
+  stderr = '';
+
+  out(text: string | Buffer, written?: () => void): unknown {
+    this.calls++;
+    const bytes = typeof text === 'string' ? Buffer.from(text) : text;
+    if (typeof text !== 'string') this.buffers.add(text.buffer);
+    this.queue.push({ bytes, written });
+    return this.outQueued() <= 16 << 10;
+  }
+
+  err(text: string): void {
+    this.stderr += text;
+  }
+
+  outQueued(): number {
+    return this.queue.reduce((n, q) => n + q.bytes.length, 0);
+  }
+
+  flush(): void {
+    for (const q of this.queue.splice(0)) {
+      this.written.push(Buffer.from(q.bytes));
+      q.written?.();
+    }
+  }
+}
+
+test('ct list -o jsonl: pauses while 8 MiB wait for stdout, resumes once written, and reuses only written buffers', async (t) => {
+  const { socket, ct } = await startCliDaemon(t, 'flow', ['--bpf-ct-global-tcp-max', '32768']);
+  const lifetime = Math.floor(ctNow()) + 1000;
+  const map = { family: 'FAMILY_IPV4', kind: 'MAP_KIND_TCP', cluster_id: 0 };
+  for (let base = 0; base < ENTRIES; base += 4000) {
+    const records = Array.from({ length: 4000 }, (_, j) => {
+      const i = base + j;
+      return { map, key: { daddr: `192.0.2.${i % 250}`, saddr: '198.51.100.7', sport: 1024 + Math.floor(i / 250), dport: 443, nexthdr: 6, flags: 0 }, entry: { lifetime, packets: String(i), bytes: '1' } };
+    });
+    assert.equal((await call(ct, 'Update', { records })).written, records.length);
+  }
+
+  const io = new HeldStdout();
+  let done = false;
+  const listed = run(['ct', 'list', '-o', 'jsonl', '--server', `unix:${socket}`], {}, io).then((code) => {
+    done = true;
+    return code;
+  });
+
+  // Nothing is written: the CLI must stop at the limit, give or take one batch.
+  let calls = -1;
+  while (io.calls !== calls) {
+    calls = io.calls;
+    await sleep(400);
+  }
+  assert.equal(done, false, `the whole dump was taken with nothing written (${io.outQueued()} bytes queued)`);
+  assert.ok(io.outQueued() > QUEUE_LIMIT, `it stopped at ${io.outQueued()} bytes queued, before the limit`);
+  assert.ok(io.outQueued() < QUEUE_LIMIT + (4 << 20), `it went on to ${io.outQueued()} bytes queued, more than a batch past the limit`);
+
+  // Written as they come from now on: it resumes and finishes.
+  while (!done) {
+    io.flush();
+    await sleep(5);
+  }
+  io.flush();
+  assert.equal(await listed, 0, io.stderr);
+
+  // Every record once, each line whole: no buffer was filled again before it was written.
+  const lines = Buffer.concat(io.written).toString('utf8').split('\n').filter((l) => l.length > 0);
+  assert.equal(lines.length, ENTRIES);
+  const keys = new Set(lines.map((l) => {
+    const r = JSON.parse(l) as { key: { daddr: string; sport: number } };
+    return `${r.key.daddr}:${r.key.sport}`;
+  }));
+  assert.equal(keys.size, ENTRIES);
+  assert.ok(io.buffers.size < io.calls - 1, `${io.calls} writes from ${io.buffers.size} buffers: written buffers were reused`);
+});

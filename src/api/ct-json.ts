@@ -7,8 +7,11 @@
  * without building the objects.
  *
  * Why: decoding a million records into protobufjs objects and stringifying them takes
- * ~20 s of CPU; walking the bytes once into one output buffer takes a small fraction of
- * that. test/unit/ct-json.test.ts compares the output with the proto-loader path.
+ * ~20 s of CPU; walking the bytes once into one output buffer takes ~0.7 s. Most of a
+ * record's text is constant (names, quotes, the MapRef), so the writer is built around
+ * copying that text cheaply (ConstText) and is specialised to CtKey's and CtEntry's
+ * fields; bench/RESULTS.md has the measurements. test/unit/ct-json.test.ts compares the
+ * output with the proto-loader path.
  *
  * What the fast path does not handle exactly goes through the proto-loader path instead:
  * a record with a string that is not plain printable ASCII (JSON escaping), a repeated

@@ -113,14 +113,14 @@ export class ConstText {
   readonly length: number;
 
   constructor(readonly text: string) {
+    // Printable ASCII only: eight bytes of 0x20-0x7e are never a NaN (whose top byte
+    // would be 0x7f or 0xff), the one double whose bits a store may change.
+    if (!/^[\x20-\x7e]*$/.test(text)) throw new Error(`ct-json: constant text must be printable ASCII: ${JSON.stringify(text)}`);
     const bytes = Buffer.alloc(Math.ceil(text.length / 8) * 8, 0x20);
-    if (bytes.write(text, 'latin1') !== text.length || !/^[\x20-\x7e]*$/.test(text)) throw new Error(`ct-json: constant text must be printable ASCII: ${JSON.stringify(text)}`);
+    bytes.write(text, 'latin1');
     this.length = text.length;
     this.words = new Float64Array(bytes.length / 8);
     for (let i = 0; i < this.words.length; i++) this.words[i] = bytes.readDoubleLE(i * 8);
-    // Bytes of 0x20-0x7e never make a NaN (the exponent's top byte would be 0x7f or 0xff),
-    // whose bits a double store could change; every other double is stored as it is loaded.
-    for (const w of this.words) if (Number.isNaN(w)) throw new Error('ct-json: a constant word is a NaN');
   }
 }
 const constText = (s: string): ConstText => new ConstText(s);

@@ -94,15 +94,7 @@ function oddRecords(): Buffer[] {
     build(x);
     return Buffer.from(x.buf.subarray(0, x.pos));
   };
-  const str = (x: WireWriter, field: number, s: string) => {
-    const b = Buffer.from(s, 'utf8');
-    x.ensure(b.length + 16);
-    x.varint32((field << 3) | 2);
-    x.varint32(b.length);
-    x.ensure(b.length);
-    b.copy(x.buf, x.pos);
-    x.pos += b.length;
-  };
+  /** A length-delimited field: a sub-message's body, or a string's UTF-8. */
   const sub = (x: WireWriter, field: number, body: Buffer) => {
     x.ensure(body.length + 16);
     x.varint32((field << 3) | 2);
@@ -111,6 +103,7 @@ function oddRecords(): Buffer[] {
     body.copy(x.buf, x.pos);
     x.pos += body.length;
   };
+  const str = (x: WireWriter, field: number, s: string) => sub(x, field, Buffer.from(s, 'utf8'));
   const u64 = (x: WireWriter, field: number, lo: number, hi: number) => {
     x.ensure(16);
     x.varint32(field << 3);
